@@ -1,0 +1,207 @@
+//! Fetch (key 1): per-partition routing, topic-id mapping, no fetch sessions.
+//!
+//! Requests upstream are always full fetches (`session_id 0`, `epoch -1`) and
+//! clients are answered with `session_id 0`, which keeps them on full fetches:
+//! a session is state on one upstream broker and would not survive a split
+//! request or a failover. Leader epochs in the request are neutralised (see
+//! `identity`). From v13 topics are addressed by id: virtual ids from the client
+//! become the upstream's real ids and back.
+//!
+//! Record batches in the response are never parsed; they are carried as opaque
+//! byte slices. When the response needs no rewriting (v12 and older without
+//! leader hints) the upstream frame is forwarded untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use super::{error_code, forward_rewriting, scatter, Ctx, Outcome};
+use crate::codec::{self, RequestFrame};
+use crate::identity::Identity;
+use crate::upstream::ClusterView;
+
+pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+    let mut body: FetchRequest = req.decode()?;
+    let site = ctx.site();
+    let by_id = req.api_version >= 13;
+
+    // Resolve names (v13+: from virtual ids) and leaders.
+    let mut errors: Vec<(TopicName, Uuid, i32, i16)> = Vec::new();
+    let mut plan: BTreeMap<i32, Vec<(usize, usize)>> = BTreeMap::new();
+    for (ti, t) in body.topics.iter_mut().enumerate() {
+        let virtual_id = t.topic_id;
+        if by_id {
+            match site.topic_for_virtual_id(&t.topic_id) {
+                Some(name) => t.topic = TopicName(StrBytes::from_string(name)),
+                None => {
+                    let _ = site.refresh().await;
+                    match site.topic_for_virtual_id(&t.topic_id) {
+                        Some(name) => t.topic = TopicName(StrBytes::from_string(name)),
+                        None => {
+                            for p in &t.partitions {
+                                errors.push((
+                                    t.topic.clone(),
+                                    virtual_id,
+                                    p.partition,
+                                    error_code::UNKNOWN_TOPIC_ID,
+                                ));
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+        for (pi, p) in t.partitions.iter_mut().enumerate() {
+            p.current_leader_epoch = -1;
+            p.last_fetched_epoch = -1;
+            match site.leader(t.topic.0.as_str(), p.partition).await {
+                Some(b) => plan.entry(b).or_default().push((ti, pi)),
+                None => {
+                    let code = if site.view().topics.contains_key(t.topic.0.as_str()) {
+                        error_code::NOT_LEADER_OR_FOLLOWER
+                    } else {
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION
+                    };
+                    errors.push((t.topic.clone(), virtual_id, p.partition, code));
+                }
+            }
+        }
+    }
+    body.session_id = 0;
+    body.session_epoch = -1;
+    body.forgotten_topics_data.clear();
+    let view = site.view();
+    if by_id {
+        for t in &mut body.topics {
+            t.topic_id = view
+                .topics
+                .get(t.topic.0.as_str())
+                .map(|v| v.id)
+                .unwrap_or_default();
+        }
+    }
+
+    let identity = ctx.proxy.identity.clone();
+    let version = req.api_version;
+    if errors.is_empty() && plan.len() == 1 {
+        let broker = *plan.keys().next().unwrap_or(&-1);
+        let frame = codec::encode_request(req.api_key, version, req.client_id.clone(), &body)?;
+        return forward_rewriting(ctx, broker, &req, frame, move |r: &mut FetchResponse| {
+            virtualise(&identity, &view, version, r)
+        })
+        .await;
+    }
+
+    let mut parts: BTreeMap<i32, FetchRequest> = BTreeMap::new();
+    for (broker, slots) in &plan {
+        let mut sub = body.clone();
+        sub.topics.clear();
+        for &(ti, pi) in slots {
+            let src = &body.topics[ti];
+            match sub.topics.last_mut() {
+                Some(t) if t.topic == src.topic => t.partitions.push(src.partitions[pi].clone()),
+                _ => {
+                    let mut t = src.clone();
+                    t.partitions = vec![src.partitions[pi].clone()];
+                    sub.topics.push(t);
+                }
+            }
+        }
+        parts.insert(*broker, sub);
+    }
+    scatter(ctx, &req, parts, move |resps: Vec<FetchResponse>| {
+        let mut out = FetchResponse::default();
+        for r in resps {
+            out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
+            if out.error_code == 0 {
+                out.error_code = r.error_code;
+            }
+            for t in r.responses {
+                push_topic(&mut out.responses, t);
+            }
+        }
+        for (topic, topic_id, partition, code) in errors {
+            let mut p = PartitionData::default();
+            p.partition_index = partition;
+            p.error_code = code;
+            p.high_watermark = -1;
+            p.last_stable_offset = -1;
+            p.log_start_offset = -1;
+            let mut t = FetchableTopicResponse::default();
+            t.topic = topic;
+            // Keep the client's own id so it can match the error (v13+).
+            t.topic_id = topic_id;
+            t.partitions.push(p);
+            // Already virtual: skip the id mapping below by mapping it last.
+            out.responses.push(t);
+        }
+        virtualise(&identity, &view, version, &mut out);
+        Ok(out)
+    })
+    .await
+}
+
+fn push_topic(out: &mut Vec<FetchableTopicResponse>, t: FetchableTopicResponse) {
+    match out
+        .iter_mut()
+        .find(|o| o.topic == t.topic && o.topic_id == t.topic_id)
+    {
+        Some(o) => o.partitions.extend(t.partitions),
+        None => out.push(t),
+    }
+}
+
+/// Rewrites a response for the client. Returns whether anything changed.
+pub fn virtualise(id: &Identity, view: &ClusterView, version: i16, r: &mut FetchResponse) -> bool {
+    let mut changed = r.session_id != 0 || !r.node_endpoints.is_empty();
+    r.session_id = 0;
+    let mut nodes = BTreeSet::new();
+    for t in &mut r.responses {
+        // Map real ids to virtual ones; an id that is not a known real id is
+        // one of ours already (an error entry we added).
+        let name = match view.names_by_id.get(&t.topic_id) {
+            Some(n) => n.clone(),
+            None => t.topic.0.to_string(),
+        };
+        if version >= 13 && view.names_by_id.contains_key(&t.topic_id) {
+            t.topic_id = id.topic_id(&name);
+            changed = true;
+        }
+        for p in &mut t.partitions {
+            if p.preferred_read_replica.0 >= 0 {
+                p.preferred_read_replica = BrokerId(-1);
+                changed = true;
+            }
+            if p.current_leader.leader_id.0 >= 0 || p.current_leader.leader_epoch >= 0 {
+                let leader = id.leader_for(&name, p.partition_index).node_id;
+                let mut cl = LeaderIdAndEpoch::default();
+                cl.leader_id = BrokerId(leader);
+                cl.leader_epoch = -1;
+                p.current_leader = cl;
+                nodes.insert(leader);
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        r.node_endpoints = nodes
+            .into_iter()
+            .filter_map(|n| id.node(n))
+            .map(|n| {
+                let mut e = NodeEndpoint::default();
+                e.node_id = BrokerId(n.node_id);
+                e.host = StrBytes::from_string(n.host.clone());
+                e.port = n.port;
+                e.rack = id.rack.clone().map(StrBytes::from_string);
+                e
+            })
+            .collect();
+    }
+    changed
+}

@@ -1,0 +1,227 @@
+//! Per-API handling: where each request goes and what is rewritten on the way.
+//!
+//! One module per family of APIs, and all rewriting for an API lives in its
+//! module, so "what happens to a Fetch" has exactly one answer. A handler runs
+//! in two phases, which is what keeps pipelining correct:
+//!
+//! 1. **Route** (runs in request order on the session's reader): decide the
+//!    upstream broker(s), rewrite the request and queue it on the upstream
+//!    connection(s). Because queuing happens here, requests reach each broker in
+//!    the order the client sent them (idempotent producers depend on that).
+//! 2. **Respond** (a future the session's writer awaits in request order): wait
+//!    for the upstream response(s), merge and rewrite them for the client.
+//!
+//! Upstream failures surface as errors from the respond phase; the session then
+//! closes the client connection, which every Kafka client treats like a broker
+//! disconnect: reconnect, refresh metadata, retry.
+
+pub mod admin;
+pub mod cluster;
+pub mod fetch;
+pub mod groups;
+pub mod metadata;
+pub mod partitions;
+pub mod produce;
+pub mod versions;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::codec::{self, RequestFrame};
+use crate::server::Proxy;
+use crate::upstream::{BrokerPool, PendingResponse, Site};
+
+/// A response for the client.
+pub enum Reply {
+    /// A complete response (header + body, no length prefix) built by us.
+    Frame(Bytes),
+    /// An upstream response forwarded as is; only the correlation id (its
+    /// first four bytes) is replaced by the client's.
+    Upstream { correlation_id: i32, frame: Bytes },
+}
+
+pub type Respond = Pin<Box<dyn Future<Output = anyhow::Result<Reply>> + Send>>;
+
+/// Result of the route phase.
+pub enum Outcome {
+    /// The request has no response (acks=0 Produce).
+    NoResponse,
+    Ready(Reply),
+    Later(Respond),
+}
+
+/// What a handler may use while routing.
+pub struct Ctx<'a> {
+    pub proxy: &'a Arc<Proxy>,
+    pub pool: &'a mut BrokerPool,
+}
+
+impl Ctx<'_> {
+    pub fn site(&self) -> Arc<Site> {
+        self.pool.site().clone()
+    }
+}
+
+/// Routes one request. The version was checked against the advertised table.
+pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+    match req.api_key {
+        ApiKey::ApiVersions => {
+            let table = ctx.proxy.version_table().await;
+            let frame = versions::respond(&table, req.api_version, req.correlation_id)?;
+            Ok(Outcome::Ready(Reply::Frame(frame)))
+        }
+        ApiKey::Metadata => metadata::route(ctx, req).await,
+        ApiKey::DescribeCluster => cluster::describe(ctx, &req),
+        ApiKey::Produce => produce::route(ctx, req).await,
+        ApiKey::Fetch => fetch::route(ctx, req).await,
+        ApiKey::ListOffsets => partitions::list_offsets(ctx, req).await,
+        ApiKey::DeleteRecords => partitions::delete_records(ctx, req).await,
+        ApiKey::FindCoordinator => groups::find_coordinator(ctx, req).await,
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetDelete
+        | ApiKey::OffsetCommit
+        | ApiKey::TxnOffsetCommit => groups::by_group(ctx, req).await,
+        ApiKey::OffsetFetch => groups::offset_fetch(ctx, req).await,
+        ApiKey::DescribeGroups | ApiKey::DeleteGroups => groups::by_groups(ctx, req).await,
+        ApiKey::ListGroups => groups::list_groups(ctx, req).await,
+        ApiKey::InitProducerId
+        | ApiKey::AddPartitionsToTxn
+        | ApiKey::AddOffsetsToTxn
+        | ApiKey::EndTxn => groups::by_transaction(ctx, req).await,
+        ApiKey::CreateTopics => admin::create_topics(ctx, req).await,
+        ApiKey::DeleteTopics
+        | ApiKey::DescribeConfigs
+        | ApiKey::AlterConfigs
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::CreatePartitions => admin::to_controller(ctx, req).await,
+        other => anyhow::bail!("{other:?} is advertised but has no handler"),
+    }
+}
+
+/// Sends the client's request to `broker` unchanged and passes the response
+/// back unchanged (the zero-copy path).
+pub async fn forward(
+    ctx: &mut Ctx<'_>,
+    broker: i32,
+    req: &RequestFrame,
+) -> anyhow::Result<Outcome> {
+    forward_frame(ctx, broker, req, req.frame.clone()).await
+}
+
+/// Sends `frame` (the client's request, possibly rewritten) to `broker` and
+/// passes the response back unchanged.
+pub async fn forward_frame(
+    ctx: &mut Ctx<'_>,
+    broker: i32,
+    req: &RequestFrame,
+    frame: Bytes,
+) -> anyhow::Result<Outcome> {
+    let pending = ctx.pool.call(broker, req.api_key, frame).await?;
+    let timeout = ctx.proxy.request_timeout();
+    let corr = req.correlation_id;
+    Ok(Outcome::Later(Box::pin(async move {
+        let frame = pending.wait(timeout).await?;
+        Ok(Reply::Upstream {
+            correlation_id: corr,
+            frame,
+        })
+    })))
+}
+
+/// Sends `req` to `broker` and lets `rewrite` edit the decoded response. When
+/// `rewrite` returns false the upstream bytes are forwarded untouched.
+pub async fn forward_rewriting<Resp, F>(
+    ctx: &mut Ctx<'_>,
+    broker: i32,
+    req: &RequestFrame,
+    frame: Bytes,
+    rewrite: F,
+) -> anyhow::Result<Outcome>
+where
+    Resp: Decodable + Encodable + Send + 'static,
+    F: FnOnce(&mut Resp) -> bool + Send + 'static,
+{
+    let pending = ctx.pool.call(broker, req.api_key, frame).await?;
+    let timeout = ctx.proxy.request_timeout();
+    let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    Ok(Outcome::Later(Box::pin(async move {
+        let frame = pending.wait(timeout).await?;
+        let mut resp: Resp = codec::decode_response_body(api, version, &frame)?;
+        if rewrite(&mut resp) {
+            Ok(Reply::Frame(codec::encode_response(
+                api, version, corr, &resp,
+            )?))
+        } else {
+            Ok(Reply::Upstream {
+                correlation_id: corr,
+                frame,
+            })
+        }
+    })))
+}
+
+/// Fans a request out to several brokers (one sub-request each) and merges the
+/// decoded responses with `merge` into one response for the client.
+pub async fn scatter<Req, Resp, M>(
+    ctx: &mut Ctx<'_>,
+    req: &RequestFrame,
+    parts: BTreeMap<i32, Req>,
+    merge: M,
+) -> anyhow::Result<Outcome>
+where
+    Req: Encodable,
+    Resp: Decodable + Encodable + Send + 'static,
+    M: FnOnce(Vec<Resp>) -> anyhow::Result<Resp> + Send + 'static,
+{
+    let mut pending: Vec<PendingResponse> = Vec::with_capacity(parts.len());
+    for (broker, sub) in parts {
+        let frame =
+            codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
+        pending.push(ctx.pool.call(broker, req.api_key, frame).await?);
+    }
+    let timeout = ctx.proxy.request_timeout();
+    let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    Ok(Outcome::Later(Box::pin(async move {
+        let mut resps = Vec::with_capacity(pending.len());
+        for p in pending {
+            let frame = p.wait(timeout).await?;
+            resps.push(codec::decode_response_body::<Resp>(api, version, &frame)?);
+        }
+        let merged = merge(resps)?;
+        Ok(Reply::Frame(codec::encode_response(
+            api, version, corr, &merged,
+        )?))
+    })))
+}
+
+/// A static name per API, for logs and metric labels.
+pub fn name(api: ApiKey) -> &'static str {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (0..128)
+            .map(|k| match ApiKey::try_from(k) {
+                Ok(api) => &*Box::leak(format!("{api:?}").into_boxed_str()),
+                Err(()) => "Unknown",
+            })
+            .collect()
+    });
+    names.get(api as usize).copied().unwrap_or("Unknown")
+}
+
+/// Kafka error codes used by the handlers.
+pub mod error_code {
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
+}

@@ -1,0 +1,514 @@
+//! The YAML configuration: schema, defaults and validation.
+//!
+//! Parsing is strict (unknown keys are errors) because a typo in a proxy config
+//! silently falling back to a default is how outages start. Every problem is
+//! reported with the dotted key path that caused it, and `validate` collects all
+//! problems instead of stopping at the first, so `switchyard check` can show an
+//! operator the whole list in one go.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `listen.virtual_nodes` or `sites[0].bootstrap[1]`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
+    }
+}
+
+/// All problems found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The cluster id every client sees, whatever upstream is active.
+    pub cluster_id: String,
+    pub listen: ListenConfig,
+    pub sites: Vec<SiteConfig>,
+    /// The site that serves traffic. Optional when there is exactly one site.
+    #[serde(default)]
+    pub default_site: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Bootstrap listener. Virtual node `i` listens on the same host at `port + 1 + i`.
+    pub bind: String,
+    /// Host name clients are told to connect to. Defaults to the bind host.
+    #[serde(default)]
+    pub advertised_host: Option<String>,
+    /// Number of virtual brokers presented to clients (node ids `0..n`).
+    #[serde(default = "default_virtual_nodes")]
+    pub virtual_nodes: u16,
+    /// Rack reported for the virtual brokers.
+    #[serde(default)]
+    pub rack: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: String,
+    /// `host:port` addresses of the site's brokers used to discover the cluster.
+    pub bootstrap: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request or response frame accepted, in bytes (Kafka's
+    /// `socket.request.max.bytes` defaults to 100 MiB).
+    pub max_frame_bytes: u32,
+    /// Client connections accepted at once, over all listeners.
+    pub max_connections: u32,
+    /// Requests read from one client before its responses are written; the
+    /// reader stops reading (TCP backpressure) past this.
+    pub max_inflight_per_connection: u32,
+    /// A client connection with no request for this long is closed, as Kafka's
+    /// `connections.max.idle.ms` does.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_inflight_per_connection: 64,
+            idle_timeout_ms: 600_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// TCP connect to an upstream broker.
+    pub connect_ms: u64,
+    /// Upper bound on one upstream request (a Fetch may legitimately wait
+    /// `max_wait_ms`; this must be larger than clients' fetch waits).
+    pub request_ms: u64,
+    /// After SIGTERM, how long in-flight requests may take before exit.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect_ms: 5_000,
+            request_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// How often the upstream cluster layout is refreshed in the background.
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            refresh_interval_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Admin HTTP listener; loopback by default because it can change routing.
+    pub bind: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: "127.0.0.1:9644".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `switchyard=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_virtual_nodes() -> u16 {
+    3
+}
+
+/// A config that parsed and validated, with addresses resolved.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: Config,
+    pub bootstrap_bind: SocketAddr,
+    pub admin_bind: SocketAddr,
+    pub advertised_host: String,
+    /// Index into `config.sites` of the site that serves traffic.
+    pub active_site: usize,
+}
+
+impl Validated {
+    pub fn active_site(&self) -> &SiteConfig {
+        &self.config.sites[self.active_site]
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Validated, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            key: String::new(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ConfigErrors(vec![ConfigError {
+            key: if key == "." { String::new() } else { key },
+            reason: inner,
+        }])
+    })?;
+    validate(config)
+}
+
+fn validate(config: Config) -> Result<Validated, ConfigErrors> {
+    let mut errs = Vec::new();
+    let mut err = |key: &str, reason: String| {
+        errs.push(ConfigError {
+            key: key.to_string(),
+            reason,
+        })
+    };
+
+    if config.cluster_id.trim().is_empty() {
+        err("cluster_id", "must not be empty".into());
+    }
+
+    let bootstrap_bind = match config.listen.bind.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            err(
+                "listen.bind",
+                format!(
+                    "`{}` is not an IP:port socket address (e.g. 127.0.0.1:9092)",
+                    config.listen.bind
+                ),
+            );
+            None
+        }
+    };
+    if config.listen.virtual_nodes == 0 {
+        err("listen.virtual_nodes", "must be at least 1".into());
+    }
+    if let Some(a) = bootstrap_bind {
+        let last = u32::from(a.port()) + u32::from(config.listen.virtual_nodes);
+        if a.port() == 0 {
+            err(
+                "listen.bind",
+                "port 0 is not allowed: virtual node ports are derived from it".into(),
+            );
+        } else if last > 65535 {
+            err(
+                "listen.virtual_nodes",
+                format!(
+                    "{} virtual nodes after port {} run past port 65535",
+                    config.listen.virtual_nodes,
+                    a.port()
+                ),
+            );
+        }
+    }
+    if let Some(h) = &config.listen.advertised_host {
+        if h.trim().is_empty()
+            || h.contains(':') && !h.starts_with('[') && h.parse::<std::net::Ipv6Addr>().is_err()
+        {
+            err(
+                "listen.advertised_host",
+                format!("`{h}` is not a host name or IP address"),
+            );
+        }
+    }
+
+    if config.sites.is_empty() {
+        err("sites", "at least one site is required".into());
+    }
+    let mut names = HashSet::new();
+    for (i, site) in config.sites.iter().enumerate() {
+        if site.name.trim().is_empty() {
+            err(&format!("sites[{i}].name"), "must not be empty".into());
+        } else if !names.insert(site.name.as_str()) {
+            err(
+                &format!("sites[{i}].name"),
+                format!("duplicate site name `{}`", site.name),
+            );
+        }
+        if site.bootstrap.is_empty() {
+            err(
+                &format!("sites[{i}].bootstrap"),
+                "at least one host:port is required".into(),
+            );
+        }
+        for (j, addr) in site.bootstrap.iter().enumerate() {
+            if split_host_port(addr).is_none() {
+                err(
+                    &format!("sites[{i}].bootstrap[{j}]"),
+                    format!("`{addr}` is not host:port"),
+                );
+            }
+        }
+    }
+    let active_site = match &config.default_site {
+        Some(name) => match config.sites.iter().position(|s| &s.name == name) {
+            Some(i) => i,
+            None => {
+                err("default_site", format!("no site named `{name}` in `sites`"));
+                0
+            }
+        },
+        None => {
+            if config.sites.len() > 1 {
+                err(
+                    "default_site",
+                    "required when more than one site is configured".into(),
+                );
+            }
+            0
+        }
+    };
+
+    let l = &config.limits;
+    if l.max_frame_bytes < 1024 {
+        err(
+            "limits.max_frame_bytes",
+            format!("{} is too small; at least 1024", l.max_frame_bytes),
+        );
+    }
+    if l.max_connections == 0 {
+        err("limits.max_connections", "must be at least 1".into());
+    }
+    if l.max_inflight_per_connection == 0 || l.max_inflight_per_connection > 10_000 {
+        err(
+            "limits.max_inflight_per_connection",
+            "must be between 1 and 10000".into(),
+        );
+    }
+    if l.idle_timeout_ms < 1000 {
+        err("limits.idle_timeout_ms", "must be at least 1000 ms".into());
+    }
+    let t = &config.timeouts;
+    if t.connect_ms == 0 {
+        err("timeouts.connect_ms", "must be greater than 0".into());
+    }
+    if t.request_ms < 1000 {
+        err("timeouts.request_ms", "must be at least 1000 ms".into());
+    }
+    if config.metadata.refresh_interval_ms < 100 {
+        err(
+            "metadata.refresh_interval_ms",
+            "must be at least 100 ms".into(),
+        );
+    }
+    let admin_bind = match config.admin.bind.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            err(
+                "admin.bind",
+                format!("`{}` is not an IP:port socket address", config.admin.bind),
+            );
+            None
+        }
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        err("log.level", format!("not a valid filter: {e}"));
+    }
+
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+    // Both are Some when no error was recorded above.
+    let (Some(bootstrap_bind), Some(admin_bind)) = (bootstrap_bind, admin_bind) else {
+        return Err(ConfigErrors(vec![ConfigError {
+            key: String::new(),
+            reason: "internal: address missing".into(),
+        }]));
+    };
+    let advertised_host = config
+        .listen
+        .advertised_host
+        .clone()
+        .unwrap_or_else(|| bootstrap_bind.ip().to_string());
+    Ok(Validated {
+        config,
+        bootstrap_bind,
+        admin_bind,
+        advertised_host,
+        active_site,
+    })
+}
+
+/// Splits `host:port`, accepting `[v6]:port`.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+cluster_id: c1
+listen:
+  bind: 127.0.0.1:9092
+sites:
+  - name: a
+    bootstrap: [\"127.0.0.1:19092\"]
+";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let v = parse(GOOD).expect("valid");
+        assert_eq!(v.config.listen.virtual_nodes, 3);
+        assert_eq!(v.advertised_host, "127.0.0.1");
+        assert_eq!(v.config.limits.max_frame_bytes, 100 * 1024 * 1024);
+        assert_eq!(v.active_site().name, "a");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace(
+            "  bind: 127.0.0.1:9092",
+            "  bind: 127.0.0.1:9092\n  bnid: x",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.0[0].key, "listen.bnid");
+        assert!(e.0[0].reason.contains("bnid"), "{}", e);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = GOOD.replace(
+            "cluster_id: c1",
+            "cluster_id: c1\nlimits:\n  max_frame_bytes: lots",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.0[0].key, "limits.max_frame_bytes", "{e}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported() {
+        let text = "
+cluster_id: ''
+listen:
+  bind: nowhere
+  virtual_nodes: 0
+sites:
+  - name: a
+    bootstrap: [\"no-port\"]
+  - name: a
+    bootstrap: []
+limits:
+  max_frame_bytes: 10
+";
+        let e = parse(text).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "cluster_id",
+            "listen.bind",
+            "listen.virtual_nodes",
+            "sites[0].bootstrap[0]",
+            "sites[1].name",
+            "sites[1].bootstrap",
+            "default_site",
+            "limits.max_frame_bytes",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn ports_must_fit() {
+        let text = GOOD.replace("127.0.0.1:9092", "127.0.0.1:65534");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.0[0].key, "listen.virtual_nodes");
+    }
+}

@@ -1,0 +1,97 @@
+//! The `switchyard` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::config::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Kafka-protocol proxy: one stable endpoint in front of several Kafka sites"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGTERM or SIGINT.
+    Run {
+        /// Path to the YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; print every problem with its key, exit 1 if any.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: config OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                for e in &errs.0 {
+                    println!("{}: {e}", config.display());
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(errs) => {
+                    for e in &errs.0 {
+                        eprintln!("{}: {e}", config.display());
+                    }
+                    eprintln!("switchyard: invalid config, not starting");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(cfg.config.log.format, &cfg.config.log.level);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchyard: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(switchyard::server::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "switchyard failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    // RUST_LOG, when set, wins over the config so operators can debug without editing it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}

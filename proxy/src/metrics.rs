@@ -1,0 +1,157 @@
+//! Prometheus metrics: one registry per proxy, every metric name in one place.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+const MAX_API_KEY: usize = 100;
+const MAX_API_VERSION: usize = 20;
+
+pub struct Metrics {
+    registry: Registry,
+    pub client_connections: IntGauge,
+    pub client_connections_total: IntCounter,
+    pub requests_total: IntCounterVec,
+    pub client_bytes_received: IntCounter,
+    pub client_bytes_sent: IntCounter,
+    pub upstream_request_duration: HistogramVec,
+    pub upstream_connections: IntGaugeVec,
+    pub errors_total: IntCounterVec,
+    request_counters: Vec<Vec<OnceLock<IntCounter>>>,
+}
+
+/// Error kinds counted in `switchyard_errors_total{kind}`.
+pub mod kind {
+    pub const FRAME_TOO_LARGE: &str = "frame_too_large";
+    pub const BAD_FRAME: &str = "bad_frame";
+    pub const UNKNOWN_API: &str = "unknown_api";
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    pub const MALFORMED_REQUEST: &str = "malformed_request";
+    pub const IDLE_TIMEOUT: &str = "idle_timeout";
+    pub const CONNECTION_LIMIT: &str = "connection_limit";
+    pub const UPSTREAM: &str = "upstream";
+    pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+    pub const CLIENT_IO: &str = "client_io";
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let client_connections =
+            IntGauge::new("switchyard_client_connections", "Open client connections")
+                .expect("static metric definition");
+        let client_connections_total = IntCounter::new(
+            "switchyard_client_connections_total",
+            "Client connections accepted since start",
+        )
+        .expect("static metric definition");
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Client requests by API and version",
+            ),
+            &["api", "version"],
+        )
+        .expect("static metric definition");
+        let client_bytes_received = IntCounter::new(
+            "switchyard_client_bytes_received_total",
+            "Bytes read from clients (frames including length prefix)",
+        )
+        .expect("static metric definition");
+        let client_bytes_sent = IntCounter::new(
+            "switchyard_client_bytes_sent_total",
+            "Bytes written to clients (frames including length prefix)",
+        )
+        .expect("static metric definition");
+        let upstream_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_upstream_request_duration_seconds",
+                "Time from writing a request to an upstream broker to reading its response",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["site", "api"],
+        )
+        .expect("static metric definition");
+        let upstream_connections = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_upstream_connections",
+                "Open connections to upstream brokers",
+            ),
+            &["site"],
+        )
+        .expect("static metric definition");
+        let errors_total = IntCounterVec::new(
+            Opts::new("switchyard_errors_total", "Errors by kind"),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_connections_total.clone()),
+            Box::new(requests_total.clone()),
+            Box::new(client_bytes_received.clone()),
+            Box::new(client_bytes_sent.clone()),
+            Box::new(upstream_request_duration.clone()),
+            Box::new(upstream_connections.clone()),
+            Box::new(errors_total.clone()),
+        ] {
+            registry.register(c).expect("static metric definition");
+        }
+        Metrics {
+            registry,
+            client_connections,
+            client_connections_total,
+            requests_total,
+            client_bytes_received,
+            client_bytes_sent,
+            upstream_request_duration,
+            upstream_connections,
+            errors_total,
+            request_counters: (0..=MAX_API_KEY)
+                .map(|_| (0..=MAX_API_VERSION).map(|_| OnceLock::new()).collect())
+                .collect(),
+        }
+    }
+
+    /// The per-(API, version) request counter, created on first use so that
+    /// `/metrics` only lists the combinations clients actually use; cached so the
+    /// hot path does not hash label strings.
+    pub fn request_counter(&self, api_key: i16, version: i16) -> Option<&IntCounter> {
+        let slot = self
+            .request_counters
+            .get(usize::try_from(api_key).ok()?)?
+            .get(usize::try_from(version).ok()?)?;
+        Some(slot.get_or_init(|| {
+            let name = kafka_protocol::messages::ApiKey::try_from(api_key)
+                .map(|k| format!("{k:?}"))
+                .unwrap_or_else(|_| api_key.to_string());
+            self.requests_total
+                .with_label_values(&[name.as_str(), version.to_string().as_str()])
+        }))
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors_total.with_label_values(&[kind]).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            return format!("# encode error: {e}\n");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,224 @@
+//! One client connection, from first byte to close.
+//!
+//! The reader (this task) takes frames off the socket one at a time, checks
+//! them, and runs each request's route phase in order (see `api`). What the
+//! route phase returns goes into a bounded queue; the writer task takes the
+//! queue in order, awaits each response and writes it. So:
+//!
+//! * responses leave in request order, whatever order upstreams answer in;
+//! * at most `max_inflight_per_connection` requests are in flight; past that
+//!   the reader stops reading and TCP pushes back on the client;
+//! * a bad frame, an unsupported API or a failed upstream closes *this*
+//!   connection only, after responses already queued have been written.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{self, Ctx, Outcome, Reply, Respond};
+use crate::codec::{read_frame, FrameError, RequestError, RequestFrame};
+use crate::metrics::kind;
+use crate::server::Proxy;
+use crate::upstream::BrokerPool;
+
+enum Slot {
+    Ready(Reply),
+    Later(Respond),
+}
+
+/// Serves one client connection until it closes, fails, idles out or the
+/// proxy shuts down.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let limits = &proxy.cfg.config.limits;
+    let max_frame = limits.max_frame_bytes;
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let (tx, rx) = mpsc::channel::<Slot>(limits.max_inflight_per_connection as usize);
+    let mut writer = tokio::spawn(write_loop(proxy.clone(), wr, rx, peer));
+    let mut pool = BrokerPool::new(proxy.site.clone());
+
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = &mut writer => return, // the writer failed and already logged why
+            r = tokio::time::timeout(idle, read_frame(&mut rd, max_frame)) => r,
+        };
+        let frame = match frame {
+            Err(_) => {
+                proxy.metrics.error(kind::IDLE_TIMEOUT);
+                tracing::info!(client = %peer, idle_ms = idle.as_millis() as u64,
+                    "closing idle client connection");
+                break;
+            }
+            Ok(Err(FrameError::Closed)) => break,
+            Ok(Err(e)) => {
+                let k = match e {
+                    FrameError::TooLarge { .. } => kind::FRAME_TOO_LARGE,
+                    FrameError::Io(_) => kind::CLIENT_IO,
+                    _ => kind::BAD_FRAME,
+                };
+                proxy.metrics.error(k);
+                tracing::warn!(client = %peer, reason = %e, "closing client connection: bad frame");
+                break;
+            }
+            Ok(Ok(f)) => f,
+        };
+        proxy
+            .metrics
+            .client_bytes_received
+            .inc_by(frame.len() as u64 + 4);
+        let Some(slot) = handle(&proxy, &mut pool, frame, peer).await else {
+            break;
+        };
+        if let Some(slot) = slot {
+            if tx.send(slot).await.is_err() {
+                break;
+            }
+        }
+    }
+    // No more requests: let the writer finish what is queued, within the
+    // shutdown grace (each response is also bounded by the request timeout).
+    drop(tx);
+    let grace = Duration::from_millis(proxy.cfg.config.timeouts.shutdown_grace_ms);
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
+}
+
+/// Checks and routes one request. `None` closes the connection; `Some(None)`
+/// means the request needs no response.
+async fn handle(
+    proxy: &Arc<Proxy>,
+    pool: &mut BrokerPool,
+    frame: Bytes,
+    peer: SocketAddr,
+) -> Option<Option<Slot>> {
+    let req = match RequestFrame::parse(frame) {
+        Ok(r) => r,
+        Err(e) => {
+            let k = match e {
+                RequestError::UnknownKey { .. } => kind::UNKNOWN_API,
+                RequestError::Short(_) => kind::BAD_FRAME,
+                RequestError::BadHeader { .. } => kind::MALFORMED_REQUEST,
+            };
+            proxy.metrics.error(k);
+            tracing::warn!(client = %peer, reason = %e, "closing client connection: bad request");
+            return None;
+        }
+    };
+    let client_id = req
+        .client_id
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    // ApiVersions of any version is answered (KIP-511 fallback); everything
+    // else must be a version we advertised, as Kafka brokers require.
+    let table = proxy.version_table().await;
+    if req.api_key != kafka_protocol::messages::ApiKey::ApiVersions
+        && !table.supports(req.api_key, req.api_version)
+    {
+        proxy.metrics.error(kind::UNSUPPORTED_VERSION);
+        tracing::warn!(client = %peer, client_id, api = api::name(req.api_key), version = req.api_version,
+            "closing client connection: API version not supported (not advertised in ApiVersions)");
+        return None;
+    }
+    if let Some(c) = proxy
+        .metrics
+        .request_counter(req.api_key as i16, req.api_version)
+    {
+        c.inc();
+    }
+    let (api_key, version) = (req.api_key, req.api_version);
+    let mut ctx = Ctx { proxy, pool };
+    match api::route(&mut ctx, req).await {
+        Ok(Outcome::NoResponse) => Some(None),
+        Ok(Outcome::Ready(r)) => Some(Some(Slot::Ready(r))),
+        Ok(Outcome::Later(f)) => Some(Some(Slot::Later(f))),
+        Err(e) => {
+            let k = if e.downcast_ref::<crate::upstream::UpstreamError>().is_some() {
+                kind::UPSTREAM
+            } else {
+                kind::MALFORMED_REQUEST
+            };
+            proxy.metrics.error(k);
+            tracing::warn!(client = %peer, client_id, api = api::name(api_key), version,
+                reason = %format!("{e:#}"), "closing client connection: request failed");
+            None
+        }
+    }
+}
+
+async fn write_loop(
+    proxy: Arc<Proxy>,
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Slot>,
+    peer: SocketAddr,
+) {
+    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(slot) = rx.recv().await {
+        let reply = match slot {
+            Slot::Ready(r) => r,
+            Slot::Later(f) => match f.await {
+                Ok(r) => r,
+                Err(e) => {
+                    let k = match e.downcast_ref::<crate::upstream::UpstreamError>() {
+                        Some(crate::upstream::UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
+                        Some(_) => kind::UPSTREAM,
+                        None => kind::MALFORMED_REQUEST,
+                    };
+                    proxy.metrics.error(k);
+                    tracing::warn!(client = %peer, reason = %format!("{e:#}"),
+                        "closing client connection: no response from upstream");
+                    break;
+                }
+            },
+        };
+        let written = match &reply {
+            Reply::Frame(f) => {
+                let len = (f.len() as i32).to_be_bytes();
+                w.write_all(&len)
+                    .await
+                    .and(w.write_all(f).await)
+                    .map(|_| f.len())
+            }
+            Reply::Upstream {
+                correlation_id,
+                frame,
+            } => {
+                let len = (frame.len() as i32).to_be_bytes();
+                async {
+                    w.write_all(&len).await?;
+                    w.write_all(&correlation_id.to_be_bytes()).await?;
+                    w.write_all(&frame[4..]).await
+                }
+                .await
+                .map(|_| frame.len())
+            }
+        };
+        match written {
+            Ok(n) => proxy.metrics.client_bytes_sent.inc_by(n as u64 + 4),
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "client write failed");
+                return;
+            }
+        }
+        if rx.is_empty() && w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,493 @@
+//! Upstream clusters ("sites"): their layout, their API versions, their
+//! coordinators, and the connections to their brokers.
+//!
+//! Each client session owns its upstream connections ([`BrokerPool`]), one per
+//! upstream broker it talks to, exactly as the client would if it connected
+//! directly. Sharing connections between clients would be cheaper in sockets,
+//! but a broker processes one request per connection at a time, so one
+//! consumer's long-poll Fetch would stall another client's Produce. The proxy's
+//! own requests (metadata refresh, coordinator lookup, ApiVersions) go over a
+//! separate control connection per site.
+
+pub mod conn;
+pub mod view;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, MetadataRequest, MetadataResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use prometheus::{Histogram, IntGauge};
+use tokio::sync::Mutex as AsyncMutex;
+use uuid::Uuid;
+
+pub use conn::{PendingResponse, UpstreamConn, UpstreamError};
+pub use view::{BrokerAddr, ClusterView};
+
+use crate::codec;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+
+/// Supported version range per API key, as advertised by an upstream cluster.
+pub type ApiRanges = HashMap<i16, (i16, i16)>;
+
+/// Client id Switchyard uses for its own upstream requests.
+const CONTROL_CLIENT_ID: &str = "switchyard";
+
+/// Refreshes triggered by a routing miss are at most this frequent, so a client
+/// hammering a missing topic cannot turn into a metadata storm upstream.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(200);
+
+pub struct SiteSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_frame_bytes: u32,
+}
+
+/// One upstream cluster.
+pub struct Site {
+    pub name: String,
+    pub bootstrap: Vec<String>,
+    pub settings: SiteSettings,
+    identity: Arc<Identity>,
+    view: ArcSwap<ClusterView>,
+    /// Virtual topic id → topic name, rebuilt with each view.
+    virtual_ids: ArcSwap<HashMap<Uuid, String>>,
+    versions: ArcSwapOption<ApiRanges>,
+    control: AsyncMutex<Option<UpstreamConn>>,
+    refresh_gate: AsyncMutex<Option<Instant>>,
+    reachable: AtomicBool,
+    coordinators: Mutex<HashMap<(i8, String), i32>>,
+    pub conn_gauge: IntGauge,
+    metrics: Arc<Metrics>,
+}
+
+/// Outcome of a coordinator lookup on the upstream.
+#[derive(Debug, Clone)]
+pub enum Coordinator {
+    Broker(i32),
+    /// The upstream answered with this error code (e.g. COORDINATOR_NOT_AVAILABLE).
+    Error(i16, Option<String>),
+}
+
+impl Site {
+    pub fn new(
+        name: &str,
+        bootstrap: Vec<String>,
+        settings: SiteSettings,
+        identity: Arc<Identity>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Site {
+            name: name.to_string(),
+            bootstrap,
+            settings,
+            identity,
+            view: ArcSwap::from_pointee(ClusterView::default()),
+            virtual_ids: ArcSwap::from_pointee(HashMap::new()),
+            versions: ArcSwapOption::empty(),
+            control: AsyncMutex::new(None),
+            refresh_gate: AsyncMutex::new(None),
+            reachable: AtomicBool::new(false),
+            coordinators: Mutex::new(HashMap::new()),
+            conn_gauge: metrics.upstream_connections.with_label_values(&[name]),
+            metrics,
+        }
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.load_full()
+    }
+
+    pub fn versions(&self) -> Option<Arc<ApiRanges>> {
+        self.versions.load_full()
+    }
+
+    /// Reachable: the last metadata refresh worked and the control connection
+    /// has not dropped since.
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Acquire)
+    }
+
+    pub fn latency(&self, api: ApiKey) -> Histogram {
+        self.metrics
+            .upstream_request_duration
+            .with_label_values(&[self.name.as_str(), api_name(api)])
+    }
+
+    /// Topic name for a virtual topic id.
+    pub fn topic_for_virtual_id(&self, id: &Uuid) -> Option<String> {
+        self.virtual_ids.load().get(id).cloned()
+    }
+
+    fn store_view(&self, v: ClusterView) {
+        let ids = v
+            .topics
+            .keys()
+            .map(|name| (self.identity.topic_id(name), name.clone()))
+            .collect();
+        self.virtual_ids.store(Arc::new(ids));
+        self.view.store(Arc::new(v));
+    }
+
+    /// Folds a Metadata response seen on a client's behalf into the view.
+    pub fn absorb_metadata(&self, md: &MetadataResponse) {
+        let merged = self.view.load().merged(md);
+        self.store_view(merged);
+    }
+
+    /// Addresses to try for a broker id; bootstrap addresses when the id is not
+    /// (yet) known.
+    pub fn broker_addr(&self, broker: i32) -> Option<String> {
+        self.view.load().brokers.get(&broker).map(BrokerAddr::addr)
+    }
+
+    async fn control_conn(&self) -> Result<UpstreamConn, UpstreamError> {
+        let mut guard = self.control.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+            self.reachable.store(false, Ordering::Release);
+        }
+        // Known brokers first (the cluster may have moved away from the
+        // bootstrap hosts), then the configured bootstrap list.
+        let view = self.view();
+        let mut candidates: Vec<String> = view.brokers.values().map(BrokerAddr::addr).collect();
+        candidates.sort();
+        candidates.extend(self.bootstrap.iter().cloned());
+        let mut last = UpstreamError::NoBroker(self.name.clone());
+        for addr in candidates {
+            match UpstreamConn::connect(
+                &addr,
+                self.settings.connect_timeout,
+                self.settings.max_frame_bytes,
+                self.conn_gauge.clone(),
+            )
+            .await
+            {
+                Ok(c) => {
+                    *guard = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends one of the proxy's own requests over the control connection.
+    async fn control_call<Req: Encodable, Resp: Decodable>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Result<Resp, UpstreamError> {
+        let conn = self.control_conn().await?;
+        let frame = codec::encode_request(
+            api,
+            version,
+            Some(StrBytes::from_static_str(CONTROL_CLIENT_ID)),
+            req,
+        )
+        .map_err(|e| protocol_err(conn.addr(), e))?;
+        let pending = conn
+            .send(frame, Some(self.latency(api)))
+            .await?
+            .ok_or_else(|| protocol_err(conn.addr(), "no response slot"))?;
+        let resp = pending.wait(self.settings.request_timeout).await?;
+        // ApiVersions answers in a v0 body when it does not like our version.
+        let resp_version = if api == ApiKey::ApiVersions && api_versions_unsupported(&resp) {
+            0
+        } else {
+            version
+        };
+        codec::decode_response_body::<Resp>(api, resp_version, &resp)
+            .map_err(|e| protocol_err(conn.addr(), e))
+    }
+
+    async fn fetch_versions(&self) -> Result<Arc<ApiRanges>, UpstreamError> {
+        if let Some(v) = self.versions.load_full() {
+            return Ok(v);
+        }
+        let mut req = ApiVersionsRequest::default();
+        req.client_software_name = StrBytes::from_static_str("switchyard");
+        req.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
+        let mut resp: ApiVersionsResponse = self.control_call(ApiKey::ApiVersions, 3, &req).await?;
+        if resp.error_code == 35 {
+            resp = self.control_call(ApiKey::ApiVersions, 0, &req).await?;
+        }
+        if resp.error_code != 0 {
+            return Err(UpstreamError::Protocol {
+                addr: self.name.clone(),
+                reason: format!("ApiVersions error code {}", resp.error_code),
+            });
+        }
+        let ranges: ApiRanges = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        let ranges = Arc::new(ranges);
+        self.versions.store(Some(ranges.clone()));
+        Ok(ranges)
+    }
+
+    /// Highest version of `api` both the upstream and the crate speak.
+    fn pick_version(ranges: &ApiRanges, api: ApiKey, ours: (i16, i16)) -> Option<i16> {
+        let (lo, hi) = ranges.get(&(api as i16))?;
+        let crate_range = api.valid_versions();
+        let max = (*hi).min(ours.1).min(crate_range.max);
+        let min = (*lo).max(ours.0).max(crate_range.min);
+        (min <= max).then_some(max)
+    }
+
+    /// Refreshes the cluster view. Concurrent callers share one refresh: a
+    /// caller that waited while another refresh completed returns at once.
+    pub async fn refresh(&self) -> Result<(), UpstreamError> {
+        let asked = Instant::now();
+        let mut last = self.refresh_gate.lock().await;
+        if let Some(t) = *last {
+            if t >= asked || t.elapsed() < MIN_REFRESH_GAP && self.is_reachable() {
+                return Ok(());
+            }
+        }
+        let result = self.refresh_now().await;
+        *last = Some(Instant::now());
+        match &result {
+            Ok(()) => self.reachable.store(true, Ordering::Release),
+            Err(e) => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(site = %self.name, error = %e, "site unreachable");
+                }
+                *self.control.lock().await = None;
+            }
+        }
+        result
+    }
+
+    async fn refresh_now(&self) -> Result<(), UpstreamError> {
+        let ranges = self.fetch_versions().await?;
+        let version = Self::pick_version(&ranges, ApiKey::Metadata, (1, 12)).ok_or_else(|| {
+            protocol_err(&self.name, "upstream supports no usable Metadata version")
+        })?;
+        let mut req = MetadataRequest::default();
+        req.topics = None; // all topics
+        req.allow_auto_topic_creation = false;
+        let md: MetadataResponse = self.control_call(ApiKey::Metadata, version, &req).await?;
+        let was_unreachable = !self.is_reachable();
+        self.store_view(ClusterView::from_metadata(&md));
+        if was_unreachable {
+            tracing::info!(site = %self.name, brokers = md.brokers.len(), topics = md.topics.len(),
+                "site reachable");
+        }
+        Ok(())
+    }
+
+    /// Upstream leader of a partition, refreshing the view once on a miss.
+    pub async fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        if let Some(l) = self.view.load().leader(topic, partition) {
+            return Some(l);
+        }
+        let _ = self.refresh().await;
+        self.view.load().leader(topic, partition)
+    }
+
+    /// Some broker of the cluster, for requests any broker can answer.
+    pub async fn any_broker(&self) -> Result<i32, UpstreamError> {
+        if let Some(b) = self.view.load().any_broker() {
+            return Ok(b);
+        }
+        self.refresh().await?;
+        self.view
+            .load()
+            .any_broker()
+            .ok_or_else(|| UpstreamError::NoBroker(self.name.clone()))
+    }
+
+    /// The upstream coordinator for a group (`key_type` 0) or transactional id (1).
+    pub async fn coordinator(&self, key_type: i8, key: &str) -> Result<Coordinator, UpstreamError> {
+        if let Ok(map) = self.coordinators.lock() {
+            if let Some(b) = map.get(&(key_type, key.to_string())) {
+                if self.view.load().brokers.contains_key(b) {
+                    return Ok(Coordinator::Broker(*b));
+                }
+            }
+        }
+        let ranges = self.fetch_versions().await?;
+        let version = Self::pick_version(&ranges, ApiKey::FindCoordinator, (0, 6))
+            .ok_or_else(|| protocol_err(&self.name, "upstream has no FindCoordinator"))?;
+        let mut req = FindCoordinatorRequest::default();
+        req.key_type = key_type;
+        if version >= 4 {
+            req.coordinator_keys = vec![StrBytes::from_string(key.to_string())];
+        } else {
+            req.key = StrBytes::from_string(key.to_string());
+        }
+        let resp: FindCoordinatorResponse = self
+            .control_call(ApiKey::FindCoordinator, version, &req)
+            .await?;
+        let (err, msg, node) = if version >= 4 {
+            match resp.coordinators.first() {
+                Some(c) => (c.error_code, c.error_message.clone(), c.node_id.0),
+                None => (15, None, -1),
+            }
+        } else {
+            (resp.error_code, resp.error_message.clone(), resp.node_id.0)
+        };
+        if err != 0 {
+            return Ok(Coordinator::Error(err, msg.map(|m| m.to_string())));
+        }
+        if !self.view.load().brokers.contains_key(&node) {
+            let _ = self.refresh().await;
+        }
+        if let Ok(mut map) = self.coordinators.lock() {
+            if map.len() > 100_000 {
+                map.clear(); // bounded: a client inventing group ids cannot grow this forever
+            }
+            map.insert((key_type, key.to_string()), node);
+        }
+        Ok(Coordinator::Broker(node))
+    }
+
+    /// Forgets a cached coordinator after the upstream said NOT_COORDINATOR.
+    pub fn forget_coordinator(&self, key_type: i8, key: &str) {
+        if let Ok(mut map) = self.coordinators.lock() {
+            map.remove(&(key_type, key.to_string()));
+        }
+    }
+
+    /// Background upkeep: periodic refresh, faster retries while unreachable,
+    /// and immediate detection of a dropped control connection.
+    pub async fn maintain(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut next = Instant::now();
+        loop {
+            if Instant::now() >= next {
+                let ok = self.refresh().await.is_ok();
+                next = Instant::now()
+                    + if ok {
+                        interval
+                    } else {
+                        Duration::from_secs(1).min(interval)
+                    };
+            }
+            // Poll the control connection so a dead site is noticed within a
+            // second, not at the next refresh.
+            let tick = Duration::from_millis(500);
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => return,
+            }
+            let dropped = match self.control.try_lock() {
+                Ok(g) => g.as_ref().is_some_and(|c| c.is_closed()),
+                Err(_) => false,
+            };
+            if dropped && self.reachable.swap(false, Ordering::AcqRel) {
+                tracing::warn!(site = %self.name, "control connection to site dropped");
+                next = Instant::now();
+            }
+        }
+    }
+}
+
+/// Per-session connections to the brokers of one site.
+pub struct BrokerPool {
+    site: Arc<Site>,
+    conns: HashMap<i32, UpstreamConn>,
+}
+
+impl BrokerPool {
+    pub fn new(site: Arc<Site>) -> Self {
+        BrokerPool {
+            site,
+            conns: HashMap::new(),
+        }
+    }
+
+    pub fn site(&self) -> &Arc<Site> {
+        &self.site
+    }
+
+    /// The connection to an upstream broker, (re)connecting as needed.
+    pub async fn conn(&mut self, broker: i32) -> Result<UpstreamConn, UpstreamError> {
+        if let Some(c) = self.conns.get(&broker) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+            self.conns.remove(&broker);
+        }
+        let addr = match self.site.broker_addr(broker) {
+            Some(a) => a,
+            None => {
+                let _ = self.site.refresh().await;
+                self.site
+                    .broker_addr(broker)
+                    .ok_or_else(|| UpstreamError::NoBroker(format!("broker {broker}")))?
+            }
+        };
+        let s = &self.site.settings;
+        let c = UpstreamConn::connect(
+            &addr,
+            s.connect_timeout,
+            s.max_frame_bytes,
+            self.site.conn_gauge.clone(),
+        )
+        .await?;
+        self.conns.insert(broker, c.clone());
+        Ok(c)
+    }
+
+    /// Sends a request frame to a broker; `None` when no response is expected.
+    pub async fn send(
+        &mut self,
+        broker: i32,
+        api: ApiKey,
+        frame: Bytes,
+        expect_response: bool,
+    ) -> Result<Option<PendingResponse>, UpstreamError> {
+        let conn = self.conn(broker).await?;
+        let latency = expect_response.then(|| self.site.latency(api));
+        conn.send(frame, latency).await
+    }
+
+    /// Like `send`, for requests that always have a response.
+    pub async fn call(
+        &mut self,
+        broker: i32,
+        api: ApiKey,
+        frame: Bytes,
+    ) -> Result<PendingResponse, UpstreamError> {
+        self.send(broker, api, frame, true)
+            .await?
+            .ok_or_else(|| protocol_err(&self.site.name, "no response slot"))
+    }
+}
+
+fn protocol_err(addr: &str, e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Protocol {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// True when an ApiVersions response frame (correlation id first) carries
+/// UNSUPPORTED_VERSION, in which case its body is v0 whatever we asked (KIP-511).
+pub fn api_versions_unsupported(frame: &[u8]) -> bool {
+    frame.len() >= 6 && i16::from_be_bytes([frame[4], frame[5]]) == 35
+}
+
+/// A static name per API for metric labels.
+pub fn api_name(api: ApiKey) -> &'static str {
+    crate::api::name(api)
+}
