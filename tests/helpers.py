@@ -1,0 +1,548 @@
+"""Shared helpers for the Switchyard integration suite.
+
+Nothing in here starts processes; that is conftest.py's job. These are the
+pieces several test files need: ports, bounded waiting, HTTP and Prometheus
+scraping, topic creation, deterministic test records and the exactly-once
+comparison that every data-path test ends with.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
+
+# Consumer-group timings. Tansu completes a JoinGroup only after the rebalance
+# timeout (= max.poll.interval.ms) has passed, so the Kafka defaults (45 s /
+# 300 s) would make every group test take minutes. librdkafka requires
+# max.poll.interval.ms >= session.timeout.ms.
+SESSION_TIMEOUT_MS = 6000
+MAX_POLL_INTERVAL_MS = 6000
+HEARTBEAT_INTERVAL_MS = 1000
+
+
+# --------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------
+
+_allocated_ports: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _candidate_range() -> tuple[int, int]:
+    """Ports outside the kernel's ephemeral range, so that the outgoing
+    connections clients make while a test runs can never take a port we picked
+    but have not bound yet."""
+    lo, hi = _ephemeral_range()
+    if lo - 1 - 15000 >= 2000:
+        return 15000, lo - 1
+    if 65000 - (hi + 1) >= 2000:
+        return hi + 1, 65000
+    return 10000, 65000
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def allocate_ports(count: int, host: str = "127.0.0.1") -> int:
+    """Returns a base port such that base .. base+count-1 are all free now and
+    were never handed out before in this test session."""
+    lo, hi = _candidate_range()
+    rng = random.Random()
+    with _port_lock:
+        for _ in range(2000):
+            base = rng.randrange(lo, hi - count)
+            block = range(base, base + count)
+            if any(p in _allocated_ports for p in block):
+                continue
+            if all(port_is_free(p, host) for p in block):
+                _allocated_ports.update(block)
+                return base
+    raise RuntimeError(f"could not find {count} consecutive free ports in {lo}..{hi}")
+
+
+def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# Bounded waiting
+# --------------------------------------------------------------------------
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    message: str | Callable[[], str],
+    interval: float = 0.1,
+) -> T:
+    """Polls `predicate` until it returns something truthy, which is returned.
+    Fails with `message` (plus the last exception, if the predicate raised)
+    once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last_exc: Optional[BaseException] = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last_exc = None
+        except Exception as e:  # noqa: BLE001 - reported below
+            last_exc = e
+        if time.monotonic() >= deadline:
+            msg = message() if callable(message) else message
+            if last_exc is not None:
+                msg += f" (last error: {last_exc!r})"
+            raise AssertionError(f"timed out after {timeout:.0f}s: {msg}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------
+# HTTP / Prometheus
+# --------------------------------------------------------------------------
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET returning (status, body) for any HTTP status; raises only on
+    connection problems."""
+    req = urllib.request.Request(url, method="GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        body = e.read().decode("utf-8", "replace") if e.fp else ""
+        return e.code, body
+
+
+def http_get_json(url: str, timeout: float = 5.0) -> Any:
+    status, body = http_get(url, timeout)
+    assert status == 200, f"GET {url} returned {status}: {body[:500]}"
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise AssertionError(f"GET {url} did not return JSON ({e}): {body[:500]}") from None
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict
+    value: float
+
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\d+)?$")
+_LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def parse_prometheus(text: str) -> tuple[list[Sample], dict[str, str]]:
+    """Parses Prometheus text exposition into samples and {metric: TYPE}.
+    Raises AssertionError on a line that is not valid exposition format."""
+    samples: list[Sample] = []
+    types: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 4 and parts[1] == "TYPE":
+                types[parts[2]] = parts[3].strip()
+            continue
+        m = _SAMPLE_RE.match(line)
+        assert m, f"/metrics line {lineno} is not Prometheus text format: {line!r}"
+        labels: dict[str, str] = {}
+        if m.group(3):
+            pos = 0
+            body = m.group(3)
+            while pos < len(body):
+                lm = _LABEL_RE.match(body, pos)
+                assert lm, f"/metrics line {lineno} has malformed labels: {line!r}"
+                labels[lm.group(1)] = bytes(lm.group(2), "utf-8").decode("unicode_escape")
+                pos = lm.end()
+        raw = m.group(4)
+        try:
+            value = float(raw.replace("+Inf", "inf").replace("-Inf", "-inf"))
+        except ValueError:
+            raise AssertionError(f"/metrics line {lineno} has a non-numeric value: {line!r}") from None
+        samples.append(Sample(m.group(1), labels, value))
+    return samples, types
+
+
+def samples_named(samples: Iterable[Sample], name: str, **labels: str) -> list[Sample]:
+    return [
+        s
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def metric_sum(samples: Iterable[Sample], name: str, **labels: str) -> float:
+    return sum(s.value for s in samples_named(samples, name, **labels))
+
+
+# --------------------------------------------------------------------------
+# Topics (confluent_kafka AdminClient)
+# --------------------------------------------------------------------------
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def admin_client(bootstrap: str, **extra: Any):
+    from confluent_kafka.admin import AdminClient
+
+    conf = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000}
+    conf.update(extra)
+    return AdminClient(conf)
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 3, timeout: float = 30.0):
+    """Creates a topic through `bootstrap` and waits until the metadata seen
+    through `bootstrap` lists all its partitions with a leader. Returns that
+    TopicMetadata."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = admin_client(bootstrap)
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    futures[name].result(timeout=timeout)  # raises KafkaException on failure
+    return wait_for_topic(bootstrap, name, partitions, timeout, admin=admin)
+
+
+def wait_for_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30.0, admin=None):
+    admin = admin or admin_client(bootstrap)
+
+    def ready():
+        md = admin.list_topics(topic=name, timeout=5)
+        t = md.topics.get(name)
+        if t is None or t.error is not None or len(t.partitions) != partitions:
+            return None
+        if any(p.leader < 0 or p.error is not None for p in t.partitions.values()):
+            return None
+        return t
+
+    return wait_until(
+        ready,
+        timeout,
+        f"topic {name} with {partitions} partitions (all with a leader) not visible through {bootstrap}",
+        interval=0.2,
+    )
+
+
+# --------------------------------------------------------------------------
+# Test records and exactly-once verification
+# --------------------------------------------------------------------------
+
+Header = tuple[str, Optional[bytes]]
+
+
+@dataclass(frozen=True)
+class Rec:
+    """A record as produced."""
+
+    key: bytes
+    value: Optional[bytes]
+    headers: tuple[Header, ...]
+    timestamp: int  # CreateTime, ms
+
+
+@dataclass(frozen=True)
+class Got:
+    """A record as consumed, normalised across client libraries."""
+
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: tuple[Header, ...]
+    timestamp: int
+    timestamp_type: str  # "create", "logappend" or "none"
+    partition: int
+    offset: int
+
+
+def make_records(
+    count: int,
+    tag: str,
+    base_ts_ms: Optional[int] = None,
+    null_header_values: bool = True,
+    max_value_bytes: int = 1500,
+) -> list[Rec]:
+    """Deterministic, varied records: unique keys; binary values of varying
+    size incl. some empty and some null values; headers with duplicate keys in
+    a fixed order (and some records without headers); distinct CreateTime
+    timestamps one hour in the past (so a broker overwriting them with the
+    append time would be caught)."""
+    if base_ts_ms is None:
+        base_ts_ms = int(time.time() * 1000) - 3_600_000
+    recs = []
+    for i in range(count):
+        rng = random.Random(f"{tag}/{i}")
+        key = f"{tag}-{i:06d}".encode()
+        if i % 997 == 13:
+            value: Optional[bytes] = None
+        elif i % 991 == 7:
+            value = b""
+        else:
+            value = rng.randbytes(rng.randrange(1, max_value_bytes))
+        if i % 10 == 9:
+            headers: tuple[Header, ...] = ()
+        else:
+            h: list[Header] = [
+                ("seq", str(i).encode()),
+                ("dup", b"first"),
+                ("bin", bytes([i % 256, 0, 255, 10])),
+                ("dup", b"second"),
+            ]
+            if i % 3 == 0:
+                h.append(("dup", b""))
+            if null_header_values and i % 5 == 0:
+                h.append(("nullable", None))
+            headers = tuple(h)
+        recs.append(Rec(key=key, value=value, headers=headers, timestamp=base_ts_ms + i * 3))
+    return recs
+
+
+def _describe(rec: Any) -> str:
+    return repr(rec)[:300]
+
+
+def verify_exactly_once(
+    expected: Sequence[Rec],
+    got: Sequence[Got],
+    *,
+    first_offsets: Optional[dict[int, int]] = None,
+    num_partitions: Optional[int] = None,
+    expected_partition: Optional[dict[bytes, int]] = None,
+    expected_offset: Optional[dict[bytes, int]] = None,
+    context: str = "",
+) -> dict[int, list[Got]]:
+    """Asserts that `got` holds every record of `expected` exactly once, with
+    identical key, value, headers (order and duplicates included) and
+    CreateTime timestamp, and that per partition the offsets are contiguous
+    starting at `first_offsets[p]` (default 0). Optionally checks that each
+    record landed in the partition / at the offset the producer was told.
+    Returns the consumed records grouped by partition."""
+    prefix = f"{context}: " if context else ""
+    exp_by_key = {r.key: r for r in expected}
+    assert len(exp_by_key) == len(expected), "test bug: expected keys are not unique"
+    counts = Counter(g.key for g in got)
+    missing = [k for k in exp_by_key if counts[k] == 0]
+    dups = {k: c for k, c in counts.items() if c > 1}
+    unexpected = [k for k in counts if k not in exp_by_key]
+
+    mismatches: list[str] = []
+    for g in got:
+        e = exp_by_key.get(g.key)
+        if e is None:
+            continue
+        diffs = []
+        if g.value != e.value:
+            diffs.append(
+                f"value len {None if g.value is None else len(g.value)} != "
+                f"{None if e.value is None else len(e.value)} or content differs"
+            )
+        if g.headers != e.headers:
+            diffs.append(f"headers {g.headers!r} != {e.headers!r}")
+        if g.timestamp != e.timestamp:
+            diffs.append(f"timestamp {g.timestamp} != {e.timestamp}")
+        if g.timestamp_type != "create":
+            diffs.append(f"timestamp type {g.timestamp_type!r} != 'create'")
+        if expected_partition is not None and g.partition != expected_partition.get(g.key):
+            diffs.append(f"partition {g.partition} != producer-reported {expected_partition.get(g.key)}")
+        if expected_offset is not None and g.offset != expected_offset.get(g.key):
+            diffs.append(f"offset {g.offset} != producer-reported {expected_offset.get(g.key)}")
+        if diffs:
+            mismatches.append(f"{g.key!r} (p{g.partition}@{g.offset}): " + "; ".join(diffs))
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[:5]!r})")
+    if dups:
+        problems.append(f"{len(dups)} delivered more than once (e.g. {list(dups.items())[:5]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]!r})")
+    if mismatches:
+        problems.append(f"{len(mismatches)} differ from what was produced:\n    " + "\n    ".join(mismatches[:10]))
+    assert not problems, (
+        f"{prefix}expected {len(expected)} records exactly once, consumed {len(got)}: " + "; ".join(problems)
+    )
+
+    by_partition: dict[int, list[Got]] = defaultdict(list)
+    for g in got:
+        by_partition[g.partition].append(g)
+    if num_partitions is not None:
+        bad = sorted(p for p in by_partition if not 0 <= p < num_partitions)
+        assert not bad, f"{prefix}records from partitions {bad} of a {num_partitions}-partition topic"
+    for p, recs in sorted(by_partition.items()):
+        offsets = sorted(g.offset for g in recs)
+        start = (first_offsets or {}).get(p, 0)
+        want = list(range(start, start + len(offsets)))
+        if offsets != want:
+            gaps = sorted(set(want) - set(offsets))[:10]
+            extra = sorted(set(offsets) - set(want))[:10]
+            raise AssertionError(
+                f"{prefix}partition {p}: offsets not contiguous from {start}: {len(offsets)} records, "
+                f"first {offsets[:1]}, last {offsets[-1:]}, gaps e.g. {gaps}, out-of-range e.g. {extra}"
+            )
+    return dict(by_partition)
+
+
+# --------------------------------------------------------------------------
+# confluent-kafka adapters
+# --------------------------------------------------------------------------
+
+
+def confluent_consumer_conf(bootstrap: str, group: Optional[str] = None, **extra: Any) -> dict:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+        "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+    }
+    if group is not None:
+        conf["group.id"] = group
+    else:
+        conf["group.id"] = unique_name("unused-group")
+    conf.update(extra)
+    return conf
+
+
+def got_from_confluent(m) -> Got:
+    from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME
+
+    ts_type, ts = m.timestamp()
+    kind = {TIMESTAMP_CREATE_TIME: "create", TIMESTAMP_LOG_APPEND_TIME: "logappend"}.get(ts_type, "none")
+    return Got(
+        key=m.key(),
+        value=m.value(),
+        headers=tuple((k, v) for k, v in (m.headers() or [])),
+        timestamp=ts,
+        timestamp_type=kind,
+        partition=m.partition(),
+        offset=m.offset(),
+    )
+
+
+def confluent_consume(consumer, expected: int, timeout: float, settle: float = 2.0, context: str = "") -> list[Got]:
+    """Polls until `expected` records arrived (then `settle` more seconds to
+    catch duplicates or extras) or `timeout` passed. Returns what arrived;
+    the caller's verify_exactly_once reports what is missing."""
+    out: list[Got] = []
+    deadline = time.monotonic() + timeout
+    settle_until: Optional[float] = None
+    while True:
+        now = time.monotonic()
+        if now >= deadline or (settle_until is not None and now >= settle_until):
+            break
+        msgs = consumer.consume(num_messages=1000, timeout=0.5)
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                raise AssertionError(f"{context}: consumer error: {err}")
+            out.append(got_from_confluent(m))
+        if settle_until is None and len(out) >= expected:
+            settle_until = time.monotonic() + settle
+    return out
+
+
+def confluent_produce(producer, topic: str, records: Sequence[Rec], timeout: float = 90.0):
+    """Produces `records`, flushes and returns the delivery reports as
+    {key: (error, partition, offset)}."""
+    reports: dict[bytes, tuple[Any, int, Optional[int]]] = {}
+
+    def on_delivery(err, msg):
+        reports[msg.key()] = (err, msg.partition(), msg.offset())
+
+    deadline = time.monotonic() + timeout
+    for r in records:
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    key=r.key,
+                    value=r.value,
+                    headers=list(r.headers),
+                    timestamp=r.timestamp,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                assert time.monotonic() < deadline, "producer queue stayed full until the deadline"
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(max(1.0, deadline - time.monotonic()))
+    assert remaining == 0, f"{remaining} of {len(records)} records still undelivered after {timeout}s"
+    assert len(reports) == len(records), f"{len(records) - len(reports)} records got no delivery report"
+    errors = [(k, e) for k, (e, _, _) in reports.items() if e is not None]
+    assert not errors, f"{len(errors)} delivery failures, e.g. {errors[:5]!r}"
+    return reports
+
+
+# --------------------------------------------------------------------------
+# kafka-python adapters
+# --------------------------------------------------------------------------
+
+
+def got_from_kafka_python(m) -> Got:
+    kind = {0: "create", 1: "logappend"}.get(m.timestamp_type, "none")
+    return Got(
+        key=m.key,
+        value=m.value,
+        headers=tuple((k, v) for k, v in (m.headers or [])),
+        timestamp=m.timestamp,
+        timestamp_type=kind,
+        partition=m.partition,
+        offset=m.offset,
+    )
+
+
+def kafka_python_consume(consumer, expected: int, timeout: float, settle: float = 2.0) -> list[Got]:
+    out: list[Got] = []
+    deadline = time.monotonic() + timeout
+    settle_until: Optional[float] = None
+    while True:
+        now = time.monotonic()
+        if now >= deadline or (settle_until is not None and now >= settle_until):
+            break
+        batch = consumer.poll(timeout_ms=500, max_records=2000)
+        for msgs in batch.values():
+            out.extend(got_from_kafka_python(m) for m in msgs)
+        if settle_until is None and len(out) >= expected:
+            settle_until = time.monotonic() + settle
+    return out
