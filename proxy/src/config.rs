@@ -236,7 +236,13 @@ pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
     let de = serde_norway::Deserializer::from_str(text);
     let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        let mut inner = e.into_inner().to_string();
+        // The YAML error repeats (part of) the path; the key column has it.
+        if let Some((head, rest)) = inner.split_once(": ") {
+            if key.starts_with(head) {
+                inner = rest.to_string();
+            }
+        }
         ConfigErrors(vec![ConfigError {
             key: if key == "." { String::new() } else { key },
             reason: inner,

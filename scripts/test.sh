@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need
+# (scripts/setup.sh: pinned Python clients, the Tansu broker, kcat), then runs
+# formatting and lint checks, the Rust unit and integration tests (real Tansu
+# brokers), and the Python integration suite (real clients through Switchyard).
+# CI runs exactly this (.ci/run).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "setup"
+scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build"
+cargo build --workspace --all-targets
+
+step "cargo test (unit, bad input, fuzz: real Tansu)"
+TANSU_BIN="$ROOT/.tools/bin/tansu" cargo test --workspace
+
+step "pytest (real clients through Switchyard)"
+SWITCHYARD_BIN="$ROOT/target/debug/switchyard" SWITCHYARD_SKIP_BUILD=1 \
+    TANSU_BIN="$ROOT/.tools/bin/tansu" .venv/bin/pytest tests/ -q -p no:cacheprovider
