@@ -11,7 +11,7 @@
 //! byte slices. When the response needs no rewriting (v12 and older without
 //! leader hints) the upstream frame is forwarded untouched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use kafka_protocol::messages::fetch_response::{
     FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
@@ -20,7 +20,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName}
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::{error_code, forward_rewriting, scatter, Ctx, Outcome};
+use super::{error_code, forward_rewriting, scatter, split, Ctx, Outcome};
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
 use crate::upstream::ClusterView;
@@ -30,48 +30,46 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let site = ctx.site();
     let by_id = req.api_version >= 13;
 
-    // Resolve names (v13+: from virtual ids) and leaders.
+    // v13+: topics come by virtual id; find their names. Unknown ids are
+    // answered with UNKNOWN_TOPIC_ID and not routed.
     let mut errors: Vec<(TopicName, Uuid, i32, i16)> = Vec::new();
-    let mut plan: BTreeMap<i32, Vec<(usize, usize)>> = BTreeMap::new();
-    for (ti, t) in body.topics.iter_mut().enumerate() {
-        let virtual_id = t.topic_id;
-        if by_id {
-            match site.topic_for_virtual_id(&t.topic_id) {
-                Some(name) => t.topic = TopicName(StrBytes::from_string(name)),
+    let mut skip = Vec::new();
+    if by_id {
+        for (ti, t) in body.topics.iter_mut().enumerate() {
+            let mut name = site.topic_for_virtual_id(&t.topic_id);
+            if name.is_none() {
+                let _ = site.refresh().await;
+                name = site.topic_for_virtual_id(&t.topic_id);
+            }
+            match name {
+                Some(n) => t.topic = TopicName(StrBytes::from_string(n)),
                 None => {
-                    let _ = site.refresh().await;
-                    match site.topic_for_virtual_id(&t.topic_id) {
-                        Some(name) => t.topic = TopicName(StrBytes::from_string(name)),
-                        None => {
-                            for p in &t.partitions {
-                                errors.push((
-                                    t.topic.clone(),
-                                    virtual_id,
-                                    p.partition,
-                                    error_code::UNKNOWN_TOPIC_ID,
-                                ));
-                            }
-                            continue;
-                        }
+                    skip.push(ti);
+                    for p in &t.partitions {
+                        errors.push((
+                            t.topic.clone(),
+                            t.topic_id,
+                            p.partition,
+                            error_code::UNKNOWN_TOPIC_ID,
+                        ));
                     }
                 }
             }
         }
-        for (pi, p) in t.partitions.iter_mut().enumerate() {
-            p.current_leader_epoch = -1;
-            p.last_fetched_epoch = -1;
-            match site.leader(t.topic.0.as_str(), p.partition).await {
-                Some(b) => plan.entry(b).or_default().push((ti, pi)),
-                None => {
-                    let code = if site.view().topics.contains_key(t.topic.0.as_str()) {
-                        error_code::NOT_LEADER_OR_FOLLOWER
-                    } else {
-                        error_code::UNKNOWN_TOPIC_OR_PARTITION
-                    };
-                    errors.push((t.topic.clone(), virtual_id, p.partition, code));
-                }
-            }
-        }
+    }
+    for p in body.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+        p.current_leader_epoch = -1;
+        p.last_fetched_epoch = -1;
+    }
+    let (plan, missing) = split::plan(&site, &body, &skip).await;
+    let identity = ctx.proxy.identity.clone();
+    for (name, partition, code) in missing {
+        let id = if by_id {
+            identity.topic_id(name.0.as_str())
+        } else {
+            Uuid::nil()
+        };
+        errors.push((name, id, partition, code));
     }
     body.session_id = 0;
     body.session_epoch = -1;
@@ -87,10 +85,15 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         }
     }
 
-    let identity = ctx.proxy.identity.clone();
     let version = req.api_version;
-    if errors.is_empty() && plan.len() == 1 {
-        let broker = *plan.keys().next().unwrap_or(&-1);
+    // Everything on one broker: no split, and for Produce the client's bytes
+    // go upstream untouched.
+    let single = if errors.is_empty() && plan.len() == 1 {
+        plan.keys().next().copied()
+    } else {
+        None
+    };
+    if let Some(broker) = single {
         let frame = codec::encode_request(req.api_key, version, req.client_id.clone(), &body)?;
         return forward_rewriting(ctx, broker, &req, frame, move |r: &mut FetchResponse| {
             virtualise(&identity, &view, version, r)
@@ -98,23 +101,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         .await;
     }
 
-    let mut parts: BTreeMap<i32, FetchRequest> = BTreeMap::new();
-    for (broker, slots) in &plan {
-        let mut sub = body.clone();
-        sub.topics.clear();
-        for &(ti, pi) in slots {
-            let src = &body.topics[ti];
-            match sub.topics.last_mut() {
-                Some(t) if t.topic == src.topic => t.partitions.push(src.partitions[pi].clone()),
-                _ => {
-                    let mut t = src.clone();
-                    t.partitions = vec![src.partitions[pi].clone()];
-                    sub.topics.push(t);
-                }
-            }
-        }
-        parts.insert(*broker, sub);
-    }
+    let parts = split::split(&body, &plan);
     scatter(ctx, &req, parts, move |resps: Vec<FetchResponse>| {
         let mut out = FetchResponse::default();
         for r in resps {

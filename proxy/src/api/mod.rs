@@ -22,6 +22,7 @@ pub mod groups;
 pub mod metadata;
 pub mod partitions;
 pub mod produce;
+pub mod split;
 pub mod versions;
 
 use std::collections::BTreeMap;

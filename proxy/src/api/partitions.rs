@@ -2,8 +2,6 @@
 //! ListOffsets (key 2) and DeleteRecords (key 21). Split per upstream leader,
 //! merged back; leader epochs in ListOffsets are neutralised (see `identity`).
 
-use std::collections::BTreeMap;
-
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
@@ -11,39 +9,11 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
-use super::{error_code, scatter, Ctx, Outcome};
+use super::{scatter, split, Ctx, Outcome};
 use crate::codec::RequestFrame;
-use crate::upstream::Site;
-
-/// Assigns `(topic, partition)` pairs to upstream leaders; returns the plan
-/// and the pairs nobody leads, each with the error to report for it.
-async fn plan(
-    site: &Site,
-    pairs: impl Iterator<Item = (usize, usize, TopicName, i32)>,
-) -> (
-    BTreeMap<i32, Vec<(usize, usize)>>,
-    Vec<(TopicName, i32, i16)>,
-) {
-    let mut plan: BTreeMap<i32, Vec<(usize, usize)>> = BTreeMap::new();
-    let mut missing = Vec::new();
-    for (ti, pi, topic, partition) in pairs {
-        match site.leader(topic.0.as_str(), partition).await {
-            Some(b) => plan.entry(b).or_default().push((ti, pi)),
-            None => {
-                let code = if site.view().topics.contains_key(topic.0.as_str()) {
-                    error_code::NOT_LEADER_OR_FOLLOWER
-                } else {
-                    error_code::UNKNOWN_TOPIC_OR_PARTITION
-                };
-                missing.push((topic, partition, code));
-            }
-        }
-    }
-    (plan, missing)
-}
 
 pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let mut body: ListOffsetsRequest = req.decode()?;
@@ -53,35 +23,8 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
         }
     }
     let site = ctx.site();
-    let pairs: Vec<_> = body
-        .topics
-        .iter()
-        .enumerate()
-        .flat_map(|(ti, t)| {
-            t.partitions
-                .iter()
-                .enumerate()
-                .map(move |(pi, p)| (ti, pi, t.name.clone(), p.partition_index))
-        })
-        .collect();
-    let (plan, missing) = plan(&site, pairs.into_iter()).await;
-    let mut parts = BTreeMap::new();
-    for (broker, slots) in plan {
-        let mut sub = body.clone();
-        sub.topics.clear();
-        for (ti, pi) in slots {
-            let src = &body.topics[ti];
-            match sub.topics.last_mut() {
-                Some(t) if t.name == src.name => t.partitions.push(src.partitions[pi].clone()),
-                _ => {
-                    let mut t = src.clone();
-                    t.partitions = vec![src.partitions[pi].clone()];
-                    sub.topics.push(t);
-                }
-            }
-        }
-        parts.insert(broker, sub);
-    }
+    let (plan, missing) = split::plan(&site, &body, &[]).await;
+    let parts = split::split(&body, &plan);
     scatter(ctx, &req, parts, move |resps: Vec<ListOffsetsResponse>| {
         let mut out = ListOffsetsResponse::default();
         let mut push =
@@ -121,35 +64,8 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
 pub async fn delete_records(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let body: DeleteRecordsRequest = req.decode()?;
     let site = ctx.site();
-    let pairs: Vec<_> = body
-        .topics
-        .iter()
-        .enumerate()
-        .flat_map(|(ti, t)| {
-            t.partitions
-                .iter()
-                .enumerate()
-                .map(move |(pi, p)| (ti, pi, t.name.clone(), p.partition_index))
-        })
-        .collect();
-    let (plan, missing) = plan(&site, pairs.into_iter()).await;
-    let mut parts = BTreeMap::new();
-    for (broker, slots) in plan {
-        let mut sub = body.clone();
-        sub.topics.clear();
-        for (ti, pi) in slots {
-            let src = &body.topics[ti];
-            match sub.topics.last_mut() {
-                Some(t) if t.name == src.name => t.partitions.push(src.partitions[pi].clone()),
-                _ => {
-                    let mut t = src.clone();
-                    t.partitions = vec![src.partitions[pi].clone()];
-                    sub.topics.push(t);
-                }
-            }
-        }
-        parts.insert(broker, sub);
-    }
+    let (plan, missing) = split::plan(&site, &body, &[]).await;
+    let parts = split::split(&body, &plan);
     scatter(
         ctx,
         &req,

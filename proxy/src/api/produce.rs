@@ -13,15 +13,15 @@
 //! KIP-951 `CurrentLeader` hint and `NodeEndpoints` (v10+), which become the
 //! partition's virtual leader and that node's endpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{error_code, forward_rewriting, scatter, Ctx, Outcome};
+use super::{forward_rewriting, scatter, split, Ctx, Outcome};
 use crate::codec::RequestFrame;
 use crate::identity::Identity;
 
@@ -29,22 +29,18 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let body: ProduceRequest = req.decode()?;
     let site = ctx.site();
 
-    // Where does each partition go?
-    let mut plan: BTreeMap<i32, Vec<(usize, usize)>> = BTreeMap::new();
-    let mut unroutable: Vec<(usize, usize)> = Vec::new();
-    for (ti, t) in body.topic_data.iter().enumerate() {
-        for (pi, p) in t.partition_data.iter().enumerate() {
-            match site.leader(t.name.0.as_str(), p.index).await {
-                Some(b) => plan.entry(b).or_default().push((ti, pi)),
-                None => unroutable.push((ti, pi)),
-            }
-        }
-    }
+    let (plan, missing) = split::plan(&site, &body, &[]).await;
     let acks = body.acks;
     let identity = ctx.proxy.identity.clone();
 
-    if unroutable.is_empty() && plan.len() == 1 {
-        let broker = *plan.keys().next().unwrap_or(&-1);
+    // Everything on one broker: no split, and for Produce the client's bytes
+    // go upstream untouched.
+    let single = if missing.is_empty() && plan.len() == 1 {
+        plan.keys().next().copied()
+    } else {
+        None
+    };
+    if let Some(broker) = single {
         if acks == 0 {
             ctx.pool
                 .send(broker, req.api_key, req.frame.clone(), false)
@@ -61,26 +57,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         .await;
     }
 
-    // Split: one sub-request per broker with that broker's partitions.
-    let mut parts: BTreeMap<i32, ProduceRequest> = BTreeMap::new();
-    for (broker, slots) in &plan {
-        let mut sub = body.clone();
-        sub.topic_data.clear();
-        for &(ti, pi) in slots {
-            let src = &body.topic_data[ti];
-            match sub.topic_data.last_mut() {
-                Some(t) if t.name == src.name => {
-                    t.partition_data.push(src.partition_data[pi].clone())
-                }
-                _ => {
-                    let mut t = src.clone();
-                    t.partition_data = vec![src.partition_data[pi].clone()];
-                    sub.topic_data.push(t);
-                }
-            }
-        }
-        parts.insert(*broker, sub);
-    }
+    let parts = split::split(&body, &plan);
     if acks == 0 {
         for (broker, sub) in parts {
             let frame = crate::codec::encode_request(
@@ -91,27 +68,13 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             )?;
             ctx.pool.send(broker, req.api_key, frame, false).await?;
         }
-        if !unroutable.is_empty() {
+        if !missing.is_empty() {
             tracing::debug!(
-                partitions = unroutable.len(),
+                partitions = missing.len(),
                 "acks=0 produce to unknown partitions dropped"
             );
         }
         return Ok(Outcome::NoResponse);
-    }
-    // Partitions with no known leader answer NOT_LEADER_OR_FOLLOWER (a
-    // retriable error that makes the client refresh metadata) when the topic
-    // exists, UNKNOWN_TOPIC_OR_PARTITION when it does not.
-    let view = site.view();
-    let mut missing: Vec<(TopicName, i32, i16)> = Vec::new();
-    for (ti, pi) in unroutable {
-        let t = &body.topic_data[ti];
-        let code = if view.topics.contains_key(t.name.0.as_str()) {
-            error_code::NOT_LEADER_OR_FOLLOWER
-        } else {
-            error_code::UNKNOWN_TOPIC_OR_PARTITION
-        };
-        missing.push((t.name.clone(), t.partition_data[pi].index, code));
     }
     scatter(ctx, &req, parts, move |resps: Vec<ProduceResponse>| {
         let mut out = ProduceResponse::default();
