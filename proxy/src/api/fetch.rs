@@ -12,6 +12,7 @@
 //! leader hints) the upstream frame is forwarded untouched.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use kafka_protocol::messages::fetch_response::{
     FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
@@ -23,7 +24,7 @@ use uuid::Uuid;
 use super::{error_code, forward_rewriting, scatter, split, Ctx, Outcome};
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
-use crate::upstream::ClusterView;
+use crate::upstream::{ClusterView, Site};
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let mut body: FetchRequest = req.decode()?;
@@ -96,6 +97,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     if let Some(broker) = single {
         let frame = codec::encode_request(req.api_key, version, req.client_id.clone(), &body)?;
         return forward_rewriting(ctx, broker, &req, frame, move |r: &mut FetchResponse| {
+            note_errors(&site, r);
             virtualise(&identity, &view, version, r)
         })
         .await;
@@ -105,6 +107,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     scatter(ctx, &req, parts, move |resps: Vec<FetchResponse>| {
         let mut out = FetchResponse::default();
         for r in resps {
+            note_errors(&site, &r);
             out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
             if out.error_code == 0 {
                 out.error_code = r.error_code;
@@ -145,6 +148,12 @@ fn push_topic(out: &mut Vec<FetchableTopicResponse>, t: FetchableTopicResponse) 
 }
 
 /// Rewrites a response for the client. Returns whether anything changed.
+fn note_errors(site: &Arc<Site>, r: &FetchResponse) {
+    for p in r.responses.iter().flat_map(|t| t.partitions.iter()) {
+        site.note_partition_error(p.error_code);
+    }
+}
+
 pub fn virtualise(id: &Identity, view: &ClusterView, version: i16, r: &mut FetchResponse) -> bool {
     let mut changed = r.session_id != 0 || !r.node_endpoints.is_empty();
     r.session_id = 0;

@@ -36,6 +36,9 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
         for r in resps {
             throttle = throttle.max(r.throttle_time_ms);
             for t in r.topics {
+                for p in &t.partitions {
+                    site.note_partition_error(p.error_code);
+                }
                 push(t);
             }
         }

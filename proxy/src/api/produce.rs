@@ -14,6 +14,7 @@
 //! partition's virtual leader and that node's endpoint.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
@@ -24,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{forward_rewriting, scatter, split, Ctx, Outcome};
 use crate::codec::RequestFrame;
 use crate::identity::Identity;
+use crate::upstream::Site;
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let body: ProduceRequest = req.decode()?;
@@ -52,7 +54,10 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             broker,
             &req,
             req.frame.clone(),
-            move |r: &mut ProduceResponse| virtualise(&identity, r),
+            move |r: &mut ProduceResponse| {
+                note_errors(&site, r);
+                virtualise(&identity, r)
+            },
         )
         .await;
     }
@@ -94,10 +99,21 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             t.partition_responses.push(p);
             push_topic(&mut out.responses, t);
         }
+        note_errors(&site, &out);
         virtualise(&identity, &mut out);
         Ok(out)
     })
     .await
+}
+
+fn note_errors(site: &Arc<Site>, r: &ProduceResponse) {
+    for p in r
+        .responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter())
+    {
+        site.note_partition_error(p.error_code);
+    }
 }
 
 fn push_topic(out: &mut Vec<TopicProduceResponse>, t: TopicProduceResponse) {

@@ -64,6 +64,7 @@ pub struct Site {
     control: AsyncMutex<Option<UpstreamConn>>,
     refresh_gate: AsyncMutex<Option<Instant>>,
     reachable: AtomicBool,
+    refresh_queued: AtomicBool,
     coordinators: Mutex<HashMap<(i8, String), i32>>,
     pub conn_gauge: IntGauge,
     metrics: Arc<Metrics>,
@@ -96,6 +97,7 @@ impl Site {
             control: AsyncMutex::new(None),
             refresh_gate: AsyncMutex::new(None),
             reachable: AtomicBool::new(false),
+            refresh_queued: AtomicBool::new(false),
             coordinators: Mutex::new(HashMap::new()),
             conn_gauge: metrics.upstream_connections.with_label_values(&[name]),
             metrics,
@@ -291,6 +293,28 @@ impl Site {
         Ok(())
     }
 
+    /// Schedules a background refresh, at most one queued at a time. Called
+    /// when an upstream answer says the view is stale (the leader moved, the
+    /// topic is gone); the client retries on its own, and by then the route
+    /// points to the new leader.
+    pub fn refresh_soon(self: &Arc<Self>) {
+        if self.refresh_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let site = self.clone();
+        tokio::spawn(async move {
+            site.refresh_queued.store(false, Ordering::Release);
+            let _ = site.refresh().await;
+        });
+    }
+
+    /// Reacts to a partition-level error code from an upstream answer.
+    pub fn note_partition_error(self: &Arc<Self>, code: i16) {
+        if is_stale_metadata_error(code) {
+            self.refresh_soon();
+        }
+    }
+
     /// Upstream leader of a partition, refreshing the view once on a miss.
     pub async fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
         if let Some(l) = self.view.load().leader(topic, partition) {
@@ -479,6 +503,13 @@ fn protocol_err(addr: &str, e: impl std::fmt::Display) -> UpstreamError {
         addr: addr.to_string(),
         reason: e.to_string(),
     }
+}
+
+/// Partition errors that mean Switchyard's view of the cluster is out of date:
+/// UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+/// FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, UNKNOWN_TOPIC_ID.
+pub fn is_stale_metadata_error(code: i16) -> bool {
+    matches!(code, 3 | 5 | 6 | 74 | 75 | 100)
 }
 
 /// True when an ApiVersions response frame (correlation id first) carries
