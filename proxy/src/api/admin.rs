@@ -7,7 +7,7 @@
 //! Broker config resources (`DescribeConfigs` with resource type BROKER) name
 //! an upstream broker id; they are passed through as the upstream sees them.
 
-use kafka_protocol::messages::CreateTopicsResponse;
+use kafka_protocol::messages::{ApiKey, CreateTopicsResponse};
 
 use super::{forward, forward_rewriting, Ctx, Outcome};
 use crate::codec::RequestFrame;
@@ -23,6 +23,7 @@ pub async fn create_topics(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resu
         &req,
         frame,
         move |r: &mut CreateTopicsResponse| {
+            site.mark_stale();
             let mut changed = false;
             for t in &mut r.topics {
                 if !t.topic_id.is_nil() {
@@ -37,6 +38,18 @@ pub async fn create_topics(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resu
 }
 
 pub async fn to_controller(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let broker = ctx.site().any_broker().await?;
-    forward(ctx, broker, &req).await
+    let site = ctx.site();
+    let broker = site.any_broker().await?;
+    let outcome = forward(ctx, broker, &req).await?;
+    // Topic deletions and new partitions change the layout: once the answer
+    // is in, the next routing miss must refresh.
+    let changes_layout = matches!(req.api_key, ApiKey::DeleteTopics | ApiKey::CreatePartitions);
+    Ok(match outcome {
+        Outcome::Later(f) if changes_layout => Outcome::Later(Box::pin(async move {
+            let reply = f.await;
+            site.mark_stale();
+            reply
+        })),
+        other => other,
+    })
 }

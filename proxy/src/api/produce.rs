@@ -84,6 +84,10 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     scatter(ctx, &req, parts, move |resps: Vec<ProduceResponse>| {
         let mut out = ProduceResponse::default();
         for r in resps {
+            // Upstream answers only: our own "no leader" answers must not
+            // count, or a client hammering a missing topic defeats the
+            // refresh rate limit.
+            note_errors(&site, &r);
             out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
             for t in r.responses {
                 push_topic(&mut out.responses, t);
@@ -99,7 +103,6 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             t.partition_responses.push(p);
             push_topic(&mut out.responses, t);
         }
-        note_errors(&site, &out);
         virtualise(&identity, &mut out);
         Ok(out)
     })

@@ -65,6 +65,9 @@ pub struct Site {
     refresh_gate: AsyncMutex<Option<Instant>>,
     reachable: AtomicBool,
     refresh_queued: AtomicBool,
+    /// Set when something says the view is out of date; the next refresh then
+    /// runs even inside `MIN_REFRESH_GAP`.
+    stale: AtomicBool,
     coordinators: Mutex<HashMap<(i8, String), i32>>,
     pub conn_gauge: IntGauge,
     metrics: Arc<Metrics>,
@@ -98,6 +101,7 @@ impl Site {
             refresh_gate: AsyncMutex::new(None),
             reachable: AtomicBool::new(false),
             refresh_queued: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
             coordinators: Mutex::new(HashMap::new()),
             conn_gauge: metrics.upstream_connections.with_label_values(&[name]),
             metrics,
@@ -257,10 +261,13 @@ impl Site {
         let asked = Instant::now();
         let mut last = self.refresh_gate.lock().await;
         if let Some(t) = *last {
-            if t >= asked || t.elapsed() < MIN_REFRESH_GAP && self.is_reachable() {
+            let recent = t.elapsed() < MIN_REFRESH_GAP && self.is_reachable();
+            if t >= asked || recent && !self.stale.load(Ordering::Acquire) {
                 return Ok(());
             }
         }
+        // Cleared before fetching: a mark arriving during the fetch survives.
+        self.stale.store(false, Ordering::Release);
         let result = self.refresh_now().await;
         *last = Some(Instant::now());
         match &result {
@@ -284,6 +291,8 @@ impl Site {
         req.topics = None; // all topics
         req.allow_auto_topic_creation = false;
         let md: MetadataResponse = self.control_call(ApiKey::Metadata, version, &req).await?;
+        tracing::debug!(site = %self.name, version, brokers = md.brokers.len(), topics = md.topics.len(),
+            "metadata refreshed");
         let was_unreachable = !self.is_reachable();
         self.store_view(ClusterView::from_metadata(&md));
         if was_unreachable {
@@ -308,9 +317,16 @@ impl Site {
         });
     }
 
+    /// Marks the view out of date (topics created or deleted, leaders moved):
+    /// the next refresh will not be skipped as too recent.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
     /// Reacts to a partition-level error code from an upstream answer.
     pub fn note_partition_error(self: &Arc<Self>, code: i16) {
         if is_stale_metadata_error(code) {
+            self.mark_stale();
             self.refresh_soon();
         }
     }
@@ -320,8 +336,13 @@ impl Site {
         if let Some(l) = self.view.load().leader(topic, partition) {
             return Some(l);
         }
-        let _ = self.refresh().await;
-        self.view.load().leader(topic, partition)
+        let refreshed = self.refresh().await;
+        let leader = self.view.load().leader(topic, partition);
+        if leader.is_none() {
+            tracing::debug!(site = %self.name, topic, partition, refreshed = refreshed.is_ok(),
+                "no upstream leader known for partition");
+        }
+        leader
     }
 
     /// Some broker of the cluster, for requests any broker can answer.

@@ -151,7 +151,10 @@ impl Switchyard {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["run", "--config"])
             .arg(&cfg)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
