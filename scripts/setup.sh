@@ -84,7 +84,7 @@ if [ "$GOT" != "$TANSU_SHA256" ]; then
     die "sha256 mismatch for $TANSU_SRC
   expected $TANSU_SHA256
   got      $GOT
-refusing to use this broker binary"
+refusing to use this broker binary (if the venv copy is damaged: rm -rf .venv and re-run)"
 fi
 
 mkdir -p "$TOOLS_BIN"

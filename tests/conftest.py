@@ -61,6 +61,9 @@ TEARDOWN_GRACE = 5.0
 
 
 def pytest_configure(config):
+    # kafka-python 3.0 loads its protocol schemas with deprecated importlib APIs.
+    config.addinivalue_line("filterwarnings", "ignore:read_text is deprecated:DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore:open_text is deprecated:DeprecationWarning")
     if not config.pluginmanager.hasplugin("timeout"):
         raise pytest.UsageError(
             "pytest-timeout is required (every test here must be time-bounded); "

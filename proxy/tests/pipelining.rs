@@ -1,0 +1,133 @@
+//! Pipelined requests on one connection against a real Tansu, with acks=0
+//! Produce requests in between: Kafka never answers acks=0, so Switchyard must
+//! not either, and must not let a broker that does answer them (Tansu) disturb
+//! the answers to the other requests.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::{Raw, Switchyard, Tansu};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+fn batch(n: i32) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(i),
+            sequence: -1,
+            timestamp: 1_700_000_000_000 + i64::from(i),
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("v{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf.freeze()
+}
+
+#[test]
+fn acks0_produce_between_pipelined_requests() {
+    let t = Tansu::start();
+    let sy = Switchyard::start(&t.addr(), "");
+    let topic = TopicName(StrBytes::from_static_str("pipelined"));
+    let mut c = Raw::connect(sy.bootstrap);
+    let mut ct = CreateTopicsRequest::default();
+    let mut nt = CreatableTopic::default();
+    nt.name = topic.clone();
+    nt.num_partitions = 1;
+    nt.replication_factor = 1;
+    ct.topics.push(nt);
+    ct.timeout_ms = 10_000;
+    c.send(ApiKey::CreateTopics, 5, 1, &ct);
+    let (_, created): (i32, CreateTopicsResponse) = c.recv(ApiKey::CreateTopics, 5);
+    assert_eq!(created.topics[0].error_code, 0);
+
+    // 40 acks=0 produces of 5 records each, each followed by a Metadata
+    // request, all written before reading anything.
+    let mut produce = ProduceRequest::default();
+    produce.acks = 0;
+    produce.timeout_ms = 5000;
+    let mut td = TopicProduceData::default();
+    td.name = topic.clone();
+    let mut pd = PartitionProduceData::default();
+    pd.index = 0;
+    pd.records = Some(batch(5));
+    td.partition_data.push(pd);
+    produce.topic_data.push(td);
+    let rounds = 40;
+    for i in 0..rounds {
+        c.send(ApiKey::Produce, 9, 1000 + i, &produce);
+        c.send(ApiKey::Metadata, 12, 2000 + i, &MetadataRequest::default());
+    }
+    // Only the Metadata requests are answered, in order.
+    for i in 0..rounds {
+        let f = c
+            .read_frame()
+            .expect("metadata response, connection still open");
+        let corr = i32::from_be_bytes([f[0], f[1], f[2], f[3]]);
+        assert_eq!(
+            corr,
+            2000 + i,
+            "an answer arrived out of order or for an acks=0 produce"
+        );
+    }
+    // Every batch landed: ListOffsets(latest) on the same connection. Tansu
+    // may report the last batch's base offset + 1 rather than the log end
+    // (DESIGN.md §7), so anything from the last batch's base + 1 (196) up to
+    // the log end (200) proves all 40 batches were appended in order.
+    let mut lo = ListOffsetsRequest::default();
+    lo.replica_id = kafka_protocol::messages::BrokerId(-1);
+    let mut lt = ListOffsetsTopic::default();
+    lt.name = topic;
+    let mut lp = ListOffsetsPartition::default();
+    lp.timestamp = -1;
+    lt.partitions.push(lp);
+    lo.topics.push(lt);
+    let records = i64::from(rounds) * 5;
+    let latest = common::wait_for(
+        "all acks=0 records to land",
+        std::time::Duration::from_secs(10),
+        || {
+            c.send(ApiKey::ListOffsets, 7, 9, &lo);
+            let (corr, r): (i32, ListOffsetsResponse) = c.recv(ApiKey::ListOffsets, 7);
+            assert_eq!(corr, 9);
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.error_code, 0);
+            (p.offset > records - 5).then_some(p.offset)
+        },
+    );
+    assert!(
+        latest <= records,
+        "latest offset {latest} beyond the {records} records produced"
+    );
+    assert!(
+        !sy.proc.log_text().contains("unexpected upstream response"),
+        "{}",
+        sy.proc.log_text()
+    );
+}

@@ -1,0 +1,59 @@
+"""The switchyard command line: --version, --help and `check --config`."""
+
+from __future__ import annotations
+
+import subprocess
+
+
+def _run(binary, *args: str) -> tuple[int, str]:
+    res = subprocess.run([str(binary), *args], capture_output=True, timeout=15)
+    return res.returncode, (res.stdout + res.stderr).decode("utf-8", "replace")
+
+
+GOOD = """\
+cluster_id: cli-test
+listen:
+  bind: 127.0.0.1:19092
+  virtual_nodes: 3
+sites:
+  - name: local
+    bootstrap: ["127.0.0.1:29092"]
+admin:
+  bind: 127.0.0.1:19644
+"""
+
+
+def test_version_and_help(switchyard_bin):
+    code, out = _run(switchyard_bin, "--version")
+    assert code == 0 and out.strip(), f"--version: exit {code}, output {out!r}"
+    code, out = _run(switchyard_bin, "--help")
+    assert code == 0, f"--help exited {code}: {out}"
+    for sub in ("run", "check"):
+        assert sub in out, f"--help does not mention the {sub!r} command:\n{out}"
+
+
+def test_check_accepts_a_valid_config(switchyard_bin, tmp_path):
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    code, out = _run(switchyard_bin, "check", "--config", str(path))
+    assert code == 0, f"check of a valid config exited {code}:\n{out}"
+    assert "config OK" in out, out
+
+
+def test_check_reports_every_problem_with_its_key(switchyard_bin, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        GOOD.replace("cluster_id: cli-test", "cluster_id: ''").replace("virtual_nodes: 3", "virtual_nodes: 0")
+    )
+    code, out = _run(switchyard_bin, "check", "--config", str(path))
+    assert code == 1, f"check of an invalid config exited {code}:\n{out}"
+    for key in ("cluster_id", "listen.virtual_nodes"):
+        assert key in out, f"problem with {key} not reported:\n{out}"
+
+
+def test_check_rejects_unknown_keys(switchyard_bin, tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(GOOD.replace("  virtual_nodes: 3", "  virtual_nodes: 3\n  virtual_node: 4"))
+    code, out = _run(switchyard_bin, "check", "--config", str(path))
+    assert code == 1, f"a config with an unknown key was accepted (exit {code}):\n{out}"
+    assert "virtual_node" in out and "listen" in out, f"unknown key not named with its path:\n{out}"
