@@ -106,7 +106,7 @@ class Proc:
 class Stack:
     """A fresh Tansu plus, for proxied configs, a fresh proxy in front."""
 
-    def __init__(self, config: str, tmp: Path):
+    def __init__(self, config: str, tmp: Path, baseline: Path | None = None):
         self.config = config
         base = free_port_run(8)
         self.broker_port = base
@@ -120,14 +120,15 @@ class Stack:
         self.proxy = None
         if config == "direct":
             self.bootstrap = f"127.0.0.1:{base}"
-        elif config == "switchyard":
+        elif config in ("switchyard", "switchyard-baseline"):
+            binary = SWITCHYARD if config == "switchyard" else baseline
             cfg = tmp / f"switchyard-{base}.yaml"
             cfg.write_text(
                 f"cluster_id: bench\nlisten:\n  bind: 127.0.0.1:{base + 1}\n  virtual_nodes: 1\n"
                 f"sites:\n  - name: local\n    bootstrap: [\"127.0.0.1:{base}\"]\n"
                 f"admin:\n  bind: 127.0.0.1:{base + 5}\nlog:\n  level: warn\n"
             )
-            self.proxy = Proc([str(SWITCHYARD), "run", "--config", str(cfg)], tmp / f"switchyard-{base}.log")
+            self.proxy = Proc([str(binary), "run", "--config", str(cfg)], tmp / f"switchyard-{base}.log")
             wait_until(lambda: http_ok(f"http://127.0.0.1:{base + 5}/readyz"), 20, "switchyard ready")
             self.bootstrap = f"127.0.0.1:{base + 1}"
         elif config == "tansu-proxy":
@@ -164,8 +165,11 @@ def perf(*args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+BASELINE: Path | None = None
+
+
 def one_run(config: str, mode: str, size: int, records: int, tmp: Path, throughput: int = -1) -> dict:
-    stack = Stack(config, tmp)
+    stack = Stack(config, tmp, BASELINE)
     try:
         topic = f"bench-{mode}-{size}-{time.monotonic_ns()}"
         common = ["--topic", topic, "--num-records", str(records)]
@@ -228,12 +232,19 @@ def main() -> int:
     ap.add_argument("--records-100", type=int, default=1_000_000, help="records per 100 B run")
     ap.add_argument("--configs", default="direct,switchyard,tansu-proxy")
     ap.add_argument("--out", type=Path, help="write the Markdown report here")
+    ap.add_argument("--baseline", type=Path,
+                    help="another switchyard binary (e.g. an older commit) to run as config switchyard-baseline")
+    ap.add_argument("--baseline-label", default="", help="what the baseline binary is, for the report")
     ap.add_argument("--raw", type=Path, help="write every run as JSON lines here")
     args = ap.parse_args()
     for b in (PERF, SWITCHYARD, TANSU):
         if not b.exists():
             sys.exit(f"{b} missing: run scripts/setup.sh and cargo build --release -p switchyard -p switchyard-bench")
     configs = args.configs.split(",")
+    if args.baseline:
+        global BASELINE
+        BASELINE = args.baseline.resolve()
+        configs.append("switchyard-baseline")
     workloads = [("produce", 1024, args.records_1k), ("consume", 1024, args.records_1k),
                  ("produce", 100, args.records_100), ("consume", 100, args.records_100)]
     results: dict[tuple, list[dict]] = {}
@@ -284,6 +295,11 @@ def render(results, configs, args, half, idle_before, idle_after) -> str:
         "",
         f"Reproduce (one run, all tables): `{cmd}`",
         "",
+    ]
+    if args.baseline:
+        lines += [f"`switchyard-baseline` is {args.baseline_label or args.baseline}, run in the same rounds for a "
+                  "before/after comparison (add `--baseline PATH --baseline-label TEXT` to the command).", ""]
+    lines += [
         f"Each cell is the median of {args.rounds} runs; configurations alternate within each round, and every run "
         "uses a fresh broker and proxy. Throughput counts payload bytes (MB = 2^20 bytes). Produce: acks=1, 3 "
         "partitions, linger 5 ms, batch.size 1 MB, one producer. Consume: one consumer in a fresh group, "
