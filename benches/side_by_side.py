@@ -345,7 +345,10 @@ def render(results, configs, args, half, idle_before, idle_after) -> str:
                          f"{med(rs, 'proxy_peak_rss_mib'):.1f} |")
     lines += ["", "## Idle connections", "",
               f"Switchyard RSS: {idle_before:.1f} MiB at start, {idle_after:.1f} MiB holding 1,000 idle client "
-              f"connections ({(idle_after - idle_before) * 1024 / 1000:.1f} KiB per connection).", ""]
+              f"connections ({(idle_after - idle_before) * 1024 / 1000:.1f} KiB per connection).", "",
+              "## Profile", "",
+              "Where the proxy's CPU goes and what was fixed: [docs/profiling.md](docs/profiling.md). Micro-benchmarks "
+              "of the hot path: `cargo bench -p switchyard-bench`.", ""]
     return "\n".join(lines)
 
 
