@@ -6,11 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{wait_for, Raw, Switchyard, Tansu};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, TopicName,
-};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 #[test]
@@ -22,16 +19,7 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     );
     let topic = TopicName(StrBytes::from_static_str("lifecycle"));
     let mut c = Raw::connect(sy.bootstrap);
-    let mut ct = CreateTopicsRequest::default();
-    let mut nt = CreatableTopic::default();
-    nt.name = topic.clone();
-    nt.num_partitions = 1;
-    nt.replication_factor = 1;
-    ct.topics.push(nt);
-    ct.timeout_ms = 10_000;
-    c.send(ApiKey::CreateTopics, 5, 1, &ct);
-    let (_, created): (i32, CreateTopicsResponse) = c.recv(ApiKey::CreateTopics, 5);
-    assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    c.create_topic(&topic, 1);
 
     // A long-poll Fetch on an empty partition: the broker holds it for
     // max_wait_ms, so it is in flight when the signal arrives.

@@ -7,12 +7,10 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::{Raw, Switchyard, Tansu};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, ProduceRequest, TopicName,
+    ApiKey, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -56,16 +54,7 @@ fn acks0_produce_between_pipelined_requests() {
     let sy = Switchyard::start(&t.addr(), "");
     let topic = TopicName(StrBytes::from_static_str("pipelined"));
     let mut c = Raw::connect(sy.bootstrap);
-    let mut ct = CreateTopicsRequest::default();
-    let mut nt = CreatableTopic::default();
-    nt.name = topic.clone();
-    nt.num_partitions = 1;
-    nt.replication_factor = 1;
-    ct.topics.push(nt);
-    ct.timeout_ms = 10_000;
-    c.send(ApiKey::CreateTopics, 5, 1, &ct);
-    let (_, created): (i32, CreateTopicsResponse) = c.recv(ApiKey::CreateTopics, 5);
-    assert_eq!(created.topics[0].error_code, 0);
+    c.create_topic(&topic, 1);
 
     // 40 acks=0 produces of 5 records each, each followed by a Metadata
     // request, all written before reading anything.

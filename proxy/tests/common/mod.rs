@@ -237,6 +237,22 @@ impl Raw {
         buf.freeze()
     }
 
+    /// Creates a topic through this connection and checks it worked.
+    pub fn create_topic(&mut self, topic: &kafka_protocol::messages::TopicName, partitions: i32) {
+        use kafka_protocol::messages::create_topics_request::CreatableTopic;
+        use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+        let mut req = CreateTopicsRequest::default();
+        let mut t = CreatableTopic::default();
+        t.name = topic.clone();
+        t.num_partitions = partitions;
+        t.replication_factor = 1;
+        req.topics.push(t);
+        req.timeout_ms = 10_000;
+        self.send(ApiKey::CreateTopics, 5, 1, &req);
+        let (_, created): (i32, CreateTopicsResponse) = self.recv(ApiKey::CreateTopics, 5);
+        assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    }
+
     pub fn send_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
         self.s.write_all(&(frame.len() as i32).to_be_bytes())?;
         self.s.write_all(frame)
