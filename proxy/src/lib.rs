@@ -13,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod identity;
 pub mod metrics;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod upstream;
