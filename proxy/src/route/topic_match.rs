@@ -165,6 +165,9 @@ fn start(dfa: &dense::DFA<Vec<u32>>) -> Option<StateID> {
         .ok()
 }
 
+/// A product state, and how it was reached: (parent node index, byte).
+type Node = (Vec<StateID>, Option<(usize, u8)>);
+
 /// Breadth-first search of the product of the matchers' DFAs over topic-name
 /// characters: the shortest name all of them accept, if one exists.
 fn common_topic(ms: &[&TopicMatch]) -> Search {
@@ -177,7 +180,7 @@ fn common_topic(ms: &[&TopicMatch]) -> Search {
     };
     // state tuple -> (parent tuple index, byte) for reconstructing the name
     let mut seen: HashMap<Vec<StateID>, usize> = HashMap::new();
-    let mut nodes: Vec<(Vec<StateID>, Option<(usize, u8)>)> = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
     let mut queue = VecDeque::new();
     seen.insert(first.clone(), 0);
     nodes.push((first, None));
