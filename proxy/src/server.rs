@@ -98,8 +98,26 @@ impl Proxy {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit, and warns when even
+/// that cannot hold `max_connections` clients: each client socket can come
+/// with one upstream socket per broker it talks to, and running out of file
+/// descriptors under load fails accepts and upstream connects alike.
+fn ensure_file_limit(max_connections: u32) {
+    let want = u64::from(max_connections) * 2 + 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < want => tracing::warn!(
+            open_file_limit = limit,
+            max_connections,
+            "open-file limit is below 2 x limits.max_connections + 256; raise it (ulimit -n, LimitNOFILE=) or lower limits.max_connections"
+        ),
+        Ok(limit) => tracing::debug!(open_file_limit = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
+}
+
 /// Runs the proxy until a shutdown signal. Returns after a clean shutdown.
 pub async fn run(cfg: Validated) -> anyhow::Result<()> {
+    ensure_file_limit(cfg.config.limits.max_connections);
     let proxy = Proxy::new(cfg);
     let (stop_tx, stop_rx) = watch::channel(false);
 
