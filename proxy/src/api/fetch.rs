@@ -25,7 +25,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName}
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::{error_code, scatter, split, Ctx, Outcome, Reply};
+use super::{error_code, rewrite_or_pass, scatter, split, Ctx, Outcome, Reply};
 use crate::codec::{self, fetch_patch, RequestFrame};
 use crate::identity::Identity;
 use crate::upstream::{ClusterView, Site};
@@ -134,18 +134,10 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                 bytes = frame.len(),
                 "fetch response needs the full rewrite"
             );
-            let mut resp: FetchResponse = codec::decode_response_body(api, version, &frame)?;
-            note_errors(&site, &resp);
-            if virtualise(&identity, &view, version, &mut resp) {
-                Ok(Reply::Frame(codec::encode_response(
-                    api, version, corr, &resp,
-                )?))
-            } else {
-                Ok(Reply::Upstream {
-                    correlation_id: corr,
-                    frame,
-                })
-            }
+            rewrite_or_pass(api, version, corr, frame, |r: &mut FetchResponse| {
+                note_errors(&site, r);
+                virtualise(&identity, &view, version, r)
+            })
         })));
     }
 

@@ -156,18 +156,37 @@ where
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
     Ok(Outcome::Later(Box::pin(async move {
         let frame = pending.wait(timeout).await?;
-        let mut resp: Resp = codec::decode_response_body(api, version, &frame)?;
-        if rewrite(&mut resp) {
-            Ok(Reply::Frame(codec::encode_response(
-                api, version, corr, &resp,
-            )?))
-        } else {
-            Ok(Reply::Upstream {
-                correlation_id: corr,
-                frame,
-            })
-        }
+        rewrite_or_pass(api, version, corr, frame, rewrite)
     })))
+}
+
+/// Decodes an upstream response and lets `rewrite` edit it: re-encoded for the
+/// client when `rewrite` changed something, else the upstream bytes as they are.
+pub fn rewrite_or_pass<Resp, F>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    frame: Bytes,
+    rewrite: F,
+) -> anyhow::Result<Reply>
+where
+    Resp: Decodable + Encodable,
+    F: FnOnce(&mut Resp) -> bool,
+{
+    let mut resp: Resp = codec::decode_response_body(api, version, &frame)?;
+    if rewrite(&mut resp) {
+        Ok(Reply::Frame(codec::encode_response(
+            api,
+            version,
+            correlation_id,
+            &resp,
+        )?))
+    } else {
+        Ok(Reply::Upstream {
+            correlation_id,
+            frame,
+        })
+    }
 }
 
 /// Fans a request out to several brokers (one sub-request each) and merges the

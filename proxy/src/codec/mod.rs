@@ -9,7 +9,7 @@
 
 pub mod fetch_patch;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -208,11 +208,6 @@ pub fn decode_response_body<T: Decodable>(
     ResponseHeader::decode(&mut buf, api_key.response_header_version(version))?;
     let body = T::decode(&mut buf, version)?;
     Ok(body)
-}
-
-/// Writes the 4-byte length prefix for a frame of `len` bytes.
-pub fn put_len(buf: &mut BytesMut, len: usize) {
-    buf.put_i32(len as i32);
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl Site {
     pub fn latency(&self, api: ApiKey) -> Histogram {
         self.metrics
             .upstream_request_duration
-            .with_label_values(&[self.name.as_str(), api_name(api)])
+            .with_label_values(&[self.name.as_str(), crate::api::name(api)])
     }
 
     /// Topic name for a virtual topic id.
@@ -537,9 +537,4 @@ pub fn is_stale_metadata_error(code: i16) -> bool {
 /// UNSUPPORTED_VERSION, in which case its body is v0 whatever we asked (KIP-511).
 pub fn api_versions_unsupported(frame: &[u8]) -> bool {
     frame.len() >= 6 && i16::from_be_bytes([frame[4], frame[5]]) == 35
-}
-
-/// A static name per API for metric labels.
-pub fn api_name(api: ApiKey) -> &'static str {
-    crate::api::name(api)
 }
