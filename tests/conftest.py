@@ -2,6 +2,10 @@
 
 * ``tansu()``      starts one Tansu broker (its own in-memory cluster) on a
                    free loopback port and waits until it accepts TCP.
+* ``relay()``      starts a userspace fault relay (tests/relay.py) in front
+                   of an address; ``tansu_behind_relay()`` starts a Tansu
+                   whose advertised listener is a relay in front of it, so
+                   every client connection to that site crosses the relay.
 * ``switchyard()`` writes a YAML config, starts ``switchyard run --config``
                    in front of one (by default a freshly started) broker and
                    waits until ``GET /readyz`` answers 200.
@@ -32,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import pytest
 
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import helpers  # noqa: E402
 from helpers import allocate_ports, http_get, http_get_json, parse_prometheus, tcp_accepts  # noqa: E402
+from relay import Relay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SWITCHYARD_BIN = ROOT / "target" / "debug" / "switchyard"
@@ -263,7 +268,7 @@ def find_tansu() -> Path:
 class TansuBroker:
     """One Tansu broker = one independent single-node cluster (memory storage)."""
 
-    def __init__(self, proc: ManagedProcess, port: int, cluster_id: str):
+    def __init__(self, proc: ManagedProcess, port: int, cluster_id: str, advertised_port: Optional[int] = None):
         self.process = proc
         self.proc = proc.proc
         self.port = port
@@ -271,6 +276,10 @@ class TansuBroker:
         self.bootstrap = f"{self.host}:{port}"
         self.cluster_id = cluster_id
         self.log_path = proc.log_path
+        # What Metadata tells clients; differs from `bootstrap` when the broker
+        # sits behind a relay (clients bootstrap anywhere, then go there).
+        self.advertised_port = advertised_port or port
+        self.advertised = f"{self.host}:{self.advertised_port}"
 
     def kill(self) -> None:
         """SIGKILL, as in a crash; returns once the process is gone."""
@@ -285,14 +294,20 @@ class TansuBroker:
 
 @pytest.fixture
 def tansu(request, tmp_path) -> Callable[..., TansuBroker]:
-    """Factory: tansu(cluster_id=None, port=None) -> TansuBroker."""
+    """Factory: tansu(cluster_id=None, port=None, advertise_port=None) -> TansuBroker.
+
+    `advertise_port`: the port put in --advertised-listener-url (default:
+    `port`), e.g. a relay's port; see tansu_behind_relay."""
     binary = find_tansu()
     started: list[TansuBroker] = []
 
-    def start(cluster_id: Optional[str] = None, port: Optional[int] = None) -> TansuBroker:
+    def start(
+        cluster_id: Optional[str] = None, port: Optional[int] = None, advertise_port: Optional[int] = None
+    ) -> TansuBroker:
         port = port or allocate_ports(1)
         cluster_id = cluster_id or helpers.unique_name("tansu")
         url = f"tcp://127.0.0.1:{port}"
+        advertised_url = f"tcp://127.0.0.1:{advertise_port or port}"
         argv = [
             str(binary),
             "broker",
@@ -301,14 +316,14 @@ def tansu(request, tmp_path) -> Callable[..., TansuBroker]:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised_url,
             "--storage-engine",
             "memory://tansu/",
         ]
         log = tmp_path / f"tansu-{port}-{len(started)}.log"
         proc = ManagedProcess(f"tansu:{port}", argv, log)
         _register(request, proc)
-        broker = TansuBroker(proc, port, cluster_id)
+        broker = TansuBroker(proc, port, cluster_id, advertise_port)
         started.append(broker)
         deadline = time.monotonic() + TANSU_START_TIMEOUT
         while not tcp_accepts("127.0.0.1", port):
@@ -322,6 +337,84 @@ def tansu(request, tmp_path) -> Callable[..., TansuBroker]:
     yield start
     for b in reversed(started):
         b.kill()
+
+
+# --------------------------------------------------------------------------
+# Fault relays (tests/relay.py)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def relay() -> Callable[..., Relay]:
+    """Factory: relay(upstream, listen_port=None, *, max_buffer=1 MiB) -> Relay.
+
+    `upstream`: a (host, port) tuple, "host:port" or anything with
+    `.host`/`.port` (TansuBroker, Switchyard). The relay is started; every
+    relay is closed (and its thread joined) at teardown."""
+    started: list[Relay] = []
+
+    def start(upstream: Any, listen_port: Optional[int] = None, **kw: Any) -> Relay:
+        if isinstance(upstream, str):
+            host, port = upstream.rsplit(":", 1)
+            addr = (host, int(port))
+        elif isinstance(upstream, tuple):
+            addr = (upstream[0], int(upstream[1]))
+        else:
+            addr = (upstream.host, int(upstream.port))
+        r = Relay(addr, listen_port, **kw)
+        started.append(r)
+        return r.start()
+
+    yield start
+    for r in reversed(started):
+        r.close()
+
+
+class RelayedBroker(NamedTuple):
+    """(broker, relay) from tansu_behind_relay. Use ``.bootstrap`` (= the
+    relay's) for everything that should cross the link; ``str()`` of it is
+    that address too, so it can go straight into switchyard(upstreams=[...])."""
+
+    broker: TansuBroker
+    relay: Relay
+
+    @property
+    def bootstrap(self) -> str:
+        return self.relay.bootstrap
+
+    def __str__(self) -> str:
+        return self.relay.bootstrap
+
+
+@pytest.fixture
+def tansu_behind_relay(tansu, relay) -> Callable[..., RelayedBroker]:
+    """Factory: tansu_behind_relay(cluster_id=None, *, port=None,
+    relay_port=None, max_buffer=1 MiB) -> RelayedBroker(broker, relay).
+
+    Starts a relay on `relay_port` (or a free port) forwarding to the broker's
+    port, then a Tansu listening on `port` whose *advertised* listener is the
+    relay (``broker.advertised == relay.bootstrap``). Give clients
+    ``relay.bootstrap``. ``broker.bootstrap`` is the direct listener, but it
+    is no bypass: a Kafka client that bootstraps there is sent to the relay by
+    Metadata for everything else, so to inspect a site whose link is cut,
+    restore the link first.
+
+    To restart a killed site behind the same link:
+    ``tansu(cluster_id=b.cluster_id, port=b.port, advertise_port=r.port)``."""
+
+    def start(
+        cluster_id: Optional[str] = None,
+        *,
+        port: Optional[int] = None,
+        relay_port: Optional[int] = None,
+        **relay_kw: Any,
+    ) -> RelayedBroker:
+        port = port or allocate_ports(1)
+        r = relay(("127.0.0.1", port), relay_port, **relay_kw)
+        b = tansu(cluster_id=cluster_id, port=port, advertise_port=r.port)
+        return RelayedBroker(b, r)
+
+    return start
 
 
 # --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -562,3 +562,389 @@ def kafka_python_consume(consumer, expected: int, timeout: float, settle: float 
         if settle_until is None and len(out) >= expected:
             settle_until = time.monotonic() + settle
     return out
+
+
+# --------------------------------------------------------------------------
+# Whole-topic reads and copy comparison (tee / multi-site tests)
+# --------------------------------------------------------------------------
+#
+# End offsets come from the high watermark in Fetch responses (librdkafka's
+# cached watermarks), never from ListOffsets(latest): Tansu answers that with
+# "base offset of the last batch + 1" (DESIGN.md §7).
+
+
+@dataclass
+class StoredRec:
+    """A record as stored in one partition and delivered by confluent-kafka."""
+
+    offset: int
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: list[Header]  # as delivered: order and duplicate keys kept
+    timestamp: tuple[int, int]  # (confluent_kafka.TIMESTAMP_* type, ms)
+
+
+def _reader_conf(bootstrap: str, conf: dict) -> dict:
+    out: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": unique_name("reader"),  # never joined: assign() only
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_uncommitted",
+        "fetch.wait.max.ms": 100,
+        "socket.timeout.ms": 10000,
+    }
+    out.update(conf)
+    return out
+
+
+def _topic_partitions(consumer, topic: str, deadline: float, bootstrap: str) -> list[int]:
+    last = "no metadata"
+    while True:
+        try:
+            md = consumer.list_topics(topic=topic, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            t = md.topics.get(topic)
+            if t is None:
+                last = "topic absent from metadata"
+            elif t.error is not None:
+                last = f"topic error {t.error}"
+            elif not t.partitions:
+                last = "no partitions"
+            else:
+                return sorted(t.partitions)
+        except Exception as e:  # KafkaException on metadata timeout
+            last = repr(e)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"topic {topic!r} not found through {bootstrap}: {last}")
+        time.sleep(0.1)
+
+
+def stored_from_confluent(m) -> StoredRec:
+    return StoredRec(
+        offset=m.offset(),
+        key=m.key(),
+        value=m.value(),
+        headers=list(m.headers() or []),
+        timestamp=tuple(m.timestamp()),
+    )
+
+
+def read_partitions(bootstrap: str, topic: str, timeout: float = 30.0, **conf: Any) -> dict[int, list[StoredRec]]:
+    """Reads every partition of `topic` from the beginning up to its high
+    watermark as of the start of the call (the HW in the first Fetch response
+    for the partition), with assign() -- no group is joined, nothing is
+    committed. Returns {partition: [StoredRec in offset order]} (an empty list
+    for an empty partition). `conf` overrides librdkafka settings; keys have
+    dots, so pass them as ``**{"isolation.level": "read_committed"}``
+    (default here: read_uncommitted). Raises AssertionError if the end
+    offsets are not reached within `timeout` seconds."""
+    __tracebackhide__ = True
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    deadline = time.monotonic() + timeout
+    consumer = Consumer(_reader_conf(bootstrap, conf))
+    try:
+        parts = _topic_partitions(consumer, topic, deadline, bootstrap)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: dict[int, list[StoredRec]] = {p: [] for p in parts}
+        end: dict[int, int] = {}  # target end offset (exclusive)
+        start: dict[int, int] = {}
+        last: dict[int, int] = {}  # highest offset delivered
+        eof: dict[int, int] = {}  # highest end-of-partition offset reported
+        done: set[int] = set()
+        while True:
+            for p in parts:
+                if p not in end:
+                    lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                    if hi >= 0:
+                        end[p] = hi
+                        start[p] = max(lo, 0)
+                if p in end and p not in done:
+                    e = end[p]
+                    if start[p] >= e or last.get(p, -1) >= e - 1 or eof.get(p, -1) >= e:
+                        done.add(p)
+            if len(done) == len(parts):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                status = ", ".join(
+                    f"p{p}: end {end.get(p, '?')}, last offset read {last.get(p, '-')}"
+                    f"{', eof at ' + str(eof[p]) if p in eof else ''}"
+                    for p in parts
+                    if p not in done
+                )
+                raise AssertionError(
+                    f"read_partitions({bootstrap}, {topic!r}): high watermark not reached within {timeout}s "
+                    f"({status}; '?' = no Fetch response yet)"
+                )
+            for m in consumer.consume(num_messages=1000, timeout=min(0.5, remaining)):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        eof[m.partition()] = max(eof.get(m.partition(), -1), m.offset())
+                        continue
+                    if err.retriable():
+                        continue
+                    raise AssertionError(f"read_partitions({bootstrap}, {topic!r}): consumer error {err}")
+                p = m.partition()
+                out[p].append(stored_from_confluent(m))
+                last[p] = max(last.get(p, -1), m.offset())
+    finally:
+        consumer.close()
+    for p, recs in out.items():
+        recs.sort(key=lambda r: r.offset)
+        out[p] = [r for r in recs if r.offset < end[p]]
+    return out
+
+
+def wait_for_count(bootstrap: str, topic: str, n: int, timeout: float, **conf: Any) -> int:
+    """Polls the partitions' watermarks until sum(high - low) >= n and returns
+    that sum; raises AssertionError with the last count seen otherwise. High
+    watermarks are those of Fetch responses (see above), so a consumer reads
+    from near each partition's end and drops what it gets; the topic may not
+    exist yet when this starts."""
+    __tracebackhide__ = True
+    from confluent_kafka import Consumer, TopicPartition
+
+    deadline = time.monotonic() + timeout
+    consumer = Consumer(_reader_conf(bootstrap, {"enable.partition.eof": False, **conf}))
+    last_count: Optional[int] = None
+    per_partition: dict[int, tuple[int, int]] = {}
+    try:
+        try:
+            parts = _topic_partitions(consumer, topic, deadline, bootstrap)
+        except AssertionError as e:
+            raise AssertionError(f"wait_for_count: {topic!r} never had {n} records (last count: none; {e})") from None
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException
+
+        tps = []
+        low: dict[int, int] = {}
+        for p in parts:
+            # ListOffsets: earliest is right; "latest" is only a lower bound on
+            # Tansu, good enough as a place to start fetching near the end.
+            try:
+                wm = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5.0)
+            except KafkaException:  # e.g. no leader yet
+                wm = None
+            if wm is None:  # fetch from the start instead
+                low[p] = 0
+                tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+                continue
+            lo, approx_hi = wm
+            low[p] = max(lo, 0)
+            tps.append(TopicPartition(topic, p, max(low[p], approx_hi - 1)))
+        consumer.assign(tps)
+        while True:
+            known = True
+            for p in parts:
+                lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                if hi < 0:
+                    known = False
+                    continue
+                per_partition[p] = (lo if lo >= 0 else low[p], hi)
+            if known:
+                last_count = sum(hi - lo for lo, hi in per_partition.values())
+                if last_count >= n:
+                    return last_count
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{topic!r} through {bootstrap}: {last_count} records (< {n}) after {timeout}s; "
+                    f"watermarks (low, high) per partition: {dict(sorted(per_partition.items()))}"
+                )
+            consumer.consume(num_messages=10000, timeout=min(0.2, remaining))  # keeps fetches flowing
+    finally:
+        consumer.close()
+
+
+@dataclass
+class PartitionDiff:
+    partition: int
+    src_count: int
+    dst_count: int
+    missing: int = 0  # in src, not in dst (by (key, value), counting multiplicity)
+    duplicates: int = 0  # extra copies in dst of a record that is in src
+    unexpected: int = 0  # in dst, never in src
+    order_violations: int = 0  # matched records out of src order (matched - longest in-order run)
+    mismatches: int = 0  # matched records whose headers or timestamp differ
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicates or self.unexpected or self.order_violations or self.mismatches)
+
+
+@dataclass
+class CopyReport:
+    """What compare_copies found; ``ok`` is True when dst is an exact copy."""
+
+    partitions: dict[int, PartitionDiff]
+    src_count: int = 0
+    dst_count: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    unexpected: int = 0
+    order_violations: int = 0
+    mismatches: int = 0
+    misplaced: int = 0  # missing from one partition and present in another
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicates or self.unexpected or self.order_violations or self.mismatches)
+
+    def summary(self) -> str:
+        head = (
+            f"src {self.src_count} records, dst {self.dst_count}: missing {self.missing}, "
+            f"duplicates {self.duplicates}, unexpected {self.unexpected}, "
+            f"order violations {self.order_violations}, field mismatches {self.mismatches}"
+        )
+        if self.misplaced:
+            head += f" ({self.misplaced} of the missing are in another dst partition)"
+        bad = [f"p{p}" for p, d in sorted(self.partitions.items()) if not d.ok]
+        if bad:
+            head += f"; partitions with problems: {', '.join(bad)}"
+        if self.examples:
+            head += "\n  " + "\n  ".join(self.examples)
+        return head
+
+    def assert_ok(self, context: str = "") -> None:
+        __tracebackhide__ = True
+        assert self.ok, (f"{context}: " if context else "") + self.summary()
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _short(b: Optional[bytes], limit: int = 40) -> str:
+    if b is None:
+        return "None"
+    r = repr(b)
+    return r if len(r) <= limit else f"{r[:limit]}...({len(b)} bytes)"
+
+
+def _in_order_count(seq: Sequence[int]) -> int:
+    """Length of the longest strictly increasing subsequence."""
+    import bisect
+
+    tails: list[int] = []
+    for x in seq:
+        i = bisect.bisect_left(tails, x)
+        if i == len(tails):
+            tails.append(x)
+        else:
+            tails[i] = x
+    return len(tails)
+
+
+def compare_copies(
+    src: dict[int, Sequence[Any]],
+    dst: dict[int, Sequence[Any]],
+    ignore_headers: Iterable[str] = ("switchyard-origin",),
+    *,
+    check_timestamps: bool = True,
+    max_examples: int = 5,
+) -> CopyReport:
+    """Compares two whole-topic reads ({partition: records in offset order},
+    e.g. from read_partitions) partition by partition: dst partition p should
+    hold src partition p's records, same order, nothing else (offsets may
+    differ). Records are matched by (key, value): the k-th dst copy of a
+    (key, value) matches its k-th occurrence in src, further copies are
+    duplicates. For matched records, headers (minus the names in
+    `ignore_headers`, order and duplicates kept) and timestamps ((type, ms)
+    when check_timestamps) must be equal. Records need .key, .value, .headers,
+    .timestamp and, for examples, .offset."""
+    ignored = frozenset(ignore_headers)
+    report = CopyReport(partitions={})
+    missing_ids: dict[tuple, int] = {}
+    unexpected_ids: dict[tuple, int] = {}
+
+    def note(diff: PartitionDiff, text: str) -> None:
+        if len(diff.examples) < max_examples:
+            diff.examples.append(text)
+        if len(report.examples) < max_examples:
+            report.examples.append(text)
+
+    def hdrs(r) -> tuple:
+        return tuple((k, v) for k, v in (r.headers or ()) if k not in ignored)
+
+    for p in sorted(set(src) | set(dst)):
+        s = list(src.get(p, ()))
+        d = list(dst.get(p, ()))
+        diff = PartitionDiff(partition=p, src_count=len(s), dst_count=len(d))
+        positions: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(s):
+            positions[(r.key, r.value)].append(i)
+        used: Counter = Counter()
+        matched: list[int] = []  # src index of each matched dst record, dst order
+        running_max = -1
+        for r in d:
+            ident = (r.key, r.value)
+            occ = positions.get(ident)
+            if not occ:
+                diff.unexpected += 1
+                unexpected_ids[ident] = p
+                note(
+                    diff,
+                    f"p{p}: unexpected key={_short(r.key)} value={_short(r.value)} "
+                    f"at dst offset {getattr(r, 'offset', '?')}",
+                )
+                continue
+            k = used[ident]
+            used[ident] += 1
+            if k >= len(occ):
+                diff.duplicates += 1
+                note(
+                    diff,
+                    f"p{p}: duplicate key={_short(r.key)} at dst offset {getattr(r, 'offset', '?')} "
+                    f"(copy {k + 1}, src has {len(occ)})",
+                )
+                continue
+            si = occ[k]
+            e = s[si]
+            if si < running_max:
+                note(
+                    diff,
+                    f"p{p}: out of order: key={_short(r.key)} (src offset {getattr(e, 'offset', si)}) at dst offset "
+                    f"{getattr(r, 'offset', '?')} after src offset {getattr(s[running_max], 'offset', running_max)}",
+                )
+            running_max = max(running_max, si)
+            matched.append(si)
+            problems = []
+            if hdrs(r) != hdrs(e):
+                problems.append(f"headers {hdrs(r)!r} != src {hdrs(e)!r}")
+            if check_timestamps and tuple(r.timestamp) != tuple(e.timestamp):
+                problems.append(f"timestamp {r.timestamp} != src {e.timestamp}")
+            if problems:
+                diff.mismatches += 1
+                note(
+                    diff,
+                    f"p{p}: key={_short(r.key)} src offset {getattr(e, 'offset', si)} / dst offset "
+                    f"{getattr(r, 'offset', '?')}: " + "; ".join(problems),
+                )
+        diff.order_violations = len(matched) - _in_order_count(matched)
+        for ident, occ in positions.items():
+            lost = len(occ) - min(used[ident], len(occ))
+            if lost:
+                diff.missing += lost
+                missing_ids[ident] = p
+                first_lost = s[occ[used[ident]]] if used[ident] < len(occ) else s[occ[-1]]
+                note(
+                    diff,
+                    f"p{p}: missing key={_short(ident[0])} "
+                    f"(src offset {getattr(first_lost, 'offset', '?')}, {lost} copies)",
+                )
+        report.partitions[p] = diff
+        report.src_count += diff.src_count
+        report.dst_count += diff.dst_count
+        report.missing += diff.missing
+        report.duplicates += diff.duplicates
+        report.unexpected += diff.unexpected
+        report.order_violations += diff.order_violations
+        report.mismatches += diff.mismatches
+    report.misplaced = sum(
+        1 for ident, p in missing_ids.items() if ident in unexpected_ids and unexpected_ids[ident] != p
+    )
+    return report

@@ -53,7 +53,8 @@ def test_healthz_readyz_and_status(switchyard, switchyard_bin):
 
     listeners = sorted(st["listeners"], key=lambda listener: listener["node_id"])
     assert listeners == [
-        {"node_id": i, "bind": f"{sy.host}:{sy.node_ports[i]}", "advertised": sy.advertised[i]}
+        {"listener": "default", "node_id": i, "bind": f"{sy.host}:{sy.node_ports[i]}",
+         "advertised": sy.advertised[i]}
         for i in range(sy.virtual_nodes)
     ], f"listeners: {st['listeners']}"
 

@@ -188,7 +188,12 @@ fn fetch_forward(c: &mut Criterion) {
         b.iter(|| {
             let mut r: FetchResponse =
                 codec::decode_response_body(ApiKey::Fetch, 16, &frame).expect("decode");
-            fetch::virtualise(&id, &view, 16, &mut r);
+            fetch::virtualise(&id, 16, &mut r, |t| {
+                view.names_by_id
+                    .get(&t.topic_id)
+                    .cloned()
+                    .unwrap_or_else(|| t.topic.0.to_string())
+            });
             codec::encode_response(ApiKey::Fetch, 16, 7, &r).expect("encode")
         })
     });

@@ -68,11 +68,22 @@ struct Status {
     bootstrap: String,
     listeners: Vec<ListenerStatus>,
     sites: Vec<SiteStatus>,
+    routes: Vec<RouteStatus>,
+    tee: Vec<crate::tee::TeeStatus>,
     connections: Connections,
 }
 
 #[derive(Serialize)]
+struct RouteStatus {
+    name: String,
+    topics: String,
+    site: String,
+    naming: String,
+}
+
+#[derive(Serialize)]
 struct ListenerStatus {
+    listener: String,
     node_id: i32,
     bind: String,
     advertised: String,
@@ -104,32 +115,27 @@ struct Connections {
 
 async fn status(State(p): State<Arc<Proxy>>) -> Json<Status> {
     let id = &p.identity;
-    let view = p.site.view();
-    let mut brokers: Vec<BrokerStatus> = view
-        .brokers
-        .values()
-        .map(|b| BrokerStatus {
-            node_id: b.node_id,
-            host: b.host.clone(),
-            port: b.port,
-        })
-        .collect();
-    brokers.sort_by_key(|b| b.node_id);
     let mut sites = Vec::new();
-    for (i, s) in p.cfg.config.sites.iter().enumerate() {
-        let active = i == p.cfg.active_site;
+    for (i, site) in p.sites.iter().enumerate() {
+        let view = site.view();
+        let mut brokers: Vec<BrokerStatus> = view
+            .brokers
+            .values()
+            .map(|b| BrokerStatus {
+                node_id: b.node_id,
+                host: b.host.clone(),
+                port: b.port,
+            })
+            .collect();
+        brokers.sort_by_key(|b| b.node_id);
         sites.push(SiteStatus {
-            name: s.name.clone(),
-            active,
-            bootstrap: s.bootstrap.clone(),
-            reachable: active && p.site.is_reachable(),
-            brokers: if active {
-                std::mem::take(&mut brokers)
-            } else {
-                Vec::new()
-            },
-            topics: if active { view.topics.len() } else { 0 },
-            upstream_connections: if active { p.site.conn_gauge.get() } else { 0 },
+            name: site.name.clone(),
+            active: i == p.cfg.active_site,
+            bootstrap: site.bootstrap.clone(),
+            reachable: site.is_reachable(),
+            brokers,
+            topics: view.topics.len(),
+            upstream_connections: site.conn_gauge.get(),
         });
     }
     Json(Status {
@@ -137,16 +143,31 @@ async fn status(State(p): State<Arc<Proxy>>) -> Json<Status> {
         cluster_id: id.cluster_id.clone(),
         uptime_seconds: p.started.elapsed().as_secs(),
         bootstrap: format!("{}:{}", id.advertised_host, id.bootstrap_bind.port()),
-        listeners: id
-            .nodes
+        listeners: p
+            .listeners
             .iter()
-            .map(|n| ListenerStatus {
-                node_id: n.node_id,
-                bind: n.bind.to_string(),
-                advertised: format!("{}:{}", n.host, n.port),
+            .flat_map(|l| {
+                l.identity.nodes.iter().map(move |n| ListenerStatus {
+                    listener: l.name.clone(),
+                    node_id: n.node_id,
+                    bind: n.bind.to_string(),
+                    advertised: format!("{}:{}", n.host, n.port),
+                })
             })
             .collect(),
         sites,
+        routes: p
+            .router
+            .routes()
+            .iter()
+            .map(|r| RouteStatus {
+                name: r.name.clone(),
+                topics: r.topics.to_string(),
+                site: p.router.site_name(r.site).to_string(),
+                naming: r.naming.template().to_string(),
+            })
+            .collect(),
+        tee: p.tee.status(),
         connections: Connections {
             active: p.metrics.client_connections.get(),
             total: p.connections_total(),

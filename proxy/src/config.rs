@@ -55,10 +55,20 @@ pub struct Config {
     /// The cluster id every client sees, whatever upstream is active.
     pub cluster_id: String,
     pub listen: ListenConfig,
+    /// More listeners (each its own bootstrap port and virtual node ports),
+    /// so routes can tell, e.g., internal from external clients apart.
+    #[serde(default)]
+    pub listeners: Vec<ExtraListenerConfig>,
     pub sites: Vec<SiteConfig>,
-    /// The site that serves traffic. Optional when there is exactly one site.
+    /// The site serving every topic no route matches. Optional when there is
+    /// exactly one site.
     #[serde(default)]
     pub default_site: Option<String>,
+    /// Which site serves which topics, renaming, and tee targets.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub tee: TeeConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -74,6 +84,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
+    /// Listener name routes refer to (`routes[].listeners`).
+    #[serde(default = "default_listener_name")]
+    pub name: String,
     /// Bootstrap listener. Virtual node `i` listens on the same host at `port + 1 + i`.
     pub bind: String,
     /// Host name clients are told to connect to. Defaults to the bind host.
@@ -85,6 +98,127 @@ pub struct ListenConfig {
     /// Rack reported for the virtual brokers.
     #[serde(default)]
     pub rack: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraListenerConfig {
+    pub name: String,
+    /// Bootstrap address; virtual node `i` listens on `port + 1 + i`
+    /// (`listen.virtual_nodes` nodes, as for the main listener).
+    pub bind: String,
+    #[serde(default)]
+    pub advertised_host: Option<String>,
+}
+
+/// Selects names by exactly one of: exact name, prefix, or regex (matched
+/// against the whole name).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Topics (as clients name them) this route serves.
+    pub topics: MatchConfig,
+    /// Only clients connected to these listeners; all listeners when absent.
+    #[serde(default)]
+    pub listeners: Option<Vec<String>>,
+    /// Only clients whose client id matches; all clients when absent.
+    #[serde(default)]
+    pub client_ids: Option<MatchConfig>,
+    /// The site holding these topics.
+    pub site: String,
+    /// Physical topic name on `site`: `identity` (default), `mm2`
+    /// (`{site}.{topic}`), `suffix` (`{topic}-{site}`) or a template with
+    /// `{topic}` once and optionally `{site}`.
+    #[serde(default)]
+    pub naming: Option<String>,
+    /// Consumer groups and transactional ids coordinated on this route's site;
+    /// others are coordinated on `default_site`.
+    #[serde(default)]
+    pub groups: Option<MatchConfig>,
+    /// Clusters every record written through this route is copied to.
+    #[serde(default)]
+    pub tee: Vec<TeeTargetConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeMode {
+    /// The client's ack waits for the source and this target.
+    Sync,
+    /// The client's ack waits for the source only; the target follows.
+    #[default]
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeStart {
+    /// A topic with no tee progress yet is copied from its first record.
+    #[default]
+    Earliest,
+    /// ... or only from records written after the tee first sees it.
+    Latest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeeTargetConfig {
+    pub site: String,
+    #[serde(default)]
+    pub mode: TeeMode,
+    /// Topic name on the target, as for `routes[].naming`; `{site}` is the
+    /// source site, `{target}` the target site.
+    #[serde(default)]
+    pub naming: Option<String>,
+    #[serde(default)]
+    pub start: TeeStart,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeeConfig {
+    /// How often an idle tee looks for new records on the source.
+    pub poll_interval_ms: u64,
+    /// Bytes fetched from the source per partition per round.
+    pub max_fetch_bytes: i32,
+    /// First retry delay after a failed write to a target; doubles per failure.
+    pub retry_backoff_ms: u64,
+    pub max_retry_backoff_ms: u64,
+    /// Writes of a record the target rejects as invalid (too large, corrupt,
+    /// policy) before it is skipped and reported; retriable errors and
+    /// outages are retried forever.
+    pub reject_attempts: u32,
+    /// Longest a sync-tee produce waits for its targets (also bounded by the
+    /// client's own produce timeout).
+    pub sync_timeout_ms: u64,
+    /// Offset-sync runs are persisted at least this often while they grow.
+    pub offset_sync_interval_ms: u64,
+}
+
+impl Default for TeeConfig {
+    fn default() -> Self {
+        TeeConfig {
+            poll_interval_ms: 100,
+            max_fetch_bytes: 4 * 1024 * 1024,
+            retry_backoff_ms: 100,
+            max_retry_backoff_ms: 10_000,
+            reject_attempts: 5,
+            sync_timeout_ms: 30_000,
+            offset_sync_interval_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +337,18 @@ fn default_virtual_nodes() -> u16 {
     3
 }
 
+fn default_listener_name() -> String {
+    "default".into()
+}
+
+/// A listener after validation.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub advertised_host: String,
+}
+
 /// A config that parsed and validated, with addresses resolved.
 #[derive(Debug, Clone)]
 pub struct Validated {
@@ -210,8 +356,11 @@ pub struct Validated {
     pub bootstrap_bind: SocketAddr,
     pub admin_bind: SocketAddr,
     pub advertised_host: String,
-    /// Index into `config.sites` of the site that serves traffic.
+    /// Index into `config.sites` of the site serving unrouted topics.
     pub active_site: usize,
+    /// Every listener, the main one (`listen`) first.
+    pub listeners: Vec<ListenerSpec>,
+    pub router: std::sync::Arc<crate::route::Router>,
 }
 
 impl Validated {
@@ -402,11 +551,122 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         err("log.level", format!("not a valid filter: {e}"));
     }
 
+    // Listeners: the main one, then the extra ones; names unique, port
+    // ranges (bootstrap + virtual nodes) disjoint.
+    let mut listeners = Vec::new();
+    if let Some(b) = bootstrap_bind {
+        listeners.push(ListenerSpec {
+            name: config.listen.name.clone(),
+            bind: b,
+            advertised_host: config
+                .listen
+                .advertised_host
+                .clone()
+                .unwrap_or_else(|| b.ip().to_string()),
+        });
+    }
+    if config.listen.name.trim().is_empty() {
+        err("listen.name", "must not be empty".into());
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if l.name.trim().is_empty() {
+            err(&format!("{key}.name"), "must not be empty".into());
+        } else if l.name == config.listen.name
+            || config.listeners[..i].iter().any(|o| o.name == l.name)
+        {
+            err(
+                &format!("{key}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            );
+        }
+        match l.bind.parse::<SocketAddr>() {
+            Ok(b) if b.port() == 0 => err(
+                &format!("{key}.bind"),
+                "port 0 is not allowed: virtual node ports are derived from it".into(),
+            ),
+            Ok(b) if u32::from(b.port()) + u32::from(config.listen.virtual_nodes) > 65535 => err(
+                &format!("{key}.bind"),
+                format!("virtual node ports after {} run past 65535", b.port()),
+            ),
+            Ok(b) => listeners.push(ListenerSpec {
+                name: l.name.clone(),
+                bind: b,
+                advertised_host: l
+                    .advertised_host
+                    .clone()
+                    .unwrap_or_else(|| b.ip().to_string()),
+            }),
+            Err(_) => err(
+                &format!("{key}.bind"),
+                format!("`{}` is not an IP:port socket address", l.bind),
+            ),
+        }
+    }
+    let span = config.listen.virtual_nodes;
+    for (i, a) in listeners.iter().enumerate() {
+        for b in &listeners[..i] {
+            let (pa, pb) = (a.bind.port(), b.bind.port());
+            if pa.abs_diff(pb) <= span {
+                err(
+                    &format!("listeners[{}].bind", i - 1),
+                    format!(
+                        "ports {pa}..={} overlap listener `{}` ports {pb}..={}",
+                        pa.saturating_add(span),
+                        b.name,
+                        pb.saturating_add(span)
+                    ),
+                );
+            }
+        }
+    }
+
+    let router = match crate::route::Router::build(&config, active_site) {
+        Ok(r) => Some(r),
+        Err(route_errs) => {
+            errs.extend(route_errs);
+            None
+        }
+    };
+    let t = &config.tee;
+    if t.poll_interval_ms == 0 {
+        errs.push(ConfigError {
+            key: "tee.poll_interval_ms".into(),
+            reason: "must be greater than 0".into(),
+        });
+    }
+    if t.max_fetch_bytes < 1024 {
+        errs.push(ConfigError {
+            key: "tee.max_fetch_bytes".into(),
+            reason: "must be at least 1024".into(),
+        });
+    }
+    if t.retry_backoff_ms == 0 || t.max_retry_backoff_ms < t.retry_backoff_ms {
+        errs.push(ConfigError {
+            key: "tee.max_retry_backoff_ms".into(),
+            reason: "retry_backoff_ms must be > 0 and <= max_retry_backoff_ms".into(),
+        });
+    }
+    if t.reject_attempts == 0 {
+        errs.push(ConfigError {
+            key: "tee.reject_attempts".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    if t.sync_timeout_ms < 100 {
+        errs.push(ConfigError {
+            key: "tee.sync_timeout_ms".into(),
+            reason: "must be at least 100 ms".into(),
+        });
+    }
+
     if !errs.is_empty() {
         return Err(ConfigErrors(errs));
     }
     // Both are Some when no error was recorded above.
-    let (Some(bootstrap_bind), Some(admin_bind)) = (bootstrap_bind, admin_bind) else {
+    let (Some(bootstrap_bind), Some(admin_bind), Some(router)) =
+        (bootstrap_bind, admin_bind, router)
+    else {
         return Err(ConfigErrors(vec![ConfigError {
             key: String::new(),
             reason: "internal: address missing".into(),
@@ -423,6 +683,8 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         admin_bind,
         advertised_host,
         active_site,
+        listeners,
+        router: std::sync::Arc::new(router),
     })
 }
 

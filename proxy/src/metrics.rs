@@ -20,10 +20,91 @@ pub struct Metrics {
     pub upstream_request_duration: HistogramVec,
     pub upstream_connections: IntGaugeVec,
     pub errors_total: IntCounterVec,
+    pub tee: TeeMetrics,
     request_counters: Vec<Vec<OnceLock<IntCounter>>>,
 }
 
 /// Error kinds counted in `switchyard_errors_total{kind}`.
+/// Tee metrics, labelled `route`, `target` (site) and `topic` (source topic).
+pub struct TeeMetrics {
+    pub lag_records: IntGaugeVec,
+    pub lag_seconds: prometheus::GaugeVec,
+    pub records: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub retries: IntCounterVec,
+    /// Also labelled `reason` (a Kafka error name, `network`, ...).
+    pub errors: IntCounterVec,
+    pub skipped: IntCounterVec,
+    pub last_success: prometheus::GaugeVec,
+}
+
+impl TeeMetrics {
+    fn register(registry: &Registry) -> Self {
+        const L: &[&str] = &["route", "target", "topic"];
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), L).expect("static metric definition")
+        };
+        let fgauge = |name: &str, help: &str| {
+            prometheus::GaugeVec::new(Opts::new(name, help), L).expect("static metric definition")
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let t = TeeMetrics {
+            lag_records: gauge(
+                "switchyard_tee_lag_records",
+                "Records on the source not yet on the target",
+            ),
+            lag_seconds: fgauge(
+                "switchyard_tee_lag_seconds",
+                "Seconds since the tee was last fully caught up (0 when caught up)",
+            ),
+            records: counter(
+                "switchyard_tee_records_total",
+                "Records written to the target",
+                L,
+            ),
+            bytes: counter(
+                "switchyard_tee_bytes_total",
+                "Record batch bytes written to the target",
+                L,
+            ),
+            retries: counter(
+                "switchyard_tee_retries_total",
+                "Writes to the target retried",
+                L,
+            ),
+            errors: counter(
+                "switchyard_tee_errors_total",
+                "Failed writes to the target, by reason",
+                &["route", "target", "topic", "reason"],
+            ),
+            skipped: counter(
+                "switchyard_tee_records_skipped_total",
+                "Records the target rejected permanently and the tee skipped",
+                L,
+            ),
+            last_success: fgauge(
+                "switchyard_tee_last_success_timestamp_seconds",
+                "Unix time of the last successful write to the target",
+            ),
+        };
+        for c in [
+            Box::new(t.lag_records.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(t.lag_seconds.clone()),
+            Box::new(t.records.clone()),
+            Box::new(t.bytes.clone()),
+            Box::new(t.retries.clone()),
+            Box::new(t.errors.clone()),
+            Box::new(t.skipped.clone()),
+            Box::new(t.last_success.clone()),
+        ] {
+            registry.register(c).expect("static metric definition");
+        }
+        t
+    }
+}
+
 pub mod kind {
     pub const FRAME_TOO_LARGE: &str = "frame_too_large";
     pub const BAD_FRAME: &str = "bad_frame";
@@ -103,7 +184,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("static metric definition");
         }
+        let tee = TeeMetrics::register(&registry);
         Metrics {
+            tee,
             registry,
             client_connections,
             client_connections_total,

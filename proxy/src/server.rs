@@ -19,57 +19,132 @@ use crate::api::versions::VersionTable;
 use crate::config::Validated;
 use crate::identity::Identity;
 use crate::metrics::{kind, Metrics};
+use crate::route::Router;
+use crate::tee::Tee;
 use crate::upstream::{Site, SiteSettings};
 use crate::{admin, session};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// A client-facing listener: its name (for routes) and the virtual cluster
+/// it presents (same cluster id and topic ids everywhere, its own endpoints).
+pub struct Listener {
+    pub name: String,
+    pub identity: Arc<Identity>,
+}
 
 /// State shared by every connection.
 pub struct Proxy {
     pub cfg: Validated,
+    /// The main listener's identity (`listen`).
     pub identity: Arc<Identity>,
+    pub listeners: Vec<Arc<Listener>>,
+    /// Every configured site, in config order (indexes used by `route`).
+    pub sites: Vec<Arc<Site>>,
+    /// The site serving unrouted topics.
     pub site: Arc<Site>,
+    pub router: Arc<Router>,
+    pub tee: Arc<Tee>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
-    /// Built once the upstream's versions are known.
+    /// Built once every site's versions are known.
     versions: ArcSwapOption<VersionTable>,
+    /// Virtual topic id → virtual name, with the site generations it was built from.
+    virtual_ids: ArcSwapOption<(Vec<u64>, HashMap<Uuid, String>)>,
     connections_total: AtomicU64,
 }
 
 impl Proxy {
     pub fn new(cfg: Validated) -> Arc<Self> {
         let c = &cfg.config;
-        let identity = Arc::new(Identity::new(
-            &c.cluster_id,
-            cfg.bootstrap_bind,
-            &cfg.advertised_host,
-            c.listen.virtual_nodes,
-            c.listen.rack.clone(),
-        ));
+        let listeners: Vec<Arc<Listener>> = cfg
+            .listeners
+            .iter()
+            .map(|l| {
+                Arc::new(Listener {
+                    name: l.name.clone(),
+                    identity: Arc::new(Identity::new(
+                        &c.cluster_id,
+                        l.bind,
+                        &l.advertised_host,
+                        c.listen.virtual_nodes,
+                        c.listen.rack.clone(),
+                    )),
+                })
+            })
+            .collect();
+        let identity = listeners[0].identity.clone();
         let metrics = Arc::new(Metrics::new());
-        let site_cfg = cfg.active_site();
-        let site = Arc::new(Site::new(
-            &site_cfg.name,
-            site_cfg.bootstrap.clone(),
-            SiteSettings {
-                connect_timeout: Duration::from_millis(c.timeouts.connect_ms),
-                request_timeout: Duration::from_millis(c.timeouts.request_ms),
-                max_frame_bytes: c.limits.max_frame_bytes,
-            },
-            identity.clone(),
-            metrics.clone(),
-        ));
+        let sites: Vec<Arc<Site>> = c
+            .sites
+            .iter()
+            .map(|s| {
+                Arc::new(Site::new(
+                    &s.name,
+                    s.bootstrap.clone(),
+                    SiteSettings {
+                        connect_timeout: Duration::from_millis(c.timeouts.connect_ms),
+                        request_timeout: Duration::from_millis(c.timeouts.request_ms),
+                        max_frame_bytes: c.limits.max_frame_bytes,
+                    },
+                    metrics.clone(),
+                ))
+            })
+            .collect();
+        let site = sites[cfg.active_site].clone();
+        let router = cfg.router.clone();
+        let tee = Tee::new(&cfg, &sites, metrics.clone());
         Arc::new(Proxy {
             cfg,
             identity,
+            listeners,
+            sites,
             site,
+            router,
+            tee,
             metrics,
             started: Instant::now(),
             versions: ArcSwapOption::empty(),
+            virtual_ids: ArcSwapOption::empty(),
             connections_total: AtomicU64::new(0),
         })
     }
 
     pub fn request_timeout(&self) -> Duration {
         self.site.settings.request_timeout
+    }
+
+    /// The virtual topic name behind a virtual topic id (Fetch v13+,
+    /// Metadata v10+ by id). Ids are name-based, so the map is rebuilt from
+    /// the sites' views whenever one of them changed, and once more on a miss.
+    pub async fn topic_for_virtual_id(&self, id: &Uuid) -> Option<String> {
+        if let Some(name) = self.lookup_virtual_id(id) {
+            return Some(name);
+        }
+        for s in &self.sites {
+            let _ = s.refresh().await;
+        }
+        self.lookup_virtual_id(id)
+    }
+
+    fn lookup_virtual_id(&self, id: &Uuid) -> Option<String> {
+        let gens: Vec<u64> = self.sites.iter().map(|s| s.generation()).collect();
+        if let Some(cached) = self.virtual_ids.load().as_ref() {
+            if cached.0 == gens {
+                return cached.1.get(id).cloned();
+            }
+        }
+        let mut map = HashMap::new();
+        for (i, s) in self.sites.iter().enumerate() {
+            for phys in s.view().topics.keys() {
+                for v in self.router.virtual_candidates(i, phys) {
+                    map.insert(self.identity.topic_id(&v), v);
+                }
+            }
+        }
+        let found = map.get(id).cloned();
+        self.virtual_ids.store(Some(Arc::new((gens, map))));
+        found
     }
 
     pub fn connections_total(&self) -> u64 {
@@ -80,6 +155,10 @@ impl Proxy {
     /// versions, a client asking waits (bounded) for a refresh; if the upstream
     /// stays silent it gets Switchyard's own table, and requests will fail
     /// upstream the way they would against a down broker.
+    ///
+    /// With several sites the table is the intersection over all of them
+    /// (a request may be routed to any), built from the sites known so far and
+    /// cached once all of them answered.
     pub async fn version_table(&self) -> Arc<VersionTable> {
         if let Some(t) = self.versions.load_full() {
             return t;
@@ -87,14 +166,15 @@ impl Proxy {
         if self.site.versions().is_none() {
             let _ = self.site.refresh().await;
         }
-        match self.site.versions() {
-            Some(up) => {
-                let t = Arc::new(VersionTable::build(Some(&up)));
-                self.versions.store(Some(t.clone()));
-                t
-            }
-            None => Arc::new(VersionTable::build(None)),
+        let known: Vec<_> = self.sites.iter().filter_map(|s| s.versions()).collect();
+        if known.is_empty() {
+            return Arc::new(VersionTable::build::<Arc<crate::upstream::ApiRanges>>(&[]));
         }
+        let t = Arc::new(VersionTable::build(&known));
+        if known.len() == self.sites.len() {
+            self.versions.store(Some(t.clone()));
+        }
+        t
     }
 }
 
@@ -123,17 +203,26 @@ pub async fn run(cfg: Validated) -> anyhow::Result<()> {
 
     // Bind everything before serving anything.
     let mut listeners = Vec::new();
-    let bootstrap = bind(proxy.identity.bootstrap_bind).await?;
-    listeners.push((bootstrap, "bootstrap".to_string()));
-    for n in &proxy.identity.nodes {
-        listeners.push((bind(n.bind).await?, format!("node {}", n.node_id)));
+    for l in &proxy.listeners {
+        let bootstrap = bind(l.identity.bootstrap_bind).await?;
+        listeners.push((bootstrap, l.clone(), "bootstrap".to_string()));
+        for n in &l.identity.nodes {
+            listeners.push((
+                bind(n.bind).await?,
+                l.clone(),
+                format!("node {}", n.node_id),
+            ));
+        }
     }
     let admin_listener = bind(proxy.cfg.admin_bind).await?;
 
-    tokio::spawn(proxy.site.clone().maintain(
-        Duration::from_millis(proxy.cfg.config.metadata.refresh_interval_ms),
-        stop_rx.clone(),
-    ));
+    for site in &proxy.sites {
+        tokio::spawn(site.clone().maintain(
+            Duration::from_millis(proxy.cfg.config.metadata.refresh_interval_ms),
+            stop_rx.clone(),
+        ));
+    }
+    proxy.tee.start(stop_rx.clone());
     let admin_task = tokio::spawn(admin::serve(proxy.clone(), admin_listener, stop_rx.clone()));
 
     // Every session holds a permit; getting all of them back at shutdown
@@ -141,14 +230,16 @@ pub async fn run(cfg: Validated) -> anyhow::Result<()> {
     let max = proxy.cfg.config.limits.max_connections;
     let limit = Arc::new(Semaphore::new(max as usize));
     let mut accept_tasks = JoinSet::new();
-    for (l, name) in listeners {
-        tracing::info!(listener = %name, addr = %l.local_addr()?, "listening");
+    for (l, listener, name) in listeners {
+        tracing::info!(listener = %listener.name, socket = %name, addr = %l.local_addr()?, "listening");
         let (proxy, stop, limit) = (proxy.clone(), stop_rx.clone(), limit.clone());
-        accept_tasks.spawn(accept_loop(proxy, l, stop, limit));
+        accept_tasks.spawn(accept_loop(proxy, l, listener, stop, limit));
     }
     tracing::info!(
         cluster_id = %proxy.identity.cluster_id,
-        site = %proxy.site.name,
+        default_site = %proxy.site.name,
+        sites = proxy.sites.len(),
+        routes = proxy.router.routes().len(),
         admin = %proxy.cfg.admin_bind,
         version = env!("CARGO_PKG_VERSION"),
         "switchyard started"
@@ -194,6 +285,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    which: Arc<Listener>,
     mut stop: watch::Receiver<bool>,
     limit: Arc<Semaphore>,
 ) {
@@ -220,9 +312,9 @@ async fn accept_loop(
         proxy.connections_total.fetch_add(1, Ordering::Relaxed);
         proxy.metrics.client_connections_total.inc();
         proxy.metrics.client_connections.inc();
-        let (proxy, stop) = (proxy.clone(), stop.clone());
+        let (proxy, stop, which) = (proxy.clone(), stop.clone(), which.clone());
         tokio::spawn(async move {
-            serve_one(proxy.clone(), stream, peer, stop).await;
+            serve_one(proxy.clone(), stream, peer, which, stop).await;
             proxy.metrics.client_connections.dec();
             drop(permit);
         });
@@ -233,10 +325,11 @@ async fn serve_one(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
+    listener: Arc<Listener>,
     stop: watch::Receiver<bool>,
 ) {
-    tracing::debug!(client = %peer, "client connected");
-    session::serve(proxy, stream, peer, stop).await;
+    tracing::debug!(client = %peer, listener = %listener.name, "client connected");
+    session::serve(proxy, stream, peer, listener, stop).await;
     tracing::debug!(client = %peer, "client disconnected");
 }
 

@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{self, Ctx, Outcome, Reply, Respond};
 use crate::codec::{read_frame, FrameError, RequestError, RequestFrame};
 use crate::metrics::kind;
-use crate::server::Proxy;
-use crate::upstream::BrokerPool;
+use crate::server::{Listener, Proxy};
+use crate::upstream::Pools;
 
 enum Slot {
     Ready(Reply),
@@ -38,6 +38,7 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
+    listener: Arc<Listener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -47,7 +48,7 @@ pub async fn serve(
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let (tx, rx) = mpsc::channel::<Slot>(limits.max_inflight_per_connection as usize);
     let mut writer = tokio::spawn(write_loop(proxy.clone(), wr, rx, peer));
-    let mut pool = BrokerPool::new(proxy.site.clone());
+    let mut pools = Pools::new(&proxy.sites);
 
     loop {
         let frame = tokio::select! {
@@ -86,7 +87,7 @@ pub async fn serve(
             .metrics
             .client_bytes_received
             .inc_by(frame.len() as u64 + 4);
-        let Some(slot) = handle(&proxy, &mut pool, frame, peer).await else {
+        let Some(slot) = handle(&proxy, &mut pools, &listener, frame, peer).await else {
             break;
         };
         if let Some(slot) = slot {
@@ -108,7 +109,8 @@ pub async fn serve(
 /// means the request needs no response.
 async fn handle(
     proxy: &Arc<Proxy>,
-    pool: &mut BrokerPool,
+    pools: &mut Pools,
+    listener: &Listener,
     frame: Bytes,
     peer: SocketAddr,
 ) -> Option<Option<Slot>> {
@@ -148,7 +150,11 @@ async fn handle(
         c.inc();
     }
     let (api_key, version) = (req.api_key, req.api_version);
-    let mut ctx = Ctx { proxy, pool };
+    let mut ctx = Ctx {
+        proxy,
+        pools,
+        listener,
+    };
     match api::route(&mut ctx, req).await {
         Ok(Outcome::NoResponse) => Some(None),
         Ok(Outcome::Ready(r)) => Some(Some(Slot::Ready(r))),

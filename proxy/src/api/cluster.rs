@@ -12,7 +12,7 @@ const UNSUPPORTED_ENDPOINT_TYPE: i16 = 119;
 
 pub fn describe(ctx: &mut Ctx<'_>, req: &RequestFrame) -> anyhow::Result<Outcome> {
     let body: DescribeClusterRequest = req.decode()?;
-    let id = &ctx.proxy.identity;
+    let id = ctx.identity();
     let mut resp = DescribeClusterResponse::default();
     resp.endpoint_type = body.endpoint_type;
     if req.api_version >= 1 && body.endpoint_type != 1 {

@@ -25,6 +25,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName}
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
+use super::names::Names;
 use super::{error_code, rewrite_or_pass, scatter, split, Ctx, Outcome, Reply};
 use crate::codec::{self, fetch_patch, RequestFrame};
 use crate::identity::Identity;
@@ -32,8 +33,8 @@ use crate::upstream::{ClusterView, Site};
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let mut body: FetchRequest = req.decode()?;
-    let site = ctx.site();
     let by_id = req.api_version >= 13;
+    let identity = ctx.identity();
 
     // v13+: topics come by virtual id; find their names. Unknown ids are
     // answered with UNKNOWN_TOPIC_ID and not routed.
@@ -41,12 +42,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let mut skip = Vec::new();
     if by_id {
         for (ti, t) in body.topics.iter_mut().enumerate() {
-            let mut name = site.topic_for_virtual_id(&t.topic_id);
-            if name.is_none() {
-                let _ = site.refresh().await;
-                name = site.topic_for_virtual_id(&t.topic_id);
-            }
-            match name {
+            match ctx.proxy.topic_for_virtual_id(&t.topic_id).await {
                 Some(n) => t.topic = TopicName(StrBytes::from_string(n)),
                 None => {
                     skip.push(ti);
@@ -66,54 +62,63 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         p.current_leader_epoch = -1;
         p.last_fetched_epoch = -1;
     }
-    let (plan, missing) = split::plan(&site, &body, &skip).await;
-    let identity = ctx.proxy.identity.clone();
-    for (name, partition, code) in missing {
+    let router = ctx.proxy.router.clone();
+    let mut names = Names::default();
+    let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &skip);
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
+    for (site, name, partition, code) in missing {
+        let virt = names.virt(site, &name);
         let id = if by_id {
-            identity.topic_id(name.0.as_str())
+            identity.topic_id(virt.0.as_str())
         } else {
             Uuid::nil()
         };
-        errors.push((name, id, partition, code));
+        errors.push((virt, id, partition, code));
     }
     body.session_id = 0;
     body.session_epoch = -1;
     body.forgotten_topics_data.clear();
-    let view = site.view();
+    // Each site's view as routed now: real ids in, real ids back out.
+    let views: Vec<Arc<ClusterView>> = ctx.proxy.sites.iter().map(|s| s.view()).collect();
     if by_id {
-        for t in &mut body.topics {
-            t.topic_id = view
-                .topics
-                .get(t.topic.0.as_str())
-                .map(|v| v.id)
-                .unwrap_or_default();
+        for (t, site) in body.topics.iter_mut().zip(&site_of) {
+            if let Some(v) = site.and_then(|s| views.get(s)) {
+                t.topic_id = v
+                    .topics
+                    .get(t.topic.0.as_str())
+                    .map(|v| v.id)
+                    .unwrap_or_default();
+            }
         }
     }
 
     let version = req.api_version;
-    // Everything on one broker: no split, and for Produce the client's bytes
-    // go upstream untouched.
-    let single = if errors.is_empty() && plan.len() == 1 {
+    // Everything on one broker: patch the answer in place, records untouched.
+    // Before v13 the answer carries names, which cannot be renamed in place.
+    let single = if errors.is_empty() && plan.len() == 1 && (by_id || !names.renamed()) {
         plan.keys().next().copied()
     } else {
         None
     };
-    if let Some(broker) = single {
+    if let Some(target) = single {
+        let site = ctx.site(target.0);
+        let view = views.get(target.0).cloned().unwrap_or_else(|| site.view());
         let frame = codec::encode_request(req.api_key, version, req.client_id.clone(), &body)?;
-        let pending = ctx.pool.call(broker, req.api_key, frame).await?;
+        let pending = ctx.pools.call(target, req.api_key, frame).await?;
         let timeout = ctx.proxy.request_timeout();
         let (api, corr) = (req.api_key, req.correlation_id);
         return Ok(Outcome::Later(Box::pin(async move {
             let frame = pending.wait(timeout).await?;
-            // Fast path: patch ids in place, records untouched. The frame is
-            // uniquely owned here, so this takes no copy.
+            // The frame is uniquely owned here, so this takes no copy.
             let mut buf = frame
                 .try_into_mut()
                 .unwrap_or_else(|f| BytesMut::from(&f[..]));
             let to_virtual = |id: &[u8; 16]| {
-                view.names_by_id
-                    .get(&Uuid::from_bytes(*id))
-                    .map(|name| (*identity.topic_id(name).as_bytes(), name.clone()))
+                view.names_by_id.get(&Uuid::from_bytes(*id)).map(|phys| {
+                    let virt = names.entry(target.0, phys).map(|e| e.virt.0.to_string());
+                    let name = virt.unwrap_or_else(|| phys.clone());
+                    (*identity.topic_id(&name).as_bytes(), name)
+                })
             };
             let leader =
                 |topic: &str, partition: i32| identity.leader_for(topic, partition).node_id;
@@ -136,43 +141,81 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             );
             rewrite_or_pass(api, version, corr, frame, |r: &mut FetchResponse| {
                 note_errors(&site, r);
-                virtualise(&identity, &view, version, r)
+                let site_idx = target.0;
+                virtualise(&identity, version, r, |t| {
+                    rename_topic(&names, &view, site_idx, version, t)
+                })
             })
         })));
     }
 
     let parts = split::split(&body, &plan);
-    scatter(ctx, &req, parts, move |resps: Vec<FetchResponse>| {
-        let mut out = FetchResponse::default();
-        for r in resps {
-            note_errors(&site, &r);
-            out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
-            if out.error_code == 0 {
-                out.error_code = r.error_code;
+    let proxy = ctx.proxy.clone();
+    scatter(
+        ctx,
+        &req,
+        parts,
+        move |resps: Vec<(usize, FetchResponse)>| {
+            let mut out = FetchResponse::default();
+            for (site, mut r) in resps {
+                if let Some(s) = proxy.sites.get(site) {
+                    note_errors(s, &r);
+                }
+                let view = views.get(site).cloned().unwrap_or_default();
+                virtualise(&identity, version, &mut r, |t| {
+                    rename_topic(&names, &view, site, version, t)
+                });
+                out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
+                if out.error_code == 0 {
+                    out.error_code = r.error_code;
+                }
+                for t in r.responses {
+                    push_topic(&mut out.responses, t);
+                }
             }
-            for t in r.responses {
+            out.session_id = 0;
+            for (topic, topic_id, partition, code) in errors {
+                let mut p = PartitionData::default();
+                p.partition_index = partition;
+                p.error_code = code;
+                p.high_watermark = -1;
+                p.last_stable_offset = -1;
+                p.log_start_offset = -1;
+                let mut t = FetchableTopicResponse::default();
+                t.topic = topic;
+                // Keep the client's own id so it can match the error (v13+).
+                t.topic_id = topic_id;
+                t.partitions.push(p);
                 push_topic(&mut out.responses, t);
             }
-        }
-        for (topic, topic_id, partition, code) in errors {
-            let mut p = PartitionData::default();
-            p.partition_index = partition;
-            p.error_code = code;
-            p.high_watermark = -1;
-            p.last_stable_offset = -1;
-            p.log_start_offset = -1;
-            let mut t = FetchableTopicResponse::default();
-            t.topic = topic;
-            // Keep the client's own id so it can match the error (v13+).
-            t.topic_id = topic_id;
-            t.partitions.push(p);
-            // Already virtual: skip the id mapping below by mapping it last.
-            out.responses.push(t);
-        }
-        virtualise(&identity, &view, version, &mut out);
-        Ok(out)
-    })
+            Ok(out)
+        },
+    )
     .await
+}
+
+/// Gives one topic of a site's answer its client-facing name (before v13) or
+/// virtual id (v13+); returns the virtual name.
+fn rename_topic(
+    names: &Names,
+    view: &ClusterView,
+    site: usize,
+    version: i16,
+    t: &mut FetchableTopicResponse,
+) -> String {
+    let phys = if version >= 13 {
+        match view.names_by_id.get(&t.topic_id) {
+            Some(n) => TopicName(StrBytes::from_string(n.clone())),
+            None => t.topic.clone(),
+        }
+    } else {
+        t.topic.clone()
+    };
+    let virt = names.virt(site, &phys);
+    if version < 13 {
+        t.topic = virt.clone();
+    }
+    virt.0.to_string()
 }
 
 fn push_topic(out: &mut Vec<FetchableTopicResponse>, t: FetchableTopicResponse) {
@@ -185,28 +228,31 @@ fn push_topic(out: &mut Vec<FetchableTopicResponse>, t: FetchableTopicResponse) 
     }
 }
 
-/// Rewrites a response for the client. Returns whether anything changed.
 fn note_errors(site: &Arc<Site>, r: &FetchResponse) {
     for p in r.responses.iter().flat_map(|t| t.partitions.iter()) {
         site.note_partition_error(p.error_code);
     }
 }
 
-pub fn virtualise(id: &Identity, view: &ClusterView, version: i16, r: &mut FetchResponse) -> bool {
+/// Rewrites a response for the client: `rename` gives each topic its client
+/// name and returns it; topic ids (v13+) become virtual, leader hints point
+/// at virtual nodes. Returns whether anything changed.
+pub fn virtualise(
+    id: &Identity,
+    version: i16,
+    r: &mut FetchResponse,
+    mut rename: impl FnMut(&mut FetchableTopicResponse) -> String,
+) -> bool {
     let mut changed = r.session_id != 0 || !r.node_endpoints.is_empty();
     r.session_id = 0;
     let mut nodes = BTreeSet::new();
     for t in &mut r.responses {
-        // Map real ids to virtual ones; an id that is not a known real id is
-        // one of ours already (an error entry we added).
-        let name = match view.names_by_id.get(&t.topic_id) {
-            Some(n) => n.clone(),
-            None => t.topic.0.to_string(),
-        };
-        if version >= 13 && view.names_by_id.contains_key(&t.topic_id) {
+        let before = (t.topic.clone(), t.topic_id);
+        let name = rename(t);
+        if version >= 13 {
             t.topic_id = id.topic_id(&name);
-            changed = true;
         }
+        changed |= before != (t.topic.clone(), t.topic_id);
         for p in &mut t.partitions {
             if p.preferred_read_replica.0 >= 0 {
                 p.preferred_read_replica = BrokerId(-1);

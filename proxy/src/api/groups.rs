@@ -10,22 +10,26 @@
 //! be neutralised (OffsetCommit/TxnOffsetCommit requests, OffsetFetch responses).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::{
-    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, BrokerId, DeleteGroupsRequest,
-    DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, EndTxnRequest,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsResponse,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetFetchResponse,
-    SyncGroupRequest, TxnOffsetCommitRequest,
+    offset_commit_response, offset_delete_response, offset_fetch_response,
+    txn_offset_commit_response, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, ApiKey, BrokerId, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, EndTxnRequest, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{forward, forward_frame, forward_rewriting, scatter, Ctx, Outcome, Reply};
+use super::names::Names;
+use super::{error_code, forward, forward_frame, forward_rewriting, scatter, Ctx, Outcome, Reply};
 use crate::codec::{self, RequestFrame};
-use crate::upstream::Coordinator;
+use crate::route::Who;
+use crate::upstream::{Coordinator, Target};
 
 const GROUP: i8 = 0;
 const TRANSACTION: i8 = 1;
@@ -37,15 +41,20 @@ pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
     } else {
         vec![body.key.clone()]
     };
-    let site = ctx.site();
+    let identity = ctx.identity();
     let mut entries = Vec::with_capacity(keys.len());
     for key in keys {
+        let site = ctx.site(
+            ctx.proxy
+                .router
+                .coordinator_site(ctx.who(&req), key.as_str()),
+        );
         // A client asks again after NOT_COORDINATOR: always look up afresh.
         site.forget_coordinator(body.key_type, key.as_str());
         let mut e = CoordinatorEntry::default();
         match site.coordinator(body.key_type, key.as_str()).await? {
             Coordinator::Broker(_) => {
-                let node = ctx.proxy.identity.coordinator_for(key.as_str());
+                let node = identity.coordinator_for(key.as_str());
                 e.node_id = BrokerId(node.node_id);
                 e.host = StrBytes::from_string(node.host.clone());
                 e.port = node.port;
@@ -73,10 +82,16 @@ pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
     Ok(Outcome::Ready(Reply::Frame(frame)))
 }
 
-/// The upstream broker coordinating `key`, or an error the client can act on.
-async fn coordinator(ctx: &Ctx<'_>, key_type: i8, key: &str) -> anyhow::Result<i32> {
-    match ctx.site().coordinator(key_type, key).await? {
-        Coordinator::Broker(b) => Ok(b),
+/// The (site, upstream broker) coordinating `key`, or an error the client can act on.
+async fn coordinator(
+    ctx: &Ctx<'_>,
+    who: Who<'_>,
+    key_type: i8,
+    key: &str,
+) -> anyhow::Result<Target> {
+    let si = ctx.proxy.router.coordinator_site(who, key);
+    match ctx.site(si).coordinator(key_type, key).await? {
+        Coordinator::Broker(b) => Ok((si, b)),
         Coordinator::Error(code, msg) => anyhow::bail!(
             "no coordinator for {} `{key}` upstream (error {code}{})",
             if key_type == GROUP {
@@ -89,122 +104,463 @@ async fn coordinator(ctx: &Ctx<'_>, key_type: i8, key: &str) -> anyhow::Result<i
     }
 }
 
-/// Single-group requests: route to the group's coordinator.
+/// Renames the topics of a group's offset request to the group site's
+/// physical names. Topics living on another site are taken out and returned:
+/// a Kafka coordinator only keeps offsets for its own cluster's topics, so
+/// they are answered with UNKNOWN_TOPIC_OR_PARTITION (and logged).
+fn group_topics<T>(
+    ctx: &Ctx<'_>,
+    who: Who<'_>,
+    group: &str,
+    group_site: usize,
+    names: &mut Names,
+    topics: &mut Vec<T>,
+    name_of: impl Fn(&mut T) -> &mut TopicName,
+) -> Vec<T> {
+    let router = &ctx.proxy.router;
+    let mut foreign = Vec::new();
+    let mut kept = Vec::with_capacity(topics.len());
+    for mut t in topics.drain(..) {
+        let (site, phys) = names.resolve(router, who, name_of(&mut t));
+        if site == group_site {
+            *name_of(&mut t) = phys;
+            kept.push(t);
+        } else {
+            warn_cross_site(
+                group,
+                name_of(&mut t).0.as_str(),
+                router.site_name(site),
+                router.site_name(group_site),
+            );
+            foreign.push(t);
+        }
+    }
+    *topics = kept;
+    foreign
+}
+
+fn warn_cross_site(group: &str, topic: &str, topic_site: &str, group_site: &str) {
+    // At most one warning per 10 s: consumers commit every few seconds.
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            group,
+            topic,
+            topic_site,
+            group_site,
+            "group offsets for a topic of another site refused (UNKNOWN_TOPIC_OR_PARTITION): \
+             a group must only consume topics of its own site; see routes[].groups"
+        );
+    }
+}
+
+/// Single-group requests: route to the group's coordinator on the group's
+/// site. Offset requests have their topics renamed and leader epochs
+/// neutralised; membership requests go byte for byte.
 pub async fn by_group(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let (group, frame): (GroupId, Option<Bytes>) = match req.api_key {
-        ApiKey::JoinGroup => (req.decode::<JoinGroupRequest>()?.group_id, None),
-        ApiKey::SyncGroup => (req.decode::<SyncGroupRequest>()?.group_id, None),
-        ApiKey::Heartbeat => (req.decode::<HeartbeatRequest>()?.group_id, None),
-        ApiKey::LeaveGroup => (req.decode::<LeaveGroupRequest>()?.group_id, None),
-        ApiKey::OffsetDelete => (req.decode::<OffsetDeleteRequest>()?.group_id, None),
-        ApiKey::OffsetCommit => {
-            let mut b: OffsetCommitRequest = req.decode()?;
-            let mut changed = false;
-            for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-                changed |= p.committed_leader_epoch != -1;
-                p.committed_leader_epoch = -1;
-            }
-            let frame = if changed {
-                Some(codec::encode_request(
-                    req.api_key,
-                    req.api_version,
-                    req.client_id.clone(),
-                    &b,
-                )?)
-            } else {
-                None
-            };
-            (b.group_id, frame)
-        }
-        ApiKey::TxnOffsetCommit => {
-            let mut b: TxnOffsetCommitRequest = req.decode()?;
-            let mut changed = false;
-            for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-                changed |= p.committed_leader_epoch != -1;
-                p.committed_leader_epoch = -1;
-            }
-            let frame = if changed {
-                Some(codec::encode_request(
-                    req.api_key,
-                    req.api_version,
-                    req.client_id.clone(),
-                    &b,
-                )?)
-            } else {
-                None
-            };
-            (b.group_id, frame)
-        }
+    let who = ctx.who(&req);
+    let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
+    let who = Who {
+        listener: &listener,
+        client_id: &client_id,
+    };
+    let group: GroupId = match req.api_key {
+        ApiKey::JoinGroup => req.decode::<JoinGroupRequest>()?.group_id,
+        ApiKey::SyncGroup => req.decode::<SyncGroupRequest>()?.group_id,
+        ApiKey::Heartbeat => req.decode::<HeartbeatRequest>()?.group_id,
+        ApiKey::LeaveGroup => req.decode::<LeaveGroupRequest>()?.group_id,
+        ApiKey::OffsetCommit => return offset_commit(ctx, who, req).await,
+        ApiKey::TxnOffsetCommit => return txn_offset_commit(ctx, who, req).await,
+        ApiKey::OffsetDelete => return offset_delete(ctx, who, req).await,
         other => anyhow::bail!("{other:?} is not a group request"),
     };
-    let broker = coordinator(ctx, GROUP, group.0.as_str()).await?;
-    let frame = frame.unwrap_or_else(|| req.frame.clone());
-    forward_frame(ctx, broker, &req, frame).await
+    let target = coordinator(ctx, who, GROUP, group.0.as_str()).await?;
+    forward(ctx, target, &req).await
+}
+
+async fn offset_commit(
+    ctx: &mut Ctx<'_>,
+    who: Who<'_>,
+    req: RequestFrame,
+) -> anyhow::Result<Outcome> {
+    let mut b: OffsetCommitRequest = req.decode()?;
+    let target = coordinator(ctx, who, GROUP, b.group_id.0.as_str()).await?;
+    let mut names = Names::default();
+    let foreign = group_topics(
+        ctx,
+        who,
+        b.group_id.0.as_str(),
+        target.0,
+        &mut names,
+        &mut b.topics,
+        |t| &mut t.name,
+    );
+    for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+        p.committed_leader_epoch = -1;
+    }
+    let refused: Vec<offset_commit_response::OffsetCommitResponseTopic> = foreign
+        .into_iter()
+        .map(|t| {
+            let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
+            rt.name = t.name;
+            rt.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut rp = offset_commit_response::OffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                    rp
+                })
+                .collect();
+            rt
+        })
+        .collect();
+    let site = target.0;
+    let rename = move |r: &mut OffsetCommitResponse| {
+        for t in &mut r.topics {
+            t.name = names.virt(site, &t.name);
+        }
+        r.topics.extend(refused);
+        true
+    };
+    if b.topics.is_empty() {
+        let mut r = OffsetCommitResponse::default();
+        rename(&mut r);
+        return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
+            req.api_key,
+            req.api_version,
+            req.correlation_id,
+            &r,
+        )?)));
+    }
+    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
+    forward_rewriting(ctx, target, &req, frame, rename).await
+}
+
+async fn txn_offset_commit(
+    ctx: &mut Ctx<'_>,
+    who: Who<'_>,
+    req: RequestFrame,
+) -> anyhow::Result<Outcome> {
+    let mut b: TxnOffsetCommitRequest = req.decode()?;
+    // Routed like the transaction's other requests (transaction coordinator),
+    // with the group's topics checked against the group's site.
+    let target = coordinator(ctx, who, TRANSACTION, b.transactional_id.0.as_str()).await?;
+    let mut names = Names::default();
+    let foreign = group_topics(
+        ctx,
+        who,
+        b.group_id.0.as_str(),
+        target.0,
+        &mut names,
+        &mut b.topics,
+        |t| &mut t.name,
+    );
+    for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+        p.committed_leader_epoch = -1;
+    }
+    let refused: Vec<txn_offset_commit_response::TxnOffsetCommitResponseTopic> = foreign
+        .into_iter()
+        .map(|t| {
+            let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
+            rt.name = t.name;
+            rt.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut rp =
+                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                    rp
+                })
+                .collect();
+            rt
+        })
+        .collect();
+    let site = target.0;
+    let rename = move |r: &mut TxnOffsetCommitResponse| {
+        for t in &mut r.topics {
+            t.name = names.virt(site, &t.name);
+        }
+        r.topics.extend(refused);
+        true
+    };
+    if b.topics.is_empty() {
+        let mut r = TxnOffsetCommitResponse::default();
+        rename(&mut r);
+        return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
+            req.api_key,
+            req.api_version,
+            req.correlation_id,
+            &r,
+        )?)));
+    }
+    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
+    forward_rewriting(ctx, target, &req, frame, rename).await
+}
+
+async fn offset_delete(
+    ctx: &mut Ctx<'_>,
+    who: Who<'_>,
+    req: RequestFrame,
+) -> anyhow::Result<Outcome> {
+    let mut b: OffsetDeleteRequest = req.decode()?;
+    let target = coordinator(ctx, who, GROUP, b.group_id.0.as_str()).await?;
+    let mut names = Names::default();
+    let foreign = group_topics(
+        ctx,
+        who,
+        b.group_id.0.as_str(),
+        target.0,
+        &mut names,
+        &mut b.topics,
+        |t| &mut t.name,
+    );
+    let refused: Vec<offset_delete_response::OffsetDeleteResponseTopic> = foreign
+        .into_iter()
+        .map(|t| {
+            let mut rt = offset_delete_response::OffsetDeleteResponseTopic::default();
+            rt.name = t.name;
+            rt.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut rp = offset_delete_response::OffsetDeleteResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                    rp
+                })
+                .collect();
+            rt
+        })
+        .collect();
+    let site = target.0;
+    let rename = move |r: &mut OffsetDeleteResponse| {
+        for t in &mut r.topics {
+            t.name = names.virt(site, &t.name);
+        }
+        r.topics.extend(refused);
+        true
+    };
+    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
+    forward_rewriting(ctx, target, &req, frame, rename).await
 }
 
 /// OffsetFetch: one group (v0-7) or several (v8+), possibly on different
-/// coordinators; committed leader epochs in the answer are neutralised.
+/// coordinators and sites. Topic names are renamed both ways; "all topics"
+/// answers show only topics this client sees, by its names; committed leader
+/// epochs are neutralised.
 pub async fn offset_fetch(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let body: OffsetFetchRequest = req.decode()?;
-    let neutralise = |r: &mut OffsetFetchResponse| {
-        for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-            p.committed_leader_epoch = -1;
-        }
-        for p in r
-            .groups
-            .iter_mut()
-            .flat_map(|g| g.topics.iter_mut())
-            .flat_map(|t| t.partitions.iter_mut())
-        {
-            p.committed_leader_epoch = -1;
-        }
+    let mut body: OffsetFetchRequest = req.decode()?;
+    let who = ctx.who(&req);
+    let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
+    let who = Who {
+        listener: &listener,
+        client_id: &client_id,
     };
+    let router = ctx.proxy.router.clone();
+    let mut names = Names::default();
     if req.api_version < 8 {
-        let broker = coordinator(ctx, GROUP, body.group_id.0.as_str()).await?;
-        let frame = req.frame.clone();
+        let target = coordinator(ctx, who, GROUP, body.group_id.0.as_str()).await?;
+        let mut foreign = Vec::new();
+        if let Some(topics) = body.topics.as_mut() {
+            foreign = group_topics(
+                ctx,
+                who,
+                body.group_id.0.as_str(),
+                target.0,
+                &mut names,
+                topics,
+                |t| &mut t.name,
+            );
+        }
+        let frame =
+            codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &body)?;
+        let site = target.0;
         return forward_rewriting(
             ctx,
-            broker,
+            target,
             &req,
             frame,
             move |r: &mut OffsetFetchResponse| {
+                let who = Who {
+                    listener: &listener,
+                    client_id: &client_id,
+                };
+                r.topics
+                    .retain_mut(|t| match rename_back(&router, who, &names, site, &t.name) {
+                        Some(v) => {
+                            t.name = v;
+                            true
+                        }
+                        None => false,
+                    });
+                for t in foreign {
+                    let mut rt = offset_fetch_response::OffsetFetchResponseTopic::default();
+                    rt.name = t.name;
+                    rt.partitions = t
+                        .partition_indexes
+                        .iter()
+                        .map(|&i| {
+                            let mut p =
+                                offset_fetch_response::OffsetFetchResponsePartition::default();
+                            p.partition_index = i;
+                            p.committed_offset = -1;
+                            p.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                            p
+                        })
+                        .collect();
+                    r.topics.push(rt);
+                }
                 neutralise(r);
                 true
             },
         )
         .await;
     }
-    let mut parts: BTreeMap<i32, OffsetFetchRequest> = BTreeMap::new();
-    for g in &body.groups {
-        let broker = coordinator(ctx, GROUP, g.group_id.0.as_str()).await?;
-        let sub = parts.entry(broker).or_insert_with(|| {
+    let mut parts: BTreeMap<Target, OffsetFetchRequest> = BTreeMap::new();
+    let mut refused: Vec<(
+        String,
+        Vec<offset_fetch_response::OffsetFetchResponseTopics>,
+    )> = Vec::new();
+    let groups = std::mem::take(&mut body.groups);
+    for mut g in groups {
+        let target = coordinator(ctx, who, GROUP, g.group_id.0.as_str()).await?;
+        if let Some(topics) = g.topics.as_mut() {
+            let foreign = group_topics(
+                ctx,
+                who,
+                g.group_id.0.as_str(),
+                target.0,
+                &mut names,
+                topics,
+                |t| &mut t.name,
+            );
+            if !foreign.is_empty() {
+                let entries =
+                    foreign
+                        .into_iter()
+                        .map(|t| {
+                            let mut rt =
+                                offset_fetch_response::OffsetFetchResponseTopics::default();
+                            rt.name = t.name;
+                            rt.partitions = t.partition_indexes.iter().map(|&i| {
+                        let mut p = offset_fetch_response::OffsetFetchResponsePartitions::default();
+                        p.partition_index = i;
+                        p.committed_offset = -1;
+                        p.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                        p
+                    }).collect();
+                            rt
+                        })
+                        .collect();
+                refused.push((g.group_id.0.to_string(), entries));
+            }
+        }
+        let sub = parts.entry(target).or_insert_with(|| {
             let mut s = body.clone();
             s.groups.clear();
             s
         });
-        sub.groups.push(g.clone());
+        sub.groups.push(g);
     }
-    scatter(ctx, &req, parts, move |resps: Vec<OffsetFetchResponse>| {
-        let mut out = OffsetFetchResponse::default();
-        for r in resps {
-            out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
-            out.groups.extend(r.groups);
-        }
-        neutralise(&mut out);
-        Ok(out)
-    })
+    scatter(
+        ctx,
+        &req,
+        parts,
+        move |resps: Vec<(usize, OffsetFetchResponse)>| {
+            let who = Who {
+                listener: &listener,
+                client_id: &client_id,
+            };
+            let mut out = OffsetFetchResponse::default();
+            for (site, r) in resps {
+                out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
+                for mut g in r.groups {
+                    g.topics.retain_mut(|t| {
+                        match rename_back(&router, who, &names, site, &t.name) {
+                            Some(v) => {
+                                t.name = v;
+                                true
+                            }
+                            None => false,
+                        }
+                    });
+                    if let Some((_, extra)) = refused
+                        .iter_mut()
+                        .find(|(id, _)| id == g.group_id.0.as_str())
+                    {
+                        g.topics.append(extra);
+                    }
+                    out.groups.push(g);
+                }
+            }
+            neutralise(&mut out);
+            Ok(out)
+        },
+    )
     .await
 }
 
+/// The client's name for a physical topic in a group answer: the request's
+/// own mapping, else (an "all topics" answer) what the routes show this client.
+fn rename_back(
+    router: &crate::route::Router,
+    who: Who<'_>,
+    names: &Names,
+    site: usize,
+    phys: &TopicName,
+) -> Option<TopicName> {
+    if let Some(e) = names.entry(site, phys.0.as_str()) {
+        return Some(e.virt.clone());
+    }
+    router
+        .to_virtual(who, site, phys.0.as_str())
+        .map(|v| TopicName(StrBytes::from_string(v)))
+}
+
+fn neutralise(r: &mut OffsetFetchResponse) {
+    for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+        p.committed_leader_epoch = -1;
+    }
+    for p in r
+        .groups
+        .iter_mut()
+        .flat_map(|g| g.topics.iter_mut())
+        .flat_map(|t| t.partitions.iter_mut())
+    {
+        p.committed_leader_epoch = -1;
+    }
+}
+
 /// DescribeGroups / DeleteGroups: several groups, split per coordinator.
+/// Member metadata and assignments carry the names clients used (virtual
+/// names), so they need no renaming.
 pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+    let who = ctx.who(&req);
+    let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
+    let who = Who {
+        listener: &listener,
+        client_id: &client_id,
+    };
     if req.api_key == ApiKey::DescribeGroups {
         let body: DescribeGroupsRequest = req.decode()?;
-        let mut parts: BTreeMap<i32, DescribeGroupsRequest> = BTreeMap::new();
+        let mut parts: BTreeMap<Target, DescribeGroupsRequest> = BTreeMap::new();
         for g in &body.groups {
-            let broker = coordinator(ctx, GROUP, g.0.as_str()).await?;
+            let target = coordinator(ctx, who, GROUP, g.0.as_str()).await?;
             parts
-                .entry(broker)
+                .entry(target)
                 .or_insert_with(|| {
                     let mut s = body.clone();
                     s.groups.clear();
@@ -213,22 +569,27 @@ pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<O
                 .groups
                 .push(g.clone());
         }
-        return scatter(ctx, &req, parts, |resps: Vec<DescribeGroupsResponse>| {
-            let mut out = DescribeGroupsResponse::default();
-            for r in resps {
-                out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
-                out.groups.extend(r.groups);
-            }
-            Ok(out)
-        })
+        return scatter(
+            ctx,
+            &req,
+            parts,
+            |resps: Vec<(usize, DescribeGroupsResponse)>| {
+                let mut out = DescribeGroupsResponse::default();
+                for (_, r) in resps {
+                    out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
+                    out.groups.extend(r.groups);
+                }
+                Ok(out)
+            },
+        )
         .await;
     }
     let body: DeleteGroupsRequest = req.decode()?;
-    let mut parts: BTreeMap<i32, DeleteGroupsRequest> = BTreeMap::new();
+    let mut parts: BTreeMap<Target, DeleteGroupsRequest> = BTreeMap::new();
     for g in &body.groups_names {
-        let broker = coordinator(ctx, GROUP, g.0.as_str()).await?;
+        let target = coordinator(ctx, who, GROUP, g.0.as_str()).await?;
         parts
-            .entry(broker)
+            .entry(target)
             .or_insert_with(|| {
                 let mut s = body.clone();
                 s.groups_names.clear();
@@ -237,54 +598,84 @@ pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<O
             .groups_names
             .push(g.clone());
     }
-    scatter(ctx, &req, parts, |resps: Vec<DeleteGroupsResponse>| {
-        let mut out = DeleteGroupsResponse::default();
-        for r in resps {
-            out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
-            out.results.extend(r.results);
-        }
-        Ok(out)
-    })
-    .await
-}
-
-/// ListGroups: every broker knows only the groups it coordinates; ask all.
-pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let site = ctx.site();
-    if site.view().brokers.is_empty() {
-        site.refresh().await?;
-    }
-    let brokers: Vec<i32> = site.view().brokers.keys().copied().collect();
-    let body: kafka_protocol::messages::ListGroupsRequest = req.decode()?;
-    let parts: BTreeMap<i32, _> = brokers.into_iter().map(|b| (b, body.clone())).collect();
-    scatter(ctx, &req, parts, |resps: Vec<ListGroupsResponse>| {
-        let mut out = ListGroupsResponse::default();
-        for r in resps {
-            out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
-            if out.error_code == 0 {
-                out.error_code = r.error_code;
+    scatter(
+        ctx,
+        &req,
+        parts,
+        |resps: Vec<(usize, DeleteGroupsResponse)>| {
+            let mut out = DeleteGroupsResponse::default();
+            for (_, r) in resps {
+                out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
+                out.results.extend(r.results);
             }
-            out.groups.extend(r.groups);
-        }
-        Ok(out)
-    })
+            Ok(out)
+        },
+    )
     .await
 }
 
-/// Transactional APIs: route to the transaction coordinator; InitProducerId
-/// without a transactional id may go to any broker.
+/// ListGroups: every broker knows only the groups it coordinates; ask every
+/// broker of every site that coordinates groups.
+pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+    let router = ctx.proxy.router.clone();
+    let mut sites = vec![router.default_site()];
+    sites.extend(
+        router
+            .routes()
+            .iter()
+            .filter(|r| r.groups.is_some())
+            .map(|r| r.site),
+    );
+    sites.sort_unstable();
+    sites.dedup();
+    let body: kafka_protocol::messages::ListGroupsRequest = req.decode()?;
+    let mut parts: BTreeMap<Target, _> = BTreeMap::new();
+    for si in sites {
+        let site = ctx.site(si);
+        if site.view().brokers.is_empty() {
+            site.refresh().await?;
+        }
+        for b in site.view().brokers.keys() {
+            parts.insert((si, *b), body.clone());
+        }
+    }
+    scatter(
+        ctx,
+        &req,
+        parts,
+        |resps: Vec<(usize, ListGroupsResponse)>| {
+            let mut out = ListGroupsResponse::default();
+            for (_, r) in resps {
+                out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
+                if out.error_code == 0 {
+                    out.error_code = r.error_code;
+                }
+                out.groups.extend(r.groups);
+            }
+            Ok(out)
+        },
+    )
+    .await
+}
+
+/// Transactional APIs: route to the transaction coordinator (on the site the
+/// routes' `groups` matchers give the transactional id); InitProducerId
+/// without a transactional id goes to any broker of the default site.
+/// AddPartitionsToTxn names topics: they are renamed, and must live on the
+/// transaction's site (a transaction cannot span clusters).
 pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+    let who = ctx.who(&req);
+    let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
+    let who = Who {
+        listener: &listener,
+        client_id: &client_id,
+    };
     let txn: Option<String> = match req.api_key {
         ApiKey::InitProducerId => req
             .decode::<InitProducerIdRequest>()?
             .transactional_id
             .map(|t| t.0.to_string()),
-        ApiKey::AddPartitionsToTxn => Some(
-            req.decode::<AddPartitionsToTxnRequest>()?
-                .v3_and_below_transactional_id
-                .0
-                .to_string(),
-        ),
+        ApiKey::AddPartitionsToTxn => return add_partitions_to_txn(ctx, who, req).await,
         ApiKey::AddOffsetsToTxn => Some(
             req.decode::<AddOffsetsToTxnRequest>()?
                 .transactional_id
@@ -299,9 +690,100 @@ pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
         ),
         other => anyhow::bail!("{other:?} is not a transaction request"),
     };
-    let broker = match txn {
-        Some(id) => coordinator(ctx, TRANSACTION, &id).await?,
-        None => ctx.site().any_broker().await?,
+    let target = match txn {
+        Some(id) => coordinator(ctx, who, TRANSACTION, &id).await?,
+        None => {
+            let si = ctx.proxy.router.default_site();
+            (si, ctx.site(si).any_broker().await?)
+        }
     };
-    forward(ctx, broker, &req).await
+    forward(ctx, target, &req).await
+}
+
+async fn add_partitions_to_txn(
+    ctx: &mut Ctx<'_>,
+    who: Who<'_>,
+    req: RequestFrame,
+) -> anyhow::Result<Outcome> {
+    let mut b: AddPartitionsToTxnRequest = req.decode()?;
+    let txn = b.v3_and_below_transactional_id.0.to_string();
+    let target = coordinator(ctx, who, TRANSACTION, &txn).await?;
+    let router = ctx.proxy.router.clone();
+    let mut names = Names::default();
+    let mut foreign = Vec::new();
+    let mut kept = Vec::new();
+    for mut t in b.v3_and_below_topics.drain(..) {
+        let (site, phys) = names.resolve(&router, who, &t.name);
+        if site == target.0 {
+            t.name = phys;
+            kept.push(t);
+        } else {
+            foreign.push(t);
+        }
+    }
+    b.v3_and_below_topics = kept;
+    if !foreign.is_empty() {
+        // All or nothing, as Kafka does: one bad partition fails the rest
+        // with OPERATION_NOT_ATTEMPTED.
+        use kafka_protocol::messages::add_partitions_to_txn_response::{
+            AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+        };
+        const OPERATION_NOT_ATTEMPTED: i16 = 55;
+        let mut r = AddPartitionsToTxnResponse::default();
+        let all = b
+            .v3_and_below_topics
+            .iter()
+            .map(|t| {
+                (
+                    names.virt(target.0, &t.name),
+                    &t.partitions,
+                    OPERATION_NOT_ATTEMPTED,
+                )
+            })
+            .chain(foreign.iter().map(|t| {
+                (
+                    t.name.clone(),
+                    &t.partitions,
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                )
+            }));
+        for (name, parts, code) in all {
+            let mut rt = AddPartitionsToTxnTopicResult::default();
+            rt.name = name;
+            rt.results_by_partition = parts
+                .iter()
+                .map(|&i| {
+                    let mut p = AddPartitionsToTxnPartitionResult::default();
+                    p.partition_index = i;
+                    p.partition_error_code = code;
+                    p
+                })
+                .collect();
+            r.results_by_topic_v3_and_below.push(rt);
+        }
+        return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
+            req.api_key,
+            req.api_version,
+            req.correlation_id,
+            &r,
+        )?)));
+    }
+    if !names.renamed() {
+        return forward_frame(ctx, target, &req, req.frame.clone()).await;
+    }
+    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
+    let site = target.0;
+    forward_rewriting(
+        ctx,
+        target,
+        &req,
+        frame,
+        move |r: &mut AddPartitionsToTxnResponse| {
+            for t in &mut r.results_by_topic_v3_and_below {
+                t.name = names.virt(site, &t.name);
+            }
+            true
+        },
+    )
+    .await
 }

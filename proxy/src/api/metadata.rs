@@ -6,54 +6,183 @@
 //! become virtual node ids, topic ids become virtual ids, leader epochs become
 //! -1, and the cluster and controller ids become ours. The answer also refreshes
 //! Switchyard's own view of the upstream, for free.
+//!
+//! With several sites, each site is asked for its own topics (under their
+//! physical names) and the answers are merged under the clients' names; a
+//! listing of all topics shows exactly the topics the routes give this client.
 
-use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponseTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{forward_rewriting, Ctx, Outcome};
+use super::names::Names;
+use super::{forward_rewriting, Ctx, Outcome, Reply};
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
+use crate::upstream::PendingResponse;
+
+/// LEADER_NOT_AVAILABLE: retriable; the answer for topics of a site that is
+/// unreachable right now.
+const LEADER_NOT_AVAILABLE: i16 = 5;
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let site = ctx.site();
-    let broker = site.any_broker().await?;
-    let mut frame = req.frame.clone();
-    if req.api_version >= 10 {
-        // Topics may be asked for by (virtual) id: swap in names the upstream knows.
-        let mut body: MetadataRequest = req.decode()?;
-        let mut changed = false;
-        for t in body.topics.iter_mut().flatten() {
-            if !t.topic_id.is_nil() {
-                if let Some(name) = site.topic_for_virtual_id(&t.topic_id) {
-                    t.name = Some(TopicName(StrBytes::from_string(name)));
-                }
-                t.topic_id = uuid::Uuid::nil();
-                changed = true;
+    let mut body: MetadataRequest = req.decode()?;
+    let proxy = ctx.proxy.clone();
+    let router = proxy.router.clone();
+    let who = ctx.who(&req);
+    let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
+
+    // Topics may be asked for by (virtual) id: swap in their names.
+    for t in body.topics.iter_mut().flatten() {
+        if !t.topic_id.is_nil() {
+            if let Some(name) = proxy.topic_for_virtual_id(&t.topic_id).await {
+                t.name = Some(TopicName(StrBytes::from_string(name)));
+            }
+            t.topic_id = uuid::Uuid::nil();
+        }
+    }
+
+    // Which sites to ask, and for which (physical) topics.
+    let mut names = Names::default();
+    let mut per_site: BTreeMap<usize, Option<Vec<MetadataRequestTopic>>> = BTreeMap::new();
+    match &body.topics {
+        None => {
+            // Every topic: ask every site that can hold a visible topic.
+            per_site.insert(router.default_site(), None);
+            for r in router.routes() {
+                per_site.insert(r.site, None);
             }
         }
-        if changed {
-            frame = codec::encode_request(
+        Some(topics) => {
+            for t in topics {
+                let Some(virt) = &t.name else { continue };
+                let (site, phys) = names.resolve(&router, ctx.who(&req), virt);
+                let mut sub = t.clone();
+                sub.name = Some(phys);
+                per_site.entry(site).or_insert_with(|| Some(Vec::new()));
+                if let Some(Some(list)) = per_site.get_mut(&site) {
+                    list.push(sub);
+                }
+            }
+            if per_site.is_empty() {
+                // No topics asked: brokers and cluster only.
+                per_site.insert(router.default_site(), Some(Vec::new()));
+            }
+        }
+    }
+
+    let identity = ctx.identity();
+    // One site under the client's own names: forward as is and rewrite.
+    if per_site.len() == 1 && !names.renamed() && router.is_identity() {
+        if let Some((&si, _)) = per_site.iter().next() {
+            let site = ctx.site(si);
+            let broker = site.any_broker().await?;
+            let frame = codec::encode_request(
                 ApiKey::Metadata,
                 req.api_version,
                 req.client_id.clone(),
                 &body,
             )?;
+            return forward_rewriting(
+                ctx,
+                (si, broker),
+                &req,
+                frame,
+                move |resp: &mut MetadataResponse| {
+                    site.absorb_metadata(resp);
+                    virtualise(&identity, resp);
+                    true
+                },
+            )
+            .await;
         }
     }
-    let identity = ctx.proxy.identity.clone();
-    forward_rewriting(
-        ctx,
-        broker,
-        &req,
-        frame,
-        move |resp: &mut MetadataResponse| {
-            site.absorb_metadata(resp);
-            virtualise(&identity, resp);
-            true
-        },
-    )
-    .await
+
+    let mut pending: Vec<(usize, Result<PendingResponse, String>, Vec<TopicName>)> = Vec::new();
+    for (si, topics) in per_site {
+        let asked: Vec<TopicName> = topics
+            .iter()
+            .flatten()
+            .filter_map(|t| t.name.clone())
+            .collect();
+        let mut sub = body.clone();
+        sub.topics = topics;
+        let sent = async {
+            let site = ctx.site(si);
+            let broker = site.any_broker().await?;
+            let frame = codec::encode_request(
+                ApiKey::Metadata,
+                req.api_version,
+                req.client_id.clone(),
+                &sub,
+            )?;
+            anyhow::Ok(ctx.pools.call((si, broker), req.api_key, frame).await?)
+        }
+        .await
+        .map_err(|e| format!("{e:#}"));
+        pending.push((si, sent, asked));
+    }
+    let timeout = proxy.request_timeout();
+    let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    Ok(Outcome::Later(Box::pin(async move {
+        let who = crate::route::Who {
+            listener: &listener,
+            client_id: &client_id,
+        };
+        let mut out = MetadataResponse::default();
+        for (si, sent, asked) in pending {
+            let site = &proxy.sites[si];
+            let resp = match sent {
+                Ok(p) => match p.wait(timeout).await {
+                    Ok(frame) => {
+                        codec::decode_response_body::<MetadataResponse>(api, version, &frame)
+                            .map_err(|e| format!("{e:#}"))
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e),
+            };
+            let r = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    // One unreachable site must not hide every other site's
+                    // topics: its asked-for topics get a retriable error,
+                    // a listing simply lacks them.
+                    tracing::warn!(site = %site.name, error = %e, "metadata from site failed");
+                    for phys in asked {
+                        let mut t = MetadataResponseTopic::default();
+                        t.name = Some(names.virt(si, &phys));
+                        t.error_code = LEADER_NOT_AVAILABLE;
+                        out.topics.push(t);
+                    }
+                    continue;
+                }
+            };
+            site.absorb_metadata(&r);
+            out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
+            for mut t in r.topics {
+                let Some(phys) = t.name.clone() else { continue };
+                let virt = if names.entries().is_empty() {
+                    // A listing: only what this client may see, by its name.
+                    match router.to_virtual(who, si, phys.0.as_str()) {
+                        Some(v) => TopicName(StrBytes::from_string(v)),
+                        None => continue,
+                    }
+                } else {
+                    names.virt(si, &phys)
+                };
+                t.name = Some(virt);
+                out.topics.push(t);
+            }
+        }
+        virtualise(&identity, &mut out);
+        Ok(Reply::Frame(codec::encode_response(
+            api, version, corr, &out,
+        )?))
+    })))
 }
 
 /// Replaces every upstream identity in a Metadata response with the virtual one.

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;
+pub mod names;
 pub mod partitions;
 pub mod produce;
 pub mod split;
@@ -35,8 +36,10 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::codec::{self, RequestFrame};
-use crate::server::Proxy;
-use crate::upstream::{BrokerPool, PendingResponse, Site};
+use crate::identity::Identity;
+use crate::route::Who;
+use crate::server::{Listener, Proxy};
+use crate::upstream::{PendingResponse, Pools, Site, Target};
 
 /// A response for the client.
 pub enum Reply {
@@ -60,12 +63,27 @@ pub enum Outcome {
 /// What a handler may use while routing.
 pub struct Ctx<'a> {
     pub proxy: &'a Arc<Proxy>,
-    pub pool: &'a mut BrokerPool,
+    pub pools: &'a mut Pools,
+    pub listener: &'a Listener,
 }
 
 impl Ctx<'_> {
-    pub fn site(&self) -> Arc<Site> {
-        self.pool.site().clone()
+    /// A site by index (indexes come from the router, so they are valid).
+    pub fn site(&self, i: usize) -> Arc<Site> {
+        self.proxy.sites.get(i).unwrap_or(&self.proxy.site).clone()
+    }
+
+    /// The virtual cluster this client connected to.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.listener.identity.clone()
+    }
+
+    /// Who sent `req`, for routing.
+    pub fn who<'r>(&'r self, req: &'r RequestFrame) -> Who<'r> {
+        Who {
+            listener: &self.listener.name,
+            client_id: req.client_id.as_ref().map(|c| c.as_str()).unwrap_or(""),
+        }
     }
 }
 
@@ -99,11 +117,11 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         | ApiKey::AddOffsetsToTxn
         | ApiKey::EndTxn => groups::by_transaction(ctx, req).await,
         ApiKey::CreateTopics => admin::create_topics(ctx, req).await,
-        ApiKey::DeleteTopics
-        | ApiKey::DescribeConfigs
-        | ApiKey::AlterConfigs
-        | ApiKey::IncrementalAlterConfigs
-        | ApiKey::CreatePartitions => admin::to_controller(ctx, req).await,
+        ApiKey::DeleteTopics => admin::delete_topics(ctx, req).await,
+        ApiKey::CreatePartitions => admin::create_partitions(ctx, req).await,
+        ApiKey::DescribeConfigs => admin::describe_configs(ctx, req).await,
+        ApiKey::AlterConfigs => admin::alter_configs(ctx, req).await,
+        ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, req).await,
         other => anyhow::bail!("{other:?} is advertised but has no handler"),
     }
 }
@@ -112,7 +130,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
 /// back unchanged (the zero-copy path).
 pub async fn forward(
     ctx: &mut Ctx<'_>,
-    broker: i32,
+    broker: Target,
     req: &RequestFrame,
 ) -> anyhow::Result<Outcome> {
     forward_frame(ctx, broker, req, req.frame.clone()).await
@@ -122,11 +140,11 @@ pub async fn forward(
 /// passes the response back unchanged.
 pub async fn forward_frame(
     ctx: &mut Ctx<'_>,
-    broker: i32,
+    broker: Target,
     req: &RequestFrame,
     frame: Bytes,
 ) -> anyhow::Result<Outcome> {
-    let pending = ctx.pool.call(broker, req.api_key, frame).await?;
+    let pending = ctx.pools.call(broker, req.api_key, frame).await?;
     let timeout = ctx.proxy.request_timeout();
     let corr = req.correlation_id;
     Ok(Outcome::Later(Box::pin(async move {
@@ -142,7 +160,7 @@ pub async fn forward_frame(
 /// `rewrite` returns false the upstream bytes are forwarded untouched.
 pub async fn forward_rewriting<Resp, F>(
     ctx: &mut Ctx<'_>,
-    broker: i32,
+    broker: Target,
     req: &RequestFrame,
     frame: Bytes,
     rewrite: F,
@@ -151,7 +169,7 @@ where
     Resp: Decodable + Encodable + Send + 'static,
     F: FnOnce(&mut Resp) -> bool + Send + 'static,
 {
-    let pending = ctx.pool.call(broker, req.api_key, frame).await?;
+    let pending = ctx.pools.call(broker, req.api_key, frame).await?;
     let timeout = ctx.proxy.request_timeout();
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
     Ok(Outcome::Later(Box::pin(async move {
@@ -189,32 +207,36 @@ where
     }
 }
 
-/// Fans a request out to several brokers (one sub-request each) and merges the
-/// decoded responses with `merge` into one response for the client.
+/// Fans a request out to several brokers (one sub-request each, possibly on
+/// several sites) and merges the decoded responses, each with the site it
+/// came from, with `merge` into one response for the client.
 pub async fn scatter<Req, Resp, M>(
     ctx: &mut Ctx<'_>,
     req: &RequestFrame,
-    parts: BTreeMap<i32, Req>,
+    parts: BTreeMap<Target, Req>,
     merge: M,
 ) -> anyhow::Result<Outcome>
 where
     Req: Encodable,
     Resp: Decodable + Encodable + Send + 'static,
-    M: FnOnce(Vec<Resp>) -> anyhow::Result<Resp> + Send + 'static,
+    M: FnOnce(Vec<(usize, Resp)>) -> anyhow::Result<Resp> + Send + 'static,
 {
-    let mut pending: Vec<PendingResponse> = Vec::with_capacity(parts.len());
-    for (broker, sub) in parts {
+    let mut pending: Vec<(usize, PendingResponse)> = Vec::with_capacity(parts.len());
+    for (target, sub) in parts {
         let frame =
             codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
-        pending.push(ctx.pool.call(broker, req.api_key, frame).await?);
+        pending.push((target.0, ctx.pools.call(target, req.api_key, frame).await?));
     }
     let timeout = ctx.proxy.request_timeout();
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
     Ok(Outcome::Later(Box::pin(async move {
         let mut resps = Vec::with_capacity(pending.len());
-        for p in pending {
+        for (site, p) in pending {
             let frame = p.wait(timeout).await?;
-            resps.push(codec::decode_response_body::<Resp>(api, version, &frame)?);
+            resps.push((
+                site,
+                codec::decode_response_body::<Resp>(api, version, &frame)?,
+            ));
         }
         let merged = merge(resps)?;
         Ok(Reply::Frame(codec::encode_response(
@@ -243,5 +265,7 @@ pub mod error_code {
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const NOT_COORDINATOR: i16 = 16;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const INVALID_REQUEST: i16 = 42;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }

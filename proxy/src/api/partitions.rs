@@ -12,6 +12,7 @@ use kafka_protocol::messages::{
     DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
+use super::names::Names;
 use super::{scatter, split, Ctx, Outcome};
 use crate::codec::RequestFrame;
 
@@ -22,58 +23,74 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
             p.current_leader_epoch = -1;
         }
     }
-    let site = ctx.site();
-    let (plan, missing) = split::plan(&site, &body, &[]).await;
+    let router = ctx.proxy.router.clone();
+    let mut names = Names::default();
+    let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
     let parts = split::split(&body, &plan);
-    scatter(ctx, &req, parts, move |resps: Vec<ListOffsetsResponse>| {
-        let mut out = ListOffsetsResponse::default();
-        let mut push =
-            |t: ListOffsetsTopicResponse| match out.topics.iter_mut().find(|o| o.name == t.name) {
+    let proxy = ctx.proxy.clone();
+    scatter(
+        ctx,
+        &req,
+        parts,
+        move |resps: Vec<(usize, ListOffsetsResponse)>| {
+            let mut out = ListOffsetsResponse::default();
+            let mut push = |t: ListOffsetsTopicResponse| match out
+                .topics
+                .iter_mut()
+                .find(|o| o.name == t.name)
+            {
                 Some(o) => o.partitions.extend(t.partitions),
                 None => out.topics.push(t),
             };
-        let mut throttle = 0;
-        for r in resps {
-            throttle = throttle.max(r.throttle_time_ms);
-            for t in r.topics {
-                for p in &t.partitions {
-                    site.note_partition_error(p.error_code);
+            let mut throttle = 0;
+            for (site, r) in resps {
+                throttle = throttle.max(r.throttle_time_ms);
+                for mut t in r.topics {
+                    if let Some(s) = proxy.sites.get(site) {
+                        for p in &t.partitions {
+                            s.note_partition_error(p.error_code);
+                        }
+                    }
+                    t.name = names.virt(site, &t.name);
+                    push(t);
                 }
+            }
+            for (site, name, partition, code) in missing {
+                let mut p = ListOffsetsPartitionResponse::default();
+                p.partition_index = partition;
+                p.error_code = code;
+                p.offset = -1;
+                p.timestamp = -1;
+                let mut t = ListOffsetsTopicResponse::default();
+                t.name = names.virt(site, &name);
+                t.partitions.push(p);
                 push(t);
             }
-        }
-        for (name, partition, code) in missing {
-            let mut p = ListOffsetsPartitionResponse::default();
-            p.partition_index = partition;
-            p.error_code = code;
-            p.offset = -1;
-            p.timestamp = -1;
-            let mut t = ListOffsetsTopicResponse::default();
-            t.name = name;
-            t.partitions.push(p);
-            push(t);
-        }
-        out.throttle_time_ms = throttle;
-        for t in &mut out.topics {
-            for p in &mut t.partitions {
-                p.leader_epoch = -1;
+            out.throttle_time_ms = throttle;
+            for t in &mut out.topics {
+                for p in &mut t.partitions {
+                    p.leader_epoch = -1;
+                }
             }
-        }
-        Ok(out)
-    })
+            Ok(out)
+        },
+    )
     .await
 }
 
 pub async fn delete_records(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let body: DeleteRecordsRequest = req.decode()?;
-    let site = ctx.site();
-    let (plan, missing) = split::plan(&site, &body, &[]).await;
+    let mut body: DeleteRecordsRequest = req.decode()?;
+    let router = ctx.proxy.router.clone();
+    let mut names = Names::default();
+    let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
     let parts = split::split(&body, &plan);
     scatter(
         ctx,
         &req,
         parts,
-        move |resps: Vec<DeleteRecordsResponse>| {
+        move |resps: Vec<(usize, DeleteRecordsResponse)>| {
             let mut out = DeleteRecordsResponse::default();
             let mut push = |t: DeleteRecordsTopicResult| match out
                 .topics
@@ -84,19 +101,20 @@ pub async fn delete_records(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
                 None => out.topics.push(t),
             };
             let mut throttle = 0;
-            for r in resps {
+            for (site, r) in resps {
                 throttle = throttle.max(r.throttle_time_ms);
-                for t in r.topics {
+                for mut t in r.topics {
+                    t.name = names.virt(site, &t.name);
                     push(t);
                 }
             }
-            for (name, partition, code) in missing {
+            for (site, name, partition, code) in missing {
                 let mut p = DeleteRecordsPartitionResult::default();
                 p.partition_index = partition;
                 p.error_code = code;
                 p.low_watermark = -1;
                 let mut t = DeleteRecordsTopicResult::default();
-                t.name = name;
+                t.name = names.virt(site, &name);
                 t.partitions.push(p);
                 push(t);
             }

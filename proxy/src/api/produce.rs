@@ -11,10 +11,16 @@
 //!
 //! Responses are rewritten only when they carry upstream identities: the
 //! KIP-951 `CurrentLeader` hint and `NodeEndpoints` (v10+), which become the
-//! partition's virtual leader and that node's endpoint.
+//! partition's virtual leader and that node's endpoint, or when topic names
+//! were renamed for the site.
+//!
+//! Sync tee: partitions of routes with `sync` tee targets are acked only once
+//! the tee has written their records to every sync target (`tee`); an
+//! `acks=0` produce has no ack to hold, so its records are teed like async.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
@@ -22,56 +28,64 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{forward_rewriting, scatter, split, Ctx, Outcome};
-use crate::codec::RequestFrame;
+use super::names::Names;
+use super::{forward_rewriting, split, Ctx, Outcome, Reply};
+use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
-use crate::upstream::Site;
+use crate::upstream::{PendingResponse, Site};
+
+/// A partition whose ack must also wait for its route's sync tee targets.
+struct SyncWait {
+    route: usize,
+    /// Physical topic on the source site.
+    topic: String,
+    partition: i32,
+    /// `lastOffsetDelta` of the partition's batch: the ack covers
+    /// `base_offset ..= base_offset + last_delta`.
+    last_delta: i64,
+}
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let body: ProduceRequest = req.decode()?;
-    let site = ctx.site();
-
-    let (plan, missing) = split::plan(&site, &body, &[]).await;
+    let mut body: ProduceRequest = req.decode()?;
+    let router = ctx.proxy.router.clone();
+    let mut names = Names::default();
+    let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
     let acks = body.acks;
-    let identity = ctx.proxy.identity.clone();
+    let identity = ctx.identity();
+    let sync = sync_waits(ctx, &names, &body);
 
-    // Everything on one broker: no split, and for Produce the client's bytes
-    // go upstream untouched.
-    let single = if missing.is_empty() && plan.len() == 1 {
-        plan.keys().next().copied()
-    } else {
-        None
-    };
-    if let Some(broker) = single {
-        if acks == 0 {
-            ctx.pool
-                .send(broker, req.api_key, req.frame.clone(), false)
-                .await?;
-            return Ok(Outcome::NoResponse);
+    // Everything on one broker under the client's own names and no sync tee:
+    // the client's bytes go upstream untouched.
+    if missing.is_empty() && plan.len() == 1 && !names.renamed() && sync.is_empty() {
+        if let Some(&target) = plan.keys().next() {
+            if acks == 0 {
+                ctx.pools
+                    .send(target, req.api_key, req.frame.clone(), false)
+                    .await?;
+                return Ok(Outcome::NoResponse);
+            }
+            let site = ctx.site(target.0);
+            return forward_rewriting(
+                ctx,
+                target,
+                &req,
+                req.frame.clone(),
+                move |r: &mut ProduceResponse| {
+                    note_errors(&site, r);
+                    virtualise(&identity, r)
+                },
+            )
+            .await;
         }
-        return forward_rewriting(
-            ctx,
-            broker,
-            &req,
-            req.frame.clone(),
-            move |r: &mut ProduceResponse| {
-                note_errors(&site, r);
-                virtualise(&identity, r)
-            },
-        )
-        .await;
     }
 
     let parts = split::split(&body, &plan);
     if acks == 0 {
-        for (broker, sub) in parts {
-            let frame = crate::codec::encode_request(
-                req.api_key,
-                req.api_version,
-                req.client_id.clone(),
-                &sub,
-            )?;
-            ctx.pool.send(broker, req.api_key, frame, false).await?;
+        for (target, sub) in parts {
+            let frame =
+                codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
+            ctx.pools.send(target, req.api_key, frame, false).await?;
         }
         if !missing.is_empty() {
             tracing::debug!(
@@ -81,32 +95,139 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         }
         return Ok(Outcome::NoResponse);
     }
-    scatter(ctx, &req, parts, move |resps: Vec<ProduceResponse>| {
+    let mut pending: Vec<(usize, PendingResponse)> = Vec::with_capacity(parts.len());
+    for (target, sub) in parts {
+        let frame =
+            codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
+        pending.push((target.0, ctx.pools.call(target, req.api_key, frame).await?));
+    }
+    let proxy = ctx.proxy.clone();
+    let timeout = proxy.request_timeout();
+    let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    // The client gives up after its own timeout; so do the sync waits.
+    let sync_deadline = Instant::now()
+        + proxy
+            .tee
+            .sync_timeout()
+            .min(Duration::from_millis(body.timeout_ms.max(0) as u64));
+    Ok(Outcome::Later(Box::pin(async move {
         let mut out = ProduceResponse::default();
-        for r in resps {
+        for (site, p) in pending {
+            let frame = p.wait(timeout).await?;
+            let r: ProduceResponse = codec::decode_response_body(api, version, &frame)?;
             // Upstream answers only: our own "no leader" answers must not
             // count, or a client hammering a missing topic defeats the
             // refresh rate limit.
-            note_errors(&site, &r);
+            if let Some(s) = proxy.sites.get(site) {
+                note_errors(s, &r);
+            }
             out.throttle_time_ms = out.throttle_time_ms.max(r.throttle_time_ms);
-            for t in r.responses {
+            for mut t in r.responses {
+                if !sync.is_empty() {
+                    await_sync(
+                        &proxy,
+                        &sync,
+                        &t.name.0,
+                        &mut t.partition_responses,
+                        sync_deadline,
+                    )
+                    .await;
+                }
+                t.name = names.virt(site, &t.name);
                 push_topic(&mut out.responses, t);
             }
         }
-        for (name, index, code) in missing {
+        for (site, name, index, code) in missing {
             let mut p = PartitionProduceResponse::default();
             p.index = index;
             p.error_code = code;
             p.base_offset = -1;
             let mut t = TopicProduceResponse::default();
-            t.name = name;
+            t.name = names.virt(site, &name);
             t.partition_responses.push(p);
             push_topic(&mut out.responses, t);
         }
         virtualise(&identity, &mut out);
-        Ok(out)
-    })
-    .await
+        Ok(Reply::Frame(codec::encode_response(
+            api, version, corr, &out,
+        )?))
+    })))
+}
+
+/// The partitions of `body` (physical names) on routes with sync tee targets.
+fn sync_waits(ctx: &Ctx<'_>, names: &Names, body: &ProduceRequest) -> Vec<SyncWait> {
+    let router = &ctx.proxy.router;
+    let mut out = Vec::new();
+    for t in &body.topic_data {
+        let Some(route) = names
+            .entries()
+            .iter()
+            .find(|e| e.phys == t.name)
+            .and_then(|e| e.route)
+        else {
+            continue;
+        };
+        if !router.routes().get(route).is_some_and(|r| r.has_sync_tee()) {
+            continue;
+        }
+        for p in &t.partition_data {
+            // lastOffsetDelta sits at bytes 23..27 of a v2 batch header; a
+            // batch too short to have one is the broker's to reject.
+            let last_delta = p
+                .records
+                .as_ref()
+                .and_then(|r| r.get(23..27))
+                .map(|b| i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+                .unwrap_or(0);
+            out.push(SyncWait {
+                route,
+                topic: t.name.0.to_string(),
+                partition: p.index,
+                last_delta,
+            });
+        }
+    }
+    out
+}
+
+/// Holds the acks of sync-teed partitions until every sync target has the
+/// records; a target that fails or times out turns the partition's answer
+/// into that error (the records are on the source: an idempotent client's
+/// retry is deduplicated there and waits for the tee again).
+async fn await_sync(
+    proxy: &Arc<crate::server::Proxy>,
+    sync: &[SyncWait],
+    topic: &str,
+    parts: &mut [PartitionProduceResponse],
+    deadline: Instant,
+) {
+    for p in parts.iter_mut() {
+        if p.error_code != 0 || p.base_offset < 0 {
+            continue;
+        }
+        let Some(w) = sync
+            .iter()
+            .find(|w| w.topic == topic && w.partition == p.index)
+        else {
+            continue;
+        };
+        let through = p.base_offset + w.last_delta;
+        if let Err((code, msg)) = proxy
+            .tee
+            .wait_synced(
+                w.route,
+                &w.topic,
+                w.partition,
+                p.base_offset,
+                through,
+                deadline,
+            )
+            .await
+        {
+            p.error_code = code;
+            p.error_message = Some(StrBytes::from_string(msg));
+        }
+    }
 }
 
 fn note_errors(site: &Arc<Site>, r: &ProduceResponse) {

@@ -1,24 +1,30 @@
-//! Splitting topic/partition-addressed requests by upstream partition leader.
+//! Splitting topic/partition-addressed requests by site and upstream leader.
 //!
 //! Produce, Fetch, ListOffsets and DeleteRecords share one shape: a list of
-//! topics, each with a list of partitions. `plan` decides which upstream broker
-//! leads each partition; `split` builds one sub-request per broker holding only
-//! that broker's partitions (record batches stay shared `Bytes`, never copied).
+//! topics, each with a list of partitions. `resolve` renames the topics to
+//! their physical names and finds their sites (`route`); `plan` decides which
+//! broker of which site leads each partition; `split` builds one sub-request
+//! per (site, broker) holding only its partitions (record batches stay shared
+//! `Bytes`, never copied).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kafka_protocol::messages::{
     DeleteRecordsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
 };
 
 use super::error_code;
-use crate::upstream::Site;
+use super::names::Names;
+use crate::route::{Router, Who};
+use crate::upstream::{Site, Target};
 
-/// `(topic index, partition index)` slots per upstream broker.
-pub type Plan = BTreeMap<i32, Vec<(usize, usize)>>;
+/// `(topic index, partition index)` slots per upstream (site, broker).
+pub type Plan = BTreeMap<Target, Vec<(usize, usize)>>;
 
-/// A partition nobody leads: topic, partition and the error to answer with.
-pub type Unroutable = (TopicName, i32, i16);
+/// A partition nobody leads: site, physical topic, partition and the error to
+/// answer with.
+pub type Unroutable = (usize, TopicName, i32, i16);
 
 /// A request addressed by topic and partition.
 pub trait Partitioned: Clone {
@@ -27,6 +33,7 @@ pub trait Partitioned: Clone {
     fn topics(&self) -> &Vec<Self::Topic>;
     fn topics_mut(&mut self) -> &mut Vec<Self::Topic>;
     fn topic_name(t: &Self::Topic) -> &TopicName;
+    fn topic_name_mut(t: &mut Self::Topic) -> &mut TopicName;
     fn partitions(t: &Self::Topic) -> &Vec<Self::Partition>;
     fn partitions_mut(t: &mut Self::Topic) -> &mut Vec<Self::Partition>;
     fn partition_index(p: &Self::Partition) -> i32;
@@ -45,6 +52,9 @@ macro_rules! partitioned {
             }
             fn topic_name(t: &$topic) -> &TopicName {
                 &t.$name
+            }
+            fn topic_name_mut(t: &mut $topic) -> &mut TopicName {
+                &mut t.$name
             }
             fn partitions(t: &$topic) -> &Vec<$partition> {
                 &t.$parts
@@ -99,20 +109,51 @@ partitioned!(
     partition_index
 );
 
-/// Finds the upstream leader of every partition of `req` (refreshing the view
-/// once on a miss). Topics in `skip` are left out (already answered).
-pub async fn plan<R: Partitioned>(site: &Site, req: &R, skip: &[usize]) -> (Plan, Vec<Unroutable>) {
+/// Renames every topic of `req` to its physical name and returns each topic's
+/// site (`None` for topics in `skip`, which were already answered).
+pub fn resolve<R: Partitioned>(
+    req: &mut R,
+    names: &mut Names,
+    router: &Router,
+    who: Who<'_>,
+    skip: &[usize],
+) -> Vec<Option<usize>> {
+    req.topics_mut()
+        .iter_mut()
+        .enumerate()
+        .map(|(ti, t)| {
+            if skip.contains(&ti) {
+                return None;
+            }
+            let (site, phys) = names.resolve(router, who, R::topic_name(t));
+            *R::topic_name_mut(t) = phys;
+            Some(site)
+        })
+        .collect()
+}
+
+/// Finds the upstream leader of every partition of `req` on its topic's site
+/// (refreshing that site's view once on a miss). Topics without a site are
+/// left out (already answered).
+pub async fn plan<R: Partitioned>(
+    sites: &[Arc<Site>],
+    req: &R,
+    site_of: &[Option<usize>],
+) -> (Plan, Vec<Unroutable>) {
     let mut plan = Plan::new();
     let mut missing = Vec::new();
     for (ti, t) in req.topics().iter().enumerate() {
-        if skip.contains(&ti) {
+        let Some(si) = site_of.get(ti).copied().flatten() else {
             continue;
-        }
+        };
+        let Some(site) = sites.get(si) else {
+            continue;
+        };
         let name = R::topic_name(t);
         for (pi, p) in R::partitions(t).iter().enumerate() {
             let index = R::partition_index(p);
             match site.leader(name.0.as_str(), index).await {
-                Some(b) => plan.entry(b).or_default().push((ti, pi)),
+                Some(b) => plan.entry((si, b)).or_default().push((ti, pi)),
                 None => {
                     // NOT_LEADER_OR_FOLLOWER is retriable and makes the client
                     // refresh metadata; for a topic that does not exist, say so.
@@ -121,7 +162,7 @@ pub async fn plan<R: Partitioned>(site: &Site, req: &R, skip: &[usize]) -> (Plan
                     } else {
                         error_code::UNKNOWN_TOPIC_OR_PARTITION
                     };
-                    missing.push((name.clone(), index, code));
+                    missing.push((si, name.clone(), index, code));
                 }
             }
         }
@@ -129,8 +170,8 @@ pub async fn plan<R: Partitioned>(site: &Site, req: &R, skip: &[usize]) -> (Plan
     (plan, missing)
 }
 
-/// One sub-request per broker with only that broker's partitions.
-pub fn split<R: Partitioned>(req: &R, plan: &Plan) -> BTreeMap<i32, R> {
+/// One sub-request per (site, broker) with only its partitions.
+pub fn split<R: Partitioned>(req: &R, plan: &Plan) -> BTreeMap<Target, R> {
     plan.iter()
         .map(|(broker, slots)| {
             let mut sub = req.clone();
@@ -174,8 +215,8 @@ mod tests {
             req.topics.push(t);
         }
         let mut plan = Plan::new();
-        plan.insert(1, vec![(0, 0), (0, 2), (1, 1)]);
-        plan.insert(2, vec![(0, 1), (1, 0), (1, 2)]);
+        plan.insert((0, 1), vec![(0, 0), (0, 2), (1, 1)]);
+        plan.insert((1, 1), vec![(0, 1), (1, 0), (1, 2)]);
         let parts = split(&req, &plan);
         let layout = |r: &ListOffsetsRequest| -> Vec<(String, Vec<i32>)> {
             r.topics
@@ -189,11 +230,11 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            layout(&parts[&1]),
+            layout(&parts[&(0, 1)]),
             vec![("a".into(), vec![0, 2]), ("b".into(), vec![1])]
         );
         assert_eq!(
-            layout(&parts[&2]),
+            layout(&parts[&(1, 1)]),
             vec![("a".into(), vec![1]), ("b".into(), vec![0, 2])]
         );
     }

@@ -72,25 +72,27 @@ pub struct VersionTable {
 }
 
 impl VersionTable {
-    /// Intersects our table, the crate and (when known) the upstream's ranges.
-    pub fn build(upstream: Option<&ApiRanges>) -> Self {
+    /// Intersects our table, the crate and the ranges of every upstream
+    /// cluster known (none known: our table and the crate only).
+    pub fn build<R: std::ops::Deref<Target = ApiRanges>>(upstreams: &[R]) -> Self {
         let mut ranges = vec![None; 128];
         let mut advertised = Vec::new();
         for &(api, min, max, served) in TABLE {
             let c = api.valid_versions();
             let (mut lo, mut hi) = (min.max(c.min), max.min(c.max));
+            let mut missing = false;
             if served == Served::Upstream {
-                if let Some(up) = upstream {
+                for up in upstreams {
                     match up.get(&(api as i16)) {
                         Some(&(ulo, uhi)) => {
                             lo = lo.max(ulo);
                             hi = hi.min(uhi);
                         }
-                        None => continue,
+                        None => missing = true,
                     }
                 }
             }
-            if lo > hi {
+            if missing || lo > hi {
                 continue;
             }
             ranges[api as usize] = Some((lo, hi));
@@ -149,7 +151,7 @@ mod tests {
         up.insert(ApiKey::Produce as i16, (0, 11));
         up.insert(ApiKey::Fetch as i16, (0, 17));
         up.insert(ApiKey::Metadata as i16, (0, 12));
-        let t = VersionTable::build(Some(&up));
+        let t = VersionTable::build(&[&up]);
         assert_eq!(t.range(ApiKey::Produce), Some((3, 11)));
         assert_eq!(t.range(ApiKey::Fetch), Some((4, 17)));
         // Not offered by the upstream → not advertised.
@@ -162,7 +164,7 @@ mod tests {
 
     #[test]
     fn unknown_api_versions_version_gets_v0_error() {
-        let t = VersionTable::build(None);
+        let t = VersionTable::build::<&ApiRanges>(&[]);
         let frame = respond(&t, 99, 7).unwrap();
         let mut b = frame.slice(4..);
         assert_eq!(&frame[..4], &7i32.to_be_bytes());
@@ -174,7 +176,7 @@ mod tests {
 
     #[test]
     fn v3_response_has_v0_header() {
-        let t = VersionTable::build(None);
+        let t = VersionTable::build::<&ApiRanges>(&[]);
         let frame = respond(&t, 3, 1).unwrap();
         // Header v0: correlation id only, then the v3 body starts with error_code.
         let mut b = frame.slice(4..);

@@ -1,11 +1,741 @@
-//! Which site (cluster) serves a request: routes select topics by exact
-//! name, prefix or regex. Routes must be disjoint, and `topic_match` can prove
-//! whether two of them overlap (with an example topic), so an operator gets a
-//! precise config error instead of traffic silently going to the first match.
+//! Which site (cluster) serves a topic, under which physical name, and where
+//! its records are teed.
 //!
-//! Multi-site routing itself (routes in the config, per-route sites, renaming
-//! and tee) builds on this; see the routing issue.
+//! Routes select topics by exact name, prefix or regex, optionally only for
+//! some listeners or client ids, and send them to a site. Topics no route
+//! selects go to `default_site` under their own name (the implicit default
+//! route). Routes must be disjoint: a topic selected by two routes for the same
+//! client would have two homes, so `build` proves pairwise disjointness
+//! (`topic_match` finds an example name when two matchers overlap) and reports
+//! overlaps as config errors instead of letting the first match win silently.
+//!
+//! Renaming: a route may store its topics under another name on its site
+//! ([`Naming`]: MirrorMaker 2's `{site}.{topic}`, `{topic}-{site}`, or a
+//! template). Clients only ever see the virtual name; `to_virtual` maps a
+//! physical name back and hides physical names a renaming route owns.
+//!
+//! Consumer groups and transactional ids live on one site: the site of the
+//! route whose `groups` matcher selects the id, else `default_site`. A group
+//! consuming topics of another site gets a clear per-partition error (see
+//! `api::groups`), because a Kafka coordinator only takes offsets for topics of
+//! its own cluster.
 
 pub mod topic_match;
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+
 pub use topic_match::{MatchError, TopicMatch};
+
+use crate::config::{Config, ConfigError, MatchConfig, TeeMode, TeeStart};
+
+/// Who is asking: routes may depend on the listener and the client id.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub listener: &'a str,
+    pub client_id: &'a str,
+}
+
+/// How a route or tee target names topics on its site: `prefix + topic + suffix`.
+/// Templates contain `{topic}` exactly once, so the mapping is invertible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Naming {
+    template: String,
+    prefix: String,
+    suffix: String,
+}
+
+impl Naming {
+    pub fn identity() -> Self {
+        Naming {
+            template: "{topic}".into(),
+            prefix: String::new(),
+            suffix: String::new(),
+        }
+    }
+
+    /// Parses a policy (`identity`, `mm2`, `suffix`) or template; `site` and
+    /// `target` fill the `{site}` and `{target}` placeholders.
+    pub fn parse(spec: &str, site: &str, target: Option<&str>) -> Result<Self, String> {
+        let template = match spec {
+            "identity" => "{topic}",
+            "mm2" => "{site}.{topic}",
+            "suffix" => "{topic}-{site}",
+            t => t,
+        };
+        let (head, tail) = template.split_once("{topic}").ok_or_else(|| {
+            format!("`{spec}` is not identity, mm2, suffix or a template containing {{topic}}")
+        })?;
+        if tail.contains("{topic}") {
+            return Err(format!("`{spec}` contains {{topic}} more than once"));
+        }
+        let fill = |s: &str| -> Result<String, String> {
+            let mut out = s.replace("{site}", site);
+            if let Some(t) = target {
+                out = out.replace("{target}", t);
+            }
+            if out.contains('{') || out.contains('}') {
+                return Err(format!(
+                    "`{spec}` has an unknown placeholder (known: {{topic}}, {{site}}{})",
+                    if target.is_some() { ", {target}" } else { "" }
+                ));
+            }
+            if let Some(c) = out
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            {
+                return Err(format!(
+                    "`{spec}` would put `{c}` in topic names (only a-z A-Z 0-9 . _ - are allowed)"
+                ));
+            }
+            Ok(out)
+        };
+        Ok(Naming {
+            template: template.to_string(),
+            prefix: fill(head)?,
+            suffix: fill(tail)?,
+        })
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.prefix.is_empty() && self.suffix.is_empty()
+    }
+
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+
+    /// The physical name of a virtual topic.
+    pub fn physical<'a>(&self, topic: &'a str) -> Cow<'a, str> {
+        if self.is_identity() {
+            Cow::Borrowed(topic)
+        } else {
+            Cow::Owned(format!("{}{}{}", self.prefix, topic, self.suffix))
+        }
+    }
+
+    /// The virtual name a physical name stands for, if it has this shape.
+    pub fn virtual_of<'a>(&self, physical: &'a str) -> Option<&'a str> {
+        let inner = physical
+            .strip_prefix(self.prefix.as_str())?
+            .strip_suffix(self.suffix.as_str())?;
+        (!inner.is_empty()).then_some(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TeeTarget {
+    pub site: usize,
+    pub mode: TeeMode,
+    pub naming: Naming,
+    pub start: TeeStart,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub topics: TopicMatch,
+    pub listeners: Option<Vec<String>>,
+    pub client_ids: Option<TopicMatch>,
+    pub site: usize,
+    pub naming: Naming,
+    pub groups: Option<TopicMatch>,
+    pub tee: Vec<TeeTarget>,
+}
+
+impl Route {
+    fn applies_to(&self, who: Who<'_>) -> bool {
+        self.listeners
+            .as_ref()
+            .is_none_or(|ls| ls.iter().any(|l| l == who.listener))
+            && self
+                .client_ids
+                .as_ref()
+                .is_none_or(|m| m.matches(who.client_id))
+    }
+
+    pub fn has_sync_tee(&self) -> bool {
+        self.tee.iter().any(|t| t.mode == TeeMode::Sync)
+    }
+}
+
+/// Where a topic lives for one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved<'a> {
+    /// The route; `None` for the default route.
+    pub route: Option<usize>,
+    pub site: usize,
+    pub physical: Cow<'a, str>,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+    default_site: usize,
+    sites: Vec<String>,
+}
+
+impl Router {
+    /// A router with no routes: everything on `default_site`.
+    pub fn single(sites: Vec<String>, default_site: usize) -> Self {
+        Router {
+            routes: Vec::new(),
+            default_site,
+            sites,
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn default_site(&self) -> usize {
+        self.default_site
+    }
+
+    pub fn site_name(&self, site: usize) -> &str {
+        self.sites.get(site).map(String::as_str).unwrap_or("?")
+    }
+
+    /// True when no route renames anything: names pass through untouched.
+    pub fn is_identity(&self) -> bool {
+        self.routes.iter().all(|r| r.naming.is_identity())
+    }
+
+    pub fn resolve<'a>(&self, who: Who<'_>, topic: &'a str) -> Resolved<'a> {
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.topics.matches(topic) && r.applies_to(who) {
+                return Resolved {
+                    route: Some(i),
+                    site: r.site,
+                    physical: r.naming.physical(topic),
+                };
+            }
+        }
+        Resolved {
+            route: None,
+            site: self.default_site,
+            physical: Cow::Borrowed(topic),
+        }
+    }
+
+    /// The name a client sees for a physical topic of `site`, or `None` when
+    /// the topic is not visible to this client (served from another site, or
+    /// its physical name belongs to a renaming route).
+    pub fn to_virtual(&self, who: Who<'_>, site: usize, physical: &str) -> Option<String> {
+        for r in &self.routes {
+            if r.site != site || r.naming.is_identity() {
+                continue;
+            }
+            if let Some(v) = r.naming.virtual_of(physical) {
+                if r.topics.matches(v) {
+                    let back = self.resolve(who, v);
+                    return (back.site == site && back.physical == physical).then(|| v.to_string());
+                }
+            }
+        }
+        let back = self.resolve(who, physical);
+        (back.site == site && back.physical == physical).then(|| physical.to_string())
+    }
+
+    /// Every virtual name a physical topic of `site` may have for some client
+    /// (for the topic-id map, which is shared by all clients).
+    pub fn virtual_candidates(&self, site: usize, physical: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.routes {
+            if r.site == site {
+                if let Some(v) = r.naming.virtual_of(physical) {
+                    if r.topics.matches(v) {
+                        out.push(v.to_string());
+                    }
+                }
+            }
+        }
+        if site == self.default_site || out.is_empty() {
+            out.push(physical.to_string());
+        }
+        out
+    }
+
+    /// The site coordinating a consumer group or transactional id.
+    pub fn coordinator_site(&self, who: Who<'_>, key: &str) -> usize {
+        self.routes
+            .iter()
+            .find(|r| r.groups.as_ref().is_some_and(|g| g.matches(key)) && r.applies_to(who))
+            .map(|r| r.site)
+            .unwrap_or(self.default_site)
+    }
+
+    /// Builds and checks the routes of a config. `default_site` indexes `config.sites`.
+    pub fn build(config: &Config, default_site: usize) -> Result<Router, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut err = |key: String, reason: String| errs.push(ConfigError { key, reason });
+        let sites: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        let site_index = |name: &str| sites.iter().position(|s| s == name);
+        let listener_names: HashSet<&str> = std::iter::once(config.listen.name.as_str())
+            .chain(config.listeners.iter().map(|l| l.name.as_str()))
+            .collect();
+
+        let mut routes: Vec<Route> = Vec::new();
+        let mut names = HashSet::new();
+        for (i, rc) in config.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if rc.name.trim().is_empty() {
+                err(key("name"), "must not be empty".into());
+            } else if !names.insert(rc.name.as_str()) {
+                err(key("name"), format!("duplicate route name `{}`", rc.name));
+            }
+            let topics = match matcher(&rc.topics, false) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    err(key("topics"), e);
+                    None
+                }
+            };
+            let client_ids = match rc.client_ids.as_ref().map(|m| matcher(m, true)) {
+                None => Some(None),
+                Some(Ok(m)) => Some(Some(m)),
+                Some(Err(e)) => {
+                    err(key("client_ids"), e);
+                    None
+                }
+            };
+            let groups = match rc.groups.as_ref().map(|m| matcher(m, true)) {
+                None => Some(None),
+                Some(Ok(m)) => Some(Some(m)),
+                Some(Err(e)) => {
+                    err(key("groups"), e);
+                    None
+                }
+            };
+            if let Some(ls) = &rc.listeners {
+                if ls.is_empty() {
+                    err(
+                        key("listeners"),
+                        "an empty list matches no client: the route would be unreachable; \
+                         leave the key out to match every listener"
+                            .into(),
+                    );
+                }
+                for (j, l) in ls.iter().enumerate() {
+                    if !listener_names.contains(l.as_str()) {
+                        err(
+                            format!("routes[{i}].listeners[{j}]"),
+                            format!(
+                                "no listener named `{l}` (listeners: {})",
+                                sorted(&listener_names)
+                            ),
+                        );
+                    }
+                }
+            }
+            let site = site_index(&rc.site);
+            if site.is_none() {
+                err(
+                    key("site"),
+                    format!("no site named `{}` in `sites`", rc.site),
+                );
+            }
+            let naming =
+                match Naming::parse(rc.naming.as_deref().unwrap_or("identity"), &rc.site, None) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        err(key("naming"), e);
+                        None
+                    }
+                };
+            let mut tee = Vec::new();
+            let mut tee_sites = HashSet::new();
+            for (j, t) in rc.tee.iter().enumerate() {
+                let tkey = |k: &str| format!("routes[{i}].tee[{j}].{k}");
+                let Some(ts) = site_index(&t.site) else {
+                    err(
+                        tkey("site"),
+                        format!("no site named `{}` in `sites`", t.site),
+                    );
+                    continue;
+                };
+                if Some(ts) == site {
+                    err(
+                        tkey("site"),
+                        format!(
+                            "`{}` is the route's own site; a tee copies to another site",
+                            t.site
+                        ),
+                    );
+                    continue;
+                }
+                if !tee_sites.insert(ts) {
+                    err(
+                        tkey("site"),
+                        format!("site `{}` is a tee target twice", t.site),
+                    );
+                    continue;
+                }
+                match Naming::parse(
+                    t.naming.as_deref().unwrap_or("identity"),
+                    &rc.site,
+                    Some(&t.site),
+                ) {
+                    Ok(naming) => tee.push(TeeTarget {
+                        site: ts,
+                        mode: t.mode,
+                        naming,
+                        start: t.start,
+                    }),
+                    Err(e) => err(tkey("naming"), e),
+                }
+            }
+            if let (Some(topics), Some(client_ids), Some(groups), Some(site), Some(naming)) =
+                (topics, client_ids, groups, site, naming)
+            {
+                routes.push(Route {
+                    name: rc.name.clone(),
+                    topics,
+                    listeners: rc.listeners.clone(),
+                    client_ids,
+                    site,
+                    naming,
+                    groups,
+                    tee,
+                });
+            }
+        }
+        if errs.is_empty() {
+            for (j, b) in routes.iter().enumerate() {
+                for (i, a) in routes[..j].iter().enumerate() {
+                    match overlap(a, b) {
+                        Ok(None) => {}
+                        Ok(Some(example)) => errs.push(ConfigError {
+                            key: format!("routes[{j}].topics"),
+                            reason: format!(
+                                "route `{}` overlaps route `{}` (routes[{i}]): {example} would match both; \
+                                 routes must be disjoint (narrow a matcher, or split by listeners/client_ids)",
+                                b.name, a.name
+                            ),
+                        }),
+                        Err(e) => errs.push(ConfigError {
+                            key: format!("routes[{j}].topics"),
+                            reason: e.to_string(),
+                        }),
+                    }
+                    if let (Some(ga), Some(gb)) = (&a.groups, &b.groups) {
+                        if a.site != b.site && listeners_meet(a, b) {
+                            match ga.overlap(gb) {
+                                Ok(Some(g)) => errs.push(ConfigError {
+                                    key: format!("routes[{j}].groups"),
+                                    reason: format!(
+                                        "group `{g}` would be coordinated on both `{}` (route `{}`) and `{}` (route `{}`)",
+                                        sites[a.site], a.name, sites[b.site], b.name
+                                    ),
+                                }),
+                                Ok(None) => {}
+                                Err(e) => errs.push(ConfigError {
+                                    key: format!("routes[{j}].groups"),
+                                    reason: e.to_string(),
+                                }),
+                            }
+                        }
+                    }
+                }
+            }
+            // Two tee targets writing the same physical topic on one site
+            // would interleave two sources in one log.
+            let mut written: Vec<(usize, &Naming, &Route, usize)> = Vec::new();
+            for (i, r) in routes.iter().enumerate() {
+                for t in &r.tee {
+                    for (s, n, other, oi) in &written {
+                        if *s == t.site && *n == &t.naming && other.site == r.site {
+                            if let Ok(Some(ex)) = other.topics.overlap(&r.topics) {
+                                errs.push(ConfigError {
+                                    key: format!("routes[{i}].tee"),
+                                    reason: format!(
+                                        "tees of routes `{}` (routes[{oi}]) and `{}` both write topic `{}` on `{}`",
+                                        other.name,
+                                        r.name,
+                                        t.naming.physical(&ex),
+                                        sites[t.site]
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                    written.push((t.site, &t.naming, r, i));
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(Router {
+                routes,
+                default_site,
+                sites,
+            })
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+fn sorted(names: &HashSet<&str>) -> String {
+    let mut v: Vec<&str> = names.iter().copied().collect();
+    v.sort_unstable();
+    v.join(", ")
+}
+
+fn matcher(m: &MatchConfig, id: bool) -> Result<TopicMatch, String> {
+    let given = [&m.exact, &m.prefix, &m.regex]
+        .iter()
+        .filter(|x| x.is_some())
+        .count();
+    if given != 1 {
+        return Err("give exactly one of `exact`, `prefix`, `regex`".into());
+    }
+    let r = match (&m.exact, &m.prefix, &m.regex, id) {
+        (Some(e), _, _, false) => TopicMatch::exact(e),
+        (_, Some(p), _, false) => TopicMatch::prefix(p),
+        (_, _, Some(r), false) => TopicMatch::regex(r),
+        (Some(e), _, _, true) => TopicMatch::id_exact(e),
+        (_, Some(p), _, true) => TopicMatch::id_prefix(p),
+        (_, _, Some(r), true) => TopicMatch::id_regex(r),
+        _ => return Err("give exactly one of `exact`, `prefix`, `regex`".into()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+fn listeners_meet(a: &Route, b: &Route) -> bool {
+    match (&a.listeners, &b.listeners) {
+        (Some(la), Some(lb)) => la.iter().any(|l| lb.contains(l)),
+        _ => true,
+    }
+}
+
+/// An example of a (topic, listener, client) two routes would both select.
+fn overlap(a: &Route, b: &Route) -> Result<Option<String>, MatchError> {
+    if !listeners_meet(a, b) {
+        return Ok(None);
+    }
+    let client = match (&a.client_ids, &b.client_ids) {
+        (Some(ca), Some(cb)) => match ca.overlap(cb)? {
+            Some(c) => Some(c),
+            None => return Ok(None),
+        },
+        (Some(_), None) | (None, Some(_)) | (None, None) => None,
+    };
+    Ok(a.topics.overlap(&b.topics)?.map(|t| match client {
+        Some(c) => format!("topic `{t}` from client id `{c}`"),
+        None => format!("topic `{t}`"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const BASE: &str = "
+cluster_id: c1
+listen:
+  bind: 127.0.0.1:9092
+listeners:
+  - name: internal
+    bind: 127.0.0.1:9192
+sites:
+  - name: a
+    bootstrap: [\"127.0.0.1:19092\"]
+  - name: b
+    bootstrap: [\"127.0.0.1:19093\"]
+  - name: hub
+    bootstrap: [\"127.0.0.1:19094\"]
+default_site: a
+";
+
+    fn router(routes: &str) -> Result<std::sync::Arc<Router>, String> {
+        parse(&format!("{BASE}routes:\n{routes}"))
+            .map(|v| v.router)
+            .map_err(|e| e.to_string())
+    }
+
+    const WHO: Who<'static> = Who {
+        listener: "default",
+        client_id: "app",
+    };
+
+    #[test]
+    fn naming_policies_round_trip() {
+        for (spec, phys) in [
+            ("identity", "orders"),
+            ("mm2", "store1.orders"),
+            ("suffix", "orders-store1"),
+            (
+                "{topic}.from.{site}.to.{target}",
+                "orders.from.store1.to.hub",
+            ),
+        ] {
+            let n = Naming::parse(spec, "store1", Some("hub")).unwrap();
+            assert_eq!(n.physical("orders"), phys, "{spec}");
+            assert_eq!(n.virtual_of(phys), Some("orders"), "{spec}");
+        }
+        let n = Naming::parse("mm2", "s", None).unwrap();
+        assert_eq!(n.virtual_of("t.orders"), None);
+        assert_eq!(n.virtual_of("s."), None);
+        assert!(Naming::parse("{topic}{topic}", "s", None).is_err());
+        assert!(Naming::parse("orders", "s", None).is_err());
+        assert!(Naming::parse("{topic}-{region}", "s", None).is_err());
+        assert!(Naming::parse("{topic}/{site}", "s", None).is_err());
+    }
+
+    #[test]
+    fn resolves_and_renames() {
+        let r = router(
+            "  - name: orders
+    topics: {prefix: orders}
+    site: b
+    naming: mm2
+  - name: internal-pay
+    topics: {exact: payments}
+    listeners: [internal]
+    site: hub
+",
+        )
+        .unwrap();
+        let o = r.resolve(WHO, "orders.eu");
+        assert_eq!((o.site, o.physical.as_ref()), (1, "b.orders.eu"));
+        assert_eq!(r.resolve(WHO, "payments").site, 0);
+        let internal = Who {
+            listener: "internal",
+            client_id: "x",
+        };
+        assert_eq!(r.resolve(internal, "payments").site, 2);
+        assert_eq!(
+            r.to_virtual(WHO, 1, "b.orders.eu").as_deref(),
+            Some("orders.eu")
+        );
+        // Physical names owned by a renaming route are hidden, other site's
+        // topics are not visible from this one.
+        assert_eq!(r.to_virtual(WHO, 1, "orders.eu"), None);
+        assert_eq!(r.to_virtual(WHO, 0, "clicks").as_deref(), Some("clicks"));
+        assert_eq!(r.to_virtual(WHO, 1, "clicks"), None);
+        assert_eq!(r.to_virtual(WHO, 2, "payments"), None);
+        assert_eq!(
+            r.to_virtual(internal, 2, "payments").as_deref(),
+            Some("payments")
+        );
+    }
+
+    #[test]
+    fn overlapping_routes_are_errors_with_an_example() {
+        let e = router(
+            "  - name: one
+    topics: {prefix: orders}
+    site: a
+  - name: two
+    topics: {regex: 'ord.*s'}
+    site: b
+",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("routes[1].topics") && e.contains("would match both"),
+            "{e}"
+        );
+        // Disjoint by listener or client id: fine.
+        router(
+            "  - name: one
+    topics: {prefix: orders}
+    listeners: [internal]
+    site: a
+  - name: two
+    topics: {prefix: orders}
+    listeners: [default]
+    site: b
+  - name: three
+    topics: {prefix: pay}
+    client_ids: {prefix: 'pos-'}
+    site: a
+  - name: four
+    topics: {prefix: pay}
+    client_ids: {prefix: 'web-'}
+    site: b
+",
+        )
+        .unwrap();
+        let e = router(
+            "  - name: three
+    topics: {prefix: pay}
+    client_ids: {prefix: 'pos-'}
+    site: a
+  - name: four
+    topics: {prefix: pay}
+    client_ids: {regex: 'pos-[0-9]+'}
+    site: b
+",
+        )
+        .unwrap_err();
+        assert!(e.contains("client id `pos-0`"), "{e}");
+    }
+
+    #[test]
+    fn unreachable_and_broken_routes_are_errors() {
+        for (routes, want) in [
+            (
+                "  - name: x\n    topics: {regex: 'a b'}\n    site: a\n",
+                "matches no valid topic name",
+            ),
+            (
+                "  - name: x\n    topics: {exact: t}\n    listeners: []\n    site: a\n",
+                "unreachable",
+            ),
+            (
+                "  - name: x\n    topics: {exact: t}\n    listeners: [nope]\n    site: a\n",
+                "no listener named `nope`",
+            ),
+            (
+                "  - name: x\n    topics: {exact: t, prefix: u}\n    site: a\n",
+                "exactly one",
+            ),
+            ("  - name: x\n    topics: {exact: t}\n    site: zz\n", "no site named `zz`"),
+            (
+                "  - name: x\n    topics: {exact: t}\n    site: a\n    tee: [{site: a}]\n",
+                "own site",
+            ),
+            (
+                "  - name: x\n    topics: {exact: t}\n    site: a\n    naming: '{topic}-{nope}'\n",
+                "unknown placeholder",
+            ),
+            (
+                "  - name: x\n    topics: {exact: t}\n    site: a\n    tee: [{site: hub, mode: sometimes}]\n",
+                "mode",
+            ),
+        ] {
+            let e = router(routes).unwrap_err();
+            assert!(e.contains(want), "{routes}\n=> {e}");
+        }
+    }
+
+    #[test]
+    fn groups_live_on_one_site() {
+        let r = router(
+            "  - name: one
+    topics: {prefix: orders}
+    site: b
+    groups: {prefix: 'billing-'}
+",
+        )
+        .unwrap();
+        assert_eq!(r.coordinator_site(WHO, "billing-1"), 1);
+        assert_eq!(r.coordinator_site(WHO, "other"), 0);
+        let e = router(
+            "  - name: one
+    topics: {prefix: orders}
+    site: b
+    groups: {prefix: 'billing-'}
+  - name: two
+    topics: {prefix: pay}
+    site: hub
+    groups: {regex: 'bill.*'}
+",
+        )
+        .unwrap_err();
+        assert!(e.contains("coordinated on both"), "{e}");
+    }
+}

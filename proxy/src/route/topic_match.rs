@@ -18,6 +18,12 @@ use regex_automata::Anchored;
 
 /// Characters Kafka allows in topic names (`[a-zA-Z0-9._-]`).
 const TOPIC_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-";
+/// Client ids and group ids may hold any character; overlap between their
+/// matchers is searched over printable ASCII, which is what ids are made of
+/// in practice (a clash only through other characters would go unnoticed).
+const ID_CHARS: &[u8] = b" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~";
+/// Longest id considered when searching for an overlap example.
+const MAX_ID_LEN: usize = 255;
 /// Kafka's longest topic name.
 const MAX_TOPIC_LEN: usize = 249;
 /// Product states explored before giving up on an overlap question.
@@ -48,6 +54,7 @@ pub enum MatchError {
 #[derive(Clone)]
 pub struct TopicMatch {
     kind: Kind,
+    chars: &'static [u8],
     regex: regex::Regex,
     dfa: dense::DFA<Vec<u32>>,
 }
@@ -68,6 +75,7 @@ impl fmt::Debug for TopicMatch {
 impl fmt::Display for TopicMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
+            Kind::Exact(t) if self.chars == ID_CHARS => write!(f, "id `{t}`"),
             Kind::Exact(t) => write!(f, "topic `{t}`"),
             Kind::Prefix(p) => write!(f, "prefix `{p}`"),
             Kind::Regex(r) => write!(f, "regex `{r}`"),
@@ -87,7 +95,37 @@ impl TopicMatch {
         if !valid_topic_chars(topic) {
             return Err(MatchError::BadTopicChars(topic.into()));
         }
-        Self::build(Kind::Exact(topic.into()), &regex::escape(topic))
+        Self::build(
+            Kind::Exact(topic.into()),
+            &regex::escape(topic),
+            TOPIC_CHARS,
+        )
+    }
+
+    /// Matchers for client ids and group ids, which may hold any character.
+    pub fn id_exact(id: &str) -> Result<Self, MatchError> {
+        if id.is_empty() {
+            return Err(MatchError::Empty("id"));
+        }
+        Self::build(Kind::Exact(id.into()), &regex::escape(id), ID_CHARS)
+    }
+
+    pub fn id_prefix(prefix: &str) -> Result<Self, MatchError> {
+        if prefix.is_empty() {
+            return Err(MatchError::Empty("prefix"));
+        }
+        Self::build(
+            Kind::Prefix(prefix.into()),
+            &format!("{}(?s:.)*", regex::escape(prefix)),
+            ID_CHARS,
+        )
+    }
+
+    pub fn id_regex(pattern: &str) -> Result<Self, MatchError> {
+        if pattern.is_empty() {
+            return Err(MatchError::Empty("regex"));
+        }
+        Self::build(Kind::Regex(pattern.into()), pattern, ID_CHARS)
     }
 
     pub fn prefix(prefix: &str) -> Result<Self, MatchError> {
@@ -100,6 +138,7 @@ impl TopicMatch {
         Self::build(
             Kind::Prefix(prefix.into()),
             &format!("{}[a-zA-Z0-9._-]*", regex::escape(prefix)),
+            TOPIC_CHARS,
         )
     }
 
@@ -108,7 +147,7 @@ impl TopicMatch {
         if pattern.is_empty() {
             return Err(MatchError::Empty("regex"));
         }
-        let m = Self::build(Kind::Regex(pattern.into()), pattern)?;
+        let m = Self::build(Kind::Regex(pattern.into()), pattern, TOPIC_CHARS)?;
         match common_topic(&[&m]) {
             Search::Found(_) => Ok(m),
             Search::Empty => Err(MatchError::MatchesNothing(pattern.into())),
@@ -116,7 +155,7 @@ impl TopicMatch {
         }
     }
 
-    fn build(kind: Kind, body: &str) -> Result<Self, MatchError> {
+    fn build(kind: Kind, body: &str, chars: &'static [u8]) -> Result<Self, MatchError> {
         let anchored = format!("^(?:{body})$");
         let regex = regex::RegexBuilder::new(&anchored)
             .size_limit(DFA_SIZE_LIMIT)
@@ -131,7 +170,12 @@ impl TopicMatch {
             )
             .build(&anchored)
             .map_err(|e| MatchError::BadRegex(e.to_string()))?;
-        Ok(TopicMatch { kind, regex, dfa })
+        Ok(TopicMatch {
+            kind,
+            chars,
+            regex,
+            dfa,
+        })
     }
 
     /// Whether `topic` is selected.
@@ -205,10 +249,16 @@ fn common_topic(ms: &[&TopicMatch]) -> Search {
                 Err(_) => Search::Empty,
             };
         }
-        if depth == MAX_TOPIC_LEN {
+        let chars = ms[0].chars;
+        let max_len = if chars == ID_CHARS {
+            MAX_ID_LEN
+        } else {
+            MAX_TOPIC_LEN
+        };
+        if depth == max_len {
             continue;
         }
-        for &b in TOPIC_CHARS {
+        for &b in chars {
             let next: Vec<StateID> = ms
                 .iter()
                 .zip(&states)

@@ -26,13 +26,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::Mutex as AsyncMutex;
-use uuid::Uuid;
 
 pub use conn::{PendingResponse, UpstreamConn, UpstreamError};
 pub use view::{BrokerAddr, ClusterView};
 
 use crate::codec;
-use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// Supported version range per API key, as advertised by an upstream cluster.
@@ -56,10 +54,10 @@ pub struct Site {
     pub name: String,
     pub bootstrap: Vec<String>,
     pub settings: SiteSettings,
-    identity: Arc<Identity>,
     view: ArcSwap<ClusterView>,
-    /// Virtual topic id → topic name, rebuilt with each view.
-    virtual_ids: ArcSwap<HashMap<Uuid, String>>,
+    /// Bumped with every new view, so caches derived from views (the virtual
+    /// topic-id map) know when to rebuild.
+    generation: std::sync::atomic::AtomicU64,
     versions: ArcSwapOption<ApiRanges>,
     control: AsyncMutex<Option<UpstreamConn>>,
     refresh_gate: AsyncMutex<Option<Instant>>,
@@ -86,16 +84,14 @@ impl Site {
         name: &str,
         bootstrap: Vec<String>,
         settings: SiteSettings,
-        identity: Arc<Identity>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Site {
             name: name.to_string(),
             bootstrap,
             settings,
-            identity,
             view: ArcSwap::from_pointee(ClusterView::default()),
-            virtual_ids: ArcSwap::from_pointee(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             versions: ArcSwapOption::empty(),
             control: AsyncMutex::new(None),
             refresh_gate: AsyncMutex::new(None),
@@ -128,19 +124,13 @@ impl Site {
             .with_label_values(&[self.name.as_str(), crate::api::name(api)])
     }
 
-    /// Topic name for a virtual topic id.
-    pub fn topic_for_virtual_id(&self, id: &Uuid) -> Option<String> {
-        self.virtual_ids.load().get(id).cloned()
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn store_view(&self, v: ClusterView) {
-        let ids = v
-            .topics
-            .keys()
-            .map(|name| (self.identity.topic_id(name), name.clone()))
-            .collect();
-        self.virtual_ids.store(Arc::new(ids));
         self.view.store(Arc::new(v));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Folds a Metadata response seen on a client's behalf into the view.
@@ -244,6 +234,13 @@ impl Site {
         let ranges = Arc::new(ranges);
         self.versions.store(Some(ranges.clone()));
         Ok(ranges)
+    }
+
+    /// Highest version of `api` in `ours` that the site and the crate speak.
+    pub async fn version_for(&self, api: ApiKey, ours: (i16, i16)) -> Result<i16, UpstreamError> {
+        let ranges = self.fetch_versions().await?;
+        Self::pick_version(&ranges, api, ours)
+            .ok_or_else(|| protocol_err(&self.name, format!("no usable {api:?} version")))
     }
 
     /// Highest version of `api` both the upstream and the crate speak.
@@ -516,6 +513,49 @@ impl BrokerPool {
         self.send(broker, api, frame, true)
             .await?
             .ok_or_else(|| protocol_err(&self.site.name, "no response slot"))
+    }
+}
+
+/// A broker of a site: `(site index, upstream broker id)`.
+pub type Target = (usize, i32);
+
+/// One session's connections to every site, created lazily per broker.
+pub struct Pools {
+    pools: Vec<BrokerPool>,
+}
+
+impl Pools {
+    pub fn new(sites: &[Arc<Site>]) -> Self {
+        Pools {
+            pools: sites.iter().map(|s| BrokerPool::new(s.clone())).collect(),
+        }
+    }
+
+    fn pool(&mut self, site: usize) -> Result<&mut BrokerPool, UpstreamError> {
+        self.pools
+            .get_mut(site)
+            .ok_or_else(|| UpstreamError::NoBroker(format!("site #{site}")))
+    }
+
+    pub async fn send(
+        &mut self,
+        (site, broker): Target,
+        api: ApiKey,
+        frame: Bytes,
+        expect_response: bool,
+    ) -> Result<Option<PendingResponse>, UpstreamError> {
+        self.pool(site)?
+            .send(broker, api, frame, expect_response)
+            .await
+    }
+
+    pub async fn call(
+        &mut self,
+        (site, broker): Target,
+        api: ApiKey,
+        frame: Bytes,
+    ) -> Result<PendingResponse, UpstreamError> {
+        self.pool(site)?.call(broker, api, frame).await
     }
 }
 

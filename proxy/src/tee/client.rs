@@ -1,0 +1,378 @@
+//! The tee's own Kafka client toward one site: the few requests it needs
+//! (Fetch, Produce, ListOffsets, CreateTopics, InitProducerId), each split by
+//! partition leader, over the tee's own connections (never a client's).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    create_topics_request, fetch_request, list_offsets_request, produce_request, ApiKey,
+    CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
+    ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::codec;
+use crate::upstream::{BrokerPool, PendingResponse, Site, UpstreamError};
+
+const CLIENT_ID: &str = "switchyard-tee";
+
+/// What a partition's fetch brought.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub partition: i32,
+    /// Kafka error code; `NETWORK` when the broker could not be reached.
+    pub error: i16,
+    pub high_watermark: i64,
+    pub records: Option<Bytes>,
+    /// `(producer id, first offset)` of aborted transactions in the range.
+    pub aborted: Vec<(i64, i64)>,
+}
+
+/// Stand-in error code for "no answer from the broker" (Kafka's
+/// NETWORK_EXCEPTION, retriable).
+pub const NETWORK: i16 = 13;
+
+/// Outcome of one partition's write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub partition: i32,
+    pub error: i16,
+    pub base_offset: i64,
+    pub message: Option<String>,
+}
+
+pub struct SiteClient {
+    pub site: Arc<Site>,
+    pool: BrokerPool,
+    timeout: Duration,
+}
+
+impl SiteClient {
+    pub fn new(site: Arc<Site>) -> Self {
+        let timeout = site.settings.request_timeout;
+        SiteClient {
+            pool: BrokerPool::new(site.clone()),
+            site,
+            timeout,
+        }
+    }
+
+    async fn send<Req: Encodable>(
+        &mut self,
+        broker: i32,
+        api: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Result<PendingResponse, UpstreamError> {
+        let frame = codec::encode_request(
+            api,
+            version,
+            Some(StrBytes::from_static_str(CLIENT_ID)),
+            req,
+        )
+        .map_err(|e| UpstreamError::Protocol {
+            addr: self.site.name.clone(),
+            reason: e.to_string(),
+        })?;
+        self.pool.call(broker, api, frame).await
+    }
+
+    async fn wait<Resp: Decodable>(
+        &self,
+        p: PendingResponse,
+        api: ApiKey,
+        version: i16,
+    ) -> Result<Resp, UpstreamError> {
+        let frame = p.wait(self.timeout).await?;
+        codec::decode_response_body(api, version, &frame).map_err(|e| UpstreamError::Protocol {
+            addr: self.site.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Partition count of a topic, refreshing the view once if unknown.
+    pub async fn partitions(&self, topic: &str) -> Option<usize> {
+        if let Some(t) = self.site.view().topics.get(topic) {
+            return Some(t.leaders.len());
+        }
+        self.site.mark_stale();
+        let _ = self.site.refresh().await;
+        self.site.view().topics.get(topic).map(|t| t.leaders.len())
+    }
+
+    async fn by_leader(&self, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Vec<i32>> {
+        let mut out: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for &p in partitions {
+            // A partition with no known leader is sent to broker -1, which
+            // fails to connect and reads as a retriable network error.
+            let leader = self.site.leader(topic, p).await.unwrap_or(-1);
+            out.entry(leader).or_default().push(p);
+        }
+        out
+    }
+
+    /// ListOffsets: `-1` latest (high watermark), `-2` earliest (log start).
+    pub async fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<i64, String> {
+        let leader = self
+            .site
+            .leader(topic, partition)
+            .await
+            .ok_or_else(|| format!("no leader for {topic}/{partition}"))?;
+        let version = self
+            .site
+            .version_for(ApiKey::ListOffsets, (1, 7))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut p = list_offsets_request::ListOffsetsPartition::default();
+        p.partition_index = partition;
+        p.timestamp = timestamp;
+        p.current_leader_epoch = -1;
+        let mut t = list_offsets_request::ListOffsetsTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_string()));
+        t.partitions.push(p);
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = kafka_protocol::messages::BrokerId(-1);
+        req.topics.push(t);
+        let pending = self
+            .send(leader, ApiKey::ListOffsets, version, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp: ListOffsetsResponse = self
+            .wait(pending, ApiKey::ListOffsets, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        let p = resp
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or("empty ListOffsets answer")?;
+        if p.error_code != 0 {
+            self.site.note_partition_error(p.error_code);
+            return Err(format!("ListOffsets error {}", p.error_code));
+        }
+        Ok(p.offset)
+    }
+
+    /// Fetches `(partition, offset)` of one topic, read-committed.
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        at: &[(i32, i64)],
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Vec<Fetched> {
+        let parts: Vec<i32> = at.iter().map(|(p, _)| *p).collect();
+        let plan = self.by_leader(topic, &parts).await;
+        let version = match self.site.version_for(ApiKey::Fetch, (4, 12)).await {
+            Ok(v) => v,
+            Err(_) => return network(&parts),
+        };
+        let mut pending = Vec::new();
+        for (broker, ps) in plan {
+            let mut t = fetch_request::FetchTopic::default();
+            t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+            for p in &ps {
+                let offset = at
+                    .iter()
+                    .find(|(q, _)| q == p)
+                    .map(|(_, o)| *o)
+                    .unwrap_or(0);
+                let mut fp = fetch_request::FetchPartition::default();
+                fp.partition = *p;
+                fp.fetch_offset = offset;
+                fp.partition_max_bytes = max_bytes;
+                fp.current_leader_epoch = -1;
+                fp.last_fetched_epoch = -1;
+                fp.log_start_offset = -1;
+                t.partitions.push(fp);
+            }
+            let mut req = FetchRequest::default();
+            req.replica_id = kafka_protocol::messages::BrokerId(-1);
+            req.max_wait_ms = max_wait_ms;
+            req.min_bytes = 1;
+            req.max_bytes = max_bytes.saturating_mul(ps.len() as i32).max(max_bytes);
+            req.isolation_level = 1;
+            req.session_epoch = -1;
+            req.topics.push(t);
+            pending.push((ps, self.send(broker, ApiKey::Fetch, version, &req).await));
+        }
+        let mut out = Vec::new();
+        for (ps, sent) in pending {
+            let resp: Result<FetchResponse, _> = match sent {
+                Ok(p) => self.wait(p, ApiKey::Fetch, version).await,
+                Err(e) => Err(e),
+            };
+            match resp {
+                Ok(r) => {
+                    for t in r.responses {
+                        for p in t.partitions {
+                            self.site.note_partition_error(p.error_code);
+                            out.push(Fetched {
+                                partition: p.partition_index,
+                                error: p.error_code,
+                                high_watermark: p.high_watermark,
+                                records: p.records,
+                                aborted: p
+                                    .aborted_transactions
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .map(|a| (a.producer_id.0, a.first_offset))
+                                    .collect(),
+                            });
+                        }
+                    }
+                }
+                Err(_) => out.extend(network(&ps)),
+            }
+        }
+        out
+    }
+
+    /// Writes one batch per partition (acks=all) and reports per partition.
+    pub async fn produce(&mut self, topic: &str, batches: Vec<(i32, Bytes)>) -> Vec<Written> {
+        let parts: Vec<i32> = batches.iter().map(|(p, _)| *p).collect();
+        let plan = self.by_leader(topic, &parts).await;
+        let version = match self.site.version_for(ApiKey::Produce, (3, 9)).await {
+            Ok(v) => v,
+            Err(e) => return failed(&parts, &e.to_string()),
+        };
+        let mut pending = Vec::new();
+        for (broker, ps) in plan {
+            let mut t = produce_request::TopicProduceData::default();
+            t.name = TopicName(StrBytes::from_string(topic.to_string()));
+            for (p, b) in batches.iter().filter(|(p, _)| ps.contains(p)) {
+                let mut pd = produce_request::PartitionProduceData::default();
+                pd.index = *p;
+                pd.records = Some(b.clone());
+                t.partition_data.push(pd);
+            }
+            let mut req = ProduceRequest::default();
+            req.acks = -1;
+            req.timeout_ms = self.timeout.as_millis().min(i32::MAX as u128) as i32;
+            req.topic_data.push(t);
+            pending.push((ps, self.send(broker, ApiKey::Produce, version, &req).await));
+        }
+        let mut out = Vec::new();
+        for (ps, sent) in pending {
+            let resp: Result<ProduceResponse, _> = match sent {
+                Ok(p) => self.wait(p, ApiKey::Produce, version).await,
+                Err(e) => Err(e),
+            };
+            match resp {
+                Ok(r) => {
+                    for t in r.responses {
+                        for p in t.partition_responses {
+                            self.site.note_partition_error(p.error_code);
+                            out.push(Written {
+                                partition: p.index,
+                                error: p.error_code,
+                                base_offset: p.base_offset,
+                                message: p.error_message.map(|m| m.to_string()),
+                            });
+                        }
+                    }
+                }
+                Err(e) => out.extend(failed(&ps, &e.to_string())),
+            }
+        }
+        out
+    }
+
+    /// Creates a topic; returns Kafka's error code (0, or 36 when it exists).
+    pub async fn create_topic(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<i16, String> {
+        let broker = self.site.any_broker().await.map_err(|e| e.to_string())?;
+        let version = self
+            .site
+            .version_for(ApiKey::CreateTopics, (2, 7))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut t = create_topics_request::CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.to_string()));
+        t.num_partitions = partitions;
+        t.replication_factor = -1;
+        for (k, v) in configs {
+            let mut c = create_topics_request::CreatableTopicConfig::default();
+            c.name = StrBytes::from_string(k.to_string());
+            c.value = Some(StrBytes::from_string(v.to_string()));
+            t.configs.push(c);
+        }
+        let mut req = CreateTopicsRequest::default();
+        req.timeout_ms = 30_000;
+        req.topics.push(t);
+        let pending = self
+            .send(broker, ApiKey::CreateTopics, version, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp: CreateTopicsResponse = self
+            .wait(pending, ApiKey::CreateTopics, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.site.mark_stale();
+        Ok(resp.topics.first().map(|t| t.error_code).unwrap_or(0))
+    }
+
+    /// A fresh idempotent producer id and epoch on this site.
+    pub async fn init_producer_id(&mut self) -> Result<(i64, i16), String> {
+        let broker = self.site.any_broker().await.map_err(|e| e.to_string())?;
+        let version = self
+            .site
+            .version_for(ApiKey::InitProducerId, (0, 4))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = InitProducerIdRequest::default();
+        req.transactional_id = None;
+        req.transaction_timeout_ms = -1;
+        req.producer_id = kafka_protocol::messages::ProducerId(-1);
+        req.producer_epoch = -1;
+        let pending = self
+            .send(broker, ApiKey::InitProducerId, version, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp: InitProducerIdResponse = self
+            .wait(pending, ApiKey::InitProducerId, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.error_code != 0 {
+            return Err(format!("InitProducerId error {}", resp.error_code));
+        }
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+}
+
+fn network(parts: &[i32]) -> Vec<Fetched> {
+    parts
+        .iter()
+        .map(|&p| Fetched {
+            partition: p,
+            error: NETWORK,
+            high_watermark: -1,
+            ..Fetched::default()
+        })
+        .collect()
+}
+
+fn failed(parts: &[i32], why: &str) -> Vec<Written> {
+    parts
+        .iter()
+        .map(|&p| Written {
+            partition: p,
+            error: NETWORK,
+            base_offset: -1,
+            message: Some(why.to_string()),
+        })
+        .collect()
+}
