@@ -779,4 +779,35 @@ limits:
         let e = parse(&text).unwrap_err();
         assert_eq!(e.0[0].key, "listen.virtual_nodes");
     }
+
+    /// Every shipped example config is valid, and each multi-site pattern
+    /// example actually tees something.
+    #[test]
+    fn example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no config/*.yaml in {}", dir.display());
+        for f in &files {
+            if let Err(e) = load(f) {
+                panic!("{}: {e}", f.display());
+            }
+        }
+        for name in [
+            "active-active.yaml",
+            "aggregate.yaml",
+            "hub-and-spoke-edge.yaml",
+            "observer.yaml",
+        ] {
+            let v = load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                v.router.routes().iter().any(|r| !r.tee.is_empty()),
+                "{name}: no route with a tee"
+            );
+        }
+    }
 }

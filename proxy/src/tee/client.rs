@@ -162,6 +162,21 @@ impl SiteClient {
         Ok(p.offset)
     }
 
+    /// The high watermark of a partition, from a Fetch answer: Tansu's
+    /// ListOffsets(latest) answers the last batch's base offset + 1, which
+    /// is not the end of the log.
+    pub async fn high_watermark(&mut self, topic: &str, partition: i32) -> Result<i64, String> {
+        let f = self.fetch(topic, &[(partition, 0)], 1, 1).await;
+        match f.into_iter().next() {
+            Some(f) if f.error == 0 => Ok(f.high_watermark),
+            Some(f) => Err(format!(
+                "Fetch error {} reading the end of {topic}/{partition}",
+                f.error
+            )),
+            None => Err(format!("no Fetch answer for {topic}/{partition}")),
+        }
+    }
+
     /// Fetches `(partition, offset)` of one topic, read-committed.
     pub async fn fetch(
         &mut self,
@@ -197,7 +212,9 @@ impl SiteClient {
             }
             let mut req = FetchRequest::default();
             req.replica_id = kafka_protocol::messages::BrokerId(-1);
-            req.max_wait_ms = max_wait_ms;
+            // Tansu answers a Fetch with max_wait_ms 0 with no partitions at
+            // all; 1 ms behaves like Kafka's 0.
+            req.max_wait_ms = max_wait_ms.max(1);
             req.min_bytes = 1;
             req.max_bytes = max_bytes.saturating_mul(ps.len() as i32).max(max_bytes);
             req.isolation_level = 1;

@@ -94,6 +94,8 @@ struct Worker {
     producer: Option<(i64, i16)>,
     last_persist: Instant,
     labels: [String; 3],
+    /// Fetch size per partition; grows when one batch is larger.
+    fetch_bytes: i32,
 }
 
 pub(super) async fn run(
@@ -116,7 +118,9 @@ pub(super) async fn run(
         parts: Vec::new(),
         producer: None,
         last_persist: Instant::now(),
+        fetch_bytes: 0,
     };
+    w.fetch_bytes = w.tee.cfg.max_fetch_bytes;
     let base = Duration::from_millis(w.tee.cfg.retry_backoff_ms);
     let max = Duration::from_millis(w.tee.cfg.max_retry_backoff_ms);
     let mut backoff = base;
@@ -279,7 +283,7 @@ impl Worker {
         if let Some(r) = guard.as_ref() {
             return Ok(r.clone());
         }
-        let end = self.target.list_offset(OFFSET_SYNCS_TOPIC, 0, -1).await?;
+        let end = self.target.high_watermark(OFFSET_SYNCS_TOPIC, 0).await?;
         let mut at = self.target.list_offset(OFFSET_SYNCS_TOPIC, 0, -2).await?;
         let mut by_partition: HashMap<(String, i32), Vec<SyncRecord>> = HashMap::new();
         let mut bad = 0usize;
@@ -341,8 +345,8 @@ impl Worker {
             (_, _, Some(run)) => (run.source_end(), run.target_end()),
             _ => match self.link.start {
                 TeeStart::Latest => {
-                    let hw = self.source.list_offset(&src, p, -1).await?;
-                    let tend = self.target.list_offset(&tgt, p, -1).await?;
+                    let hw = self.source.high_watermark(&src, p).await?;
+                    let tend = self.target.high_watermark(&tgt, p).await?;
                     let part = &mut self.parts[i];
                     part.next = hw;
                     part.target_end = Some(tend);
@@ -355,7 +359,7 @@ impl Worker {
                 ),
             },
         };
-        let target_hw = self.target.list_offset(&tgt, p, -1).await?;
+        let target_hw = self.target.high_watermark(&tgt, p).await?;
         let mut ours = 0u64;
         let mut at = target_from;
         let origin = self.link.source.name.as_bytes().to_vec();
@@ -386,6 +390,7 @@ impl Worker {
                 at = next_at;
             }
         }
+        tracing::debug!(topic = %src, partition = p, source_from, target_from, target_hw, ours, "tee reconciled");
         let part = &mut self.parts[i];
         part.next = source_from;
         part.target_end = Some(target_hw);
@@ -424,13 +429,13 @@ impl Worker {
             return false;
         }
         let src = self.topic.source_topic.clone();
-        let fetched = self
-            .source
-            .fetch(&src, &want, self.tee.cfg.max_fetch_bytes, 0)
-            .await;
+        let fetched = self.source.fetch(&src, &want, self.fetch_bytes, 10).await;
+        tracing::trace!(topic = %src, asked = want.len(), answered = fetched.len(), "tee fetch round");
         let mut pendings = Vec::new();
         let mut moved = false;
         for f in fetched {
+            tracing::trace!(topic = %src, partition = f.partition, error = f.error, hw = f.high_watermark,
+                bytes = f.records.as_ref().map_or(0, |r| r.len()), "tee fetched");
             let i = f.partition as usize;
             if i >= self.parts.len() {
                 continue;
@@ -457,6 +462,25 @@ impl Worker {
             let part = &mut self.parts[i];
             part.high_watermark = f.high_watermark;
             let Some(records) = f.records else { continue };
+            if !records.is_empty() && batch::batches(&records).is_ok_and(|b| b.is_empty()) {
+                // Only part of one batch fit: fetch more next time (Kafka
+                // returns a whole first batch regardless; not every broker does).
+                let max = i32::try_from(self.link.source.settings.max_frame_bytes / 2)
+                    .unwrap_or(i32::MAX);
+                if self.fetch_bytes < max {
+                    self.fetch_bytes = self.fetch_bytes.saturating_mul(2).min(max);
+                    tracing::info!(topic = %src, partition = f.partition, fetch_bytes = self.fetch_bytes,
+                        "a source batch is larger than the fetch size; fetching more");
+                    moved = true;
+                } else {
+                    self.failed(
+                        "batch_too_large",
+                        "a source batch exceeds limits.max_frame_bytes / 2",
+                    );
+                    self.backoff(i);
+                }
+                continue;
+            }
             match self.build(i, &records, &f.aborted) {
                 Ok(Some(p)) => pendings.push(p),
                 Ok(None) => {}
@@ -473,6 +497,7 @@ impl Worker {
                     .unwrap_or(-1);
         }
         if pendings.is_empty() {
+            self.persist(false).await;
             return moved;
         }
         let tgt = self.topic.target_topic.clone();
