@@ -51,6 +51,9 @@ pub struct Proxy {
     versions: ArcSwapOption<VersionTable>,
     /// Virtual topic id → virtual name, with the site generations it was built from.
     virtual_ids: ArcSwapOption<(Vec<u64>, HashMap<Uuid, String>)>,
+    /// Idempotent producer ids: the client's (from the default site) →
+    /// this site's own, per site (see `api::produce`).
+    producer_ids: tokio::sync::Mutex<HashMap<(usize, i64, i16), (i64, i16)>>,
     connections_total: AtomicU64,
 }
 
@@ -106,6 +109,7 @@ impl Proxy {
             started: Instant::now(),
             versions: ArcSwapOption::empty(),
             virtual_ids: ArcSwapOption::empty(),
+            producer_ids: tokio::sync::Mutex::new(HashMap::new()),
             connections_total: AtomicU64::new(0),
         })
     }
@@ -125,6 +129,33 @@ impl Proxy {
             let _ = s.refresh().await;
         }
         self.lookup_virtual_id(id)
+    }
+
+    /// The producer id and epoch to use on `site` for a client's idempotent
+    /// producer id (issued by the default site). Producer ids are per cluster:
+    /// sent raw to another cluster they are unknown (Tansu refuses them) or,
+    /// worse, collide with a local producer's and corrupt its deduplication.
+    /// So each site gets its own id for the client's, allocated once and
+    /// shared by every connection of that client.
+    pub async fn producer_id_on(
+        &self,
+        site: usize,
+        pid: i64,
+        epoch: i16,
+    ) -> Result<(i64, i16), crate::upstream::UpstreamError> {
+        // Held across the allocation: two connections of one producer asking
+        // at once must get the same id, not two.
+        let mut m = self.producer_ids.lock().await;
+        if let Some(ids) = m.get(&(site, pid, epoch)) {
+            return Ok(*ids);
+        }
+        let fresh = self.sites[site].init_producer_id().await?;
+        // Bounded: producers come and go; a stale entry only costs an id.
+        if m.len() >= 100_000 {
+            m.clear();
+        }
+        m.insert((site, pid, epoch), fresh);
+        Ok(fresh)
     }
 
     fn lookup_virtual_id(&self, id: &Uuid) -> Option<String> {

@@ -50,6 +50,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let router = ctx.proxy.router.clone();
     let mut names = Names::default();
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
+    let remapped = map_producer_ids(ctx, &mut body, &site_of).await?;
     let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
     let acks = body.acks;
     let identity = ctx.identity();
@@ -57,7 +58,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
 
     // Everything on one broker under the client's own names and no sync tee:
     // the client's bytes go upstream untouched.
-    if missing.is_empty() && plan.len() == 1 && !names.renamed() && sync.is_empty() {
+    if missing.is_empty() && plan.len() == 1 && !names.renamed() && sync.is_empty() && !remapped {
         if let Some(&target) = plan.keys().next() {
             if acks == 0 {
                 ctx.pools
@@ -152,6 +153,75 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             api, version, corr, &out,
         )?))
     })))
+}
+
+/// Idempotent, non-transactional batches bound for a site other than the
+/// default site (which issued the client's producer id) get that site's own
+/// producer id and epoch (`Proxy::producer_id_on`); the batch CRC covers
+/// those fields and is recomputed. Sequences stay the client's: they are per
+/// partition, and each partition lives on one site. Returns whether anything
+/// was rewritten.
+async fn map_producer_ids(
+    ctx: &Ctx<'_>,
+    body: &mut ProduceRequest,
+    site_of: &[Option<usize>],
+) -> anyhow::Result<bool> {
+    let home = ctx.proxy.router.default_site();
+    let mut changed = false;
+    for (t, site) in body.topic_data.iter_mut().zip(site_of) {
+        let Some(site) = site.filter(|s| *s != home) else {
+            continue;
+        };
+        for p in &mut t.partition_data {
+            let Some(records) = p.records.as_ref() else {
+                continue;
+            };
+            if let Some(rewritten) = remap_batches(ctx, site, records).await? {
+                p.records = Some(rewritten);
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Offsets in a v2 batch header.
+const ATTRIBUTES_AT: usize = 21;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BATCH_HEADER: usize = 61;
+const TRANSACTIONAL: i16 = 0x10;
+
+async fn remap_batches(
+    ctx: &Ctx<'_>,
+    site: usize,
+    records: &bytes::Bytes,
+) -> anyhow::Result<Option<bytes::Bytes>> {
+    let mut out: Option<bytes::BytesMut> = None;
+    let mut at = 0usize;
+    while at + BATCH_HEADER <= records.len() {
+        let b = &records[at..];
+        let len = i32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+        let total = usize::try_from(len).unwrap_or(0) + 12;
+        if total < BATCH_HEADER || at + total > records.len() || b[16] != 2 {
+            break; // not a whole v2 batch: the broker will say what is wrong
+        }
+        let attrs = i16::from_be_bytes([b[ATTRIBUTES_AT], b[ATTRIBUTES_AT + 1]]);
+        let pid = i64::from_be_bytes(b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].try_into()?);
+        let epoch = i16::from_be_bytes([b[PRODUCER_EPOCH_AT], b[PRODUCER_EPOCH_AT + 1]]);
+        if pid >= 0 && attrs & TRANSACTIONAL == 0 {
+            let (new_pid, new_epoch) = ctx.proxy.producer_id_on(site, pid, epoch).await?;
+            let buf = out.get_or_insert_with(|| bytes::BytesMut::from(&records[..]));
+            let batch = &mut buf[at..at + total];
+            batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&new_pid.to_be_bytes());
+            batch[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
+                .copy_from_slice(&new_epoch.to_be_bytes());
+            let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+            batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        }
+        at += total;
+    }
+    Ok(out.map(bytes::BytesMut::freeze))
 }
 
 /// The partitions of `body` (physical names) on routes with sync tee targets.

@@ -236,6 +236,26 @@ impl Site {
         Ok(ranges)
     }
 
+    /// A fresh idempotent producer id and epoch from this site (no
+    /// transactional id), over the control connection.
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), UpstreamError> {
+        let version = self.version_for(ApiKey::InitProducerId, (0, 4)).await?;
+        let mut req = kafka_protocol::messages::InitProducerIdRequest::default();
+        req.transaction_timeout_ms = -1;
+        req.producer_id = kafka_protocol::messages::ProducerId(-1);
+        req.producer_epoch = -1;
+        let resp: kafka_protocol::messages::InitProducerIdResponse = self
+            .control_call(ApiKey::InitProducerId, version, &req)
+            .await?;
+        if resp.error_code != 0 {
+            return Err(protocol_err(
+                &self.name,
+                format!("InitProducerId error {}", resp.error_code),
+            ));
+        }
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
     /// Highest version of `api` in `ours` that the site and the crate speak.
     pub async fn version_for(&self, api: ApiKey, ours: (i16, i16)) -> Result<i16, UpstreamError> {
         let ranges = self.fetch_versions().await?;
