@@ -574,6 +574,11 @@ def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switch
     generated config (a `listen.bind` there is used as is; otherwise ports are
     allocated so that the bootstrap port and the next `virtual_nodes` ports are
     free). With wait_ready=False only /healthz is awaited.
+
+    `config_text`: run with this YAML text as the config file instead of the
+    generated one. The generated config (with `overrides`) then only
+    describes the process to the test (`cluster_id`, `listen.*`,
+    `admin.bind` must match the text; see multisite.switchyard_from_file).
     """
     started: list[Switchyard] = []
     counter = [0]
@@ -586,6 +591,7 @@ def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switch
         overrides: Optional[dict] = None,
         wait_ready: bool = True,
         ready_timeout: float = SWITCHYARD_READY_TIMEOUT,
+        config_text: Optional[str] = None,
     ) -> Switchyard:
         if upstreams is None:
             upstreams = [tansu()]
@@ -612,7 +618,7 @@ def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switch
 
         counter[0] += 1
         config_path = tmp_path / f"switchyard-{counter[0]}.yaml"
-        config_path.write_text(to_yaml(config))
+        config_path.write_text(to_yaml(config) if config_text is None else config_text)
         log_path = tmp_path / f"switchyard-{counter[0]}.log"
         env = dict(os.environ, RUST_BACKTRACE="1")
         proc = ManagedProcess(

@@ -26,6 +26,9 @@ use crate::{admin, session};
 use std::collections::HashMap;
 use uuid::Uuid;
 
+/// A producer id and epoch.
+type ProducerIds = (i64, i16);
+
 /// A client-facing listener: its name (for routes) and the virtual cluster
 /// it presents (same cluster id and topic ids everywhere, its own endpoints).
 pub struct Listener {
@@ -53,7 +56,7 @@ pub struct Proxy {
     virtual_ids: ArcSwapOption<(Vec<u64>, HashMap<Uuid, String>)>,
     /// Idempotent producer ids: the client's (from the default site) →
     /// this site's own, per site (see `api::produce`).
-    producer_ids: tokio::sync::Mutex<HashMap<(usize, i64, i16), (i64, i16)>>,
+    producer_ids: tokio::sync::Mutex<HashMap<(usize, i64, i16), ProducerIds>>,
     connections_total: AtomicU64,
 }
 
