@@ -3,6 +3,7 @@ renamed, partition for partition, exactly once, with offset syncs."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from helpers import (
@@ -13,8 +14,9 @@ from helpers import (
     read_partitions,
     unique_name,
     wait_for_count,
+    wait_until,
 )
-from multisite import multisite, offset_syncs, produce_keyed, read_at, translate
+from multisite import multisite, offset_syncs, produce_keyed, producer, read_at, translate
 
 ORIGIN = "switchyard-origin"
 
@@ -69,3 +71,144 @@ def test_async_tee_to_aggregate_exactly_once(tansu, switchyard):
             m = read_at(agg.bootstrap, target, p, t_off)
             assert m is not None and m.key() == r.key and m.value() == r.value, \
                 f"{topic}/{p}@{r.offset} -> {target}/{p}@{t_off}: {m and (m.key(), m.offset())}"
+
+
+def _steady_producer(bootstrap: str, topic: str, tag: str, stop: threading.Event,
+                     rate_per_s: int = 2000, **extra):
+    """Produces keyed records at a steady rate until `stop`; returns
+    (records, delivery errors) through the returned dict once joined."""
+    out = {"records": [], "errors": []}
+
+    def run():
+        p = producer(bootstrap, **extra)
+        i = 0
+        t0 = time.monotonic()
+        while not stop.is_set():
+            due = int((time.monotonic() - t0) * rate_per_s)
+            while i < due:
+                key = f"{tag}-{i:07d}".encode()
+                out["records"].append(key)
+                p.produce(topic, key=key, value=key * 3,
+                          on_delivery=lambda e, m: out["errors"].append(e) if e else None)
+                i += 1
+            p.poll(0.01)
+        assert p.flush(120) == 0
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, out
+
+
+def _status_topic(sy) -> dict:
+    return sy.status()["tee"][0]["topics"][0]
+
+
+def test_hub_link_cut_loses_nothing_and_catches_up(tansu, tansu_behind_relay, switchyard):
+    store = tansu()
+    hub, link = tansu_behind_relay()
+    topic = unique_name("pos")
+    sy = multisite(
+        switchyard,
+        {"store1": store, "hub": hub},
+        [{"name": "pos", "topics": {"exact": topic}, "site": "store1",
+          "tee": [{"site": "hub", "naming": "{topic}-{site}"}]}],
+    )
+    create_topic(sy.bootstrap, topic, partitions=3)
+    target = f"{topic}-store1"
+    stop = threading.Event()
+    th, out = _steady_producer(sy.bootstrap, topic, "cut", stop)
+    wait_until(lambda: _status_topic(sy)["records"] > 2000, 60, "tee running before the cut")
+    link.cut("reset")
+    cut_at = time.monotonic()
+    # While the link is down the tee reports it and the lag grows.
+    wait_until(lambda: _status_topic(sy)["last_error"] is not None, 30, "tee reports the outage")
+    wait_until(lambda: time.monotonic() - cut_at > 5, 10, "outage lasts 5 s")
+    lag_at_restore = _status_topic(sy)["lag_records"]
+    link.restore()
+    restored_at = time.monotonic()
+    stop.set()
+    th.join(180)
+    assert not out["errors"], f"producer saw errors during the hub outage: {out['errors'][:5]}"
+    n = len(out["records"])
+    wait_for_count(hub.bootstrap, target, n, timeout=120)
+    caught_up = time.monotonic() - restored_at
+    print(f"\nhub outage 5 s: lag {lag_at_restore} records at restore, "
+          f"{n} records on the hub {caught_up:.1f}s after restore")
+    report = compare_copies(read_partitions(store.bootstrap, topic, timeout=60),
+                            read_partitions(hub.bootstrap, target, timeout=60))
+    report.assert_ok("hub after the outage")
+    samples, _ = sy.metrics()
+    assert metric_sum(samples, "switchyard_tee_errors_total", route="pos", target="hub") > 0
+    assert lag_at_restore > 0
+
+
+def test_sigkill_mid_tee_then_restart_loses_and_duplicates_nothing(tansu, tansu_behind_relay, switchyard):
+    store = tansu()
+    hub, link = tansu_behind_relay()
+    topic = unique_name("orders")
+    routes = [{"name": "orders", "topics": {"exact": topic}, "site": "store1",
+               "tee": [{"site": "hub"}]}]
+    # Small fetches over a slow WAN link keep the tee well behind the
+    # producer, so the kill lands mid-copy.
+    sy = multisite(switchyard, {"store1": store, "hub": hub}, routes,
+                   tee={"max_fetch_bytes": 16384})
+    create_topic(sy.bootstrap, topic, partitions=4)
+    n = 20_000
+    link.set_delay(50)
+    produce_keyed(sy.bootstrap, topic, n, tag="kill")
+    wait_until(lambda: 0 < _status_topic(sy)["records"], 60, "tee started copying")
+    copied_before = _status_topic(sy)["records"]
+    sy.kill()
+    assert copied_before < n, "the tee finished before the kill; the test proves nothing"
+    link.set_delay(0)
+    sy2 = switchyard(upstreams=[store], overrides=sy.config)
+    wait_for_count(hub.bootstrap, topic, n, timeout=120)
+    report = compare_copies(read_partitions(store.bootstrap, topic, timeout=60),
+                            read_partitions(hub.bootstrap, topic, timeout=60))
+    print(f"\nSIGKILL after {copied_before} of {n} teed: {report.summary()}")
+    report.assert_ok("hub after SIGKILL and restart")
+    assert sy2.status()["tee"][0]["topics"][0]["state"] == "running"
+
+
+def test_sync_tee_acked_means_on_both_clusters(tansu, switchyard):
+    a, b = tansu(), tansu()
+    topic = unique_name("payments")
+    sy = multisite(
+        switchyard,
+        {"a": a, "b": b},
+        [{"name": "payments", "topics": {"exact": topic}, "site": "a",
+          "tee": [{"site": "b", "mode": "sync"}]}],
+    )
+    create_topic(sy.bootstrap, topic, partitions=3)
+    reports = produce_keyed(sy.bootstrap, topic, 3000, tag="sync")
+    # No waiting: an ack means the record is on the target already.
+    src = read_partitions(a.bootstrap, topic, timeout=60)
+    dst = read_partitions(b.bootstrap, topic, timeout=60)
+    acked = {(p, o) for _, p, o in reports.values()}
+    assert acked == {(p, r.offset) for p, recs in src.items() for r in recs}
+    compare_copies(src, dst).assert_ok("sync target right after the acks")
+
+
+def test_sync_tee_returns_the_target_error(tansu, tansu_behind_relay, switchyard):
+    a = tansu()
+    b, link = tansu_behind_relay()
+    topic = unique_name("payments")
+    sy = multisite(
+        switchyard,
+        {"a": a, "b": b},
+        [{"name": "payments", "topics": {"exact": topic}, "site": "a",
+          "tee": [{"site": "b", "mode": "sync"}]}],
+        tee={"sync_timeout_ms": 1500},
+    )
+    create_topic(sy.bootstrap, topic, partitions=1)
+    produce_keyed(sy.bootstrap, topic, 10, tag="ok")
+    link.cut("reset")
+    p = producer(sy.bootstrap, **{"message.timeout.ms": 6000})
+    errors = []
+    p.produce(topic, key=b"k", value=b"v", on_delivery=lambda e, m: errors.append(e))
+    left = p.flush(30)
+    assert errors and errors[0] is not None, \
+        f"a sync produce with the target down must fail (reports {errors}, {left} undelivered)"
+    print(f"\nsync produce with the target down: {errors[0]}")
+    link.restore()
+    # The record is on the source; the tee still copies it once the target is back.
+    wait_for_count(b.bootstrap, topic, 11, timeout=60)

@@ -34,6 +34,8 @@ use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
 use crate::upstream::{PendingResponse, Site};
 
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+
 /// A partition whose ack must also wait for its route's sync tee targets.
 struct SyncWait {
     route: usize,
@@ -272,7 +274,9 @@ async fn await_sync(
     deadline: Instant,
 ) {
     for p in parts.iter_mut() {
-        if p.error_code != 0 || p.base_offset < 0 {
+        // DUPLICATE_SEQUENCE_NUMBER: an idempotent retry of a batch the source
+        // already has; the client counts it as success, so it must wait too.
+        if p.error_code != 0 && p.error_code != DUPLICATE_SEQUENCE_NUMBER {
             continue;
         }
         let Some(w) = sync
@@ -281,8 +285,16 @@ async fn await_sync(
         else {
             continue;
         };
-        let through = p.base_offset + w.last_delta;
-        if let Err((code, msg)) = proxy
+        // base_offset -1: offsets unknown (see `Tee::wait_synced`).
+        if p.error_code == DUPLICATE_SEQUENCE_NUMBER {
+            p.base_offset = -1;
+        }
+        let through = if p.base_offset < 0 {
+            -1
+        } else {
+            p.base_offset + w.last_delta
+        };
+        let waited = proxy
             .tee
             .wait_synced(
                 w.route,
@@ -292,8 +304,16 @@ async fn await_sync(
                 through,
                 deadline,
             )
-            .await
-        {
+            .await;
+        tracing::debug!(
+            topic,
+            partition = p.index,
+            base = p.base_offset,
+            through,
+            ?waited,
+            "sync tee ack"
+        );
+        if let Err((code, msg)) = waited {
             p.error_code = code;
             p.error_message = Some(StrBytes::from_string(msg));
         }

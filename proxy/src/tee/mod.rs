@@ -40,10 +40,11 @@ use crate::metrics::Metrics;
 use crate::route::{Naming, Router, TopicMatch};
 use crate::upstream::Site;
 
-/// Kafka's REQUEST_TIMED_OUT: what a sync produce gets when a target did not
-/// take the records in time (retriable: the client retries, an idempotent
-/// client is deduplicated on the source).
-const REQUEST_TIMED_OUT: i16 = 7;
+/// What a sync produce gets when a target did not take the records in time:
+/// Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND, which says exactly that (written
+/// on the leader, not on enough copies) and is retriable: the client retries,
+/// an idempotent client is deduplicated on the source.
+const NOT_SYNCED: i16 = 20;
 
 /// One route's copy to one target site.
 pub struct Link {
@@ -91,6 +92,10 @@ pub struct Progress {
     pub rejected: Vec<Option<(i64, String)>>,
     /// The error of the last failed write, per partition, cleared on success.
     pub failing: Vec<Option<String>>,
+    /// Source high watermark per partition as of the last round.
+    pub high_watermark: Vec<i64>,
+    /// Rounds the worker completed.
+    pub rounds: u64,
 }
 
 /// One topic of one link: shared between its worker, sync producers and status.
@@ -237,9 +242,23 @@ impl Tee {
             };
             t.wake.notify_one();
             let mut rx = t.progress.subscribe();
+            // A broker may ack a retried, deduplicated batch without its
+            // offsets (Tansu answers base offset -1). Then wait for a round
+            // that started after the ack and ended caught up with the source.
+            let unknown = base < 0;
+            let round0 = rx.borrow().rounds;
             let waited = tokio::time::timeout_at(
                 deadline.into(),
-                rx.wait_for(|pr| pr.next.get(p).is_some_and(|n| *n > through)),
+                rx.wait_for(|pr| {
+                    let next = pr.next.get(p).copied().unwrap_or(-1);
+                    if unknown {
+                        pr.rounds >= round0 + 2
+                            && next >= 0
+                            && pr.high_watermark.get(p).is_some_and(|hw| next >= *hw)
+                    } else {
+                        next > through
+                    }
+                }),
             )
             .await;
             match waited {
@@ -266,7 +285,7 @@ impl Tee {
                         .flatten()
                         .unwrap_or_else(|| "not written in time".into());
                     return Err((
-                        REQUEST_TIMED_OUT,
+                        NOT_SYNCED,
                         format!("sync tee to site `{}`: {why}", link.target.name),
                     ));
                 }
@@ -315,7 +334,7 @@ fn error_for_rejection(why: &str) -> i16 {
     why.split_whitespace()
         .next()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(REQUEST_TIMED_OUT)
+        .unwrap_or(NOT_SYNCED)
 }
 
 /// Keeps one worker running per source topic the link copies.

@@ -72,6 +72,9 @@ struct Part {
     rejecting: Option<(i64, u32)>,
     high_watermark: i64,
     caught_up_at: Option<Instant>,
+    /// The last known `next`, kept while `next` is unknown (-1) so lag stays
+    /// visible during an outage.
+    last_next: i64,
 }
 
 /// A batch on its way to the target.
@@ -96,6 +99,11 @@ struct Worker {
     labels: [String; 3],
     /// Fetch size per partition; grows when one batch is larger.
     fetch_bytes: i32,
+    /// When a worker-wide retry (producer id) may run again.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Last time the high watermarks of backed-off partitions were probed.
+    probed_at: Instant,
 }
 
 pub(super) async fn run(
@@ -119,6 +127,9 @@ pub(super) async fn run(
         producer: None,
         last_persist: Instant::now(),
         fetch_bytes: 0,
+        retry_at: None,
+        backoff: Duration::ZERO,
+        probed_at: Instant::now(),
     };
     w.fetch_bytes = w.tee.cfg.max_fetch_bytes;
     let base = Duration::from_millis(w.tee.cfg.retry_backoff_ms);
@@ -408,15 +419,50 @@ impl Worker {
         self.parts
             .iter()
             .filter_map(|p| p.retry_at)
+            .chain(self.retry_at)
             .map(|t| t.saturating_duration_since(now))
             .min()
+    }
+
+    /// Keeps the source high watermarks of partitions that are not being
+    /// fetched (backing off, position unknown) fresh, at most once a second,
+    /// so the reported lag keeps growing during an outage.
+    async fn probe(&mut self) {
+        if self.probed_at.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.probed_at = Instant::now();
+        let now = Instant::now();
+        let idle: Vec<(i32, i64)> = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.next < 0 || p.retry_at.is_some_and(|t| t > now))
+            .map(|(i, p)| (i as i32, p.last_next.max(0)))
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let src = self.topic.source_topic.clone();
+        for f in self.source.fetch(&src, &idle, 1, 1).await {
+            if f.error == 0 {
+                if let Some(p) = self.parts.get_mut(f.partition as usize) {
+                    p.high_watermark = f.high_watermark;
+                }
+            }
+        }
     }
 
     /// One fetch + write round; true when it moved anything.
     async fn round(&mut self) -> bool {
         if self.producer.is_none() || self.parts.iter().any(|p| p.next < 0) {
             self.retry_recovery().await;
+            if self.producer.is_none() {
+                self.probe().await;
+                return false;
+            }
         }
+        self.probe().await;
         let now = Instant::now();
         let want: Vec<(i32, i64)> = self
             .parts
@@ -762,15 +808,28 @@ impl Worker {
     async fn retry_recovery(&mut self) {
         let now = Instant::now();
         if self.producer.is_none() {
+            if self.retry_at.is_some_and(|t| t > now) {
+                return;
+            }
             match self.target.init_producer_id().await {
                 Ok(p) => {
                     self.producer = Some(p);
+                    self.backoff = Duration::ZERO;
+                    self.retry_at = None;
                     for part in &mut self.parts {
                         part.seq = 0;
                     }
                 }
                 Err(e) => {
                     self.failed("init_producer_id", &e);
+                    let base = Duration::from_millis(self.tee.cfg.retry_backoff_ms);
+                    let max = Duration::from_millis(self.tee.cfg.max_retry_backoff_ms);
+                    self.backoff = if self.backoff.is_zero() {
+                        base
+                    } else {
+                        (self.backoff * 2).min(max)
+                    };
+                    self.retry_at = Some(now + self.backoff);
                     return;
                 }
             }
@@ -861,8 +920,11 @@ impl Worker {
         let mut lag_records = 0i64;
         let mut lag_seconds = 0f64;
         for part in &mut self.parts {
-            let lag = if part.next >= 0 && part.high_watermark > 0 {
-                (part.high_watermark - part.next).max(0)
+            if part.next >= 0 {
+                part.last_next = part.next;
+            }
+            let lag = if part.high_watermark > 0 {
+                (part.high_watermark - part.last_next).max(0)
             } else {
                 0
             };
@@ -887,8 +949,11 @@ impl Worker {
         });
         let n = self.parts.len();
         let next: Vec<i64> = self.parts.iter().map(|p| p.next).collect();
+        let hw: Vec<i64> = self.parts.iter().map(|p| p.high_watermark).collect();
         self.topic.progress.send_modify(|pr| {
             pr.next = next;
+            pr.high_watermark = hw;
+            pr.rounds += 1;
             pr.rejected.resize(n, None);
             pr.failing.resize(n, None);
         });
