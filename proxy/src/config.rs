@@ -653,6 +653,12 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
             reason: "must be at least 1".into(),
         });
     }
+    if t.offset_sync_interval_ms < 100 {
+        errs.push(ConfigError {
+            key: "tee.offset_sync_interval_ms".into(),
+            reason: "must be at least 100 ms".into(),
+        });
+    }
     if t.sync_timeout_ms < 100 {
         errs.push(ConfigError {
             key: "tee.sync_timeout_ms".into(),

@@ -253,8 +253,9 @@ async fn txn_offset_commit(
     req: RequestFrame,
 ) -> anyhow::Result<Outcome> {
     let mut b: TxnOffsetCommitRequest = req.decode()?;
-    // Routed like the transaction's other requests (transaction coordinator),
-    // with the group's topics checked against the group's site.
+    // Routed like the transaction's other requests (transaction coordinator);
+    // the topics must live on the transaction's site, which must also be the
+    // group's (a transaction cannot span clusters).
     let target = coordinator(ctx, who, TRANSACTION, b.transactional_id.0.as_str()).await?;
     let mut names = Names::default();
     let foreign = group_topics(

@@ -214,16 +214,23 @@ async fn remap_batches(
         if pid >= 0 && attrs & TRANSACTIONAL == 0 {
             let (new_pid, new_epoch) = ctx.proxy.producer_id_on(site, pid, epoch).await?;
             let buf = out.get_or_insert_with(|| bytes::BytesMut::from(&records[..]));
-            let batch = &mut buf[at..at + total];
-            batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&new_pid.to_be_bytes());
-            batch[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
-                .copy_from_slice(&new_epoch.to_be_bytes());
-            let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
-            batch[17..21].copy_from_slice(&crc.to_be_bytes());
+            set_producer(&mut buf[at..at + total], new_pid, new_epoch);
         }
         at += total;
     }
     Ok(out.map(bytes::BytesMut::freeze))
+}
+
+/// Writes producer id and epoch into a whole v2 batch and recomputes its
+/// CRC-32C (which covers everything from the attributes on).
+fn set_producer(batch: &mut [u8], pid: i64, epoch: i16) {
+    if batch.len() < BATCH_HEADER {
+        return;
+    }
+    batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&pid.to_be_bytes());
+    batch[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&epoch.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// The partitions of `body` (physical names) on routes with sync tee targets.
@@ -369,4 +376,38 @@ pub fn virtualise(id: &Identity, r: &mut ProduceResponse) -> bool {
             .collect();
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tee::batch::{self, BatchParams, Compression, TeeRecord};
+
+    #[test]
+    fn producer_rewrite_keeps_the_batch_valid() {
+        let rec = TeeRecord {
+            offset: 0,
+            timestamp: 1_700_000_000_000,
+            key: Some(bytes::Bytes::from_static(b"k")),
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: vec![(bytes::Bytes::from_static(b"h"), None)],
+        };
+        for compression in [Compression::None, Compression::Zstd] {
+            let params = BatchParams {
+                compression,
+                producer_id: 7,
+                producer_epoch: 1,
+                base_sequence: 42,
+            };
+            let original = batch::encode(&[rec.clone(), rec.clone()], &params).unwrap();
+            let mut b = original.to_vec();
+            set_producer(&mut b, 9001, 3);
+            // `batches` checks the CRC: a stale one would be an error.
+            let parsed = batch::batches(&bytes::Bytes::from(b)).unwrap();
+            assert_eq!(parsed.len(), 1);
+            assert_eq!((parsed[0].producer_id, parsed[0].producer_epoch), (9001, 3));
+            assert_eq!(parsed[0].base_sequence, 42, "sequences stay the client's");
+            assert_eq!(batch::decode(&parsed[0]).unwrap().len(), 2);
+        }
+    }
 }

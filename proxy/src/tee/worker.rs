@@ -501,6 +501,11 @@ impl Worker {
                         moved = true;
                     }
                 } else {
+                    let name = error_name(f.error);
+                    self.failed(
+                        &format!("source_{name}"),
+                        &format!("fetching from the source: {} {name}", f.error),
+                    );
                     self.backoff(i);
                 }
                 continue;
