@@ -212,3 +212,30 @@ def test_sync_tee_returns_the_target_error(tansu, tansu_behind_relay, switchyard
     link.restore()
     # The record is on the source; the tee still copies it once the target is back.
     wait_for_count(b.bootstrap, topic, 11, timeout=60)
+
+
+def test_target_that_rejects_the_tee_does_not_stall_writes(tansu, switchyard):
+    """The hub's copy of the topic has fewer partitions than the source: a
+    partition-preserving tee cannot write it. Producers are unaffected, the
+    error names target, topic and reason, and once the operator removes the
+    bad topic the tee creates it properly and catches up."""
+    store, hub = tansu(), tansu()
+    topic = unique_name("orders")
+    create_topic(hub.bootstrap, topic, partitions=1)
+    sy = multisite(
+        switchyard,
+        {"store1": store, "hub": hub},
+        [{"name": "orders", "topics": {"exact": topic}, "site": "store1", "tee": [{"site": "hub"}]}],
+    )
+    create_topic(sy.bootstrap, topic, partitions=3)
+    produce_keyed(sy.bootstrap, topic, 500, tag="rej")  # asserts: no delivery errors
+    t = wait_until(lambda: (s := _status_topic(sy))["last_error"] and s, 30, "tee reports the rejection")
+    assert "partitions" in t["last_error"] and topic in t["last_error"], t["last_error"]
+    samples, _ = sy.metrics()
+    assert metric_sum(samples, "switchyard_tee_errors_total", route="orders", target="hub", reason="init") > 0
+    # The operator fixes the target; the tee recovers by itself.
+    hub_admin = admin_client(hub.bootstrap)
+    hub_admin.delete_topics([topic])[topic].result(30)
+    wait_for_count(hub.bootstrap, topic, 500, timeout=90)
+    compare_copies(read_partitions(store.bootstrap, topic), read_partitions(hub.bootstrap, topic)).assert_ok(
+        "hub after the target was fixed")

@@ -255,7 +255,13 @@ impl Worker {
         partitions: usize,
         configs: &[(&str, &str)],
     ) -> Result<(), String> {
-        let have = self.target.partitions(name).await;
+        let mut have = self.target.partitions(name).await;
+        if have.is_some_and(|h| h < partitions) {
+            // The view may be stale (an operator just fixed the topic).
+            self.target.site.mark_stale();
+            let _ = self.target.site.refresh().await;
+            have = self.target.partitions(name).await;
+        }
         match have {
             Some(h) if h >= partitions => return Ok(()),
             Some(h) => {
