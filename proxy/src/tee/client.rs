@@ -216,7 +216,8 @@ impl SiteClient {
             // all; 1 ms behaves like Kafka's 0.
             req.max_wait_ms = max_wait_ms.max(1);
             req.min_bytes = 1;
-            req.max_bytes = max_bytes.saturating_mul(ps.len() as i32).max(max_bytes);
+            // One bound for the whole answer: a worker holds at most this much.
+            req.max_bytes = max_bytes;
             req.isolation_level = 1;
             req.session_epoch = -1;
             req.topics.push(t);
