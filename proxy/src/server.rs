@@ -291,6 +291,7 @@ pub async fn run(cfg: Validated) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("shutdown grace expired with sessions still open; closing them");
     }
+    proxy.tee.finish(Duration::from_secs(5)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("switchyard stopped");
     Ok(())

@@ -145,6 +145,8 @@ pub struct Tee {
     cfg: TeeConfig,
     metrics: Arc<Metrics>,
     stop: Mutex<Option<watch::Receiver<bool>>>,
+    /// Worker tasks, awaited at shutdown so their last offset syncs are written.
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Tee {
@@ -177,7 +179,26 @@ impl Tee {
             cfg: cfg.config.tee.clone(),
             metrics,
             stop: Mutex::new(None),
+            workers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// After the stop signal: lets every worker write its last offset syncs,
+    /// for at most `grace`.
+    pub async fn finish(&self, grace: Duration) {
+        let tasks: Vec<_> = self
+            .workers
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("tee workers did not finish in time; offset syncs written since the last periodic persist are recovered from the target on restart");
+        }
     }
 
     pub fn sync_timeout(&self) -> Duration {
@@ -215,7 +236,11 @@ impl Tee {
         map.insert(source_topic.to_string(), t.clone());
         tracing::info!(route = %link.route_name, source = %link.source.name, target = %link.target.name,
             topic = source_topic, target_topic = %t.target_topic, mode = ?link.mode, "tee started for topic");
-        tokio::spawn(worker::run(self.clone(), link.clone(), t.clone(), stop));
+        let task = tokio::spawn(worker::run(self.clone(), link.clone(), t.clone(), stop));
+        if let Ok(mut w) = self.workers.lock() {
+            w.retain(|h| !h.is_finished());
+            w.push(task);
+        }
         Some(t)
     }
 

@@ -61,8 +61,11 @@ struct Part {
     counter: SlotCounter,
     /// Runs changed since the last persist, with their run index.
     dirty: Vec<(u64, Run)>,
-    /// Copyable records to pass over: already on the target (found by `reconcile`).
-    skip: u64,
+    /// Target offsets of our records already on the target past the last
+    /// known run (found by `reconcile`), as `(start, count)` ranges: the next
+    /// that many copyable source records are there already and are passed
+    /// over, each mapped to its target offset so the runs have no hole.
+    skip: std::collections::VecDeque<(i64, i64)>,
     backoff: Duration,
     retry_at: Option<Instant>,
     /// While `next` is below this, send one record per batch (isolating a
@@ -168,6 +171,31 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+impl Part {
+    /// Takes the target offset of the next record already on the target.
+    fn take_skip(&mut self) -> Option<i64> {
+        let (start, count) = self.skip.front_mut()?;
+        let t = *start;
+        *start += 1;
+        *count -= 1;
+        if *count <= 0 {
+            self.skip.pop_front();
+        }
+        Some(t)
+    }
+
+    /// Records that source offset `source` sits at target offset `target`.
+    fn map(&mut self, offsets: &[i64], target_base: i64) {
+        if let Some(runs) = self.runs.as_mut() {
+            for run in runs.record(offsets, target_base) {
+                let slot = self.counter.assign(&run);
+                self.dirty.retain(|(idx, _)| *idx != slot.run_index);
+                self.dirty.push((slot.run_index, run));
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -367,7 +395,7 @@ impl Worker {
                     let part = &mut self.parts[i];
                     part.next = hw;
                     part.target_end = Some(tend);
-                    part.skip = 0;
+                    part.skip.clear();
                     return Ok(());
                 }
                 TeeStart::Earliest => (
@@ -378,6 +406,7 @@ impl Worker {
         };
         let target_hw = self.target.high_watermark(&tgt, p).await?;
         let mut ours = 0u64;
+        let mut found: std::collections::VecDeque<(i64, i64)> = Default::default();
         let mut at = target_from;
         let origin = self.link.source.name.as_bytes().to_vec();
         while at < target_hw {
@@ -402,6 +431,10 @@ impl Worker {
                 for r in batch::decode(&b).map_err(|e| e.to_string())? {
                     if r.offset >= at && r.offset < target_hw && r.origin() == Some(&origin[..]) {
                         ours += 1;
+                        match found.back_mut() {
+                            Some((start, count)) if *start + *count == r.offset => *count += 1,
+                            _ => found.push_back((r.offset, 1)),
+                        }
                     }
                 }
                 at = next_at;
@@ -411,7 +444,7 @@ impl Worker {
         let part = &mut self.parts[i];
         part.next = source_from;
         part.target_end = Some(target_hw);
-        part.skip = ours;
+        part.skip = found;
         if ours > 0 {
             tracing::info!(route = %self.link.route_name, target = %self.link.target.name, topic = %src,
                 partition = p, resume_from = source_from, already_on_target = ours,
@@ -503,7 +536,7 @@ impl Worker {
                             topic = %src, partition = f.partition, from = part.next, to = start,
                             "source records deleted before they were teed; they are missing on the target");
                         part.next = start;
-                        part.skip = 0;
+                        part.skip.clear();
                         moved = true;
                     }
                 } else {
@@ -617,8 +650,8 @@ impl Worker {
             );
             let mut last_seen = b.last_offset;
             for r in copy {
-                if part.skip > 0 {
-                    part.skip -= 1;
+                if let Some(t) = part.take_skip() {
+                    part.map(&[r.offset], t);
                     continue;
                 }
                 let sz = r.key.as_ref().map_or(0, |k| k.len())
@@ -671,13 +704,7 @@ impl Worker {
         if w.error == 0 || w.error == 46 {
             let part = &mut self.parts[i];
             if w.error == 0 && w.base_offset >= 0 {
-                if let Some(runs) = part.runs.as_mut() {
-                    for run in runs.record(&p.offsets, w.base_offset) {
-                        let slot = part.counter.assign(&run);
-                        part.dirty.retain(|(idx, _)| *idx != slot.run_index);
-                        part.dirty.push((slot.run_index, run));
-                    }
-                }
+                part.map(&p.offsets, w.base_offset);
                 part.target_end = Some(w.base_offset + p.offsets.len() as i64);
             }
             part.next = p.end;
