@@ -20,7 +20,7 @@ def multisite(switchyard, sites: dict, routes: list, default_site: Optional[str]
         "default_site": default_site or next(iter(sites)),
         "routes": routes,
         # Fast polling and backoff keep tests short; defaults are for production.
-        "tee": {"poll_interval_ms": 50, "retry_backoff_ms": 100, "max_retry_backoff_ms": 1000,
+        "tee": {"retry_backoff_ms": 100, "max_retry_backoff_ms": 1000,
                 **(tee or {})},
     }
     overrides.update(extra or {})

@@ -189,7 +189,8 @@ pub struct TeeTargetConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TeeConfig {
-    /// How often an idle tee looks for new records on the source.
+    /// Longest a tee's fetch long-polls the source for new records (new
+    /// records end the wait at once); also the idle retry interval.
     pub poll_interval_ms: u64,
     /// Bytes fetched from the source per partition per round.
     pub max_fetch_bytes: i32,
@@ -210,7 +211,7 @@ pub struct TeeConfig {
 impl Default for TeeConfig {
     fn default() -> Self {
         TeeConfig {
-            poll_interval_ms: 100,
+            poll_interval_ms: 500,
             max_fetch_bytes: 4 * 1024 * 1024,
             retry_backoff_ms: 100,
             max_retry_backoff_ms: 10_000,

@@ -107,6 +107,9 @@ struct Worker {
     backoff: Duration,
     /// Last time the high watermarks of backed-off partitions were probed.
     probed_at: Instant,
+    /// The last round's fetch waited on the source (every partition was
+    /// asked and nothing came back).
+    long_polled: bool,
 }
 
 pub(super) async fn run(
@@ -133,6 +136,7 @@ pub(super) async fn run(
         retry_at: None,
         backoff: Duration::ZERO,
         probed_at: Instant::now(),
+        long_polled: false,
     };
     w.fetch_bytes = w.tee.cfg.max_fetch_bytes;
     let base = Duration::from_millis(w.tee.cfg.retry_backoff_ms);
@@ -154,7 +158,9 @@ pub(super) async fn run(
         }
         let busy = w.round().await;
         w.publish();
-        if !busy {
+        // A fetch that long-polled the source already waited for new records
+        // (and ended as soon as some arrived): go straight to the next one.
+        if !busy && !w.long_polled {
             let wait = w.next_retry().map(|d| d.min(poll)).unwrap_or(poll);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -494,6 +500,7 @@ impl Worker {
 
     /// One fetch + write round; true when it moved anything.
     async fn round(&mut self) -> bool {
+        self.long_polled = false;
         if self.producer.is_none() || self.parts.iter().any(|p| p.next < 0) {
             self.retry_recovery().await;
             if self.producer.is_none() {
@@ -514,7 +521,20 @@ impl Worker {
             return false;
         }
         let src = self.topic.source_topic.clone();
-        let fetched = self.source.fetch(&src, &want, self.fetch_bytes, 10).await;
+        // A long poll: the source answers as soon as records arrive, or after
+        // the poll interval. Only when every partition is asked: a partition
+        // coming out of backoff must not wait for the whole interval.
+        let all = want.len() == self.parts.len();
+        let wait = if all {
+            self.tee.cfg.poll_interval_ms.min(i32::MAX as u64) as i32
+        } else {
+            1
+        };
+        let fetched = self.source.fetch(&src, &want, self.fetch_bytes, wait).await;
+        let any_records = fetched
+            .iter()
+            .any(|f| f.error != 0 || f.records.as_ref().is_some_and(|r| !r.is_empty()));
+        self.long_polled = all && !any_records;
         tracing::trace!(topic = %src, asked = want.len(), answered = fetched.len(), "tee fetch round");
         let mut pendings = Vec::new();
         let mut moved = false;
