@@ -115,6 +115,11 @@ impl Naming {
     }
 
     /// The virtual name a physical name stands for, if it has this shape.
+    /// The physical names of the topics `m` selects.
+    pub fn image(&self, m: &TopicMatch) -> Result<TopicMatch, MatchError> {
+        m.renamed(&self.prefix, &self.suffix)
+    }
+
     pub fn virtual_of<'a>(&self, physical: &'a str) -> Option<&'a str> {
         let inner = physical
             .strip_prefix(self.prefix.as_str())?
@@ -439,28 +444,51 @@ impl Router {
                     }
                 }
             }
-            // Two tee targets writing the same physical topic on one site
-            // would interleave two sources in one log.
-            let mut written: Vec<(usize, &Naming, &Route, usize)> = Vec::new();
-            for (i, r) in routes.iter().enumerate() {
-                for t in &r.tee {
-                    for (s, n, other, oi) in &written {
-                        if *s == t.site && *n == &t.naming && other.site == r.site {
-                            if let Ok(Some(ex)) = other.topics.overlap(&r.topics) {
-                                errs.push(ConfigError {
-                                    key: format!("routes[{i}].tee"),
-                                    reason: format!(
-                                        "tees of routes `{}` (routes[{oi}]) and `{}` both write topic `{}` on `{}`",
-                                        other.name,
-                                        r.name,
-                                        t.naming.physical(&ex),
-                                        sites[t.site]
-                                    ),
-                                });
+            // Two tee links must never write the same physical topic on one
+            // site (two sources interleaved in one log, offset syncs
+            // overwriting each other), nor copy the same source topic to
+            // the same site twice (routes split by listener or client id
+            // over one topic would each tee it: duplicates).
+            // (One route has at most one tee per site, so a pair on one
+            // site is always two routes.)
+            let links: Vec<(usize, &Route, &TeeTarget)> = routes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.tee.iter().map(move |t| (i, r, t)))
+                .collect();
+            for (x, &(ia, ra, ta)) in links.iter().enumerate() {
+                for &(ib, rb, tb) in &links[x + 1..] {
+                    if ta.site != tb.site {
+                        continue;
+                    }
+                    let key = format!("routes[{ib}].tee");
+                    let clash = (|| -> Result<Option<String>, MatchError> {
+                        let written = ta.naming.image(&ra.topics)?;
+                        if let Some(t) = written.overlap(&tb.naming.image(&rb.topics)?)? {
+                            return Ok(Some(format!(
+                                "tees of routes `{}` (routes[{ia}]) and `{}` both write topic `{t}` on `{}`",
+                                ra.name, rb.name, sites[ta.site]
+                            )));
+                        }
+                        if ra.site == rb.site {
+                            let src = ra.naming.image(&ra.topics)?;
+                            if let Some(t) = src.overlap(&rb.naming.image(&rb.topics)?)? {
+                                return Ok(Some(format!(
+                                    "routes `{}` (routes[{ia}]) and `{}` both tee topic `{t}` of `{}` to `{}`: it would be copied twice",
+                                    ra.name, rb.name, sites[ra.site], sites[ta.site]
+                                )));
                             }
                         }
+                        Ok(None)
+                    })();
+                    match clash {
+                        Ok(None) => {}
+                        Ok(Some(reason)) => errs.push(ConfigError { key, reason }),
+                        Err(e) => errs.push(ConfigError {
+                            key,
+                            reason: e.to_string(),
+                        }),
                     }
-                    written.push((t.site, &t.naming, r, i));
                 }
             }
         }
@@ -710,6 +738,55 @@ default_site: a
             let e = router(routes).unwrap_err();
             assert!(e.contains(want), "{routes}\n=> {e}");
         }
+    }
+
+    #[test]
+    fn tees_never_collide() {
+        // Different templates, same names: `{topic}-a` from site a equals `{topic}-{site}`.
+        let e = router(
+            "  - name: one
+    topics: {prefix: orders}
+    site: a
+    tee: [{site: hub, naming: '{topic}-{site}'}]
+  - name: two
+    topics: {prefix: ord}
+    site: b
+    tee: [{site: hub, naming: '{topic}-a'}]
+",
+        )
+        .unwrap_err();
+        assert!(e.contains("both write topic `orders-a` on `hub`"), "{e}");
+        // Two routes split by listener over one topic would tee it twice.
+        let e = router(
+            "  - name: one
+    topics: {exact: orders}
+    listeners: [internal]
+    site: a
+    tee: [{site: hub, naming: '{topic}-x'}]
+  - name: two
+    topics: {exact: orders}
+    listeners: [default]
+    site: a
+    tee: [{site: hub, naming: '{topic}-y'}]
+",
+        )
+        .unwrap_err();
+        assert!(e.contains("copied twice"), "{e}");
+        // Hub-and-spoke from two sites into one hub: distinct names, fine.
+        router(
+            "  - name: one
+    topics: {prefix: pos.}
+    listeners: [default]
+    site: a
+    tee: [{site: hub, naming: suffix}]
+  - name: two
+    topics: {prefix: pos.}
+    site: b
+    listeners: [internal]
+    tee: [{site: hub, naming: suffix}]
+",
+        )
+        .unwrap();
     }
 
     #[test]

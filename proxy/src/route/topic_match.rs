@@ -178,6 +178,26 @@ impl TopicMatch {
         })
     }
 
+    /// The topics `prefix + t + suffix` for every topic `t` this selects:
+    /// what a renaming turns the selection into, for overlap checks between
+    /// physical names.
+    pub fn renamed(&self, prefix: &str, suffix: &str) -> Result<Self, MatchError> {
+        if prefix.is_empty() && suffix.is_empty() {
+            return Ok(self.clone());
+        }
+        let body = match &self.kind {
+            Kind::Exact(t) => regex::escape(t),
+            Kind::Prefix(p) => format!("{}[a-zA-Z0-9._-]*", regex::escape(p)),
+            Kind::Regex(r) => r.clone(),
+        };
+        let pattern = format!(
+            "{}(?:{body}){}",
+            regex::escape(prefix),
+            regex::escape(suffix)
+        );
+        Self::build(Kind::Regex(pattern.clone()), &pattern, self.chars)
+    }
+
     /// Whether `topic` is selected.
     pub fn matches(&self, topic: &str) -> bool {
         match &self.kind {
