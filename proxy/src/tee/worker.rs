@@ -110,6 +110,8 @@ struct Worker {
     /// The last round's fetch waited on the source (every partition was
     /// asked and nothing came back).
     long_polled: bool,
+    /// Last time the source's partition count was compared with ours.
+    grown_at: Instant,
 }
 
 pub(super) async fn run(
@@ -137,6 +139,7 @@ pub(super) async fn run(
         backoff: Duration::ZERO,
         probed_at: Instant::now(),
         long_polled: false,
+        grown_at: Instant::now(),
     };
     w.fetch_bytes = w.tee.cfg.max_fetch_bytes;
     let base = Duration::from_millis(w.tee.cfg.retry_backoff_ms);
@@ -469,6 +472,51 @@ impl Worker {
             .min()
     }
 
+    /// Partitions added to the source topic after the tee started: the
+    /// target must have them too (created by the operator, or by us when the
+    /// topic is new), then they are copied like the others. Checked every 5 s
+    /// against the source view (which metadata refreshes keep current).
+    async fn grow(&mut self) {
+        if self.grown_at.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.grown_at = Instant::now();
+        let have = self.parts.len();
+        let Some(n) = self
+            .source
+            .site
+            .view()
+            .topics
+            .get(&self.topic.source_topic)
+            .map(|t| t.leaders.len())
+        else {
+            return;
+        };
+        if n <= have {
+            return;
+        }
+        let target = self.topic.target_topic.clone();
+        if let Err(e) = self.ensure_topic(&target, n, &[]).await {
+            self.failed("partitions_added", &e);
+            return;
+        }
+        tracing::info!(route = %self.link.route_name, target = %self.link.target.name,
+            topic = %self.topic.source_topic, from = have, to = n, "source topic has new partitions; teeing them");
+        for _ in have..n {
+            self.parts.push(Part {
+                runs: Some(PartitionRuns::new(MAX_RUNS)),
+                next: -1,
+                ..Part::default()
+            });
+        }
+        for p in have..n {
+            if let Err(e) = self.reconcile(p as i32).await {
+                self.failed("reconcile", &e);
+                self.backoff(p);
+            }
+        }
+    }
+
     /// Keeps the source high watermarks of partitions that are not being
     /// fetched (backing off, position unknown) fresh, at most once a second,
     /// so the reported lag keeps growing during an outage.
@@ -509,6 +557,7 @@ impl Worker {
             }
         }
         self.probe().await;
+        self.grow().await;
         let now = Instant::now();
         let want: Vec<(i32, i64)> = self
             .parts
