@@ -214,7 +214,7 @@ impl Default for TeeConfig {
             poll_interval_ms: 500,
             max_fetch_bytes: 4 * 1024 * 1024,
             retry_backoff_ms: 100,
-            max_retry_backoff_ms: 10_000,
+            max_retry_backoff_ms: 2_000,
             reject_attempts: 5,
             sync_timeout_ms: 30_000,
             offset_sync_interval_ms: 1_000,
