@@ -225,26 +225,19 @@ async fn offset_commit(
             rt
         })
         .collect();
-    let site = target.0;
-    let rename = move |r: &mut OffsetCommitResponse| {
-        for t in &mut r.topics {
-            t.name = names.virt(site, &t.name);
-        }
-        r.topics.extend(refused);
-        true
-    };
-    if b.topics.is_empty() {
-        let mut r = OffsetCommitResponse::default();
-        rename(&mut r);
-        return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
-            req.api_key,
-            req.api_version,
-            req.correlation_id,
-            &r,
-        )?)));
-    }
-    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
-    forward_rewriting(ctx, target, &req, frame, rename).await
+    let empty = b.topics.is_empty();
+    finish_offsets(
+        ctx,
+        &req,
+        target,
+        &b,
+        empty,
+        names,
+        refused,
+        |r: &mut OffsetCommitResponse| &mut r.topics,
+        |t| &mut t.name,
+    )
+    .await
 }
 
 async fn txn_offset_commit(
@@ -289,26 +282,19 @@ async fn txn_offset_commit(
             rt
         })
         .collect();
-    let site = target.0;
-    let rename = move |r: &mut TxnOffsetCommitResponse| {
-        for t in &mut r.topics {
-            t.name = names.virt(site, &t.name);
-        }
-        r.topics.extend(refused);
-        true
-    };
-    if b.topics.is_empty() {
-        let mut r = TxnOffsetCommitResponse::default();
-        rename(&mut r);
-        return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
-            req.api_key,
-            req.api_version,
-            req.correlation_id,
-            &r,
-        )?)));
-    }
-    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
-    forward_rewriting(ctx, target, &req, frame, rename).await
+    let empty = b.topics.is_empty();
+    finish_offsets(
+        ctx,
+        &req,
+        target,
+        &b,
+        empty,
+        names,
+        refused,
+        |r: &mut TxnOffsetCommitResponse| &mut r.topics,
+        |t| &mut t.name,
+    )
+    .await
 }
 
 async fn offset_delete(
@@ -346,16 +332,66 @@ async fn offset_delete(
             rt
         })
         .collect();
+    let empty = b.topics.is_empty();
+    finish_offsets(
+        ctx,
+        &req,
+        target,
+        &b,
+        empty,
+        names,
+        refused,
+        |r: &mut OffsetDeleteResponse| &mut r.topics,
+        |t| &mut t.name,
+    )
+    .await
+}
+
+/// Sends a group offset request (its foreign topics already taken out and
+/// answered in `refused`) and answers with the upstream's topics under the
+/// client's names plus `refused`; with nothing left to send, answers alone.
+#[allow(clippy::too_many_arguments)]
+async fn finish_offsets<Req, Resp, T>(
+    ctx: &mut Ctx<'_>,
+    req: &RequestFrame,
+    target: Target,
+    body: &Req,
+    nothing_left: bool,
+    names: Names,
+    refused: Vec<T>,
+    topics: fn(&mut Resp) -> &mut Vec<T>,
+    name: fn(&mut T) -> &mut TopicName,
+) -> anyhow::Result<Outcome>
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable
+        + kafka_protocol::protocol::Encodable
+        + Default
+        + Send
+        + 'static,
+    T: Send + 'static,
+{
     let site = target.0;
-    let rename = move |r: &mut OffsetDeleteResponse| {
-        for t in &mut r.topics {
-            t.name = names.virt(site, &t.name);
+    let rename = move |r: &mut Resp| {
+        for t in topics(r).iter_mut() {
+            let virt = names.virt(site, name(t));
+            *name(t) = virt;
         }
-        r.topics.extend(refused);
+        topics(r).extend(refused);
         true
     };
-    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
-    forward_rewriting(ctx, target, &req, frame, rename).await
+    if nothing_left {
+        let mut r = Resp::default();
+        rename(&mut r);
+        return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
+            req.api_key,
+            req.api_version,
+            req.correlation_id,
+            &r,
+        )?)));
+    }
+    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), body)?;
+    forward_rewriting(ctx, target, req, frame, rename).await
 }
 
 /// OffsetFetch: one group (v0-7) or several (v8+), possibly on different

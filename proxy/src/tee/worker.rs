@@ -338,43 +338,22 @@ impl Worker {
             return Ok(r.clone());
         }
         let end = self.target.high_watermark(OFFSET_SYNCS_TOPIC, 0).await?;
-        let mut at = self.target.list_offset(OFFSET_SYNCS_TOPIC, 0, -2).await?;
+        let start = self.target.list_offset(OFFSET_SYNCS_TOPIC, 0, -2).await?;
         let mut by_partition: HashMap<(String, i32), Vec<SyncRecord>> = HashMap::new();
         let mut bad = 0usize;
-        while at < end {
-            let f = self
-                .target
-                .fetch(OFFSET_SYNCS_TOPIC, &[(0, at)], 1 << 20, 0)
-                .await;
-            let Some(f) = f.into_iter().next() else { break };
-            if f.error != 0 {
-                return Err(format!("reading {OFFSET_SYNCS_TOPIC}: error {}", f.error));
+        let source = self.link.source.name.clone();
+        scan(&mut self.target, OFFSET_SYNCS_TOPIC, 0, start, end, |r| {
+            let key = r.key.as_deref().unwrap_or_default();
+            match SyncRecord::decode(key, r.value.as_deref()) {
+                Ok(Some(s)) if s.source_site == source => by_partition
+                    .entry((s.source_topic.clone(), s.partition))
+                    .or_default()
+                    .push(s),
+                Ok(_) => {}
+                Err(_) => bad += 1,
             }
-            let Some(records) = f.records.filter(|r| !r.is_empty()) else {
-                break;
-            };
-            let batches = batch::batches(&records).map_err(|e| e.to_string())?;
-            if batches.is_empty() {
-                break;
-            }
-            for b in batches {
-                at = at.max(b.last_offset + 1);
-                if b.is_control {
-                    continue;
-                }
-                for r in batch::decode(&b).map_err(|e| e.to_string())? {
-                    let key = r.key.as_deref().unwrap_or_default();
-                    match SyncRecord::decode(key, r.value.as_deref()) {
-                        Ok(Some(s)) if s.source_site == self.link.source.name => by_partition
-                            .entry((s.source_topic.clone(), s.partition))
-                            .or_default()
-                            .push(s),
-                        Ok(_) => {}
-                        Err(_) => bad += 1,
-                    }
-                }
-            }
-        }
+        })
+        .await?;
         if bad > 0 {
             tracing::warn!(target = %self.link.target.name, bad, "ignored malformed offset-sync records");
         }
@@ -416,39 +395,17 @@ impl Worker {
         let target_hw = self.target.high_watermark(&tgt, p).await?;
         let mut ours = 0u64;
         let mut found: std::collections::VecDeque<(i64, i64)> = Default::default();
-        let mut at = target_from;
         let origin = self.link.source.name.as_bytes().to_vec();
-        while at < target_hw {
-            let f = self.target.fetch(&tgt, &[(p, at)], 1 << 20, 0).await;
-            let Some(f) = f.into_iter().next() else { break };
-            if f.error != 0 {
-                return Err(format!("re-reading target {tgt}/{p}: error {}", f.error));
-            }
-            let Some(records) = f.records.filter(|r| !r.is_empty()) else {
-                break;
-            };
-            let batches = batch::batches(&records).map_err(|e| e.to_string())?;
-            if batches.is_empty() {
-                break;
-            }
-            for b in batches {
-                let next_at = b.last_offset + 1;
-                if b.is_control || next_at <= at {
-                    at = at.max(next_at);
-                    continue;
+        scan(&mut self.target, &tgt, p, target_from, target_hw, |r| {
+            if r.origin() == Some(&origin[..]) {
+                ours += 1;
+                match found.back_mut() {
+                    Some((start, count)) if *start + *count == r.offset => *count += 1,
+                    _ => found.push_back((r.offset, 1)),
                 }
-                for r in batch::decode(&b).map_err(|e| e.to_string())? {
-                    if r.offset >= at && r.offset < target_hw && r.origin() == Some(&origin[..]) {
-                        ours += 1;
-                        match found.back_mut() {
-                            Some((start, count)) if *start + *count == r.offset => *count += 1,
-                            _ => found.push_back((r.offset, 1)),
-                        }
-                    }
-                }
-                at = next_at;
             }
-        }
+        })
+        .await?;
         tracing::debug!(topic = %src, partition = p, source_from, target_from, target_hw, ours, "tee reconciled");
         let part = &mut self.parts[i];
         part.next = source_from;
@@ -1065,6 +1022,51 @@ impl Worker {
             pr.failing.resize(n, None);
         });
     }
+}
+
+/// Calls `f` for every record of `topic`/`partition` in `from..to` (control
+/// batches skipped), reading with Fetch: what restart recovery reads back
+/// from the target.
+async fn scan(
+    client: &mut SiteClient,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(&TeeRecord),
+) -> Result<(), String> {
+    let mut at = from;
+    while at < to {
+        let fetched = client.fetch(topic, &[(partition, at)], 1 << 20, 1).await;
+        let Some(got) = fetched.into_iter().next() else {
+            break;
+        };
+        if got.error != 0 {
+            return Err(format!(
+                "reading {topic}/{partition} at {at}: error {}",
+                got.error
+            ));
+        }
+        let Some(records) = got.records.filter(|r| !r.is_empty()) else {
+            break;
+        };
+        let batches = batch::batches(&records).map_err(|e| e.to_string())?;
+        if batches.is_empty() {
+            break;
+        }
+        for b in batches {
+            let next = b.last_offset + 1;
+            if !b.is_control && next > at {
+                for r in batch::decode(&b).map_err(|e| e.to_string())? {
+                    if r.offset >= at && r.offset < to {
+                        f(&r);
+                    }
+                }
+            }
+            at = at.max(next);
+        }
+    }
+    Ok(())
 }
 
 /// Names of the Kafka errors the tee reports, for logs and metric labels.
