@@ -2,10 +2,16 @@
 //! in front of one or more Kafka clusters ("sites").
 //!
 //! Follow a request: [`listener`](server) accepts → [`session`] reads a frame
-//! ([`codec`]) → [`api`] routes it per partition or coordinator using the
-//! [`upstream`] cluster view, rewriting identities into the virtual cluster
-//! ([`identity`]) → the upstream answers → [`api`] merges and rewrites →
-//! [`session`] writes responses back in request order.
+//! ([`codec`]) → [`api`] asks [`route`] which site holds each topic and under
+//! which physical name, then routes it per (site, partition leader) or
+//! coordinator using the [`upstream`] cluster views, rewriting identities into
+//! the virtual cluster ([`identity`]) → the upstreams answer → [`api`] merges,
+//! renames back and rewrites → [`session`] writes responses back in request
+//! order.
+//!
+//! Side paths: [`tee`] copies what routes write to their target sites by
+//! following the source logs (a sync produce waits for it), recording offset
+//! runs with [`offsets`]; [`admin`] serves health, metrics and status.
 
 pub mod admin;
 pub mod api;
