@@ -553,6 +553,16 @@ def _metric(text: str, name: str) -> float:
 # --------------------------------------------------------------------------
 
 
+def build_info() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(SWITCHYARD.stat().st_mtime))
+    return f"`target/release/switchyard` built {built}, checkout at {head or '?'}"
+
+
 def report(args, r: dict, samples: list[dict], cmd: str) -> str:
     steady = [s for s in samples if s["phase"] == "steady" and s["lag_records"] is not None]
     lag_rec = [s["lag_records"] for s in steady]
@@ -594,7 +604,7 @@ def report(args, r: dict, samples: list[dict], cmd: str) -> str:
         f"Machine: {machine()}. Brokers (two Tansu, in-memory), Switchyard, the relay (Python) and the clients "
         "(confluent-kafka, own processes) share these cores.",
         "",
-        f"Command: `{cmd}`",
+        f"Command: `{cmd}`; {build_info()}.",
         "",
         f"Load average before the run: {' '.join(r['loadavg_before'])} (anything else running on the machine "
         "skews these numbers).",
