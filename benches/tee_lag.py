@@ -10,7 +10,7 @@ topic `orders` (6 partitions) on store1, teed async to hub as
 unless --poll-interval-ms etc. are given.
 
 1. Steady load: a confluent-kafka producer (acks=all, idempotent, linger
-   5 ms, keyed, 1 KiB values, a `ts` header with time.time_ns()) writes
+   5 ms, keyed, --size byte values, a `ts` header with time.time_ns()) writes
    through Switchyard at --rate records/s. After --warmup s, for --steady s
    the tee's `lag_records` / `lag_seconds` (GET /api/v1/status) are sampled
    every --sample-ms ms, and a consumer assigned to the end of the hub topic
@@ -41,7 +41,6 @@ import multiprocessing as mp
 import os
 import platform
 import signal
-import statistics
 import struct
 import subprocess
 import sys
@@ -333,7 +332,7 @@ log:
   level: warn
 """)
         self.config_text = cfg.read_text()
-        sy = Proc("switchyard", [str(SWITCHYARD), "run", "--config", str(cfg)], self.tmp / "switchyard.log")
+        sy = Proc("switchyard", [str(a.switchyard), "run", "--config", str(cfg)], self.tmp / "switchyard.log")
         self.procs.append(sy)
         self.sy = sy
         wait_until(lambda: http_ok(self.admin + "/readyz") or _died(sy), 30,
@@ -553,13 +552,15 @@ def _metric(text: str, name: str) -> float:
 # --------------------------------------------------------------------------
 
 
-def build_info() -> str:
+def build_info(binary: Path) -> str:
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(binary.stat().st_mtime))
+    if binary.resolve() != SWITCHYARD.resolve():
+        return f"`{binary}` built {built}"
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        head = "?"
-    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(SWITCHYARD.stat().st_mtime))
+        head = ""
     return f"`target/release/switchyard` built {built}, checkout at {head or '?'}"
 
 
@@ -604,7 +605,7 @@ def report(args, r: dict, samples: list[dict], cmd: str) -> str:
         f"Machine: {machine()}. Brokers (two Tansu, in-memory), Switchyard, the relay (Python) and the clients "
         "(confluent-kafka, own processes) share these cores.",
         "",
-        f"Command: `{cmd}`; {build_info()}.",
+        f"Command: `{cmd}`; {build_info(args.switchyard)}.",
         "",
         f"Load average before the run: {' '.join(r['loadavg_before'])} (anything else running on the machine "
         "skews these numbers).",
@@ -690,11 +691,13 @@ def main() -> int:
                     help="end-to-end latency for every Nth record (default 50)")
     for opt in ("poll-interval-ms", "max-fetch-bytes", "retry-backoff-ms", "max-retry-backoff-ms"):
         ap.add_argument(f"--{opt}", type=int, help=f"tee.{opt.replace('-', '_')} (default: Switchyard's)")
+    ap.add_argument("--switchyard", type=Path, default=SWITCHYARD,
+                    help="the switchyard binary (default target/release/switchyard), e.g. another commit's build")
     ap.add_argument("--out", type=Path, help="also write the Markdown report here")
     ap.add_argument("--raw", type=Path, help="write every status sample as JSON lines here")
     ap.add_argument("--keep-logs", action="store_true", help="keep the process logs (path printed)")
     args = ap.parse_args()
-    for b, how in ((SWITCHYARD, "cargo build --release -p switchyard"), (TANSU, "scripts/setup.sh")):
+    for b, how in ((args.switchyard, "cargo build --release -p switchyard"), (TANSU, "scripts/setup.sh")):
         if not b.exists():
             sys.exit(f"{b} missing: run {how}")
     cmd = ".venv/bin/python benches/tee_lag.py " + " ".join(sys.argv[1:])
