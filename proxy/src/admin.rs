@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -22,6 +22,8 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/routes/{route}/failover", post(failover))
+        .route("/api/v1/routes/{route}/failback", post(failback))
         .with_state(proxy);
     let shutdown = async move {
         let _ = stop.changed().await;
@@ -39,16 +41,82 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the active site answered its last metadata refresh.
+/// Readiness: the site serving unrouted traffic answered its last metadata
+/// refresh (after a failover of the default site's route: its standby).
 async fn readyz(State(p): State<Arc<Proxy>>) -> Response {
-    if p.site.is_reachable() {
+    let site = p.sites.get(p.router.home_site()).unwrap_or(&p.site);
+    if site.is_reachable() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: site `{}` unreachable\n", p.site.name),
+            format!("not ready: site `{}` unreachable\n", site.name),
         )
             .into_response()
+    }
+}
+
+/// `POST /api/v1/routes/{route}/failover[?force=true]`: switch the route to
+/// its standby. Planned (primary healthy): waits for the tee to catch up and
+/// refuses (409) if it cannot; `force=true` switches without waiting.
+async fn failover(
+    State(p): State<Arc<Proxy>>,
+    Path(route): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let r = p.failover.fail_over(&route, forced(&uri)).await;
+    switch_answer(&p, &route, r)
+}
+
+/// `POST /api/v1/routes/{route}/failback[?force=true]`: switch back to the
+/// primary once it is healthy, after the standby's writes were copied back.
+async fn failback(
+    State(p): State<Arc<Proxy>>,
+    Path(route): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let r = p.failover.fail_back(&route, forced(&uri)).await;
+    switch_answer(&p, &route, r)
+}
+
+fn forced(uri: &axum::http::Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "force" | "force=true" | "force=1"))
+    })
+}
+
+fn switch_answer(
+    p: &Proxy,
+    route: &str,
+    r: Result<crate::failover::Transition, crate::failover::SwitchError>,
+) -> Response {
+    use crate::failover::SwitchError;
+    match r {
+        Ok(t) => {
+            let st = p.failover.status().into_iter().find(|s| s.route == route);
+            let body = serde_json::json!({
+                "route": route,
+                "state": st.as_ref().map(|s| s.state),
+                "active": st.as_ref().map(|s| s.active.clone()),
+                "epoch": st.as_ref().map(|s| s.epoch),
+                "took_ms": t.took_ms,
+                "transition": t,
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e) => {
+            let code = match e {
+                SwitchError::UnknownRoute => StatusCode::NOT_FOUND,
+                SwitchError::NotFailoverRoute => StatusCode::BAD_REQUEST,
+                SwitchError::Conflict(_) => StatusCode::CONFLICT,
+            };
+            (
+                code,
+                Json(serde_json::json!({"route": route, "error": e.to_string()})),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -70,6 +138,8 @@ struct Status {
     sites: Vec<SiteStatus>,
     routes: Vec<RouteStatus>,
     tee: Vec<crate::tee::TeeStatus>,
+    failover: Vec<crate::failover::RouteFailoverStatus>,
+    health: Vec<crate::failover::health::HealthStatus>,
     connections: Connections,
 }
 
@@ -78,6 +148,8 @@ struct RouteStatus {
     name: String,
     topics: String,
     site: String,
+    /// The site serving the route now (its standby while failed over).
+    serving: String,
     naming: String,
 }
 
@@ -160,14 +232,26 @@ async fn status(State(p): State<Arc<Proxy>>) -> Json<Status> {
             .router
             .routes()
             .iter()
-            .map(|r| RouteStatus {
+            .enumerate()
+            .map(|(i, r)| RouteStatus {
                 name: r.name.clone(),
                 topics: r.topics.to_string(),
                 site: p.router.site_name(r.site).to_string(),
+                serving: p
+                    .router
+                    .serving(i)
+                    .map(|(s, _, _)| p.router.site_name(s).to_string())
+                    .unwrap_or_default(),
                 naming: r.naming.template().to_string(),
             })
             .collect(),
         tee: p.tee.status(),
+        failover: p.failover.status(),
+        health: if p.failover.enabled() {
+            p.failover.health.status()
+        } else {
+            Vec::new()
+        },
         connections: Connections {
             active: p.metrics.client_connections.get(),
             total: p.connections_total(),

@@ -69,6 +69,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub tee: TeeConfig,
+    /// Site health checks and failover behaviour (routes opt in with
+    /// `routes[].failover`).
+    #[serde(default)]
+    pub failover: FailoverConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -150,6 +154,91 @@ pub struct RouteConfig {
     /// Clusters every record written through this route is copied to.
     #[serde(default)]
     pub tee: Vec<TeeTargetConfig>,
+    /// Active-passive failover of this route to one of its tee targets.
+    #[serde(default)]
+    pub failover: Option<RouteFailoverConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFailoverConfig {
+    /// The site taking over the route's topics and groups; must be one of the
+    /// route's tee targets (that is how its data gets there).
+    pub standby: String,
+    /// Fail over on its own when the primary stays unhealthy past
+    /// `failover.health.unhealthy_after` checks. Failback is always manual.
+    #[serde(default = "yes")]
+    pub automatic: bool,
+    /// MirrorMaker 2 alias of the route's site: checkpoints are read from
+    /// `<alias>.checkpoints.internal` on the standby. Defaults to the site name.
+    #[serde(default)]
+    pub mm2_source_alias: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Period of the active check of every site (connect, ApiVersions, Metadata).
+    pub interval_ms: u64,
+    /// One check (connect and both round trips) must finish within this.
+    pub timeout_ms: u64,
+    /// Consecutive failed checks before a site counts as down. Errors seen on
+    /// live traffic trigger an immediate check instead of waiting for the
+    /// next period, so a dead site is detected in about
+    /// `unhealthy_after x timeout_ms` (connection refused fails at once).
+    pub unhealthy_after: u32,
+    /// Consecutive good checks before a down site counts as up again.
+    pub healthy_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: 1_000,
+            timeout_ms: 1_000,
+            unhealthy_after: 3,
+            healthy_after: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub health: HealthConfig,
+    /// After a switch, fetches from consumers that were group members on the
+    /// old site are held (retriable error) until they rejoined on the new
+    /// site, at most this long.
+    pub fence_timeout_ms: u64,
+    /// A switch waits this long at most for produce requests still in flight
+    /// to the old site before it flips.
+    pub drain_timeout_ms: u64,
+    /// A planned switch (old site healthy) waits this long at most for the
+    /// tee to catch up; if it does not, the switch is refused and nothing changes.
+    pub planned_timeout_ms: u64,
+    /// Translated group offsets are committed on the standby at most this often.
+    pub shadow_commit_interval_ms: u64,
+    /// Timestamp translation (no runs, no MM2 checkpoint) starts this much
+    /// before the last consumed record's timestamp, to cover records whose
+    /// timestamps are out of order.
+    pub timestamp_slack_ms: i64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            health: HealthConfig::default(),
+            fence_timeout_ms: 30_000,
+            drain_timeout_ms: 5_000,
+            planned_timeout_ms: 10_000,
+            shadow_commit_interval_ms: 1_000,
+            timestamp_slack_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -664,6 +753,43 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         errs.push(ConfigError {
             key: "tee.sync_timeout_ms".into(),
             reason: "must be at least 100 ms".into(),
+        });
+    }
+    let f = &config.failover;
+    for (key, v, min) in [
+        ("failover.health.interval_ms", f.health.interval_ms, 100),
+        ("failover.health.timeout_ms", f.health.timeout_ms, 100),
+        ("failover.fence_timeout_ms", f.fence_timeout_ms, 0),
+        ("failover.drain_timeout_ms", f.drain_timeout_ms, 0),
+        ("failover.planned_timeout_ms", f.planned_timeout_ms, 100),
+        (
+            "failover.shadow_commit_interval_ms",
+            f.shadow_commit_interval_ms,
+            100,
+        ),
+    ] {
+        if v < min {
+            errs.push(ConfigError {
+                key: key.into(),
+                reason: format!("must be at least {min} ms"),
+            });
+        }
+    }
+    for (key, v) in [
+        ("failover.health.unhealthy_after", f.health.unhealthy_after),
+        ("failover.health.healthy_after", f.health.healthy_after),
+    ] {
+        if v == 0 {
+            errs.push(ConfigError {
+                key: key.into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
+    if f.timestamp_slack_ms < 0 {
+        errs.push(ConfigError {
+            key: "failover.timestamp_slack_ms".into(),
+            reason: "must not be negative".into(),
         });
     }
 

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod failover;
 pub mod identity;
 pub mod metrics;
 pub mod offsets;

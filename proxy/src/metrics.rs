@@ -21,6 +21,7 @@ pub struct Metrics {
     pub upstream_connections: IntGaugeVec,
     pub errors_total: IntCounterVec,
     pub tee: TeeMetrics,
+    pub failover: FailoverMetrics,
     request_counters: Vec<Vec<OnceLock<IntCounter>>>,
 }
 
@@ -105,6 +106,102 @@ impl TeeMetrics {
     }
 }
 
+/// Site health and failover metrics.
+pub struct FailoverMetrics {
+    /// `site`, `result` (ok | failed).
+    pub health_checks: IntCounterVec,
+    /// `site`: 1 healthy, 0 not.
+    pub site_healthy: IntGaugeVec,
+    /// `route`, `from`, `to`, `reason` (automatic | manual).
+    pub transitions: IntCounterVec,
+    /// `route`: 0 primary, 1 standby, 2 failing over, 3 failing back.
+    pub state: IntGaugeVec,
+    /// `route`, `method` (runs | checkpoint | timestamp | none).
+    pub translations: IntCounterVec,
+    /// `route`, `method`: records a translated offset may deliver again
+    /// (upper bound of duplicates from translation).
+    pub redelivered: IntCounterVec,
+    /// `route`, `result` (ok | failed | skipped).
+    pub shadow_commits: IntCounterVec,
+    /// `route`, `what` (heartbeat | sync_group | offset_commit | fetch | leave_group).
+    pub fenced: IntCounterVec,
+    /// `route`: records acked on the old site and not copied when the last
+    /// unplanned failover happened (async tee loss).
+    pub uncopied: IntGaugeVec,
+}
+
+impl FailoverMetrics {
+    fn register(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let m = FailoverMetrics {
+            health_checks: counter(
+                "switchyard_health_checks_total",
+                "Active site health checks by result",
+                &["site", "result"],
+            ),
+            site_healthy: gauge(
+                "switchyard_site_healthy",
+                "1 when the site passes its health checks",
+                &["site"],
+            ),
+            transitions: counter(
+                "switchyard_failover_transitions_total",
+                "Failover state changes of a route",
+                &["route", "from", "to", "reason"],
+            ),
+            state: gauge(
+                "switchyard_failover_state",
+                "Route side: 0 primary, 1 standby, 2 failing over, 3 failing back",
+                &["route"],
+            ),
+            translations: counter(
+                "switchyard_offset_translations_total",
+                "Consumer offsets translated to the other site, by method",
+                &["route", "method"],
+            ),
+            redelivered: counter(
+                "switchyard_offset_translation_redelivered_total",
+                "Upper bound of records delivered again because of offset translation",
+                &["route", "method"],
+            ),
+            shadow_commits: counter(
+                "switchyard_shadow_commits_total",
+                "Translated group offsets committed on the other site",
+                &["route", "result"],
+            ),
+            fenced: counter(
+                "switchyard_failover_fenced_total",
+                "Requests of consumers from before a switch refused or held",
+                &["route", "what"],
+            ),
+            uncopied: gauge(
+                "switchyard_failover_uncopied_records",
+                "Records not yet copied to the standby at the last unplanned failover",
+                &["route"],
+            ),
+        };
+        for c in [
+            Box::new(m.health_checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.site_healthy.clone()),
+            Box::new(m.transitions.clone()),
+            Box::new(m.state.clone()),
+            Box::new(m.translations.clone()),
+            Box::new(m.redelivered.clone()),
+            Box::new(m.shadow_commits.clone()),
+            Box::new(m.fenced.clone()),
+            Box::new(m.uncopied.clone()),
+        ] {
+            registry.register(c).expect("static metric definition");
+        }
+        m
+    }
+}
+
 pub mod kind {
     pub const FRAME_TOO_LARGE: &str = "frame_too_large";
     pub const BAD_FRAME: &str = "bad_frame";
@@ -185,8 +282,10 @@ impl Metrics {
             registry.register(c).expect("static metric definition");
         }
         let tee = TeeMetrics::register(&registry);
+        let failover = FailoverMetrics::register(&registry);
         Metrics {
             tee,
+            failover,
             registry,
             client_connections,
             client_connections_total,
@@ -217,6 +316,20 @@ impl Metrics {
             self.requests_total
                 .with_label_values(&[name.as_str(), version.to_string().as_str()])
         }))
+    }
+
+    pub fn health_check(&self, site: &str, ok: bool) {
+        self.failover
+            .health_checks
+            .with_label_values(&[site, if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    pub fn site_healthy(&self, site: &str, healthy: bool) {
+        self.failover
+            .site_healthy
+            .with_label_values(&[site])
+            .set(i64::from(healthy));
     }
 
     pub fn error(&self, kind: &str) {

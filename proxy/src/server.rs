@@ -17,17 +17,16 @@ use tokio::task::JoinSet;
 
 use crate::api::versions::VersionTable;
 use crate::config::Validated;
+use crate::failover::Failover;
 use crate::identity::Identity;
 use crate::metrics::{kind, Metrics};
 use crate::route::Router;
 use crate::tee::Tee;
+use crate::upstream::producer_ids::ProducerIds;
 use crate::upstream::{Site, SiteSettings};
 use crate::{admin, session};
 use std::collections::HashMap;
 use uuid::Uuid;
-
-/// A producer id and epoch.
-type ProducerIds = (i64, i16);
 
 /// A client-facing listener: its name (for routes) and the virtual cluster
 /// it presents (same cluster id and topic ids everywhere, its own endpoints).
@@ -48,15 +47,14 @@ pub struct Proxy {
     pub site: Arc<Site>,
     pub router: Arc<Router>,
     pub tee: Arc<Tee>,
+    pub failover: Arc<Failover>,
+    pub producer_ids: Arc<ProducerIds>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// Built once every site's versions are known.
     versions: ArcSwapOption<VersionTable>,
     /// Virtual topic id → virtual name, with the site generations it was built from.
     virtual_ids: ArcSwapOption<(Vec<u64>, HashMap<Uuid, String>)>,
-    /// Idempotent producer ids: the client's (from the default site) →
-    /// this site's own, per site (see `api::produce`).
-    producer_ids: tokio::sync::Mutex<HashMap<(usize, i64, i16), ProducerIds>>,
     connections_total: AtomicU64,
 }
 
@@ -100,6 +98,15 @@ impl Proxy {
         let site = sites[cfg.active_site].clone();
         let router = cfg.router.clone();
         let tee = Tee::new(&cfg, &sites, metrics.clone());
+        let producer_ids = Arc::new(ProducerIds::new());
+        let failover = Failover::new(
+            cfg.config.failover.clone(),
+            router.clone(),
+            tee.clone(),
+            sites.clone(),
+            producer_ids.clone(),
+            metrics.clone(),
+        );
         Arc::new(Proxy {
             cfg,
             identity,
@@ -108,11 +115,12 @@ impl Proxy {
             site,
             router,
             tee,
+            failover,
+            producer_ids,
             metrics,
             started: Instant::now(),
             versions: ArcSwapOption::empty(),
             virtual_ids: ArcSwapOption::empty(),
-            producer_ids: tokio::sync::Mutex::new(HashMap::new()),
             connections_total: AtomicU64::new(0),
         })
     }
@@ -132,33 +140,6 @@ impl Proxy {
             let _ = s.refresh().await;
         }
         self.lookup_virtual_id(id)
-    }
-
-    /// The producer id and epoch to use on `site` for a client's idempotent
-    /// producer id (issued by the default site). Producer ids are per cluster:
-    /// sent raw to another cluster they are unknown (Tansu refuses them) or,
-    /// worse, collide with a local producer's and corrupt its deduplication.
-    /// So each site gets its own id for the client's, allocated once and
-    /// shared by every connection of that client.
-    pub async fn producer_id_on(
-        &self,
-        site: usize,
-        pid: i64,
-        epoch: i16,
-    ) -> Result<(i64, i16), crate::upstream::UpstreamError> {
-        // Held across the allocation: two connections of one producer asking
-        // at once must get the same id, not two.
-        let mut m = self.producer_ids.lock().await;
-        if let Some(ids) = m.get(&(site, pid, epoch)) {
-            return Ok(*ids);
-        }
-        let fresh = self.sites[site].init_producer_id().await?;
-        // Bounded: producers come and go; a stale entry only costs an id.
-        if m.len() >= 100_000 {
-            m.clear();
-        }
-        m.insert((site, pid, epoch), fresh);
-        Ok(fresh)
     }
 
     fn lookup_virtual_id(&self, id: &Uuid) -> Option<String> {
@@ -256,6 +237,9 @@ pub async fn run(cfg: Validated) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
+    // Failover state first: a restart while failed over must not serve
+    // (or tee from) the old primary for even a moment.
+    proxy.failover.start(stop_rx.clone()).await;
     proxy.tee.start(stop_rx.clone());
     let admin_task = tokio::spawn(admin::serve(proxy.clone(), admin_listener, stop_rx.clone()));
 

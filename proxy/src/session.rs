@@ -154,6 +154,7 @@ async fn handle(
         proxy,
         pools,
         listener,
+        peer,
     };
     match api::route(&mut ctx, req).await {
         Ok(Outcome::NoResponse) => Some(None),

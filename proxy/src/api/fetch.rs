@@ -65,7 +65,8 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let router = ctx.proxy.router.clone();
     let mut names = Names::default();
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &skip);
-    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
+    fence(ctx, &req, &mut names);
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
     for (site, name, partition, code) in missing {
         let virt = names.virt(site, &name);
         let id = if by_id {
@@ -284,4 +285,29 @@ pub fn virtualise(
             .collect();
     }
     changed
+}
+
+/// A consumer that was a group member before its route switched sites still
+/// holds positions in the old site's offset space: its fetches for the
+/// route are held (NOT_LEADER_OR_FOLLOWER, retriable) until it rejoined its
+/// group (see `failover::fence`).
+fn fence(ctx: &Ctx<'_>, req: &RequestFrame, names: &mut Names) {
+    let fo = &ctx.proxy.failover;
+    if !fo.enabled() {
+        return;
+    }
+    let key = ctx.client_key(req);
+    let routes: Vec<usize> = names.entries().iter().filter_map(|e| e.route).collect();
+    for r in routes {
+        if fo.fence.fetch_held(r, &key) && names.hold_route(r) > 0 {
+            if let Some(route) = ctx.proxy.router.routes().get(r) {
+                ctx.proxy
+                    .metrics
+                    .failover
+                    .fenced
+                    .with_label_values(&[route.name.as_str(), "fetch"])
+                    .inc();
+            }
+        }
+    }
 }

@@ -173,18 +173,134 @@ pub async fn by_group(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Ou
         listener: &listener,
         client_id: &client_id,
     };
-    let group: GroupId = match req.api_key {
-        ApiKey::JoinGroup => req.decode::<JoinGroupRequest>()?.group_id,
-        ApiKey::SyncGroup => req.decode::<SyncGroupRequest>()?.group_id,
-        ApiKey::Heartbeat => req.decode::<HeartbeatRequest>()?.group_id,
-        ApiKey::LeaveGroup => req.decode::<LeaveGroupRequest>()?.group_id,
+    let (group, member): (GroupId, Option<StrBytes>) = match req.api_key {
+        ApiKey::JoinGroup => return join_group(ctx, who, req).await,
+        ApiKey::SyncGroup => {
+            let b = req.decode::<SyncGroupRequest>()?;
+            (b.group_id, Some(b.member_id))
+        }
+        ApiKey::Heartbeat => {
+            let b = req.decode::<HeartbeatRequest>()?;
+            (b.group_id, Some(b.member_id))
+        }
+        ApiKey::LeaveGroup => {
+            let b = req.decode::<LeaveGroupRequest>()?;
+            let m = if req.api_version < 3 {
+                Some(b.member_id)
+            } else {
+                b.members.first().map(|m| m.member_id.clone())
+            };
+            (b.group_id, m)
+        }
         ApiKey::OffsetCommit => return offset_commit(ctx, who, req).await,
         ApiKey::TxnOffsetCommit => return txn_offset_commit(ctx, who, req).await,
         ApiKey::OffsetDelete => return offset_delete(ctx, who, req).await,
         other => anyhow::bail!("{other:?} is not a group request"),
     };
+    if let Some(m) = &member {
+        if let Some(reply) = fenced(ctx, &req, group.0.as_str(), m.as_str())? {
+            return Ok(reply);
+        }
+        if req.api_key == ApiKey::LeaveGroup {
+            ctx.proxy.failover.fence.left(group.0.as_str(), m.as_str());
+        }
+    }
     let target = coordinator(ctx, who, GROUP, group.0.as_str()).await?;
     forward(ctx, target, &req).await
+}
+
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+
+/// After a failover, a member that joined on the old site gets
+/// UNKNOWN_MEMBER_ID from here (not from the new site's coordinator, whose
+/// answer for a stranger could differ between brokers): the client then
+/// treats its partitions as lost, rejoins and re-reads committed offsets,
+/// which the switch translated into the new site's offsets.
+fn fenced(
+    ctx: &Ctx<'_>,
+    req: &RequestFrame,
+    group: &str,
+    member: &str,
+) -> anyhow::Result<Option<Outcome>> {
+    let fo = &ctx.proxy.failover;
+    let Some(route) = fo.group_route(group) else {
+        return Ok(None);
+    };
+    if !fo.fence.is_stale(fo.epoch(route), group, member) {
+        return Ok(None);
+    }
+    let what = match req.api_key {
+        ApiKey::Heartbeat => "heartbeat",
+        ApiKey::SyncGroup => "sync_group",
+        ApiKey::LeaveGroup => "leave_group",
+        _ => "offset_commit",
+    };
+    if let Some(r) = ctx.proxy.router.routes().get(route) {
+        ctx.proxy
+            .metrics
+            .failover
+            .fenced
+            .with_label_values(&[r.name.as_str(), what])
+            .inc();
+    }
+    tracing::info!(
+        group,
+        member,
+        request = what,
+        "fenced a group member from before the failover"
+    );
+    let (api, v, corr) = (req.api_key, req.api_version, req.correlation_id);
+    let frame = match api {
+        ApiKey::Heartbeat => {
+            let mut r = kafka_protocol::messages::HeartbeatResponse::default();
+            r.error_code = UNKNOWN_MEMBER_ID;
+            codec::encode_response(api, v, corr, &r)?
+        }
+        ApiKey::SyncGroup => {
+            let mut r = kafka_protocol::messages::SyncGroupResponse::default();
+            r.error_code = UNKNOWN_MEMBER_ID;
+            codec::encode_response(api, v, corr, &r)?
+        }
+        ApiKey::LeaveGroup => {
+            // It is leaving a group it is no longer in: nothing to do.
+            fo.fence.left(group, member);
+            let r = kafka_protocol::messages::LeaveGroupResponse::default();
+            codec::encode_response(api, v, corr, &r)?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Outcome::Ready(Reply::Frame(frame))))
+}
+
+/// JoinGroup: forwarded as is; the member id the coordinator hands out is
+/// remembered with the route's epoch, so fencing knows it after a switch.
+async fn join_group(ctx: &mut Ctx<'_>, who: Who<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+    let b = req.decode::<JoinGroupRequest>()?;
+    let group = b.group_id.0.to_string();
+    let target = coordinator(ctx, who, GROUP, &group).await?;
+    let fo = ctx.proxy.failover.clone();
+    let Some(route) = fo.group_route(&group) else {
+        return forward(ctx, target, &req).await;
+    };
+    let epoch = fo.epoch(route);
+    fo.shadow.remember_group(route, &group);
+    let key = ctx.client_key(&req);
+    let site = target.0;
+    forward_rewriting(
+        ctx,
+        target,
+        &req,
+        req.frame.clone(),
+        move |r: &mut kafka_protocol::messages::JoinGroupResponse| {
+            if r.error_code == 0 && !r.member_id.is_empty() {
+                fo.fence
+                    .joined(route, site, epoch, &group, r.member_id.as_str(), key);
+            }
+            false
+        },
+    )
+    .await
 }
 
 async fn offset_commit(
@@ -193,6 +309,54 @@ async fn offset_commit(
     req: RequestFrame,
 ) -> anyhow::Result<Outcome> {
     let mut b: OffsetCommitRequest = req.decode()?;
+    let group = b.group_id.0.to_string();
+    let fo = ctx.proxy.failover.clone();
+    let failover_route = fo.group_route(&group);
+    if let Some(route) = failover_route {
+        // A member from before a switch commits old-site offsets: refused,
+        // and it rejoins. While a switch runs, commits wait (retriable) so the
+        // switch translates the group's final offsets.
+        let code = if fo
+            .fence
+            .is_stale(fo.epoch(route), &group, b.member_id.as_str())
+        {
+            Some(UNKNOWN_MEMBER_ID)
+        } else if ctx.proxy.router.side(route).held() {
+            Some(COORDINATOR_LOAD_IN_PROGRESS)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            if code == UNKNOWN_MEMBER_ID {
+                if let Some(r) = ctx.proxy.router.routes().get(route) {
+                    ctx.proxy
+                        .metrics
+                        .failover
+                        .fenced
+                        .with_label_values(&[r.name.as_str(), "offset_commit"])
+                        .inc();
+                }
+            }
+            let mut r = OffsetCommitResponse::default();
+            for t in &b.topics {
+                let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
+                rt.name = t.name.clone();
+                for p in &t.partitions {
+                    let mut rp = offset_commit_response::OffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = code;
+                    rt.partitions.push(rp);
+                }
+                r.topics.push(rt);
+            }
+            return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
+                req.api_key,
+                req.api_version,
+                req.correlation_id,
+                &r,
+            )?)));
+        }
+    }
     let target = coordinator(ctx, who, GROUP, b.group_id.0.as_str()).await?;
     let mut names = Names::default();
     let foreign = group_topics(
@@ -226,18 +390,69 @@ async fn offset_commit(
         })
         .collect();
     let empty = b.topics.is_empty();
-    finish_offsets(
-        ctx,
-        &req,
-        target,
-        &b,
-        empty,
-        names,
-        refused,
-        |r: &mut OffsetCommitResponse| &mut r.topics,
-        |t| &mut t.name,
-    )
-    .await
+    // What this commit asks for, by the client's names: the shadow committer
+    // translates the ones that succeed to the other site.
+    let asked: std::collections::HashMap<(String, i32), (i64, Option<String>)> =
+        if failover_route.is_some() {
+            b.topics
+                .iter()
+                .flat_map(|t| {
+                    let virt = names.virt(target.0, &t.name).0.to_string();
+                    t.partitions.iter().map(move |p| {
+                        (
+                            (virt.clone(), p.partition_index),
+                            (
+                                p.committed_offset,
+                                p.committed_metadata.as_ref().map(|m| m.to_string()),
+                            ),
+                        )
+                    })
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
+    if failover_route.is_none() || empty {
+        return finish_offsets(
+            ctx,
+            &req,
+            target,
+            &b,
+            empty,
+            names,
+            refused,
+            |r: &mut OffsetCommitResponse| &mut r.topics,
+            |t| &mut t.name,
+            |_| {},
+        )
+        .await;
+    }
+    // A failover route's group: the commits that succeed are translated to
+    // the other site (inline for sync-tee routes) before the answer goes out.
+    let site = target.0;
+    let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
+    let pending = ctx.pools.call(target, req.api_key, frame).await?;
+    let timeout = ctx.proxy.request_timeout();
+    let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    Ok(Outcome::Later(Box::pin(async move {
+        let frame = pending.wait(timeout).await?;
+        let mut r: OffsetCommitResponse = codec::decode_response_body(api, version, &frame)?;
+        let mut done = crate::failover::shadow::Commits::new();
+        for t in r.topics.iter_mut() {
+            t.name = names.virt(site, &t.name);
+            for p in t.partitions.iter().filter(|p| p.error_code == 0) {
+                let k = (t.name.0.to_string(), p.partition_index);
+                if let Some(v) = asked.get(&k) {
+                    done.insert(k, v.clone());
+                }
+            }
+        }
+        fo.observe_commit(&group, site, done).await;
+        r.topics.extend(refused);
+        Ok(Reply::Frame(codec::encode_response(
+            api, version, corr, &r,
+        )?))
+    })))
 }
 
 async fn txn_offset_commit(
@@ -293,6 +508,7 @@ async fn txn_offset_commit(
         refused,
         |r: &mut TxnOffsetCommitResponse| &mut r.topics,
         |t| &mut t.name,
+        |_| {},
     )
     .await
 }
@@ -343,6 +559,7 @@ async fn offset_delete(
         refused,
         |r: &mut OffsetDeleteResponse| &mut r.topics,
         |t| &mut t.name,
+        |_| {},
     )
     .await
 }
@@ -350,6 +567,7 @@ async fn offset_delete(
 /// Sends a group offset request (its foreign topics already taken out and
 /// answered in `refused`) and answers with the upstream's topics under the
 /// client's names plus `refused`; with nothing left to send, answers alone.
+/// `after` sees the renamed answer (before refused topics are added).
 #[allow(clippy::too_many_arguments)]
 async fn finish_offsets<Req, Resp, T>(
     ctx: &mut Ctx<'_>,
@@ -361,6 +579,7 @@ async fn finish_offsets<Req, Resp, T>(
     refused: Vec<T>,
     topics: fn(&mut Resp) -> &mut Vec<T>,
     name: fn(&mut T) -> &mut TopicName,
+    after: impl FnOnce(&mut Resp) + Send + 'static,
 ) -> anyhow::Result<Outcome>
 where
     Req: kafka_protocol::protocol::Encodable,
@@ -377,6 +596,7 @@ where
             let virt = names.virt(site, name(t));
             *name(t) = virt;
         }
+        after(r);
         topics(r).extend(refused);
         true
     };
@@ -708,10 +928,13 @@ pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
         client_id: &client_id,
     };
     let txn: Option<String> = match req.api_key {
-        ApiKey::InitProducerId => req
-            .decode::<InitProducerIdRequest>()?
-            .transactional_id
-            .map(|t| t.0.to_string()),
+        ApiKey::InitProducerId => {
+            let b = req.decode::<InitProducerIdRequest>()?;
+            match b.transactional_id {
+                Some(t) => Some(t.0.to_string()),
+                None => return init_producer_id(ctx, &req, &b),
+            }
+        }
         ApiKey::AddPartitionsToTxn => return add_partitions_to_txn(ctx, who, req).await,
         ApiKey::AddOffsetsToTxn => Some(
             req.decode::<AddOffsetsToTxnRequest>()?
@@ -727,14 +950,35 @@ pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
         ),
         other => anyhow::bail!("{other:?} is not a transaction request"),
     };
-    let target = match txn {
-        Some(id) => coordinator(ctx, who, TRANSACTION, &id).await?,
-        None => {
-            let si = ctx.proxy.router.default_site();
-            (si, ctx.site(si).any_broker().await?)
-        }
+    let Some(id) = txn else {
+        anyhow::bail!("transaction request without a transactional id");
     };
+    let target = coordinator(ctx, who, TRANSACTION, &id).await?;
     forward(ctx, target, &req).await
+}
+
+/// A non-transactional InitProducerId is answered here: the id belongs to
+/// Switchyard, and every site the producer writes to gets its own id for it
+/// (`upstream::producer_ids`), so the producer survives routing to several
+/// sites and failovers without colliding with anyone's ids.
+fn init_producer_id(
+    ctx: &Ctx<'_>,
+    req: &RequestFrame,
+    b: &InitProducerIdRequest,
+) -> anyhow::Result<Outcome> {
+    let (pid, epoch) = ctx
+        .proxy
+        .producer_ids
+        .issue((b.producer_id.0, b.producer_epoch));
+    let mut r = kafka_protocol::messages::InitProducerIdResponse::default();
+    r.producer_id = kafka_protocol::messages::ProducerId(pid);
+    r.producer_epoch = epoch;
+    Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
+        req.api_key,
+        req.api_version,
+        req.correlation_id,
+        &r,
+    )?)))
 }
 
 async fn add_partitions_to_txn(

@@ -65,6 +65,9 @@ pub struct Ctx<'a> {
     pub proxy: &'a Arc<Proxy>,
     pub pools: &'a mut Pools,
     pub listener: &'a Listener,
+    /// The client's address (with its client id, how failover fencing
+    /// recognises a consumer's fetch connections).
+    pub peer: std::net::SocketAddr,
 }
 
 impl Ctx<'_> {
@@ -76,6 +79,17 @@ impl Ctx<'_> {
     /// The virtual cluster this client connected to.
     pub fn identity(&self) -> Arc<Identity> {
         self.listener.identity.clone()
+    }
+
+    /// The fencing key of the client that sent `req`.
+    pub fn client_key(&self, req: &RequestFrame) -> crate::failover::fence::ClientKey {
+        (
+            req.client_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            self.peer.ip(),
+        )
     }
 
     /// Who sent `req`, for routing.

@@ -18,6 +18,8 @@ pub struct Entry {
     pub phys: TopicName,
     /// Index of the route; `None` for the default route.
     pub route: Option<usize>,
+    /// The route is switching sites (failover): answer with a retriable error.
+    pub held: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -47,6 +49,7 @@ impl Names {
             site: r.site,
             phys: phys.clone(),
             route: r.route,
+            held: r.held,
         });
         (r.site, phys)
     }
@@ -65,6 +68,21 @@ impl Names {
         self.entries
             .iter()
             .find(|e| e.site == site && e.phys.0.as_str() == phys)
+    }
+
+    /// Holds every topic of `route` (a fenced consumer's fetch).
+    pub fn hold_route(&mut self, route: usize) -> usize {
+        let mut n = 0;
+        for e in self.entries.iter_mut().filter(|e| e.route == Some(route)) {
+            e.held = true;
+            n += 1;
+        }
+        n
+    }
+
+    /// True when the topic's route is switching sites right now.
+    pub fn is_held(&self, site: usize, phys: &str) -> bool {
+        self.entry(site, phys).is_some_and(|e| e.held)
     }
 
     /// True when some name differs between client and site.

@@ -26,7 +26,7 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
     let router = ctx.proxy.router.clone();
     let mut names = Names::default();
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
-    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
     let parts = split::split(&body, &plan);
     let proxy = ctx.proxy.clone();
     scatter(
@@ -84,7 +84,7 @@ pub async fn delete_records(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
     let router = ctx.proxy.router.clone();
     let mut names = Names::default();
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
-    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
     let parts = split::split(&body, &plan);
     scatter(
         ctx,

@@ -39,6 +39,8 @@ const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 /// A partition whose ack must also wait for its route's sync tee targets.
 struct SyncWait {
     route: usize,
+    /// The site the records were written to.
+    site: usize,
     /// Physical topic on the source site.
     topic: String,
     partition: i32,
@@ -52,8 +54,8 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let router = ctx.proxy.router.clone();
     let mut names = Names::default();
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
-    let remapped = map_producer_ids(ctx, &mut body, &site_of).await?;
-    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of).await;
+    let remapped = map_producer_ids(ctx, &mut body, &site_of, &names).await?;
+    let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
     let acks = body.acks;
     let identity = ctx.identity();
     let sync = sync_waits(ctx, &names, &body);
@@ -69,12 +71,15 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                 return Ok(Outcome::NoResponse);
             }
             let site = ctx.site(target.0);
+            // Counted until answered: a failover drains these first.
+            let in_flight = site.write_started();
             return forward_rewriting(
                 ctx,
                 target,
                 &req,
                 req.frame.clone(),
                 move |r: &mut ProduceResponse| {
+                    drop(in_flight);
                     note_errors(&site, r);
                     virtualise(&identity, r)
                 },
@@ -99,9 +104,11 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         return Ok(Outcome::NoResponse);
     }
     let mut pending: Vec<(usize, PendingResponse)> = Vec::with_capacity(parts.len());
+    let mut in_flight = Vec::with_capacity(parts.len());
     for (target, sub) in parts {
         let frame =
             codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
+        in_flight.push(ctx.site(target.0).write_started());
         pending.push((target.0, ctx.pools.call(target, req.api_key, frame).await?));
     }
     let proxy = ctx.proxy.clone();
@@ -115,8 +122,11 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             .min(Duration::from_millis(body.timeout_ms.max(0) as u64));
     Ok(Outcome::Later(Box::pin(async move {
         let mut out = ProduceResponse::default();
+        let mut in_flight = in_flight.into_iter();
         for (site, p) in pending {
-            let frame = p.wait(timeout).await?;
+            let frame = p.wait(timeout).await;
+            drop(in_flight.next());
+            let frame = frame?;
             let r: ProduceResponse = codec::decode_response_body(api, version, &frame)?;
             // Upstream answers only: our own "no leader" answers must not
             // count, or a client hammering a missing topic defeats the
@@ -157,28 +167,32 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     })))
 }
 
-/// Idempotent, non-transactional batches bound for a site other than the
-/// default site (which issued the client's producer id) get that site's own
-/// producer id and epoch (`Proxy::producer_id_on`); the batch CRC covers
-/// those fields and is recomputed. Sequences stay the client's: they are per
-/// partition, and each partition lives on one site. Returns whether anything
-/// was rewritten.
+/// Idempotent, non-transactional batches get the producer id and epoch the
+/// target site knows the client by (`upstream::producer_ids`: client ids are
+/// Switchyard's own, every site has its own per client); the batch CRC
+/// covers those fields and is recomputed. Sequences stay the client's.
+/// Returns whether anything was rewritten.
 async fn map_producer_ids(
     ctx: &Ctx<'_>,
     body: &mut ProduceRequest,
     site_of: &[Option<usize>],
+    names: &Names,
 ) -> anyhow::Result<bool> {
-    let home = ctx.proxy.router.default_site();
     let mut changed = false;
     for (t, site) in body.topic_data.iter_mut().zip(site_of) {
-        let Some(site) = site.filter(|s| *s != home) else {
+        let Some(site) = *site else {
             continue;
         };
+        if names.is_held(site, t.name.0.as_str()) {
+            continue; // answered with a retriable error, never sent
+        }
         for p in &mut t.partition_data {
             let Some(records) = p.records.as_ref() else {
                 continue;
             };
-            if let Some(rewritten) = remap_batches(ctx, site, records).await? {
+            if let Some(rewritten) =
+                remap_batches(ctx, site, t.name.0.as_str(), p.index, records).await?
+            {
                 p.records = Some(rewritten);
                 changed = true;
             }
@@ -191,12 +205,15 @@ async fn map_producer_ids(
 const ATTRIBUTES_AT: usize = 21;
 const PRODUCER_ID_AT: usize = 43;
 const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
 const BATCH_HEADER: usize = 61;
 const TRANSACTIONAL: i16 = 0x10;
 
 async fn remap_batches(
     ctx: &Ctx<'_>,
     site: usize,
+    topic: &str,
+    partition: i32,
     records: &bytes::Bytes,
 ) -> anyhow::Result<Option<bytes::Bytes>> {
     let mut out: Option<bytes::BytesMut> = None;
@@ -212,23 +229,46 @@ async fn remap_batches(
         let pid = i64::from_be_bytes(b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].try_into()?);
         let epoch = i16::from_be_bytes([b[PRODUCER_EPOCH_AT], b[PRODUCER_EPOCH_AT + 1]]);
         if pid >= 0 && attrs & TRANSACTIONAL == 0 {
-            let (new_pid, new_epoch) = ctx.proxy.producer_id_on(site, pid, epoch).await?;
+            let sp = ctx
+                .proxy
+                .producer_ids
+                .on_site(&ctx.site(site), site, pid, epoch)
+                .await?;
+            let seq = i32::from_be_bytes([
+                b[BASE_SEQUENCE_AT],
+                b[BASE_SEQUENCE_AT + 1],
+                b[BASE_SEQUENCE_AT + 2],
+                b[BASE_SEQUENCE_AT + 3],
+            ]);
+            let site_seq = sp.sequence(topic, partition, seq);
+            tracing::debug!(
+                topic,
+                partition,
+                client_pid = pid,
+                client_seq = seq,
+                site,
+                site_pid = sp.pid,
+                site_seq,
+                "idempotent batch mapped"
+            );
+            let seq = site_seq;
             let buf = out.get_or_insert_with(|| bytes::BytesMut::from(&records[..]));
-            set_producer(&mut buf[at..at + total], new_pid, new_epoch);
+            set_producer(&mut buf[at..at + total], sp.pid, sp.epoch, seq);
         }
         at += total;
     }
     Ok(out.map(bytes::BytesMut::freeze))
 }
 
-/// Writes producer id and epoch into a whole v2 batch and recomputes its
-/// CRC-32C (which covers everything from the attributes on).
-fn set_producer(batch: &mut [u8], pid: i64, epoch: i16) {
+/// Writes producer id, epoch and base sequence into a whole v2 batch and
+/// recomputes its CRC-32C (which covers everything from the attributes on).
+fn set_producer(batch: &mut [u8], pid: i64, epoch: i16, seq: i32) {
     if batch.len() < BATCH_HEADER {
         return;
     }
     batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&pid.to_be_bytes());
     batch[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&epoch.to_be_bytes());
+    batch[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&seq.to_be_bytes());
     let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
@@ -238,11 +278,11 @@ fn sync_waits(ctx: &Ctx<'_>, names: &Names, body: &ProduceRequest) -> Vec<SyncWa
     let router = &ctx.proxy.router;
     let mut out = Vec::new();
     for t in &body.topic_data {
-        let Some(route) = names
+        let Some((route, site)) = names
             .entries()
             .iter()
             .find(|e| e.phys == t.name)
-            .and_then(|e| e.route)
+            .and_then(|e| Some((e.route?, e.site)))
         else {
             continue;
         };
@@ -260,6 +300,7 @@ fn sync_waits(ctx: &Ctx<'_>, names: &Names, body: &ProduceRequest) -> Vec<SyncWa
                 .unwrap_or(0);
             out.push(SyncWait {
                 route,
+                site,
                 topic: t.name.0.to_string(),
                 partition: p.index,
                 last_delta,
@@ -305,10 +346,10 @@ async fn await_sync(
             .tee
             .wait_synced(
                 w.route,
+                &proxy.sites[w.site],
                 &w.topic,
                 w.partition,
-                p.base_offset,
-                through,
+                (p.base_offset, through),
                 deadline,
             )
             .await;
@@ -401,12 +442,12 @@ mod tests {
             };
             let original = batch::encode(&[rec.clone(), rec.clone()], &params).unwrap();
             let mut b = original.to_vec();
-            set_producer(&mut b, 9001, 3);
+            set_producer(&mut b, 9001, 3, 40);
             // `batches` checks the CRC: a stale one would be an error.
             let parsed = batch::batches(&bytes::Bytes::from(b)).unwrap();
             assert_eq!(parsed.len(), 1);
             assert_eq!((parsed[0].producer_id, parsed[0].producer_epoch), (9001, 3));
-            assert_eq!(parsed[0].base_sequence, 42, "sequences stay the client's");
+            assert_eq!(parsed[0].base_sequence, 40);
             assert_eq!(batch::decode(&parsed[0]).unwrap().len(), 2);
         }
     }

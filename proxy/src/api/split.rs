@@ -139,6 +139,7 @@ pub async fn plan<R: Partitioned>(
     sites: &[Arc<Site>],
     req: &R,
     site_of: &[Option<usize>],
+    names: &Names,
 ) -> (Plan, Vec<Unroutable>) {
     let mut plan = Plan::new();
     let mut missing = Vec::new();
@@ -150,6 +151,20 @@ pub async fn plan<R: Partitioned>(
             continue;
         };
         let name = R::topic_name(t);
+        // A failover switch in progress: neither site may serve the route
+        // until it completes; NOT_LEADER_OR_FOLLOWER makes clients refresh
+        // metadata and retry, by which time the route points to its new site.
+        if names.is_held(si, name.0.as_str()) {
+            for p in R::partitions(t) {
+                missing.push((
+                    si,
+                    name.clone(),
+                    R::partition_index(p),
+                    error_code::NOT_LEADER_OR_FOLLOWER,
+                ));
+            }
+            continue;
+        }
         for (pi, p) in R::partitions(t).iter().enumerate() {
             let index = R::partition_index(p);
             match site.leader(name.0.as_str(), index).await {

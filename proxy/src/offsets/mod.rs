@@ -11,5 +11,7 @@
 //! internal topic on the target whose key scheme makes compaction itself do
 //! the thinning.
 
+pub mod mm2;
 pub mod runs;
 pub mod sync_topic;
+pub mod timestamp;

@@ -136,6 +136,66 @@ pub struct TeeTarget {
     pub start: TeeStart,
 }
 
+/// Active-passive failover of a route: which tee target takes over.
+#[derive(Debug, Clone)]
+pub struct RouteFailover {
+    pub standby: usize,
+    /// Physical names on the standby (the tee target's naming).
+    pub standby_naming: Naming,
+    pub automatic: bool,
+    /// MirrorMaker 2 alias of the primary (checkpoint topic name).
+    pub mm2_alias: String,
+}
+
+/// Which site of a failover route serves it right now. `Held*` is a switch
+/// in progress: neither site takes the route's reads or writes (clients get
+/// retriable errors) until in-flight writes drained and the tee caught up,
+/// which is what keeps writes from ever landing on both sites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Primary,
+    Standby,
+    /// Switching primary → standby.
+    FailingOver,
+    /// Switching standby → primary.
+    FailingBack,
+}
+
+impl Side {
+    fn code(self) -> u8 {
+        match self {
+            Side::Primary => 0,
+            Side::Standby => 1,
+            Side::FailingOver => 2,
+            Side::FailingBack => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Side {
+        match c {
+            1 => Side::Standby,
+            2 => Side::FailingOver,
+            3 => Side::FailingBack,
+            _ => Side::Primary,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Primary => "primary",
+            Side::Standby => "standby",
+            Side::FailingOver => "failing_over",
+            Side::FailingBack => "failing_back",
+        }
+    }
+
+    /// Traffic is held while a switch is in progress.
+    pub fn held(self) -> bool {
+        matches!(self, Side::FailingOver | Side::FailingBack)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
@@ -146,6 +206,7 @@ pub struct Route {
     pub naming: Naming,
     pub groups: Option<TopicMatch>,
     pub tee: Vec<TeeTarget>,
+    pub failover: Option<RouteFailover>,
 }
 
 impl Route {
@@ -171,6 +232,8 @@ pub struct Resolved<'a> {
     pub route: Option<usize>,
     pub site: usize,
     pub physical: Cow<'a, str>,
+    /// A failover switch is in progress: answer with a retriable error.
+    pub held: bool,
 }
 
 #[derive(Debug)]
@@ -178,6 +241,9 @@ pub struct Router {
     routes: Vec<Route>,
     default_site: usize,
     sites: Vec<String>,
+    /// Per route, its [`Side`] (only failover routes ever leave `Primary`).
+    /// Atomics so the hot path reads it without a lock.
+    sides: Vec<std::sync::atomic::AtomicU8>,
 }
 
 impl Router {
@@ -187,7 +253,57 @@ impl Router {
             routes: Vec::new(),
             default_site,
             sites,
+            sides: Vec::new(),
         }
+    }
+
+    /// The side serving a route now.
+    pub fn side(&self, route: usize) -> Side {
+        self.sides
+            .get(route)
+            .map(|a| Side::from_code(a.load(std::sync::atomic::Ordering::Acquire)))
+            .unwrap_or(Side::Primary)
+    }
+
+    /// Sets the side serving a failover route (the failover state machine's
+    /// one lever on routing).
+    pub fn set_side(&self, route: usize, side: Side) {
+        if let Some(a) = self.sides.get(route) {
+            a.store(side.code(), std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The site and naming serving a route now: the standby's once failed
+    /// over (and while failing back, until the switch completes).
+    pub fn serving(&self, route: usize) -> Option<(usize, &Naming, bool)> {
+        let r = self.routes.get(route)?;
+        let side = self.side(route);
+        match (&r.failover, side) {
+            (Some(f), Side::Standby | Side::FailingBack) => {
+                Some((f.standby, &f.standby_naming, side.held()))
+            }
+            _ => Some((r.site, &r.naming, side.held())),
+        }
+    }
+
+    /// Every (site, naming) a route's topics may live under.
+    fn homes(r: &Route) -> impl Iterator<Item = (usize, &Naming)> {
+        std::iter::once((r.site, &r.naming))
+            .chain(r.failover.as_ref().map(|f| (f.standby, &f.standby_naming)))
+    }
+
+    /// The site that issues idempotent producer ids and serves unrouted
+    /// topics' coordinators: `default_site`, or its standby while a route
+    /// on the default site is failed over.
+    pub fn home_site(&self) -> usize {
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.site == self.default_site && r.failover.is_some() {
+                if let Some((s, _, _)) = self.serving(i) {
+                    return s;
+                }
+            }
+        }
+        self.default_site
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -210,10 +326,12 @@ impl Router {
     pub fn resolve<'a>(&self, who: Who<'_>, topic: &'a str) -> Resolved<'a> {
         for (i, r) in self.routes.iter().enumerate() {
             if r.topics.matches(topic) && r.applies_to(who) {
+                let (site, naming, held) = self.serving(i).unwrap_or((r.site, &r.naming, false));
                 return Resolved {
                     route: Some(i),
-                    site: r.site,
-                    physical: r.naming.physical(topic),
+                    site,
+                    physical: naming.physical(topic),
+                    held,
                 };
             }
         }
@@ -221,18 +339,29 @@ impl Router {
             route: None,
             site: self.default_site,
             physical: Cow::Borrowed(topic),
+            held: false,
         }
+    }
+
+    /// The route a client's topic belongs to (`None`: the default route).
+    pub fn route_of(&self, who: Who<'_>, topic: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.topics.matches(topic) && r.applies_to(who))
     }
 
     /// The name a client sees for a physical topic of `site`, or `None` when
     /// the topic is not visible to this client (served from another site, or
     /// its physical name belongs to a renaming route).
     pub fn to_virtual(&self, who: Who<'_>, site: usize, physical: &str) -> Option<String> {
-        for r in &self.routes {
-            if r.site != site || r.naming.is_identity() {
+        for (i, r) in self.routes.iter().enumerate() {
+            let Some((serving, naming, _)) = self.serving(i) else {
+                continue;
+            };
+            if serving != site || naming.is_identity() {
                 continue;
             }
-            if let Some(v) = r.naming.virtual_of(physical) {
+            if let Some(v) = naming.virtual_of(physical) {
                 if r.topics.matches(v) {
                     let back = self.resolve(who, v);
                     return (back.site == site && back.physical == physical).then(|| v.to_string());
@@ -248,10 +377,12 @@ impl Router {
     pub fn virtual_candidates(&self, site: usize, physical: &str) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.routes {
-            if r.site == site {
-                if let Some(v) = r.naming.virtual_of(physical) {
-                    if r.topics.matches(v) {
-                        out.push(v.to_string());
+            for (s, naming) in Self::homes(r) {
+                if s == site {
+                    if let Some(v) = naming.virtual_of(physical) {
+                        if r.topics.matches(v) && !out.iter().any(|o| o == v) {
+                            out.push(v.to_string());
+                        }
                     }
                 }
             }
@@ -264,11 +395,17 @@ impl Router {
 
     /// The site coordinating a consumer group or transactional id.
     pub fn coordinator_site(&self, who: Who<'_>, key: &str) -> usize {
+        self.group_route(who, key)
+            .and_then(|i| self.serving(i))
+            .map(|(s, _, _)| s)
+            .unwrap_or(self.default_site)
+    }
+
+    /// The route whose `groups` selects a group or transactional id.
+    pub fn group_route(&self, who: Who<'_>, key: &str) -> Option<usize> {
         self.routes
             .iter()
-            .find(|r| r.groups.as_ref().is_some_and(|g| g.matches(key)) && r.applies_to(who))
-            .map(|r| r.site)
-            .unwrap_or(self.default_site)
+            .position(|r| r.groups.as_ref().is_some_and(|g| g.matches(key)) && r.applies_to(who))
     }
 
     /// Builds and checks the routes of a config. `default_site` indexes `config.sites`.
@@ -391,6 +528,64 @@ impl Router {
                     Err(e) => err(tkey("naming"), e),
                 }
             }
+            let failover = rc.failover.as_ref().and_then(|f| {
+                let fkey = |k: &str| format!("routes[{i}].failover.{k}");
+                let Some(standby) = site_index(&f.standby) else {
+                    err(
+                        fkey("standby"),
+                        format!("no site named `{}` in `sites`", f.standby),
+                    );
+                    return None;
+                };
+                let Some(t) = tee.iter().find(|t| t.site == standby) else {
+                    err(
+                        fkey("standby"),
+                        format!(
+                            "`{}` is not a tee target of this route; the standby must be one \
+                             (add `tee: [{{site: {}, mode: sync}}]`), that is how its data gets there",
+                            f.standby, f.standby
+                        ),
+                    );
+                    return None;
+                };
+                if tee.len() > 1 {
+                    err(
+                        key("tee"),
+                        "a route with failover tees to its standby only: other targets would \
+                         lose their source when the route fails over"
+                            .into(),
+                    );
+                }
+                if rc.groups.is_none() {
+                    err(
+                        key("groups"),
+                        "a route with failover needs `groups`: the consumer groups of its topics \
+                         must fail over with them (a group's offsets live on one site)"
+                            .into(),
+                    );
+                }
+                if rc.listeners.is_some() || rc.client_ids.is_some() {
+                    err(
+                        key("failover"),
+                        "a route with failover must serve every client (no `listeners` or \
+                         `client_ids`): otherwise some clients would keep writing to the old site"
+                            .into(),
+                    );
+                }
+                let alias = f.mm2_source_alias.clone().unwrap_or_else(|| rc.site.clone());
+                if alias.is_empty() {
+                    err(fkey("mm2_source_alias"), "must not be empty".into());
+                }
+                Some(RouteFailover {
+                    standby,
+                    standby_naming: t.naming.clone(),
+                    automatic: f.automatic,
+                    mm2_alias: alias,
+                })
+            });
+            if rc.failover.is_some() && failover.is_none() {
+                continue;
+            }
             if let (Some(topics), Some(client_ids), Some(groups), Some(site), Some(naming)) =
                 (topics, client_ids, groups, site, naming)
             {
@@ -403,6 +598,7 @@ impl Router {
                     naming,
                     groups,
                     tee,
+                    failover,
                 });
             }
         }
@@ -493,10 +689,15 @@ impl Router {
             }
         }
         if errs.is_empty() {
+            let sides = routes
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU8::new(Side::Primary.code()))
+                .collect();
             Ok(Router {
                 routes,
                 default_site,
                 sites,
+                sides,
             })
         } else {
             Err(errs)

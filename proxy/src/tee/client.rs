@@ -371,6 +371,205 @@ impl SiteClient {
     }
 }
 
+/// A group's committed offset for one partition (physical topic name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: Option<String>,
+}
+
+impl SiteClient {
+    async fn group_coordinator(&mut self, group: &str) -> Result<i32, String> {
+        match self
+            .site
+            .coordinator(0, group)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            crate::upstream::Coordinator::Broker(b) => Ok(b),
+            crate::upstream::Coordinator::Error(code, msg) => {
+                self.site.forget_coordinator(0, group);
+                Err(format!(
+                    "no coordinator for group `{group}` (error {code}{})",
+                    msg.map(|m| format!(": {m}")).unwrap_or_default()
+                ))
+            }
+        }
+    }
+
+    /// Commits offsets for a group as a "simple" consumer (generation -1,
+    /// no member id): what MirrorMaker 2's offset sync does, accepted while
+    /// the group has no active members on this site. Per partition: the
+    /// Kafka error code (0 = committed).
+    pub async fn commit_offsets(
+        &mut self,
+        group: &str,
+        offsets: &[GroupOffset],
+    ) -> Result<Vec<(String, i32, i16)>, String> {
+        use kafka_protocol::messages::{
+            offset_commit_request, OffsetCommitRequest, OffsetCommitResponse,
+        };
+        let broker = self.group_coordinator(group).await?;
+        let version = self
+            .site
+            .version_for(ApiKey::OffsetCommit, (2, 8))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = kafka_protocol::messages::GroupId(StrBytes::from_string(group.to_string()));
+        req.generation_id_or_member_epoch = -1;
+        req.member_id = StrBytes::from_static_str("");
+        req.retention_time_ms = -1;
+        for o in offsets {
+            let name = TopicName(StrBytes::from_string(o.topic.clone()));
+            if req.topics.last().is_none_or(|t| t.name != name) {
+                let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+                t.name = name;
+                req.topics.push(t);
+            }
+            let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+            p.partition_index = o.partition;
+            p.committed_offset = o.offset;
+            p.committed_leader_epoch = -1;
+            p.committed_metadata = o.metadata.clone().map(StrBytes::from_string);
+            if let Some(t) = req.topics.last_mut() {
+                t.partitions.push(p);
+            }
+        }
+        let pending = self
+            .send(broker, ApiKey::OffsetCommit, version, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp: OffsetCommitResponse = self
+            .wait(pending, ApiKey::OffsetCommit, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code == 16 || p.error_code == 15 {
+                    self.site.forget_coordinator(0, group);
+                }
+                out.push((t.name.0.to_string(), p.partition_index, p.error_code));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes members from a group (what `kafka-consumer-groups` does for
+    /// consumers that are gone): their coordinator here may still count them,
+    /// and while it does, offsets cannot be committed for the group.
+    pub async fn remove_members(&mut self, group: &str, members: &[String]) -> Result<(), String> {
+        use kafka_protocol::messages::{
+            leave_group_request::MemberIdentity, LeaveGroupRequest, LeaveGroupResponse,
+        };
+        if members.is_empty() {
+            return Ok(());
+        }
+        let broker = self.group_coordinator(group).await?;
+        let version = self
+            .site
+            .version_for(ApiKey::LeaveGroup, (0, 5))
+            .await
+            .map_err(|e| e.to_string())?;
+        let batches: Vec<Vec<String>> = if version >= 3 {
+            vec![members.to_vec()]
+        } else {
+            members.iter().map(|m| vec![m.clone()]).collect()
+        };
+        for batch in batches {
+            let mut req = LeaveGroupRequest::default();
+            req.group_id =
+                kafka_protocol::messages::GroupId(StrBytes::from_string(group.to_string()));
+            if version >= 3 {
+                req.members = batch
+                    .iter()
+                    .map(|m| {
+                        let mut id = MemberIdentity::default();
+                        id.member_id = StrBytes::from_string(m.clone());
+                        id
+                    })
+                    .collect();
+            } else if let Some(m) = batch.first() {
+                req.member_id = StrBytes::from_string(m.clone());
+            }
+            let pending = self
+                .send(broker, ApiKey::LeaveGroup, version, &req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let resp: LeaveGroupResponse = self
+                .wait(pending, ApiKey::LeaveGroup, version)
+                .await
+                .map_err(|e| e.to_string())?;
+            // UNKNOWN_MEMBER_ID: already gone, which is what we want.
+            if resp.error_code != 0 && resp.error_code != 25 {
+                return Err(format!("LeaveGroup error {}", resp.error_code));
+            }
+        }
+        Ok(())
+    }
+
+    /// A group's committed offsets on this site, for the given physical
+    /// topics (all of the group's topics when `topics` is None).
+    pub async fn group_offsets(
+        &mut self,
+        group: &str,
+        topics: Option<&[(String, Vec<i32>)]>,
+    ) -> Result<Vec<GroupOffset>, String> {
+        use kafka_protocol::messages::{
+            offset_fetch_request, OffsetFetchRequest, OffsetFetchResponse,
+        };
+        let broker = self.group_coordinator(group).await?;
+        let version = self
+            .site
+            .version_for(ApiKey::OffsetFetch, (1, 7))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = OffsetFetchRequest::default();
+        req.group_id = kafka_protocol::messages::GroupId(StrBytes::from_string(group.to_string()));
+        req.topics = topics.map(|ts| {
+            ts.iter()
+                .map(|(name, parts)| {
+                    let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+                    t.name = TopicName(StrBytes::from_string(name.clone()));
+                    t.partition_indexes = parts.clone();
+                    t
+                })
+                .collect()
+        });
+        let pending = self
+            .send(broker, ApiKey::OffsetFetch, version, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp: OffsetFetchResponse = self
+            .wait(pending, ApiKey::OffsetFetch, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.error_code != 0 {
+            if resp.error_code == 16 || resp.error_code == 15 {
+                self.site.forget_coordinator(0, group);
+            }
+            return Err(format!("OffsetFetch error {}", resp.error_code));
+        }
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code == 0 && p.committed_offset >= 0 {
+                    out.push(GroupOffset {
+                        topic: t.name.0.to_string(),
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        metadata: p.metadata.map(|m| m.to_string()),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn network(parts: &[i32]) -> Vec<Fetched> {
     parts
         .iter()

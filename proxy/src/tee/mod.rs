@@ -58,13 +58,39 @@ pub struct Link {
     route_naming: Naming,
     target_naming: Naming,
     topics: Mutex<HashMap<String, Arc<TopicTee>>>,
-    /// Offset-sync records read back from the target once per link.
+    /// Offset-sync records read back from the target once per activation.
     restored: tokio::sync::Mutex<Option<Arc<worker::Restored>>>,
     /// Set once the offset-sync topic exists on the target.
     syncs_ready: std::sync::atomic::AtomicBool,
+    /// Whether the link copies now. A failover route has a forward link
+    /// (primary → standby, active while the primary serves) and a reverse
+    /// one (standby → primary, active while failed over); the failover state
+    /// machine flips them. Workers stop when their link goes inactive.
+    active: watch::Sender<bool>,
+    /// The reverse half of a failover pair (always async: a dead primary
+    /// must not block producers on the standby).
+    pub reverse: bool,
+    /// Runs per (source topic, partition), as of the workers' last persist:
+    /// what offset translation reads. Stale runs only translate to earlier
+    /// offsets (more duplicates, never a skip).
+    runs: Mutex<HashMap<(String, i32), crate::offsets::runs::PartitionRuns>>,
 }
 
 impl Link {
+    pub fn is_active(&self) -> bool {
+        *self.active.borrow()
+    }
+
+    /// The source site's physical name of a virtual topic.
+    pub fn source_topic(&self, virt: &str) -> String {
+        self.route_naming.physical(virt).into_owned()
+    }
+
+    /// The target site's physical name of a virtual topic.
+    pub fn target_topic_of(&self, virt: &str) -> String {
+        self.target_naming.physical(virt).into_owned()
+    }
+
     /// The target topic for a source topic, if this link copies it.
     fn target_topic(&self, source_topic: &str) -> Option<String> {
         // Internal topics (`__consumer_offsets`, our offset syncs, ...) are
@@ -129,6 +155,10 @@ pub struct TeeStatus {
     pub source: String,
     pub target: String,
     pub mode: &'static str,
+    /// False for the idle half of a failover pair.
+    pub active: bool,
+    /// `reverse`: standby → primary, copying writes made while failed over.
+    pub direction: &'static str,
     pub topics: Vec<TopicStatus>,
 }
 
@@ -153,25 +183,60 @@ impl Tee {
     pub fn new(cfg: &Validated, sites: &[Arc<Site>], metrics: Arc<Metrics>) -> Arc<Self> {
         let router: &Router = &cfg.router;
         let mut links = Vec::new();
+        let link = |ri: usize,
+                    r: &crate::route::Route,
+                    (source, source_naming): (&Arc<Site>, &Naming),
+                    (target, target_naming): (&Arc<Site>, &Naming),
+                    mode: TeeMode,
+                    start: TeeStart,
+                    reverse: bool| {
+            Arc::new(Link {
+                route: ri,
+                route_name: r.name.clone(),
+                source: source.clone(),
+                target: target.clone(),
+                mode,
+                start,
+                route_topics: r.topics.clone(),
+                route_naming: source_naming.clone(),
+                target_naming: target_naming.clone(),
+                topics: Mutex::new(HashMap::new()),
+                restored: tokio::sync::Mutex::new(None),
+                syncs_ready: std::sync::atomic::AtomicBool::new(false),
+                active: watch::Sender::new(!reverse),
+                reverse,
+                runs: Mutex::new(HashMap::new()),
+            })
+        };
         for (ri, r) in router.routes().iter().enumerate() {
             for t in &r.tee {
                 let (Some(source), Some(target)) = (sites.get(r.site), sites.get(t.site)) else {
                     continue;
                 };
-                links.push(Arc::new(Link {
-                    route: ri,
-                    route_name: r.name.clone(),
-                    source: source.clone(),
-                    target: target.clone(),
-                    mode: t.mode,
-                    start: t.start,
-                    route_topics: r.topics.clone(),
-                    route_naming: r.naming.clone(),
-                    target_naming: t.naming.clone(),
-                    topics: Mutex::new(HashMap::new()),
-                    restored: tokio::sync::Mutex::new(None),
-                    syncs_ready: std::sync::atomic::AtomicBool::new(false),
-                }));
+                links.push(link(
+                    ri,
+                    r,
+                    (source, &r.naming),
+                    (target, &t.naming),
+                    t.mode,
+                    t.start,
+                    false,
+                ));
+                // Failback needs the standby's new writes on the primary:
+                // the same copy the other way, started at failover. It
+                // starts from the standby's first record; what came from the
+                // primary carries its origin header and is not copied back.
+                if r.failover.as_ref().is_some_and(|f| f.standby == t.site) {
+                    links.push(link(
+                        ri,
+                        r,
+                        (target, &t.naming),
+                        (source, &r.naming),
+                        TeeMode::Async,
+                        TeeStart::Earliest,
+                        true,
+                    ));
+                }
             }
         }
         Arc::new(Tee {
@@ -215,8 +280,163 @@ impl Tee {
         }
     }
 
+    /// Points a failover route's copying one way: `forward` (primary →
+    /// standby) or back. The other direction's workers stop after persisting
+    /// their runs; the chosen direction's workers start afresh (re-reading
+    /// durable progress, so a target written by clients meanwhile is fine).
+    pub fn set_direction(&self, route: usize, forward: bool) {
+        for l in self.links.iter().filter(|l| l.route == route) {
+            let on = l.reverse != forward;
+            if l.is_active() != on {
+                if on {
+                    if let Ok(mut g) = l.restored.try_lock() {
+                        *g = None;
+                    }
+                }
+                l.active.send_replace(on);
+                tracing::info!(route = %l.route_name, source = %l.source.name, target = %l.target.name,
+                    active = on, "tee direction changed");
+            }
+        }
+    }
+
+    /// Waits until `route`'s active links from `source` have copied
+    /// everything the source held when the wait began (every partition's
+    /// next offset at or past the high watermark seen by a round that
+    /// started after the call). False on timeout.
+    pub async fn caught_up(&self, route: usize, source: &Arc<Site>, deadline: Instant) -> bool {
+        let links: Vec<&Arc<Link>> = self
+            .links
+            .iter()
+            .filter(|l| l.route == route && Arc::ptr_eq(&l.source, source) && l.is_active())
+            .collect();
+        for l in links {
+            let topics: Vec<Arc<TopicTee>> = l
+                .topics
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for t in topics {
+                t.wake.notify_one();
+                let mut rx = t.progress.subscribe();
+                let round0 = rx.borrow().rounds;
+                let ok = tokio::time::timeout_at(
+                    deadline.into(),
+                    rx.wait_for(|pr| {
+                        pr.rounds >= round0 + 2
+                            && pr
+                                .next
+                                .iter()
+                                .zip(&pr.high_watermark)
+                                .all(|(n, hw)| *n >= 0 && n >= hw)
+                    }),
+                )
+                .await;
+                if !matches!(ok, Ok(Ok(_))) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Records acked on `route`'s source but not yet copied, as last seen by
+    /// its active links (what an unplanned failover loses with async tee).
+    pub fn uncopied(&self, route: usize, source: &Arc<Site>) -> i64 {
+        let mut n = 0;
+        for l in self
+            .links
+            .iter()
+            .filter(|l| l.route == route && Arc::ptr_eq(&l.source, source) && l.is_active())
+        {
+            if let Ok(m) = l.topics.lock() {
+                for t in m.values() {
+                    let pr = t.progress.borrow();
+                    for (next, hw) in pr.next.iter().zip(&pr.high_watermark) {
+                        if *next >= 0 && hw > next {
+                            n += hw - next;
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Translates a committed offset of a route's virtual topic from site
+    /// `from` to site `to`, with the runs of the link `from → to` and the
+    /// link `to → from` turned around (after a failback both exist).
+    /// `None` when no run covers the offset (translation falls back to MM2
+    /// checkpoints or timestamps); else the offset and whether it is exact.
+    pub fn translate(
+        &self,
+        route: usize,
+        from: &Arc<Site>,
+        to: &Arc<Site>,
+        virt: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Option<(i64, bool)> {
+        use crate::offsets::runs::{PartitionRuns, Run};
+        let mut chain = PartitionRuns::new(4096);
+        let mut any = false;
+        for l in self.links.iter().filter(|l| l.route == route) {
+            let forward = Arc::ptr_eq(&l.source, from) && Arc::ptr_eq(&l.target, to);
+            let backward = Arc::ptr_eq(&l.source, to) && Arc::ptr_eq(&l.target, from);
+            if !forward && !backward {
+                continue;
+            }
+            let Ok(m) = l.runs.lock() else { continue };
+            let Some(runs) = m.get(&(l.source_topic(virt), partition)) else {
+                continue;
+            };
+            for r in runs.runs() {
+                any = true;
+                chain.insert(if forward {
+                    *r
+                } else {
+                    Run {
+                        source: r.target,
+                        target: r.source,
+                        count: r.count,
+                    }
+                });
+            }
+        }
+        if !any {
+            return None;
+        }
+        let to = chain.translate(offset)?;
+        // Exact: inside a run, or right at the end of the last one (the
+        // consumer is caught up with what was copied). Otherwise the offset
+        // is past copied data or in a gap, and the answer is the
+        // conservative end of the run before.
+        let exact = chain
+            .runs()
+            .iter()
+            .any(|r| r.source <= offset && offset < r.source_end())
+            || chain.last().is_some_and(|r| r.source_end() == offset);
+        Some((to, exact))
+    }
+
+    /// Called by workers at each persist: the runs translation reads.
+    fn publish_runs(
+        &self,
+        link: &Link,
+        topic: &str,
+        partition: i32,
+        runs: &crate::offsets::runs::PartitionRuns,
+    ) {
+        if let Ok(mut m) = link.runs.lock() {
+            m.insert((topic.to_string(), partition), runs.clone());
+        }
+    }
+
     /// The topic's tee on `link`, starting its worker on first use.
     fn topic(self: &Arc<Self>, link: &Arc<Link>, source_topic: &str) -> Option<Arc<TopicTee>> {
+        if !link.is_active() {
+            return None;
+        }
         let target_topic = link.target_topic(source_topic)?;
         let mut map = link.topics.lock().ok()?;
         if let Some(t) = map.get(source_topic) {
@@ -250,19 +470,35 @@ impl Tee {
     pub async fn wait_synced(
         self: &Arc<Self>,
         route: usize,
+        source: &Arc<Site>,
         source_topic: &str,
         partition: i32,
-        base: i64,
-        through: i64,
+        (base, through): (i64, i64),
         deadline: Instant,
     ) -> Result<(), (i16, String)> {
         let p = usize::try_from(partition).unwrap_or(usize::MAX);
-        for link in self
-            .links
-            .iter()
-            .filter(|l| l.route == route && l.mode == TeeMode::Sync)
-        {
+        for link in self.links.iter().filter(|l| {
+            l.route == route && l.mode == TeeMode::Sync && Arc::ptr_eq(&l.source, source)
+        }) {
+            // The route switched sites after these records were written: the
+            // link no longer copies from here, so they may never reach the
+            // target; the client retries on the new site.
+            let switched = || {
+                Err((
+                    NOT_SYNCED,
+                    format!(
+                        "route switched sites before the tee copied the records to `{}`; retry",
+                        link.target.name
+                    ),
+                ))
+            };
+            if !link.is_active() {
+                return switched();
+            }
             let Some(t) = self.topic(link, source_topic) else {
+                if !link.is_active() {
+                    return switched();
+                }
                 continue;
             };
             t.wake.notify_one();
@@ -272,9 +508,14 @@ impl Tee {
             // that started after the ack and ended caught up with the source.
             let unknown = base < 0;
             let round0 = rx.borrow().rounds;
-            let waited = tokio::time::timeout_at(
-                deadline.into(),
-                rx.wait_for(|pr| {
+            let mut active = link.active.subscribe();
+            // A failover deactivates the link: the records may never reach
+            // the standby, so the client must retry (on the new site).
+            let stopped = async {
+                let _ = active.wait_for(|a| !*a).await;
+            };
+            let waited = tokio::select! {
+                w = tokio::time::timeout_at(deadline.into(), rx.wait_for(|pr| {
                     let next = pr.next.get(p).copied().unwrap_or(-1);
                     if unknown {
                         pr.rounds >= round0 + 2
@@ -283,9 +524,17 @@ impl Tee {
                     } else {
                         next > through
                     }
-                }),
-            )
-            .await;
+                })) => w,
+                _ = stopped => {
+                    return Err((
+                        NOT_SYNCED,
+                        format!(
+                            "route switched sites before the tee copied the records to `{}`; retry",
+                            link.target.name
+                        ),
+                    ));
+                }
+            };
             match waited {
                 Ok(Ok(pr)) => {
                     if let Some(Some((offset, why))) = pr.rejected.get(p) {
@@ -345,6 +594,8 @@ impl Tee {
                         TeeMode::Sync => "sync",
                         TeeMode::Async => "async",
                     },
+                    active: l.is_active(),
+                    direction: if l.reverse { "reverse" } else { "forward" },
                     topics,
                 }
             })
@@ -365,13 +616,17 @@ fn error_for_rejection(why: &str) -> i16 {
 /// Keeps one worker running per source topic the link copies.
 async fn supervise(tee: Arc<Tee>, link: Arc<Link>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(1000);
+    let mut active = link.active.subscribe();
     loop {
-        let topics: Vec<String> = link.source.view().topics.keys().cloned().collect();
-        for t in topics {
-            tee.topic(&link, &t);
+        if link.is_active() {
+            let topics: Vec<String> = link.source.view().topics.keys().cloned().collect();
+            for t in topics {
+                tee.topic(&link, &t);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = active.changed() => {}
             _ = stop.changed() => return,
         }
     }

@@ -145,10 +145,19 @@ pub(super) async fn run(
     let base = Duration::from_millis(w.tee.cfg.retry_backoff_ms);
     let max = Duration::from_millis(w.tee.cfg.max_retry_backoff_ms);
     let mut backoff = base;
-    while let Err(e) = w.init().await {
-        w.failed("init", &e);
+    let mut active = w.link.active.subscribe();
+    loop {
+        if !*active.borrow() {
+            w.retire();
+            return;
+        }
+        match w.init().await {
+            Ok(()) => break,
+            Err(e) => w.failed("init", &e),
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            _ = active.changed() => {}
             _ = stop.changed() => return,
         }
         backoff = (backoff * 2).min(max);
@@ -156,7 +165,7 @@ pub(super) async fn run(
     w.set_state("running");
     let poll = Duration::from_millis(w.tee.cfg.poll_interval_ms);
     loop {
-        if *stop.borrow() {
+        if *stop.borrow() || !*active.borrow() {
             break;
         }
         let busy = w.round().await;
@@ -168,11 +177,15 @@ pub(super) async fn run(
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = w.topic.wake.notified() => {}
+                _ = active.changed() => {}
                 _ = stop.changed() => break,
             }
         }
     }
     w.persist(true).await;
+    if !*active.borrow() {
+        w.retire();
+    }
 }
 
 fn now_ms() -> i64 {
@@ -208,6 +221,33 @@ impl Part {
 }
 
 impl Worker {
+    /// The link went inactive (failover direction changed): leave the
+    /// link's topic map so a later activation starts a fresh worker, and
+    /// wake sync waiters so they re-check (they skip inactive links).
+    fn retire(&mut self) {
+        self.set_state("inactive");
+        if let Ok(mut m) = self.link.topics.lock() {
+            if m.get(&self.topic.source_topic)
+                .is_some_and(|t| Arc::ptr_eq(t, &self.topic))
+            {
+                m.remove(&self.topic.source_topic);
+            }
+        }
+        self.topic.progress.send_modify(|p| p.rounds += 1);
+        tracing::info!(route = %self.link.route_name, source = %self.link.source.name,
+            target = %self.link.target.name, topic = %self.topic.source_topic, "tee stopped (link inactive)");
+    }
+
+    /// Makes the current runs visible to offset translation.
+    fn publish_runs(&self) {
+        for (p, part) in self.parts.iter().enumerate() {
+            if let Some(runs) = part.runs.as_ref() {
+                self.tee
+                    .publish_runs(&self.link, &self.topic.source_topic, p as i32, runs);
+            }
+        }
+    }
+
     fn set_state(&self, s: &str) {
         if let Ok(mut st) = self.topic.stats.lock() {
             st.state = s.to_string();
@@ -282,6 +322,7 @@ impl Worker {
         for p in 0..n {
             self.reconcile(p as i32).await?;
         }
+        self.publish_runs();
         self.publish();
         Ok(())
     }
@@ -917,6 +958,7 @@ impl Worker {
         if !force && self.last_persist.elapsed() < interval {
             return;
         }
+        self.publish_runs();
         let now = now_ms();
         let mut records = Vec::new();
         for (p, part) in self.parts.iter().enumerate() {

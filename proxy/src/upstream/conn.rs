@@ -100,6 +100,18 @@ impl UpstreamConn {
         max_frame_bytes: u32,
         open_gauge: IntGauge,
     ) -> Result<Self, UpstreamError> {
+        Self::connect_severable(addr, connect_timeout, max_frame_bytes, open_gauge, None).await
+    }
+
+    /// `connect`, and the connection is reset (unsent requests dropped) when
+    /// `sever` changes.
+    pub async fn connect_severable(
+        addr: &str,
+        connect_timeout: Duration,
+        max_frame_bytes: u32,
+        open_gauge: IntGauge,
+        sever: Option<tokio::sync::watch::Receiver<u64>>,
+    ) -> Result<Self, UpstreamError> {
         let err = |reason: String| UpstreamError::Connect {
             addr: addr.to_string(),
             reason,
@@ -120,9 +132,17 @@ impl UpstreamConn {
             closed: closed.clone(),
             waiting: waiting.clone(),
             gauge: open_gauge,
+            shut: tokio::sync::Notify::new(),
         });
         tokio::spawn(write_loop(wr, rx, waiting.clone(), guard.clone()));
-        tokio::spawn(read_loop(rd, addr.clone(), max_frame_bytes, waiting, guard));
+        tokio::spawn(read_loop(
+            rd,
+            addr.clone(),
+            max_frame_bytes,
+            waiting,
+            guard,
+            sever,
+        ));
         Ok(UpstreamConn { addr, tx, closed })
     }
 
@@ -175,6 +195,8 @@ struct CloseGuard {
     closed: Arc<AtomicBool>,
     waiting: Arc<Mutex<InFlight>>,
     gauge: IntGauge,
+    /// Wakes the writer so it lets go of the socket.
+    shut: tokio::sync::Notify,
 }
 
 impl CloseGuard {
@@ -182,6 +204,7 @@ impl CloseGuard {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.gauge.dec();
         }
+        self.shut.notify_one();
         // Dropping the senders wakes every caller with `Closed`.
         if let Ok(mut w) = self.waiting.lock() {
             w.waiting.clear();
@@ -197,7 +220,12 @@ async fn write_loop(
 ) {
     let mut w = BufWriter::with_capacity(16 * 1024, wr);
     let mut next_id: i32 = 0;
-    'outer: while let Some(first) = rx.recv().await {
+    'outer: loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            _ = guard.shut.notified() => None,
+        };
+        let Some(first) = first else { break };
         let mut item = Some(first);
         while let Some(out) = item.take() {
             if guard.closed.load(Ordering::Acquire) {
@@ -264,9 +292,28 @@ async fn read_loop(
     max_frame_bytes: u32,
     waiting: Arc<Mutex<InFlight>>,
     guard: Arc<CloseGuard>,
+    mut sever: Option<tokio::sync::watch::Receiver<u64>>,
 ) {
     loop {
-        let frame = match read_frame(&mut rd, max_frame_bytes).await {
+        let severed = async {
+            match sever.as_mut() {
+                Some(s) => {
+                    let _ = s.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let frame = tokio::select! {
+            f = read_frame(&mut rd, max_frame_bytes) => f,
+            _ = severed => {
+                // Reset, not FIN: the kernel must drop what is still unsent
+                // rather than deliver it once the network heals.
+                let _ = rd.as_ref().set_zero_linger();
+                tracing::info!(upstream = %addr, "connection cut (site fenced by failover)");
+                break;
+            }
+        };
+        let frame = match frame {
             Ok(f) => f,
             Err(FrameError::Closed) => {
                 tracing::debug!(upstream = %addr, "upstream closed the connection");

@@ -10,6 +10,7 @@
 //! separate control connection per site.
 
 pub mod conn;
+pub mod producer_ids;
 pub mod view;
 
 use std::collections::HashMap;
@@ -69,6 +70,25 @@ pub struct Site {
     coordinators: Mutex<HashMap<(i8, String), i32>>,
     pub conn_gauge: IntGauge,
     metrics: Arc<Metrics>,
+    /// Told about failures seen on live traffic (site health's passive signal).
+    failure_hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Produce requests sent to this site and not answered yet; a failover
+    /// waits for them before it lets the other site take writes.
+    writes_in_flight: std::sync::atomic::AtomicI64,
+    writes_done: tokio::sync::Notify,
+    /// Bumped to cut every connection to the site at once (failover fence).
+    sever: tokio::sync::watch::Sender<u64>,
+}
+
+/// Counts one produce request in flight to a site until dropped.
+pub struct WriteGuard(Arc<Site>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if self.0.writes_in_flight.fetch_sub(1, Ordering::AcqRel) <= 1 {
+            self.0.writes_done.notify_waiters();
+        }
+    }
 }
 
 /// Outcome of a coordinator lookup on the upstream.
@@ -101,7 +121,77 @@ impl Site {
             coordinators: Mutex::new(HashMap::new()),
             conn_gauge: metrics.upstream_connections.with_label_values(&[name]),
             metrics,
+            failure_hook: std::sync::OnceLock::new(),
+            writes_in_flight: std::sync::atomic::AtomicI64::new(0),
+            writes_done: tokio::sync::Notify::new(),
+            sever: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Installs the passive-failure hook (once, by site health).
+    pub fn on_failure(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.failure_hook.set(hook);
+    }
+
+    /// A failure seen on live traffic (connect refused, connection dropped).
+    pub fn note_failure(&self) {
+        if let Some(h) = self.failure_hook.get() {
+            h();
+        }
+    }
+
+    /// Marks a produce request in flight until the guard drops.
+    pub fn write_started(self: &Arc<Self>) -> WriteGuard {
+        self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+        WriteGuard(self.clone())
+    }
+
+    /// Waits until no produce request is in flight to this site; false on timeout.
+    pub async fn writes_drained(&self, deadline: Instant) -> bool {
+        loop {
+            let done = self.writes_done.notified();
+            if self.writes_in_flight.load(Ordering::Acquire) <= 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), done)
+                .await
+                .is_err()
+            {
+                return self.writes_in_flight.load(Ordering::Acquire) <= 0;
+            }
+        }
+    }
+
+    pub fn writes_in_flight(&self) -> i64 {
+        self.writes_in_flight.load(Ordering::Acquire)
+    }
+
+    /// Cuts every open connection to the site (clients', the tee's, the
+    /// control connection) with a reset, dropping unsent requests: after a
+    /// failover nothing Switchyard sent earlier may still reach the old site
+    /// when the network heals. Waiting callers get a connection error.
+    pub fn sever(&self) {
+        self.sever.send_modify(|g| *g += 1);
+        if let Ok(mut c) = self.control.try_lock() {
+            *c = None;
+        }
+    }
+
+    /// For new connections: the signal that cuts them.
+    pub fn sever_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sever.subscribe()
+    }
+
+    /// Opens a connection to one of this site's brokers, cut by `sever`.
+    pub async fn connect(&self, addr: &str) -> Result<UpstreamConn, UpstreamError> {
+        UpstreamConn::connect_severable(
+            addr,
+            self.settings.connect_timeout,
+            self.settings.max_frame_bytes,
+            self.conn_gauge.clone(),
+            Some(self.sever_signal()),
+        )
+        .await
     }
 
     pub fn view(&self) -> Arc<ClusterView> {
@@ -161,14 +251,7 @@ impl Site {
         candidates.extend(self.bootstrap.iter().cloned());
         let mut last = UpstreamError::NoBroker(self.name.clone());
         for addr in candidates {
-            match UpstreamConn::connect(
-                &addr,
-                self.settings.connect_timeout,
-                self.settings.max_frame_bytes,
-                self.conn_gauge.clone(),
-            )
-            .await
-            {
+            match self.connect(&addr).await {
                 Ok(c) => {
                     *guard = Some(c.clone());
                     return Ok(c);
@@ -487,6 +570,8 @@ impl BrokerPool {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
+            // A connection that died under live traffic: health checks now.
+            self.site.note_failure();
             self.conns.remove(&broker);
         }
         let addr = match self.site.broker_addr(broker) {
@@ -498,14 +583,13 @@ impl BrokerPool {
                     .ok_or_else(|| UpstreamError::NoBroker(format!("broker {broker}")))?
             }
         };
-        let s = &self.site.settings;
-        let c = UpstreamConn::connect(
-            &addr,
-            s.connect_timeout,
-            s.max_frame_bytes,
-            self.site.conn_gauge.clone(),
-        )
-        .await?;
+        let c = match self.site.connect(&addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.site.note_failure();
+                return Err(e);
+            }
+        };
         self.conns.insert(broker, c.clone());
         Ok(c)
     }

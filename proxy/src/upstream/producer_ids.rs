@@ -1,0 +1,183 @@
+//! Idempotent producer ids across sites.
+//!
+//! Producer ids are allocated per cluster, and a batch carries only
+//! `(producer id, epoch, sequence)`. A client's batches may go to any site
+//! (routes) and, after a failover, to a site that never issued its id. Sent
+//! raw, an id is unknown there (Tansu refuses it) or, worse, equal to an id
+//! that site gave someone else (the tee's own producer, another client), and
+//! the broker would mix both into one deduplication state.
+//!
+//! So Switchyard issues the ids clients see (non-transactional InitProducerId
+//! is answered here, never forwarded) and gives every (client id, site) pair
+//! its own id from that site, allocated on first use and written into the
+//! batches on the way (`api::produce`, CRC recomputed). Sequences are
+//! rebased per partition: the first batch a site sees for a partition under
+//! its id starts at sequence 0 there (Kafka accepts any first sequence from a
+//! producer id it has no state for, Tansu only 0), later ones keep their
+//! distance from it, so the site's duplicate and gap checks work exactly as
+//! on the client's own numbering. When a route switches sites the mappings
+//! of both sites are dropped, so the next batch gets a fresh id there
+//! instead of one whose last sequence the site remembers from before the
+//! switch (it would answer OUT_OF_ORDER_SEQUENCE).
+//!
+//! Transactional producers keep their coordinator's ids (their batches are
+//! only valid inside that cluster's transaction) and are not mapped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use super::{Site, UpstreamError};
+
+/// A producer id and epoch.
+pub type Pid = (i64, i16);
+
+/// A client producer's identity on one site.
+pub struct SiteProducer {
+    pub pid: i64,
+    pub epoch: i16,
+    /// Client sequence of the first batch per (physical topic, partition).
+    bases: Mutex<HashMap<(String, i32), i32>>,
+}
+
+impl SiteProducer {
+    /// The site's sequence for a client batch's base sequence.
+    pub fn sequence(&self, topic: &str, partition: i32, client_seq: i32) -> i32 {
+        let Ok(mut b) = self.bases.lock() else {
+            return client_seq;
+        };
+        let base = *b
+            .entry((topic.to_string(), partition))
+            .or_insert(client_seq);
+        // Sequences wrap at i32::MAX to 0, so does the difference.
+        let d = client_seq.wrapping_sub(base);
+        if d < 0 {
+            d.wrapping_add(i32::MAX).wrapping_add(1)
+        } else {
+            d
+        }
+    }
+}
+
+/// At most this many mappings are kept; producers come and go, and a
+/// forgotten mapping only costs a fresh id on the site.
+const MAX_MAPPINGS: usize = 100_000;
+
+pub struct ProducerIds {
+    map: Mutex<HashMap<(usize, i64, i16), std::sync::Arc<SiteProducer>>>,
+    /// Held while a site allocates: two connections of one producer asking
+    /// at once must get the same id, not two.
+    alloc: tokio::sync::Mutex<()>,
+    next: AtomicI64,
+}
+
+impl Default for ProducerIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProducerIds {
+    pub fn new() -> Self {
+        // A random high part per process, so ids issued by two instances (or
+        // before and after a restart) do not collide: 30 random bits above a
+        // 32-bit counter, always positive.
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS: a random u64 without a new dependency.
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let base = ((r & 0x3fff_ffff) as i64 + 1) << 32;
+        ProducerIds {
+            map: Mutex::new(HashMap::new()),
+            alloc: tokio::sync::Mutex::new(()),
+            next: AtomicI64::new(base),
+        }
+    }
+
+    /// Answers a non-transactional InitProducerId: a new id, or (KIP-360) the
+    /// client's id with its epoch bumped.
+    pub fn issue(&self, current: Pid) -> Pid {
+        let (pid, epoch) = current;
+        if pid >= 0 && (0..i16::MAX - 1).contains(&epoch) {
+            return (pid, epoch + 1);
+        }
+        (self.next.fetch_add(1, Ordering::Relaxed), 0)
+    }
+
+    /// How `site` knows the client's `(pid, epoch)`.
+    pub async fn on_site(
+        &self,
+        site: &Site,
+        si: usize,
+        pid: i64,
+        epoch: i16,
+    ) -> Result<std::sync::Arc<SiteProducer>, UpstreamError> {
+        if let Some(p) = self.lookup(si, pid, epoch) {
+            return Ok(p);
+        }
+        let _g = self.alloc.lock().await;
+        if let Some(p) = self.lookup(si, pid, epoch) {
+            return Ok(p);
+        }
+        let (new_pid, new_epoch) = site.init_producer_id().await?;
+        let sp = std::sync::Arc::new(SiteProducer {
+            pid: new_pid,
+            epoch: new_epoch,
+            bases: Mutex::new(HashMap::new()),
+        });
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= MAX_MAPPINGS {
+                m.clear();
+            }
+            m.insert((si, pid, epoch), sp.clone());
+        }
+        Ok(sp)
+    }
+
+    fn lookup(&self, si: usize, pid: i64, epoch: i16) -> Option<std::sync::Arc<SiteProducer>> {
+        self.map.lock().ok()?.get(&(si, pid, epoch)).cloned()
+    }
+
+    /// Drops every mapping to these sites (a route switched between them).
+    pub fn forget_sites(&self, sites: &[usize]) {
+        if let Ok(mut m) = self.map.lock() {
+            m.retain(|(si, _, _), _| !sites.contains(si));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_ids_are_positive_and_distinct_and_epochs_bump() {
+        let ids = ProducerIds::new();
+        let a = ids.issue((-1, -1));
+        let b = ids.issue((-1, -1));
+        assert!(a.0 > 0 && b.0 > 0 && a.0 != b.0);
+        assert_eq!((a.1, b.1), (0, 0));
+        assert_eq!(ids.issue(a), (a.0, 1));
+        let exhausted = ids.issue((a.0, i16::MAX - 1));
+        assert_ne!(exhausted.0, a.0, "an exhausted epoch gets a new id");
+        assert_eq!(exhausted.1, 0);
+    }
+
+    #[test]
+    fn sequences_start_at_zero_per_partition_and_keep_their_distance() {
+        let sp = SiteProducer {
+            pid: 1,
+            epoch: 0,
+            bases: Mutex::new(HashMap::new()),
+        };
+        assert_eq!(sp.sequence("t", 0, 37), 0);
+        assert_eq!(sp.sequence("t", 0, 42), 5);
+        assert_eq!(sp.sequence("t", 0, 37), 0, "a retry keeps its sequence");
+        assert_eq!(sp.sequence("t", 1, 9), 0);
+        assert_eq!(sp.sequence("u", 0, 0), 0);
+        // Across the wrap: the client goes i32::MAX -> 0.
+        assert_eq!(sp.sequence("w", 0, i32::MAX - 1), 0);
+        assert_eq!(sp.sequence("w", 0, 1), 3);
+    }
+}

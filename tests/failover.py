@@ -1,0 +1,764 @@
+"""Helpers for the failover scenarios (tests/test_failover.py).
+
+* ``start_failover_switchyard`` -- Switchyard over two sites, `primary` and
+  `standby`, with one route `main` that serves every topic and every group
+  on the primary, tees to the standby and fails over to it.
+* admin calls: ``failover``, ``failback``, ``route_status``, ``site_health``,
+  ``metric``.
+* worker processes (``Worker``): consumer-group members (confluent-kafka or
+  kafka-python) and a steady producer, each a separate Python process that
+  writes one JSON object per line to an events file, so a stuck client can
+  be killed without hanging pytest. The same file is the worker's program:
+  ``python tests/failover.py consume|produce '<json args>'``.
+* ``summarize`` -- lost records, duplicates and RTO from those events.
+* MirrorMaker 2 checkpoint records (``checkpoint_key`` / ``checkpoint_value``
+  / ``write_checkpoints``), as MirrorCheckpointTask writes them to
+  ``<source alias>.checkpoints.internal`` on the target cluster.
+
+Record ids: every record the tests produce carries its id (a unique string)
+as its value, so the consumers report what they got by id; times are wall
+clock (time.time()) so that events of different processes compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+
+from helpers import metric_sum, read_partitions  # noqa: E402
+
+ROUTE = "main"
+ORIGIN = "switchyard-origin"
+
+# Consumer-group timings (Tansu completes a join only after the rebalance
+# timeout; librdkafka wants max.poll.interval.ms >= session.timeout.ms).
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 500
+MAX_POLL_INTERVAL_MS = 6000
+
+FAILOVER_SETTINGS = {
+    "health": {"interval_ms": 1000, "timeout_ms": 1000, "unhealthy_after": 3, "healthy_after": 2},
+    "fence_timeout_ms": 30000,
+    "drain_timeout_ms": 5000,
+    "planned_timeout_ms": 10000,
+    "shadow_commit_interval_ms": 1000,
+    "timestamp_slack_ms": 1000,
+}
+
+
+# --------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------
+
+
+def failover_overrides(
+    primary: str,
+    standby: str,
+    *,
+    mode: str = "sync",
+    tee_start: Optional[str] = None,
+    automatic: bool = True,
+    mm2_source_alias: Optional[str] = None,
+    settings: Optional[dict] = None,
+) -> dict:
+    """The config (as fixture overrides) of an active-passive route `main`:
+    every topic and every group on `primary`, teed (`mode`) to `standby`,
+    failing over to it. `primary`/`standby` are bootstrap addresses.
+
+    The route selects everything with `regex: '.*'`: an empty `prefix` is
+    refused by the config ("must not be empty")."""
+    tee: dict[str, Any] = {"site": "standby", "mode": mode}
+    if tee_start is not None:
+        tee["start"] = tee_start
+    fo: dict[str, Any] = {"standby": "standby", "automatic": automatic}
+    if mm2_source_alias is not None:
+        fo["mm2_source_alias"] = mm2_source_alias
+    settings_all = dict(FAILOVER_SETTINGS)
+    for k, v in (settings or {}).items():
+        settings_all[k] = {**settings_all[k], **v} if isinstance(v, dict) else v
+    return {
+        "sites": [
+            {"name": "primary", "bootstrap": [primary]},
+            {"name": "standby", "bootstrap": [standby]},
+        ],
+        "default_site": "primary",
+        "routes": [
+            {
+                "name": ROUTE,
+                "topics": {"regex": ".*"},
+                "site": "primary",
+                "groups": {"regex": ".*"},
+                "tee": [tee],
+                "failover": fo,
+            }
+        ],
+        "failover": settings_all,
+        # Fast retries keep tests short (the tee back to a returning site too).
+        "tee": {"retry_backoff_ms": 100, "max_retry_backoff_ms": 1000},
+    }
+
+
+def start_failover_switchyard(switchyard, primary, standby, **kw):
+    """Starts Switchyard (fixture factory `switchyard`) with the route of
+    failover_overrides. `primary`/`standby`: TansuBroker or RelayedBroker
+    (anything with `.bootstrap`)."""
+    overrides = failover_overrides(primary.bootstrap, standby.bootstrap, **kw)
+    return switchyard(upstreams=[str(primary.bootstrap)], virtual_nodes=1, overrides=overrides)
+
+
+# --------------------------------------------------------------------------
+# Admin API
+# --------------------------------------------------------------------------
+
+
+def http_post(url: str, timeout: float = 60.0) -> tuple[int, Any]:
+    """POST with an empty body; returns (status, parsed JSON or raw text)."""
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, body = resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        status, body = e.code, (e.read().decode("utf-8", "replace") if e.fp else "")
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def failover(sy, route: str = ROUTE, force: bool = False, timeout: float = 60.0) -> tuple[int, Any]:
+    url = f"{sy.admin}/api/v1/routes/{route}/failover" + ("?force=true" if force else "")
+    return http_post(url, timeout)
+
+
+def failback(sy, route: str = ROUTE, timeout: float = 60.0) -> tuple[int, Any]:
+    return http_post(f"{sy.admin}/api/v1/routes/{route}/failback", timeout)
+
+
+def status(sy) -> dict:
+    return sy.status()
+
+
+def route_status(sy, route: str = ROUTE) -> dict:
+    entries = [e for e in sy.status().get("failover", []) if e.get("route") == route]
+    assert len(entries) == 1, f"/api/v1/status failover entries for {route!r}: {entries}"
+    return entries[0]
+
+
+def site_health(sy, site: str) -> dict:
+    entries = [e for e in sy.status().get("health", []) if e.get("site") == site]
+    assert len(entries) == 1, f"/api/v1/status health entries for {site!r}: {entries}"
+    return entries[0]
+
+
+def metric(sy, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    samples, _ = sy.metrics()
+    return metric_sum(samples, name, **labels)
+
+
+# --------------------------------------------------------------------------
+# Records by id (in-process)
+# --------------------------------------------------------------------------
+
+
+def make_ids(tag: str, count: int, start: int = 0) -> list[str]:
+    return [f"{tag}-{i:07d}" for i in range(start, start + count)]
+
+
+def key_of(rid: str) -> bytes:
+    return f"k{sum(rid.encode()) % 97}".encode()
+
+
+def produce_ids(
+    bootstrap: str,
+    topic: str,
+    ids: Sequence[str],
+    *,
+    partitions: Optional[Sequence[int]] = None,
+    timestamps: Optional[Sequence[int]] = None,
+    headers: Optional[Sequence[Optional[list]]] = None,
+    timeout: float = 90.0,
+    **conf: Any,
+) -> dict[str, dict]:
+    """Produces one record per id (value = id) with an idempotent acks=all
+    confluent producer and returns {id: {"p", "o", "t"}} (partition, offset,
+    ack time). Fails on any delivery error."""
+    from confluent_kafka import Producer
+
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": int(timeout * 1000),
+        **conf,
+    })
+    acks: dict[str, dict] = {}
+    errors: list = []
+
+    def on_delivery(err, msg):
+        rid = msg.value().decode()
+        if err is not None:
+            errors.append((rid, err))
+        else:
+            acks[rid] = {"p": msg.partition(), "o": msg.offset(), "t": time.time()}
+
+    for i, rid in enumerate(ids):
+        kw: dict[str, Any] = {"key": key_of(rid), "value": rid.encode(), "on_delivery": on_delivery}
+        if partitions is not None:
+            kw["partition"] = partitions[i]
+        if timestamps is not None:
+            kw["timestamp"] = timestamps[i]
+        if headers is not None and headers[i]:
+            kw["headers"] = headers[i]
+        p.produce(topic, **kw)
+        p.poll(0)
+    left = p.flush(timeout)
+    assert left == 0, f"{left} of {len(ids)} records undelivered after {timeout}s"
+    assert not errors, f"{len(errors)} delivery errors, e.g. {errors[:3]}"
+    return acks
+
+
+@dataclass
+class StoredId:
+    id: str
+    partition: int
+    offset: int
+    origin: Optional[bytes]  # switchyard-origin header (None: written locally)
+    timestamp: int
+
+
+def read_ids(bootstrap: str, topic: str, timeout: float = 60.0) -> list[StoredId]:
+    """Every record of `topic` on one cluster (up to the high watermarks)."""
+    out = []
+    for p, recs in read_partitions(bootstrap, topic, timeout=timeout).items():
+        for r in recs:
+            origin = next((v for k, v in r.headers if k == ORIGIN), None)
+            rid = r.value.decode("utf-8", "replace") if r.value is not None else ""
+            out.append(StoredId(rid, p, r.offset, origin, r.timestamp[1]))
+    return out
+
+
+def local_ids(stored: Iterable[StoredId]) -> set[str]:
+    """Ids written to this cluster by a client (no origin header)."""
+    return {s.id for s in stored if s.origin is None}
+
+
+# --------------------------------------------------------------------------
+# Consumer-group offsets (in-process)
+# --------------------------------------------------------------------------
+
+
+def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commits `offsets` ({partition: next offset}) for `group` without
+    joining it (a standalone commit, as tools do for an empty group)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
+    finally:
+        c.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: Iterable[int],
+                      timeout: float = 10.0) -> dict[int, int]:
+    """{partition: committed offset} of `group` on one cluster (-1001 when
+    none)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------
+# MirrorMaker 2 checkpoints
+# --------------------------------------------------------------------------
+
+
+def _mm2_string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack(">h", len(b)) + b
+
+
+def checkpoint_key(group: str, topic: str, partition: int) -> bytes:
+    """Checkpoint key: Struct{group: STRING, topic: STRING, partition: INT32}
+    (STRING = int16 length + UTF-8, big-endian). `topic` is the name on the
+    target cluster (MM2 puts the renamed topic here)."""
+    return _mm2_string(group) + _mm2_string(topic) + struct.pack(">i", partition)
+
+
+def checkpoint_value(upstream_offset: int, downstream_offset: int, metadata: str = "") -> bytes:
+    """Checkpoint value: int16 version (0), then Struct{upstreamOffset:
+    INT64, offset: INT64, metadata: STRING}."""
+    return struct.pack(">hqq", 0, upstream_offset, downstream_offset) + _mm2_string(metadata)
+
+
+def decode_checkpoint(key: bytes, value: bytes) -> dict:
+    """Inverse of checkpoint_key/checkpoint_value (for checking the bytes)."""
+    def string(buf: bytes, pos: int) -> tuple[str, int]:
+        (n,) = struct.unpack_from(">h", buf, pos)
+        return buf[pos + 2: pos + 2 + n].decode(), pos + 2 + n
+
+    group, pos = string(key, 0)
+    topic, pos = string(key, pos)
+    (partition,) = struct.unpack_from(">i", key, pos)
+    assert pos + 4 == len(key), f"trailing bytes in checkpoint key {key!r}"
+    version, upstream, downstream = struct.unpack_from(">hqq", value, 0)
+    metadata, pos = string(value, 18)
+    assert pos == len(value), f"trailing bytes in checkpoint value {value!r}"
+    return {"group": group, "topic": topic, "partition": partition, "version": version,
+            "upstream_offset": upstream, "offset": downstream, "metadata": metadata}
+
+
+def checkpoints_topic(source_alias: str) -> str:
+    return f"{source_alias}.checkpoints.internal"
+
+
+def write_checkpoints(bootstrap: str, source_alias: str, entries: Iterable[tuple[str, str, int, int, int]]) -> str:
+    """Writes MM2 checkpoint records (group, topic, partition, upstream
+    offset, downstream offset) to partition 0 of
+    `<source_alias>.checkpoints.internal` on `bootstrap` (created with one
+    partition if missing, as MM2 does). Returns the topic name."""
+    from confluent_kafka import KafkaError, KafkaException, Producer
+
+    from helpers import create_topic
+
+    topic = checkpoints_topic(source_alias)
+    try:
+        create_topic(bootstrap, topic, partitions=1)
+    except KafkaException as e:
+        if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    errors: list = []
+    for group, t, part, up, down in entries:
+        p.produce(topic, key=checkpoint_key(group, t, part), value=checkpoint_value(up, down), partition=0,
+                  on_delivery=lambda e, m: errors.append(e) if e else None)
+    assert p.flush(30) == 0, "checkpoint records undelivered"
+    assert not errors, errors
+    return topic
+
+
+# --------------------------------------------------------------------------
+# Worker processes (parent side)
+# --------------------------------------------------------------------------
+
+
+class Worker:
+    """One worker process (`python tests/failover.py KIND ARGS`). Its
+    events go to `events_path` (JSON lines), its output to `log_path`.
+    Has `.name`, `.log_path`, `.tail()` so that conftest's failure report
+    attaches its log."""
+
+    def __init__(self, kind: str, args: dict, directory: Path, name: str):
+        self.kind = kind
+        self.name = name
+        self.args = dict(args)
+        self.events_path = directory / f"{name}.events.jsonl"
+        self.log_path = directory / f"{name}.log"
+        self.args["events"] = str(self.events_path)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE), kind, json.dumps(self.args)],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def events(self, ev: Optional[str] = None) -> list[dict]:
+        """Every complete event line written so far (of type `ev`)."""
+        try:
+            text = self.events_path.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break  # being written
+            e = json.loads(line)
+            if ev is None or e["ev"] == ev:
+                out.append(e)
+        return out
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError as e:
+            return f"<{e}>"
+        return "\n".join(text[-lines:])
+
+    def stop(self, grace: float = 30.0) -> Optional[int]:
+        """SIGTERM (the worker finishes: the producer flushes, consumers
+        close), SIGKILL after `grace` s. Returns the exit code."""
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.running():
+            self.proc.kill()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc.poll() is not None and not self._log.closed:
+            self._log.close()
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} pid={self.proc.pid}>"
+
+
+def consumed(w: Worker) -> list[dict]:
+    return w.events("rec")
+
+
+def consumed_ids(w: Worker) -> set[str]:
+    return {e["id"] for e in w.events("rec")}
+
+
+def committed_ids(w: Worker) -> set[str]:
+    return {e["id"] for e in w.events("commit")}
+
+
+def acked_times(w: Worker) -> dict[str, float]:
+    return {e["id"]: e["t"] for e in w.events("ack")}
+
+
+def sent_times(w: Worker) -> dict[str, float]:
+    return {e["id"]: e["t"] for e in w.events("sent")}
+
+
+def in_flight_at(sent: dict[str, float], acked: dict[str, float], t: float) -> int:
+    """Records handed to the producer by `t` and not acked by `t`."""
+    return sum(1 for rid, ts in sent.items() if ts <= t and acked.get(rid, float("inf")) > t)
+
+
+def consumed_between(w: Worker, t0: float, t1: float) -> int:
+    return sum(1 for e in w.events("rec") if t0 <= e["t"] <= t1)
+
+
+def worker_problems(w: Worker) -> str:
+    """A short description of a worker's errors and exit, for messages."""
+    errs = [e for e in w.events() if e["ev"] in ("err", "commit_err", "fatal", "fail")]
+    kinds = Counter(f"{e['ev']}: {e.get('err', '')[:120]}" for e in errs)
+    state = "running" if w.running() else f"exited {w.proc.returncode}"
+    return f"{w.name} ({state}): {len(errs)} errors {dict(kinds.most_common(5))}; log tail:\n{w.tail(15)}"
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class GroupReport:
+    name: str
+    consumed: int
+    distinct: int
+    lost: list[str]
+    duplicates: int  # deliveries beyond the first of an id
+    unexpected: int  # distinct ids that were never acked to the producer
+    rto_consume: Optional[float]
+    errors: int
+
+
+@dataclass
+class Report:
+    scenario: str
+    rto_produce: Optional[float]
+    in_flight: Optional[int]
+    groups: dict[str, GroupReport] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> int:
+        return max((len(g.lost) for g in self.groups.values()), default=0)
+
+    @property
+    def duplicates(self) -> int:
+        return max((g.duplicates for g in self.groups.values()), default=0)
+
+    @property
+    def rto_consume(self) -> Optional[float]:
+        vals = [g.rto_consume for g in self.groups.values()]
+        return None if any(v is None for v in vals) or not vals else max(vals)
+
+    def line(self) -> str:
+        def s(v):
+            return "n/a" if v is None else f"{v:.1f}s"
+
+        out = (f"FAILOVER {self.scenario}: rto_produce={s(self.rto_produce)} rto_consume={s(self.rto_consume)} "
+               f"lost={self.lost} duplicates={self.duplicates} in_flight_at_fault="
+               f"{'n/a' if self.in_flight is None else self.in_flight}")
+        for g in self.groups.values():
+            out += (f"\n  group {g.name}: consumed={g.consumed} distinct={g.distinct} lost={len(g.lost)} "
+                    f"duplicates={g.duplicates} unexpected={g.unexpected} rto_consume={s(g.rto_consume)} "
+                    f"errors={g.errors}")
+        return out
+
+
+def summarize(scenario: str, fault_t: float, acked: dict[str, float], sent: dict[str, float],
+              groups: dict[str, list[dict]], errors: Optional[dict[str, int]] = None,
+              in_flight: Optional[int] = None, after: Optional[float] = None) -> Report:
+    """Lost / duplicates / RTO from events.
+
+    `acked`/`sent`: {id: time} of the producer(s); `groups`: {name: "rec"
+    events}. RTO (from `fault_t`): produce = first ack of a record handed to
+    the producer at or after the fault; consume = first delivery of such a
+    record, per group. Lost = acked ids a group never got; duplicates =
+    deliveries of an id beyond its first (only deliveries at or after
+    `after` count when given, e.g. to judge one phase)."""
+    post = {rid for rid, t in sent.items() if t >= fault_t}
+    post_acks = [acked[rid] for rid in post if rid in acked]
+    rep = Report(scenario, (min(post_acks) - fault_t) if post_acks else None, in_flight)
+    for name, recs in groups.items():
+        counts = Counter(e["id"] for e in recs)
+        if after is not None:
+            seen_before = {e["id"] for e in recs if e["t"] < after}
+            late = Counter(e["id"] for e in recs if e["t"] >= after)
+            dups = sum(c - (0 if rid in seen_before else 1) for rid, c in late.items())
+        else:
+            dups = sum(c - 1 for c in counts.values())
+        firsts = [e["t"] for e in recs if e["id"] in post]
+        rep.groups[name] = GroupReport(
+            name=name,
+            consumed=len(recs),
+            distinct=len(counts),
+            lost=sorted(rid for rid in acked if rid not in counts),
+            duplicates=dups,
+            unexpected=sum(1 for rid in counts if rid not in acked),
+            rto_consume=(min(firsts) - fault_t) if firsts else None,
+            errors=(errors or {}).get(name, 0),
+        )
+    return rep
+
+
+# --------------------------------------------------------------------------
+# Worker processes (child side)
+# --------------------------------------------------------------------------
+
+_stop = False
+
+
+def _on_term(signum, frame):
+    global _stop
+    _stop = True
+
+
+class _Events:
+    def __init__(self, path: str):
+        self.f = open(path, "a", buffering=1)
+
+    def __call__(self, ev: str, **fields: Any) -> None:
+        fields["ev"] = ev
+        fields.setdefault("t", time.time())
+        self.f.write(json.dumps(fields) + "\n")
+
+
+def _consume_confluent(a: dict, emit: _Events) -> int:
+    from confluent_kafka import Consumer, KafkaException
+
+    def on_assign(c, parts):
+        emit("assigned", parts=[p.partition for p in parts])
+
+    def on_revoke(c, parts):
+        emit("revoked", parts=[p.partition for p in parts])
+
+    def on_lost(c, parts):
+        emit("lost", parts=[p.partition for p in parts])
+
+    c = Consumer({
+        "bootstrap.servers": a["bootstrap"],
+        "group.id": a["group"],
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+        "topic.metadata.refresh.interval.ms": 2000,
+        "reconnect.backoff.max.ms": 1000,
+        "fetch.wait.max.ms": 100,
+    })
+    c.subscribe([a["topic"]], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+    deadline = time.monotonic() + a.get("max_seconds", 600)
+    try:
+        while not _stop and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                emit("err", err=str(err), fatal=err.fatal())
+                if err.fatal():
+                    return 2
+                continue
+            emit("rec", id=(m.value() or b"").decode("utf-8", "replace"), p=m.partition(), o=m.offset())
+            try:
+                c.commit(message=m, asynchronous=False)
+                emit("commit", id=(m.value() or b"").decode("utf-8", "replace"), p=m.partition(), o=m.offset() + 1)
+            except KafkaException as e:
+                emit("commit_err", err=str(e.args[0]), p=m.partition(), o=m.offset() + 1)
+    finally:
+        c.close()
+        emit("closed")
+    return 0
+
+
+def _consume_kafka_python(a: dict, emit: _Events) -> int:
+    from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_assigned(self, assigned):
+            emit("assigned", parts=sorted(tp.partition for tp in assigned))
+
+        def on_partitions_revoked(self, revoked):
+            emit("revoked", parts=sorted(tp.partition for tp in revoked))
+
+    c = KafkaConsumer(
+        bootstrap_servers=a["bootstrap"],
+        group_id=a["group"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+        metadata_max_age_ms=2000,
+        reconnect_backoff_max_ms=1000,
+        request_timeout_ms=20000,
+        fetch_max_wait_ms=100,
+    )
+    c.subscribe([a["topic"]], listener=Listener())
+    deadline = time.monotonic() + a.get("max_seconds", 600)
+    try:
+        while not _stop and time.monotonic() < deadline:
+            try:
+                batch = c.poll(timeout_ms=200, max_records=100)
+            except Exception as e:  # noqa: BLE001 - reported, the loop goes on
+                emit("err", err=repr(e))
+                time.sleep(0.2)  # back off a failing poll (not synchronisation)
+                continue
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    rid = (m.value or b"").decode("utf-8", "replace")
+                    emit("rec", id=rid, p=m.partition, o=m.offset)
+                    try:
+                        c.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(m.offset + 1, "", -1)},
+                                 timeout_ms=15000)
+                        emit("commit", id=rid, p=m.partition, o=m.offset + 1)
+                    except Exception as e:  # noqa: BLE001 - CommitFailedError etc.
+                        emit("commit_err", err=repr(e), p=m.partition, o=m.offset + 1)
+    finally:
+        try:
+            c.close(timeout_ms=5000)
+        except TypeError:
+            c.close()
+        emit("closed")
+    return 0
+
+
+def _produce(a: dict, emit: _Events) -> int:
+    """Produces ids `<tag>-<seq>` at `rate` per second until `count` were
+    handed over or SIGTERM; then flushes (`flush_seconds`)."""
+    from confluent_kafka import KafkaException, Producer
+
+    fatal: list = []
+
+    def on_delivery(err, msg):
+        rid = msg.value().decode()
+        if err is None:
+            emit("ack", id=rid, p=msg.partition(), o=msg.offset())
+        else:
+            emit("fail", id=rid, err=str(err))
+
+    def on_error(err):
+        emit("err", err=str(err), fatal=err.fatal())
+        if err.fatal():
+            fatal.append(err)
+
+    p = Producer({**_producer_conf(a), "error_cb": on_error})
+    rate = float(a.get("rate", 100))
+    count = a.get("count")
+    tag = a["tag"]
+    ts_base, ts_step = a.get("ts_base"), a.get("ts_step", 1)
+    deadline = time.monotonic() + a.get("max_seconds", 600)
+    t0 = time.monotonic()
+    seq = 0
+    while not _stop and not fatal and time.monotonic() < deadline and (count is None or seq < count):
+        due = int((time.monotonic() - t0) * rate) + 1
+        while seq < due and (count is None or seq < count):
+            rid = f"{tag}-{seq:07d}"
+            kw: dict[str, Any] = {}
+            if ts_base is not None:
+                kw["timestamp"] = ts_base + seq * ts_step
+            try:
+                p.produce(a["topic"], key=key_of(rid), value=rid.encode(), on_delivery=on_delivery, **kw)
+            except BufferError:
+                break
+            except KafkaException as e:
+                emit("fatal", err=str(e))
+                fatal.append(e)
+                break
+            emit("sent", id=rid)
+            seq += 1
+        p.poll(0.01)
+    left = p.flush(a.get("flush_seconds", 60))
+    emit("done", sent=seq, undelivered=left, fatal=[str(f) for f in fatal])
+    return 3 if fatal else 0
+
+
+def _producer_conf(a: dict) -> dict:
+    return {
+        "bootstrap.servers": a["bootstrap"],
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": a.get("message_timeout_ms", 120000),
+        "topic.metadata.refresh.interval.ms": 2000,
+        "reconnect.backoff.max.ms": 1000,
+    }
+
+
+def _main(argv: list[str]) -> int:
+    kind, args = argv[0], json.loads(argv[1])
+    signal.signal(signal.SIGTERM, _on_term)
+    emit = _Events(args["events"])
+    emit("start", pid=os.getpid(), kind=kind, lib=args.get("lib"))
+    if kind == "consume":
+        fn = _consume_confluent if args["lib"] == "confluent" else _consume_kafka_python
+        return fn(args, emit)
+    if kind == "produce":
+        return _produce(args, emit)
+    raise SystemExit(f"unknown worker kind {kind!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
