@@ -462,6 +462,43 @@ def in_flight_at(sent: dict[str, float], acked: dict[str, float], t: float) -> i
     return sum(1 for rid, ts in sent.items() if ts <= t and acked.get(rid, float("inf")) > t)
 
 
+def classify_duplicates(w: Worker, acked: dict[str, float], fault_t: float) -> dict[str, int]:
+    """Why a group got records twice, per duplicated record id:
+
+    * ``producer_in_flight``: the record was not acked when the fault hit;
+      the producer sent it again (to the new site), so it exists twice;
+    * ``consumer_uncommitted``: acked before the fault, but the group never
+      committed past it before the fault (it was in the consumer's hands or
+      its commit failed): redelivering it is what at-least-once means;
+    * ``translation``: acked and committed by the group before the fault,
+      delivered again on the new site: the translated offset was too early.
+      With a sync tee this must be 0.
+
+    The first two are the records in flight at the fault (producer and
+    consumer side); the issue's bound is duplicates <= those."""
+    recs = w.events("rec")
+    counts = Counter(e["id"] for e in recs)
+    first: dict[str, dict] = {}
+    for e in recs:
+        first.setdefault(e["id"], e)
+    committed: dict[int, int] = {}
+    for e in w.events("commit"):
+        if e["t"] < fault_t:
+            committed[e["p"]] = max(committed.get(e["p"], -1), e["o"])
+    out = Counter()
+    for rid, c in counts.items():
+        if c < 2:
+            continue
+        f = first[rid]
+        if acked.get(rid, float("inf")) >= fault_t:
+            out["producer_in_flight"] += c - 1
+        elif f["t"] < fault_t and f["o"] < committed.get(f["p"], -1):
+            out["translation"] += c - 1
+        else:
+            out["consumer_uncommitted"] += c - 1
+    return {k: out.get(k, 0) for k in ("producer_in_flight", "consumer_uncommitted", "translation")}
+
+
 def consumed_between(w: Worker, t0: float, t1: float) -> int:
     return sum(1 for e in w.events("rec") if t0 <= e["t"] <= t1)
 

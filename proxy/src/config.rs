@@ -932,6 +932,7 @@ limits:
         }
         for name in [
             "active-active.yaml",
+            "active-passive.yaml",
             "aggregate.yaml",
             "hub-and-spoke-edge.yaml",
             "observer.yaml",

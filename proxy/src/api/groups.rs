@@ -461,6 +461,9 @@ async fn txn_offset_commit(
     req: RequestFrame,
 ) -> anyhow::Result<Outcome> {
     let mut b: TxnOffsetCommitRequest = req.decode()?;
+    if let Some(reply) = txn_fenced(ctx, &req, b.transactional_id.0.as_str())? {
+        return Ok(reply);
+    }
     // Routed like the transaction's other requests (transaction coordinator);
     // the topics must live on the transaction's site, which must also be the
     // group's (a transaction cannot span clusters).
@@ -953,8 +956,120 @@ pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
     let Some(id) = txn else {
         anyhow::bail!("transaction request without a transactional id");
     };
+    if let Some(reply) = txn_fenced(ctx, &req, &id)? {
+        return Ok(reply);
+    }
     let target = coordinator(ctx, who, TRANSACTION, &id).await?;
-    forward(ctx, target, &req).await
+    let fo = ctx.proxy.failover.clone();
+    match fo.group_route(&id) {
+        Some(route) if req.api_key == ApiKey::InitProducerId => {
+            let epoch = fo.epoch(route);
+            forward_rewriting(
+                ctx,
+                target,
+                &req,
+                req.frame.clone(),
+                move |r: &mut kafka_protocol::messages::InitProducerIdResponse| {
+                    if r.error_code == 0 {
+                        fo.fence.txn_initialised(&id, epoch);
+                    }
+                    false
+                },
+            )
+            .await
+        }
+        _ => forward(ctx, target, &req).await,
+    }
+}
+
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+
+/// A transactional producer from before a switch: its producer id and open
+/// transaction live in the old site's coordinator, and the new site cannot
+/// complete or abort them. It is fenced the way Kafka fences a zombie
+/// producer (INVALID_PRODUCER_EPOCH, fatal for the client): the application
+/// creates a new producer, whose InitProducerId goes to the new site; the
+/// open transaction's records never become visible there.
+fn txn_fenced(ctx: &Ctx<'_>, req: &RequestFrame, txn: &str) -> anyhow::Result<Option<Outcome>> {
+    let fo = &ctx.proxy.failover;
+    let Some(route) = fo.group_route(txn) else {
+        return Ok(None);
+    };
+    if req.api_key == ApiKey::InitProducerId || !fo.fence.txn_is_stale(txn, fo.epoch(route)) {
+        return Ok(None);
+    }
+    if let Some(r) = ctx.proxy.router.routes().get(route) {
+        ctx.proxy
+            .metrics
+            .failover
+            .fenced
+            .with_label_values(&[r.name.as_str(), "transaction"])
+            .inc();
+    }
+    tracing::info!(
+        transactional_id = txn,
+        api = super::name(req.api_key),
+        "fenced a transactional producer from before the failover"
+    );
+    let (api, v, corr) = (req.api_key, req.api_version, req.correlation_id);
+    let frame = match api {
+        ApiKey::AddOffsetsToTxn => {
+            let mut r = kafka_protocol::messages::AddOffsetsToTxnResponse::default();
+            r.error_code = INVALID_PRODUCER_EPOCH;
+            codec::encode_response(api, v, corr, &r)?
+        }
+        ApiKey::EndTxn => {
+            let mut r = kafka_protocol::messages::EndTxnResponse::default();
+            r.error_code = INVALID_PRODUCER_EPOCH;
+            codec::encode_response(api, v, corr, &r)?
+        }
+        ApiKey::AddPartitionsToTxn => {
+            use kafka_protocol::messages::add_partitions_to_txn_response::{
+                AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+            };
+            let b: AddPartitionsToTxnRequest = req.decode()?;
+            let mut r = AddPartitionsToTxnResponse::default();
+            for t in &b.v3_and_below_topics {
+                let mut rt = AddPartitionsToTxnTopicResult::default();
+                rt.name = t.name.clone();
+                rt.results_by_partition = t
+                    .partitions
+                    .iter()
+                    .map(|&i| {
+                        let mut p = AddPartitionsToTxnPartitionResult::default();
+                        p.partition_index = i;
+                        p.partition_error_code = INVALID_PRODUCER_EPOCH;
+                        p
+                    })
+                    .collect();
+                r.results_by_topic_v3_and_below.push(rt);
+            }
+            codec::encode_response(api, v, corr, &r)?
+        }
+        ApiKey::TxnOffsetCommit => {
+            let b: TxnOffsetCommitRequest = req.decode()?;
+            let mut r = TxnOffsetCommitResponse::default();
+            for t in &b.topics {
+                let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
+                rt.name = t.name.clone();
+                rt.partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut rp =
+                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
+                        rp.partition_index = p.partition_index;
+                        rp.error_code = INVALID_PRODUCER_EPOCH;
+                        rp
+                    })
+                    .collect();
+                r.topics.push(rt);
+            }
+            codec::encode_response(api, v, corr, &r)?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Outcome::Ready(Reply::Frame(frame))))
 }
 
 /// A non-transactional InitProducerId is answered here: the id belongs to
@@ -988,6 +1103,9 @@ async fn add_partitions_to_txn(
 ) -> anyhow::Result<Outcome> {
     let mut b: AddPartitionsToTxnRequest = req.decode()?;
     let txn = b.v3_and_below_transactional_id.0.to_string();
+    if let Some(reply) = txn_fenced(ctx, &req, &txn)? {
+        return Ok(reply);
+    }
     let target = coordinator(ctx, who, TRANSACTION, &txn).await?;
     let router = ctx.proxy.router.clone();
     let mut names = Names::default();

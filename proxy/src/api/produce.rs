@@ -290,6 +290,18 @@ fn sync_waits(ctx: &Ctx<'_>, names: &Names, body: &ProduceRequest) -> Vec<SyncWa
             continue;
         }
         for p in &t.partition_data {
+            // Transactional records become visible to the tee (which reads
+            // committed data only) when the transaction commits, long after
+            // this ack: waiting would deadlock the transaction. They are
+            // copied once committed, like an async tee's.
+            let transactional = p
+                .records
+                .as_ref()
+                .and_then(|r| r.get(ATTRIBUTES_AT..ATTRIBUTES_AT + 2))
+                .is_some_and(|a| i16::from_be_bytes([a[0], a[1]]) & TRANSACTIONAL != 0);
+            if transactional {
+                continue;
+            }
             // lastOffsetDelta sits at bytes 23..27 of a v2 batch header; a
             // batch too short to have one is the broker's to reject.
             let last_delta = p

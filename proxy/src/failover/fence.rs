@@ -55,6 +55,8 @@ struct State {
     /// coordinator there still counts them until their session expires (some
     /// brokers never expire them), which blocks offset commits for the group.
     left_behind: HashMap<(usize, usize), Vec<(String, String)>>,
+    /// Transactional ids: the route epoch of their last InitProducerId.
+    txns: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -179,6 +181,26 @@ impl Fence {
         let holding = !st.held.is_empty();
         drop(st);
         self.holding.store(holding, Ordering::Release);
+    }
+
+    /// A transactional producer initialised (InitProducerId answered) at `epoch`.
+    pub fn txn_initialised(&self, txn: &str, epoch: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            if st.txns.len() >= MAX_MEMBERS {
+                st.txns.clear();
+            }
+            st.txns.insert(txn.to_string(), epoch);
+        }
+    }
+
+    /// True when a transactional producer initialised before the route's
+    /// current epoch: its producer id and open transaction belong to the old
+    /// site's coordinator and mean nothing on the new one.
+    pub fn txn_is_stale(&self, txn: &str, epoch: u64) -> bool {
+        self.state
+            .lock()
+            .map(|st| st.txns.get(txn).is_some_and(|e| *e < epoch))
+            .unwrap_or(false)
     }
 
     /// Takes the members a route left behind on `site` (to remove them there

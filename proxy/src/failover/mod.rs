@@ -871,6 +871,20 @@ impl Failover {
         }
         self.shadow.remember_group(route, group);
         let work = async {
+            // A consumer may commit records the tee has not copied yet (it
+            // reads the primary's log, the tee follows it by milliseconds):
+            // wait for them, so the translation is exact, not the end of
+            // what was copied (which would deliver them again after a failover).
+            let deadline = Instant::now() + INLINE_SHADOW_TIMEOUT / 2;
+            if let Some(r) = self.router.routes().get(route) {
+                let source = &self.sites[site];
+                for ((virt, p), (c, _)) in &commits {
+                    let phys = r.naming.physical(virt);
+                    self.tee
+                        .wait_copied(route, source, &phys, *p, *c, deadline)
+                        .await;
+                }
+            }
             let mut clients = self.clients.lock().await;
             self.sync_group(
                 route,

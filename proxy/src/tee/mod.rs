@@ -340,6 +340,38 @@ impl Tee {
         true
     }
 
+    /// Waits (until `deadline`) until the route's active links from `source`
+    /// have copied a partition up to `offset` (exclusive). Used before a
+    /// sync route's shadow commit, so the committed offset translates
+    /// exactly instead of to the end of what was copied so far.
+    pub async fn wait_copied(
+        self: &Arc<Self>,
+        route: usize,
+        source: &Arc<Site>,
+        source_topic: &str,
+        partition: i32,
+        offset: i64,
+        deadline: Instant,
+    ) {
+        let p = usize::try_from(partition).unwrap_or(usize::MAX);
+        for link in self
+            .links
+            .iter()
+            .filter(|l| l.route == route && Arc::ptr_eq(&l.source, source) && l.is_active())
+        {
+            let Some(t) = self.topic(link, source_topic) else {
+                continue;
+            };
+            t.wake.notify_one();
+            let mut rx = t.progress.subscribe();
+            let _ = tokio::time::timeout_at(
+                deadline.into(),
+                rx.wait_for(|pr| pr.next.get(p).is_some_and(|n| *n >= offset)),
+            )
+            .await;
+        }
+    }
+
     /// Records acked on `route`'s source but not yet copied, as last seen by
     /// its active links (what an unplanned failover loses with async tee).
     pub fn uncopied(&self, route: usize, source: &Arc<Site>) -> i64 {

@@ -61,6 +61,8 @@ struct Part {
     counter: SlotCounter,
     /// Runs changed since the last persist, with their run index.
     dirty: Vec<(u64, Run)>,
+    /// Runs changed since offset translation last saw them.
+    unpublished: bool,
     /// Target offsets of our records already on the target past the last
     /// known run (found by `reconcile`), as `(start, count)` ranges: the next
     /// that many copyable source records are there already and are passed
@@ -210,6 +212,7 @@ impl Part {
 
     /// Records that source offset `source` sits at target offset `target`.
     fn map(&mut self, offsets: &[i64], target_base: i64) {
+        self.unpublished = true;
         if let Some(runs) = self.runs.as_mut() {
             for run in runs.record(offsets, target_base) {
                 let slot = self.counter.assign(&run);
@@ -239,8 +242,15 @@ impl Worker {
     }
 
     /// Makes the current runs visible to offset translation.
-    fn publish_runs(&self) {
-        for (p, part) in self.parts.iter().enumerate() {
+    /// Done after every write, before sync producers are released: a
+    /// consumer may commit right after reading a record, and its shadow
+    /// commit is only exact if translation already knows where it was copied.
+    fn publish_runs(&mut self, all: bool) {
+        for (p, part) in self.parts.iter_mut().enumerate() {
+            if !(all || part.unpublished) {
+                continue;
+            }
+            part.unpublished = false;
             if let Some(runs) = part.runs.as_ref() {
                 self.tee
                     .publish_runs(&self.link, &self.topic.source_topic, p as i32, runs);
@@ -322,7 +332,7 @@ impl Worker {
         for p in 0..n {
             self.reconcile(p as i32).await?;
         }
-        self.publish_runs();
+        self.publish_runs(true);
         self.publish();
         Ok(())
     }
@@ -674,6 +684,7 @@ impl Worker {
         if ambiguous {
             self.recover().await;
         }
+        self.publish_runs(false);
         self.persist(false).await;
         true
     }
@@ -958,7 +969,7 @@ impl Worker {
         if !force && self.last_persist.elapsed() < interval {
             return;
         }
-        self.publish_runs();
+        self.publish_runs(false);
         let now = now_ms();
         let mut records = Vec::new();
         for (p, part) in self.parts.iter().enumerate() {
