@@ -935,7 +935,7 @@ pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
             let b = req.decode::<InitProducerIdRequest>()?;
             match b.transactional_id {
                 Some(t) => Some(t.0.to_string()),
-                None => return init_producer_id(ctx, &req, &b),
+                None => return init_producer_id(ctx, &req, &b).await,
             }
         }
         ApiKey::AddPartitionsToTxn => return add_partitions_to_txn(ctx, who, req).await,
@@ -1076,7 +1076,7 @@ fn txn_fenced(ctx: &Ctx<'_>, req: &RequestFrame, txn: &str) -> anyhow::Result<Op
 /// Switchyard, and every site the producer writes to gets its own id for it
 /// (`upstream::producer_ids`), so the producer survives routing to several
 /// sites and failovers without colliding with anyone's ids.
-fn init_producer_id(
+async fn init_producer_id(
     ctx: &Ctx<'_>,
     req: &RequestFrame,
     b: &InitProducerIdRequest,
@@ -1085,6 +1085,18 @@ fn init_producer_id(
         .proxy
         .producer_ids
         .issue((b.producer_id.0, b.producer_epoch));
+    // The id on the home site is allocated now, as a direct client's would
+    // be, so the first batch does not wait for it. Other sites (and a home
+    // site that is down now) allocate on first use.
+    let home = ctx.proxy.router.home_site();
+    if let Err(e) = ctx
+        .proxy
+        .producer_ids
+        .on_site(&ctx.site(home), home, pid, epoch)
+        .await
+    {
+        tracing::debug!(site = %ctx.site(home).name, error = %e, "producer id not allocated yet; on first use");
+    }
     let mut r = kafka_protocol::messages::InitProducerIdResponse::default();
     r.producer_id = kafka_protocol::messages::ProducerId(pid);
     r.producer_epoch = epoch;

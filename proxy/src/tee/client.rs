@@ -27,6 +27,8 @@ pub struct Fetched {
     /// Kafka error code; `NETWORK` when the broker could not be reached.
     pub error: i16,
     pub high_watermark: i64,
+    /// End of the committed records (read_committed); -1 when unknown.
+    pub last_stable_offset: i64,
     pub records: Option<Bytes>,
     /// `(producer id, first offset)` of aborted transactions in the range.
     pub aborted: Vec<(i64, i64)>,
@@ -177,6 +179,25 @@ impl SiteClient {
         }
     }
 
+    /// Where a read-committed reader of the partition ends now: the last
+    /// stable offset (records of open transactions are not readable yet),
+    /// or the high watermark when the broker reports no LSO.
+    pub async fn stable_end(&mut self, topic: &str, partition: i32) -> Result<i64, String> {
+        let f = self.fetch(topic, &[(partition, 0)], 1, 1).await;
+        match f.into_iter().next() {
+            Some(f) if f.error == 0 => Ok(if f.last_stable_offset >= 0 {
+                f.last_stable_offset.min(f.high_watermark)
+            } else {
+                f.high_watermark
+            }),
+            Some(f) => Err(format!(
+                "Fetch error {} reading the end of {topic}/{partition}",
+                f.error
+            )),
+            None => Err(format!("no Fetch answer for {topic}/{partition}")),
+        }
+    }
+
     /// Fetches `(partition, offset)` of one topic, read-committed.
     pub async fn fetch(
         &mut self,
@@ -238,6 +259,7 @@ impl SiteClient {
                                 partition: p.partition_index,
                                 error: p.error_code,
                                 high_watermark: p.high_watermark,
+                                last_stable_offset: p.last_stable_offset,
                                 records: p.records,
                                 aborted: p
                                     .aborted_transactions

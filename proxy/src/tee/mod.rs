@@ -301,34 +301,58 @@ impl Tee {
     }
 
     /// Waits until `route`'s active links from `source` have copied
-    /// everything the source held when the wait began (every partition's
-    /// next offset at or past the high watermark seen by a round that
-    /// started after the call). False on timeout.
-    pub async fn caught_up(&self, route: usize, source: &Arc<Site>, deadline: Instant) -> bool {
+    /// everything the source holds now: the high watermark of every
+    /// partition is read from the source first (so the wait does not depend
+    /// on the workers' long-poll rounds), then each worker's next offset
+    /// must reach it. False on timeout or when the source cannot be read.
+    pub async fn caught_up(
+        self: &Arc<Self>,
+        route: usize,
+        source: &Arc<Site>,
+        deadline: Instant,
+    ) -> bool {
         let links: Vec<&Arc<Link>> = self
             .links
             .iter()
             .filter(|l| l.route == route && Arc::ptr_eq(&l.source, source) && l.is_active())
             .collect();
+        let mut client = client::SiteClient::new(source.clone());
+        source.mark_stale();
+        let _ = source.refresh().await;
         for l in links {
-            let topics: Vec<Arc<TopicTee>> = l
-                .topics
-                .lock()
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
+            // Every topic the link copies, also ones whose worker has not
+            // started yet (a topic created a moment ago).
+            let names: Vec<String> = source.view().topics.keys().cloned().collect();
+            let mut topics = Vec::new();
+            for name in names {
+                if let Some(t) = self.topic(l, &name) {
+                    topics.push(t);
+                }
+            }
             for t in topics {
+                let Some(n) = client.partitions(&t.source_topic).await else {
+                    return false;
+                };
+                let mut ends = Vec::with_capacity(n);
+                for p in 0..n as i32 {
+                    match tokio::time::timeout_at(
+                        deadline.into(),
+                        client.stable_end(&t.source_topic, p),
+                    )
+                    .await
+                    {
+                        Ok(Ok(hw)) => ends.push(hw),
+                        _ => return false,
+                    }
+                }
                 t.wake.notify_one();
                 let mut rx = t.progress.subscribe();
-                let round0 = rx.borrow().rounds;
                 let ok = tokio::time::timeout_at(
                     deadline.into(),
                     rx.wait_for(|pr| {
-                        pr.rounds >= round0 + 2
-                            && pr
-                                .next
-                                .iter()
-                                .zip(&pr.high_watermark)
-                                .all(|(n, hw)| *n >= 0 && n >= hw)
+                        ends.iter()
+                            .enumerate()
+                            .all(|(p, end)| pr.next.get(p).is_some_and(|n| n >= end))
                     }),
                 )
                 .await;

@@ -320,10 +320,14 @@ impl Site {
     }
 
     /// A fresh idempotent producer id and epoch from this site (no
-    /// transactional id), over the control connection.
+    /// transactional id).
     pub async fn init_producer_id(&self) -> Result<(i64, i16), UpstreamError> {
         let version = self.version_for(ApiKey::InitProducerId, (0, 4)).await?;
         let mut req = kafka_protocol::messages::InitProducerIdRequest::default();
+        // The crate's default is an empty transactional id, not none: sent
+        // as is, every allocation is the same transactional producer with a
+        // bumped epoch, and each fences the one before (PRODUCER_FENCED).
+        req.transactional_id = None;
         req.transaction_timeout_ms = -1;
         req.producer_id = kafka_protocol::messages::ProducerId(-1);
         req.producer_epoch = -1;

@@ -121,6 +121,8 @@ impl ProducerIds {
             return Ok(p);
         }
         let (new_pid, new_epoch) = site.init_producer_id().await?;
+        tracing::debug!(site = %site.name, client_pid = pid, client_epoch = epoch, site_pid = new_pid,
+            site_epoch = new_epoch, "producer id allocated on site");
         let sp = std::sync::Arc::new(SiteProducer {
             pid: new_pid,
             epoch: new_epoch,
