@@ -886,6 +886,7 @@ impl Failover {
                 }
             }
             let mut clients = self.clients.lock().await;
+            self.clear_left_behind(&rs, rs.standby, &mut clients).await;
             self.sync_group(
                 route,
                 group,
