@@ -300,14 +300,7 @@ fn fence(ctx: &Ctx<'_>, req: &RequestFrame, names: &mut Names) {
     let routes: Vec<usize> = names.entries().iter().filter_map(|e| e.route).collect();
     for r in routes {
         if fo.fence.fetch_held(r, &key) && names.hold_route(r) > 0 {
-            if let Some(route) = ctx.proxy.router.routes().get(r) {
-                ctx.proxy
-                    .metrics
-                    .failover
-                    .fenced
-                    .with_label_values(&[route.name.as_str(), "fetch"])
-                    .inc();
-            }
+            fo.count_fenced(r, "fetch");
         }
     }
 }

@@ -25,6 +25,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::fence::{fenced, txn_fenced, COORDINATOR_LOAD_IN_PROGRESS, UNKNOWN_MEMBER_ID};
 use super::names::Names;
 use super::{error_code, forward, forward_frame, forward_rewriting, scatter, Ctx, Outcome, Reply};
 use crate::codec::{self, RequestFrame};
@@ -209,70 +210,6 @@ pub async fn by_group(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Ou
     forward(ctx, target, &req).await
 }
 
-const UNKNOWN_MEMBER_ID: i16 = 25;
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-
-/// After a failover, a member that joined on the old site gets
-/// UNKNOWN_MEMBER_ID from here (not from the new site's coordinator, whose
-/// answer for a stranger could differ between brokers): the client then
-/// treats its partitions as lost, rejoins and re-reads committed offsets,
-/// which the switch translated into the new site's offsets.
-fn fenced(
-    ctx: &Ctx<'_>,
-    req: &RequestFrame,
-    group: &str,
-    member: &str,
-) -> anyhow::Result<Option<Outcome>> {
-    let fo = &ctx.proxy.failover;
-    let Some(route) = fo.group_route(group) else {
-        return Ok(None);
-    };
-    if !fo.fence.is_stale(fo.epoch(route), group, member) {
-        return Ok(None);
-    }
-    let what = match req.api_key {
-        ApiKey::Heartbeat => "heartbeat",
-        ApiKey::SyncGroup => "sync_group",
-        ApiKey::LeaveGroup => "leave_group",
-        _ => "offset_commit",
-    };
-    if let Some(r) = ctx.proxy.router.routes().get(route) {
-        ctx.proxy
-            .metrics
-            .failover
-            .fenced
-            .with_label_values(&[r.name.as_str(), what])
-            .inc();
-    }
-    tracing::info!(
-        group,
-        member,
-        request = what,
-        "fenced a group member from before the failover"
-    );
-    let (api, v, corr) = (req.api_key, req.api_version, req.correlation_id);
-    let frame = match api {
-        ApiKey::Heartbeat => {
-            let mut r = kafka_protocol::messages::HeartbeatResponse::default();
-            r.error_code = UNKNOWN_MEMBER_ID;
-            codec::encode_response(api, v, corr, &r)?
-        }
-        ApiKey::SyncGroup => {
-            let mut r = kafka_protocol::messages::SyncGroupResponse::default();
-            r.error_code = UNKNOWN_MEMBER_ID;
-            codec::encode_response(api, v, corr, &r)?
-        }
-        ApiKey::LeaveGroup => {
-            // It is leaving a group it is no longer in: nothing to do.
-            fo.fence.left(group, member);
-            let r = kafka_protocol::messages::LeaveGroupResponse::default();
-            codec::encode_response(api, v, corr, &r)?
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(Outcome::Ready(Reply::Frame(frame))))
-}
-
 /// JoinGroup: forwarded as is; the member id the coordinator hands out is
 /// remembered with the route's epoch, so fencing knows it after a switch.
 async fn join_group(ctx: &mut Ctx<'_>, who: Who<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
@@ -328,14 +265,7 @@ async fn offset_commit(
         };
         if let Some(code) = code {
             if code == UNKNOWN_MEMBER_ID {
-                if let Some(r) = ctx.proxy.router.routes().get(route) {
-                    ctx.proxy
-                        .metrics
-                        .failover
-                        .fenced
-                        .with_label_values(&[r.name.as_str(), "offset_commit"])
-                        .inc();
-                }
+                fo.count_fenced(route, "offset_commit");
             }
             let mut r = OffsetCommitResponse::default();
             for t in &b.topics {
@@ -980,96 +910,6 @@ pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
         }
         _ => forward(ctx, target, &req).await,
     }
-}
-
-const INVALID_PRODUCER_EPOCH: i16 = 47;
-
-/// A transactional producer from before a switch: its producer id and open
-/// transaction live in the old site's coordinator, and the new site cannot
-/// complete or abort them. It is fenced the way Kafka fences a zombie
-/// producer (INVALID_PRODUCER_EPOCH, fatal for the client): the application
-/// creates a new producer, whose InitProducerId goes to the new site; the
-/// open transaction's records never become visible there.
-fn txn_fenced(ctx: &Ctx<'_>, req: &RequestFrame, txn: &str) -> anyhow::Result<Option<Outcome>> {
-    let fo = &ctx.proxy.failover;
-    let Some(route) = fo.group_route(txn) else {
-        return Ok(None);
-    };
-    if req.api_key == ApiKey::InitProducerId || !fo.fence.txn_is_stale(txn, fo.epoch(route)) {
-        return Ok(None);
-    }
-    if let Some(r) = ctx.proxy.router.routes().get(route) {
-        ctx.proxy
-            .metrics
-            .failover
-            .fenced
-            .with_label_values(&[r.name.as_str(), "transaction"])
-            .inc();
-    }
-    tracing::info!(
-        transactional_id = txn,
-        api = super::name(req.api_key),
-        "fenced a transactional producer from before the failover"
-    );
-    let (api, v, corr) = (req.api_key, req.api_version, req.correlation_id);
-    let frame = match api {
-        ApiKey::AddOffsetsToTxn => {
-            let mut r = kafka_protocol::messages::AddOffsetsToTxnResponse::default();
-            r.error_code = INVALID_PRODUCER_EPOCH;
-            codec::encode_response(api, v, corr, &r)?
-        }
-        ApiKey::EndTxn => {
-            let mut r = kafka_protocol::messages::EndTxnResponse::default();
-            r.error_code = INVALID_PRODUCER_EPOCH;
-            codec::encode_response(api, v, corr, &r)?
-        }
-        ApiKey::AddPartitionsToTxn => {
-            use kafka_protocol::messages::add_partitions_to_txn_response::{
-                AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-            };
-            let b: AddPartitionsToTxnRequest = req.decode()?;
-            let mut r = AddPartitionsToTxnResponse::default();
-            for t in &b.v3_and_below_topics {
-                let mut rt = AddPartitionsToTxnTopicResult::default();
-                rt.name = t.name.clone();
-                rt.results_by_partition = t
-                    .partitions
-                    .iter()
-                    .map(|&i| {
-                        let mut p = AddPartitionsToTxnPartitionResult::default();
-                        p.partition_index = i;
-                        p.partition_error_code = INVALID_PRODUCER_EPOCH;
-                        p
-                    })
-                    .collect();
-                r.results_by_topic_v3_and_below.push(rt);
-            }
-            codec::encode_response(api, v, corr, &r)?
-        }
-        ApiKey::TxnOffsetCommit => {
-            let b: TxnOffsetCommitRequest = req.decode()?;
-            let mut r = TxnOffsetCommitResponse::default();
-            for t in &b.topics {
-                let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
-                rt.name = t.name.clone();
-                rt.partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut rp =
-                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
-                        rp.partition_index = p.partition_index;
-                        rp.error_code = INVALID_PRODUCER_EPOCH;
-                        rp
-                    })
-                    .collect();
-                r.topics.push(rt);
-            }
-            codec::encode_response(api, v, corr, &r)?
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(Outcome::Ready(Reply::Frame(frame))))
 }
 
 /// A non-transactional InitProducerId is answered here: the id belongs to

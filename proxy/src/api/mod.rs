@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod fence;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;

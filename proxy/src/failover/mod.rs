@@ -284,6 +284,18 @@ impl Failover {
             .unwrap_or(0)
     }
 
+    /// Counts a request refused or held because its client is from before
+    /// a switch (`what`: heartbeat, sync_group, offset_commit, fetch, ...).
+    pub fn count_fenced(&self, route: usize, what: &str) {
+        if let Some(r) = self.router.routes().get(route) {
+            self.metrics
+                .failover
+                .fenced
+                .with_label_values(&[r.name.as_str(), what])
+                .inc();
+        }
+    }
+
     /// The failover route coordinating a group, if any.
     pub fn group_route(&self, group: &str) -> Option<usize> {
         let r = self.router.group_route(ANYONE, group)?;
