@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "plugins: guest SDK and example plugins (own workspace, built to wasm32 components)"
+(cd plugins && cargo fmt --all -- --check && cargo clippy --all-targets -- -D warnings && cargo test && ./build.sh)
+
 step "cargo build"
 cargo build --workspace --all-targets
 

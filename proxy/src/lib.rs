@@ -21,6 +21,7 @@ pub mod failover;
 pub mod identity;
 pub mod metrics;
 pub mod offsets;
+pub mod plugin;
 pub mod route;
 pub mod server;
 pub mod session;
