@@ -24,6 +24,14 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
         .route("/api/v1/status", get(status))
         .route("/api/v1/routes/{route}/failover", post(failover))
         .route("/api/v1/routes/{route}/failback", post(failback))
+        .route("/api/v1/plugins", get(plugins_list))
+        .route(
+            "/api/v1/plugins/{name}",
+            axum::routing::put(plugin_put).delete(plugin_delete),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::plugin::registry::MAX_PLUGIN_BYTES,
+        ))
         .with_state(proxy);
     let shutdown = async move {
         let _ = stop.changed().await;
@@ -77,6 +85,119 @@ async fn failback(
 ) -> Response {
     let r = p.failover.fail_back(&route, forced(&uri)).await;
     switch_answer(&p, &route, r)
+}
+
+async fn plugins_list(State(p): State<Arc<Proxy>>) -> Response {
+    match &p.plugins {
+        Some(r) => (StatusCode::OK, Json(r.status())).into_response(),
+        None => no_plugin_host(),
+    }
+}
+
+fn no_plugin_host() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": "the WASM plugin host did not start (see the log)"})),
+    )
+        .into_response()
+}
+
+/// `PUT /api/v1/plugins/{name}`: the body is the component (`.wasm`); the
+/// plugin's config string goes in the `x-switchyard-plugin-config` header;
+/// query `policy=fail-open|fail-closed`, `timeout_ms`, `memory_mb`. The new
+/// version serves the next batch; a plugin that does not load leaves the
+/// previous version serving and answers 400 with the reason.
+async fn plugin_put(
+    State(p): State<Arc<Proxy>>,
+    Path(name): Path<String>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::plugin::{FailurePolicy, Limits};
+    let Some(reg) = &p.plugins else {
+        return no_plugin_host();
+    };
+    let bad = |msg: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"plugin": name, "error": msg})),
+        )
+            .into_response()
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return bad("plugin names use a-z A-Z 0-9 - _ . only".into());
+    }
+    let config = match headers.get("x-switchyard-plugin-config") {
+        None => String::new(),
+        Some(v) => match v.to_str() {
+            Ok(s) => s.to_string(),
+            Err(_) => return bad("x-switchyard-plugin-config is not visible ASCII".into()),
+        },
+    };
+    let mut policy = FailurePolicy::Open;
+    let mut limits = Limits::default();
+    for kv in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+    {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match (k, v) {
+            ("policy", "fail-open") => policy = FailurePolicy::Open,
+            ("policy", "fail-closed") => policy = FailurePolicy::Closed,
+            ("timeout_ms", v) => match v.parse::<u64>() {
+                Ok(ms) if (1..=10_000).contains(&ms) => {
+                    limits.call_timeout = std::time::Duration::from_millis(ms)
+                }
+                _ => return bad(format!("timeout_ms `{v}`: give 1..=10000")),
+            },
+            ("memory_mb", v) => match v.parse::<usize>() {
+                Ok(mb) if (1..=1024).contains(&mb) => limits.memory_bytes = mb << 20,
+                _ => return bad(format!("memory_mb `{v}`: give 1..=1024")),
+            },
+            _ => {
+                return bad(format!(
+                    "unknown query parameter `{kv}` (policy, timeout_ms, memory_mb)"
+                ))
+            }
+        }
+    }
+    match reg.put(&name, body.to_vec(), config, policy, limits).await {
+        Ok(l) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "plugin": name,
+                "version": l.version,
+                "info": {"name": l.info.name, "version": l.info.version, "capabilities": l.info.capabilities},
+            })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(plugin = %name, error = %e, "plugin upload refused");
+            bad(e.to_string())
+        }
+    }
+}
+
+async fn plugin_delete(State(p): State<Arc<Proxy>>, Path(name): Path<String>) -> Response {
+    let Some(reg) = &p.plugins else {
+        return no_plugin_host();
+    };
+    if reg.remove(&name).await {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"plugin": name, "error": "no plugin with that name"})),
+        )
+            .into_response()
+    }
 }
 
 fn forced(uri: &axum::http::Uri) -> bool {

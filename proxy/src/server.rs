@@ -49,6 +49,8 @@ pub struct Proxy {
     pub tee: Arc<Tee>,
     pub failover: Arc<Failover>,
     pub producer_ids: Arc<ProducerIds>,
+    /// WASM plugins (none when the plugin host could not start).
+    pub plugins: Option<Arc<crate::plugin::registry::Registry>>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// Built once every site's versions are known.
@@ -107,7 +109,26 @@ impl Proxy {
             producer_ids.clone(),
             metrics.clone(),
         );
+        let plugins = match crate::plugin::Host::new() {
+            Ok(host) => Some(crate::plugin::registry::Registry::new(
+                host,
+                c.sites
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| crate::plugin::Site {
+                        id: i as u16,
+                        name: s.name.clone(),
+                        priority: 0,
+                    })
+                    .collect(),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "WASM plugin host did not start; plugins are unavailable");
+                None
+            }
+        };
         Arc::new(Proxy {
+            plugins,
             cfg,
             identity,
             listeners,

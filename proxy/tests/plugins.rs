@@ -154,3 +154,58 @@ fn garbage_and_core_modules_are_refused_with_a_reason() {
     let e = load(b"\0asm\x01\0\0\0");
     assert!(matches!(e, LoadError::Compile(_)), "{e}");
 }
+
+#[tokio::test]
+async fn registry_swaps_versions_and_keeps_the_old_one_on_a_bad_upload() {
+    use switchyard::plugin::registry::Registry;
+    let reg = Registry::new(host(), sites());
+    let v1 = reg
+        .put(
+            "p",
+            component("keep-all"),
+            String::new(),
+            FailurePolicy::Open,
+            Limits::default(),
+        )
+        .await
+        .expect("v1");
+    let v2 = reg
+        .put(
+            "p",
+            component("topic-rename"),
+            r#"{"template":"{topic}-x"}"#.into(),
+            FailurePolicy::Closed,
+            Limits::default(),
+        )
+        .await
+        .expect("v2");
+    assert!(v2.version > v1.version);
+    assert_eq!(reg.get("p").map(|p| p.version), Some(v2.version));
+    // A bad upload changes nothing.
+    assert!(reg
+        .put(
+            "p",
+            b"junk".to_vec(),
+            String::new(),
+            FailurePolicy::Open,
+            Limits::default()
+        )
+        .await
+        .is_err());
+    assert_eq!(reg.get("p").map(|p| p.version), Some(v2.version));
+    // A runner holding v1 switches to the current version at its next batch.
+    let mut r = Runner::default();
+    let current = reg.get("p").expect("loaded");
+    let d = r
+        .on_batch(reg.host(), &current, &batch("orders", 2))
+        .expect("call");
+    assert_eq!(d.len(), 2);
+    assert!(
+        d.iter()
+            .all(|x| matches!(x, Decision::Rename(t) if t == "orders-x")),
+        "{d:?}"
+    );
+    assert_eq!(reg.status().len(), 1);
+    assert!(reg.remove("p").await);
+    assert!(reg.get("p").is_none());
+}

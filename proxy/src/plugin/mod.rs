@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod registry;
+
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
@@ -120,6 +122,7 @@ pub struct Loaded {
     pub info: PluginInfo,
     pub policy: FailurePolicy,
     pub limits: Limits,
+    pub wasm_bytes: usize,
     sites: Vec<Site>,
     pre: PluginPre<HostState>,
 }
@@ -221,6 +224,7 @@ impl Host {
             info,
             policy,
             limits,
+            wasm_bytes: wasm.len(),
             sites,
             pre,
         }))
