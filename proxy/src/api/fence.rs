@@ -7,8 +7,8 @@
 //! application creates a new producer, which initialises on the new site).
 
 use kafka_protocol::messages::{
-    txn_offset_commit_response, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
-    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    txn_offset_commit_response, AddPartitionsToTxnRequest, ApiKey, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
 };
 
 use super::{Ctx, Outcome, Reply};
@@ -106,26 +106,12 @@ pub fn txn_fenced(ctx: &Ctx<'_>, req: &RequestFrame, txn: &str) -> anyhow::Resul
             codec::encode_response(api, v, corr, &r)?
         }
         ApiKey::AddPartitionsToTxn => {
-            use kafka_protocol::messages::add_partitions_to_txn_response::{
-                AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-            };
             let b: AddPartitionsToTxnRequest = req.decode()?;
-            let mut r = AddPartitionsToTxnResponse::default();
-            for t in &b.v3_and_below_topics {
-                let mut rt = AddPartitionsToTxnTopicResult::default();
-                rt.name = t.name.clone();
-                rt.results_by_partition = t
-                    .partitions
+            let r = super::groups::add_partitions_answer(
+                b.v3_and_below_topics
                     .iter()
-                    .map(|&i| {
-                        let mut p = AddPartitionsToTxnPartitionResult::default();
-                        p.partition_index = i;
-                        p.partition_error_code = INVALID_PRODUCER_EPOCH;
-                        p
-                    })
-                    .collect();
-                r.results_by_topic_v3_and_below.push(rt);
-            }
+                    .map(|t| (t.name.clone(), &t.partitions, INVALID_PRODUCER_EPOCH)),
+            );
             codec::encode_response(api, v, corr, &r)?
         }
         ApiKey::TxnOffsetCommit => {

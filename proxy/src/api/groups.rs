@@ -976,11 +976,7 @@ async fn add_partitions_to_txn(
     if !foreign.is_empty() {
         // All or nothing, as Kafka does: one bad partition fails the rest
         // with OPERATION_NOT_ATTEMPTED.
-        use kafka_protocol::messages::add_partitions_to_txn_response::{
-            AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-        };
         const OPERATION_NOT_ATTEMPTED: i16 = 55;
-        let mut r = AddPartitionsToTxnResponse::default();
         let all = b
             .v3_and_below_topics
             .iter()
@@ -998,20 +994,7 @@ async fn add_partitions_to_txn(
                     error_code::UNKNOWN_TOPIC_OR_PARTITION,
                 )
             }));
-        for (name, parts, code) in all {
-            let mut rt = AddPartitionsToTxnTopicResult::default();
-            rt.name = name;
-            rt.results_by_partition = parts
-                .iter()
-                .map(|&i| {
-                    let mut p = AddPartitionsToTxnPartitionResult::default();
-                    p.partition_index = i;
-                    p.partition_error_code = code;
-                    p
-                })
-                .collect();
-            r.results_by_topic_v3_and_below.push(rt);
-        }
+        let r = add_partitions_answer(all);
         return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
             req.api_key,
             req.api_version,
@@ -1037,4 +1020,29 @@ async fn add_partitions_to_txn(
         },
     )
     .await
+}
+
+/// An AddPartitionsToTxn (v0-3) answer with one error code per topic.
+pub fn add_partitions_answer<'a>(
+    topics: impl IntoIterator<Item = (TopicName, &'a Vec<i32>, i16)>,
+) -> AddPartitionsToTxnResponse {
+    use kafka_protocol::messages::add_partitions_to_txn_response::{
+        AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    };
+    let mut r = AddPartitionsToTxnResponse::default();
+    for (name, parts, code) in topics {
+        let mut rt = AddPartitionsToTxnTopicResult::default();
+        rt.name = name;
+        rt.results_by_partition = parts
+            .iter()
+            .map(|&i| {
+                let mut p = AddPartitionsToTxnPartitionResult::default();
+                p.partition_index = i;
+                p.partition_error_code = code;
+                p
+            })
+            .collect();
+        r.results_by_topic_v3_and_below.push(rt);
+    }
+    r
 }

@@ -20,7 +20,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub mod registry;
 
@@ -259,10 +259,7 @@ impl Runner {
         let records = batch.records.len() / 8;
         let (store, instance) = self.instance(host, plugin)?;
         store.set_epoch_deadline(deadline_ticks(plugin.limits.call_timeout));
-        let started = Instant::now();
-        let r = instance.call_on_batch(&mut *store, batch);
-        let _elapsed = started.elapsed();
-        match r {
+        match instance.call_on_batch(&mut *store, batch) {
             Ok(Ok(r)) if r.decisions.is_empty() || r.decisions.len() == records => Ok(r.decisions),
             Ok(Ok(r)) => Err(CallError::BadAnswer(format!(
                 "{} decisions for {records} records",

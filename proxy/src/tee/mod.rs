@@ -434,20 +434,34 @@ impl Tee {
         offset: i64,
     ) -> Option<(i64, bool)> {
         use crate::offsets::runs::{PartitionRuns, Run};
-        let mut chain = PartitionRuns::new(4096);
-        let mut any = false;
+        // The runs that can translate: (link, whether it runs from -> to).
+        let mut sources = Vec::new();
         for l in self.links.iter().filter(|l| l.route == route) {
             let forward = Arc::ptr_eq(&l.source, from) && Arc::ptr_eq(&l.target, to);
             let backward = Arc::ptr_eq(&l.source, to) && Arc::ptr_eq(&l.target, from);
-            if !forward && !backward {
-                continue;
+            if forward || backward {
+                sources.push((l, forward));
             }
+        }
+        let key = |l: &Link| (l.source_topic(virt), partition);
+        // The common case (one link copied the partition, in this direction):
+        // its own runs translate, no chain to build. Shadow commits of sync
+        // routes call this for every commit.
+        let mut with_runs = sources.iter().filter(|(l, _)| {
+            l.runs
+                .lock()
+                .is_ok_and(|m| m.get(&key(l)).is_some_and(|r| !r.is_empty()))
+        });
+        if let (Some((l, true)), None) = (with_runs.next(), with_runs.next()) {
+            let m = l.runs.lock().ok()?;
+            return translate_exact(m.get(&key(l))?, offset);
+        }
+        // After a failback both directions hold runs: one chain of both, the
+        // reverse link's runs turned around.
+        let mut chain = PartitionRuns::new(4096);
+        for (l, forward) in sources {
             let Ok(m) = l.runs.lock() else { continue };
-            let Some(runs) = m.get(&(l.source_topic(virt), partition)) else {
-                continue;
-            };
-            for r in runs.runs() {
-                any = true;
+            for r in m.get(&key(l)).map(|r| r.runs()).unwrap_or_default() {
                 chain.insert(if forward {
                     *r
                 } else {
@@ -459,20 +473,7 @@ impl Tee {
                 });
             }
         }
-        if !any {
-            return None;
-        }
-        let to = chain.translate(offset)?;
-        // Exact: inside a run, or right at the end of the last one (the
-        // consumer is caught up with what was copied). Otherwise the offset
-        // is past copied data or in a gap, and the answer is the
-        // conservative end of the run before.
-        let exact = chain
-            .runs()
-            .iter()
-            .any(|r| r.source <= offset && offset < r.source_end())
-            || chain.last().is_some_and(|r| r.source_end() == offset);
-        Some((to, exact))
+        translate_exact(&chain, offset)
     }
 
     /// Called by workers at each persist: the runs translation reads.
@@ -657,6 +658,23 @@ impl Tee {
             })
             .collect()
     }
+}
+
+/// Translates with one chain of runs. Exact: inside a run, or right at the
+/// end of the last one (the consumer is caught up with what was copied).
+/// Otherwise the offset is past copied data or in a gap, and the answer is
+/// the conservative end of the run before.
+fn translate_exact(
+    chain: &crate::offsets::runs::PartitionRuns,
+    offset: i64,
+) -> Option<(i64, bool)> {
+    let to = chain.translate(offset)?;
+    let exact = chain
+        .runs()
+        .iter()
+        .any(|r| r.source <= offset && offset < r.source_end())
+        || chain.last().is_some_and(|r| r.source_end() == offset);
+    Some((to, exact))
 }
 
 /// A rejected record fails a sync produce with the target's own reason when
