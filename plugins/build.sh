@@ -5,7 +5,8 @@
 # WASI, no extra tools): the output is a component whose only imports are the
 # switchyard:plugin interfaces. See docs/plugin-host-spike.md §2 option (c).
 #
-# Usage: plugins/build.sh [example-name ...]   (default: every plugins/examples/*)
+# Usage: plugins/build.sh [name ...]   (default: every plugins/examples/* and
+# plugins/fixtures/* — the fixtures misbehave on purpose, for the host's tests)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,12 +27,12 @@ if [[ $# -gt 0 ]]; then
     names=("$@")
 else
     names=()
-    for d in examples/*/; do names+=("$(basename "$d")"); done
+    for d in examples/*/ fixtures/*/; do names+=("$(basename "$d")"); done
 fi
 
 mkdir -p dist
 for name in "${names[@]}"; do
-    [[ -f examples/$name/Cargo.toml ]] || { echo "no example $name" >&2; exit 1; }
+    [[ -f examples/$name/Cargo.toml || -f fixtures/$name/Cargo.toml ]] || { echo "no plugin $name" >&2; exit 1; }
     echo "== $name"
     cargo rustc --release --target "$target" -p "$name" --crate-type cdylib -- \
         -C linker="$B/wasm-component-ld" \

@@ -25,6 +25,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
         .route("/api/v1/routes/{route}/failover", post(failover))
         .route("/api/v1/routes/{route}/failback", post(failback))
         .route("/api/v1/plugins", get(plugins_list))
+        .route("/api/v1/reload", post(reload))
         .route(
             "/api/v1/plugins/{name}",
             axum::routing::put(plugin_put).delete(plugin_delete),
@@ -125,12 +126,8 @@ async fn plugin_put(
         )
             .into_response()
     };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return bad("plugin names use a-z A-Z 0-9 - _ . only".into());
+    if !crate::plugin::registry::valid_name(&name) {
+        return bad("plugin names are 1-64 of a-z A-Z 0-9 - _ .".into());
     }
     let config = match headers.get("x-switchyard-plugin-config") {
         None => String::new(),
@@ -139,7 +136,7 @@ async fn plugin_put(
             Err(_) => return bad("x-switchyard-plugin-config is not visible ASCII".into()),
         },
     };
-    let mut policy = FailurePolicy::Open;
+    let mut policy = FailurePolicy::FailOpen;
     let mut limits = Limits::default();
     for kv in uri
         .query()
@@ -149,8 +146,8 @@ async fn plugin_put(
     {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match (k, v) {
-            ("policy", "fail-open") => policy = FailurePolicy::Open,
-            ("policy", "fail-closed") => policy = FailurePolicy::Closed,
+            ("policy", "fail-open") => policy = FailurePolicy::FailOpen,
+            ("policy", "fail-closed") => policy = FailurePolicy::FailClosed,
             ("timeout_ms", v) => match v.parse::<u64>() {
                 Ok(ms) if (1..=10_000).contains(&ms) => {
                     limits.call_timeout = std::time::Duration::from_millis(ms)
@@ -158,12 +155,23 @@ async fn plugin_put(
                 _ => return bad(format!("timeout_ms `{v}`: give 1..=10000")),
             },
             ("memory_mb", v) => match v.parse::<usize>() {
-                Ok(mb) if (1..=1024).contains(&mb) => limits.memory_bytes = mb << 20,
-                _ => return bad(format!("memory_mb `{v}`: give 1..=1024")),
+                Ok(mb) if (1..=crate::plugin::MAX_MEMORY_BYTES >> 20).contains(&mb) => {
+                    limits.memory_bytes = mb << 20
+                }
+                _ => {
+                    return bad(format!(
+                        "memory_mb `{v}`: give 1..={}",
+                        crate::plugin::MAX_MEMORY_BYTES >> 20
+                    ))
+                }
+            },
+            ("crash_cap", v) => match v.parse::<u32>() {
+                Ok(n) if n >= 1 => limits.crash_cap = n,
+                _ => return bad(format!("crash_cap `{v}`: give 1 or more")),
             },
             _ => {
                 return bad(format!(
-                    "unknown query parameter `{kv}` (policy, timeout_ms, memory_mb)"
+                    "unknown query parameter `{kv}` (policy, timeout_ms, memory_mb, crash_cap)"
                 ))
             }
         }
@@ -173,7 +181,8 @@ async fn plugin_put(
             StatusCode::OK,
             Json(serde_json::json!({
                 "plugin": name,
-                "version": l.version,
+                "load": l.version,
+                "policy": l.policy.name(),
                 "info": {"name": l.info.name, "version": l.info.version, "capabilities": l.info.capabilities},
             })),
         )
@@ -189,14 +198,31 @@ async fn plugin_delete(State(p): State<Arc<Proxy>>, Path(name): Path<String>) ->
     let Some(reg) = &p.plugins else {
         return no_plugin_host();
     };
-    if reg.remove(&name).await {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        (
+    match reg.remove(&name).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({"plugin": name, "error": "no plugin with that name"})),
         )
-            .into_response()
+            .into_response(),
+        Err(users) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "plugin": name,
+                "error": format!("in use by {}; take it out of the config and reload first", users.join(", ")),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /api/v1/reload`: re-reads the config file and applies what can
+/// change at run time (plugins and the routes' plugin chains); anything
+/// else that changed is reported as needing a restart and not applied.
+async fn reload(State(p): State<Arc<Proxy>>) -> Response {
+    match crate::server::reload(&p).await {
+        Ok(r) => (StatusCode::OK, Json(r)).into_response(),
+        Err(r) => (StatusCode::BAD_REQUEST, Json(r)).into_response(),
     }
 }
 

@@ -83,6 +83,98 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// WASM policy plugins loaded at start (and on a config reload); routes
+    /// name them in `routes[].plugins` and `routes[].tee[].plugins`.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    /// Host-owned conflict state of conflict plugins.
+    #[serde(default)]
+    pub plugin_state: PluginStateConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The name routes use (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// The component (`.wasm`), relative to the working directory.
+    pub path: String,
+    /// Passed to the plugin's `init`: a string as is, anything else as JSON.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// `fail-open` (default: the batch passes unchanged when the plugin
+    /// fails) or `fail-closed` (the partition gets an error).
+    #[serde(default = "default_failure")]
+    pub failure: crate::plugin::FailurePolicy,
+    /// CPU time one call may take.
+    #[serde(default = "default_plugin_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Memory one instance may use.
+    #[serde(default = "default_plugin_memory_mb")]
+    pub memory_mb: u64,
+    /// Traps within a minute after which the plugin is not restarted.
+    #[serde(default = "default_crash_cap")]
+    pub crash_cap: u32,
+}
+
+fn default_failure() -> crate::plugin::FailurePolicy {
+    crate::plugin::FailurePolicy::FailOpen
+}
+fn default_plugin_timeout_ms() -> u64 {
+    10
+}
+fn default_plugin_memory_mb() -> u64 {
+    16
+}
+fn default_crash_cap() -> u32 {
+    10
+}
+
+impl PluginConfig {
+    /// The config string given to `init`.
+    pub fn init_config(&self) -> String {
+        match &self.config {
+            None => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        }
+    }
+
+    pub fn limits(&self) -> crate::plugin::Limits {
+        crate::plugin::Limits {
+            call_timeout: std::time::Duration::from_millis(self.timeout_ms),
+            memory_bytes: usize::try_from(self.memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            crash_cap: self.crash_cap,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginStateConfig {
+    /// Versions kept in memory per site; past it a tenth are forgotten.
+    pub max_keys: usize,
+}
+
+impl Default for PluginStateConfig {
+    fn default() -> Self {
+        PluginStateConfig {
+            max_keys: 1_000_000,
+        }
+    }
+}
+
+/// Plugins of a route, by stage, in the order they run.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePluginsConfig {
+    /// On clients' Produce requests, before routing and tee.
+    #[serde(default)]
+    pub produce: Vec<String>,
+    /// On Fetch answers, before consumers see them.
+    #[serde(default)]
+    pub fetch: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +249,9 @@ pub struct RouteConfig {
     /// Active-passive failover of this route to one of its tee targets.
     #[serde(default)]
     pub failover: Option<RouteFailoverConfig>,
+    /// WASM plugins on this route's produce and fetch paths.
+    #[serde(default)]
+    pub plugins: RoutePluginsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,6 +368,9 @@ pub struct TeeTargetConfig {
     pub naming: Option<String>,
     #[serde(default)]
     pub start: TeeStart,
+    /// WASM plugins on the copies to this target (conflict rules, filters).
+    #[serde(default)]
+    pub plugins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,6 +415,10 @@ pub struct SiteConfig {
     pub name: String,
     /// `host:port` addresses of the site's brokers used to discover the cluster.
     pub bootstrap: Vec<String>,
+    /// Given to plugins with the site (e.g. the site-priority conflict rule:
+    /// higher wins). Default 0.
+    #[serde(default)]
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -451,6 +553,10 @@ pub struct Validated {
     /// Every listener, the main one (`listen`) first.
     pub listeners: Vec<ListenerSpec>,
     pub router: std::sync::Arc<crate::route::Router>,
+    /// The file it was read from (`load`), for reloads.
+    pub path: Option<std::path::PathBuf>,
+    /// The text it was parsed from.
+    pub text: String,
 }
 
 impl Validated {
@@ -467,7 +573,9 @@ pub fn load(path: &Path) -> Result<Validated, ConfigErrors> {
             reason: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    parse(&text)
+    let mut v = parse(&text)?;
+    v.path = Some(path.to_path_buf());
+    Ok(v)
 }
 
 /// Parses and validates config text.
@@ -487,7 +595,47 @@ pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
             reason: inner,
         }])
     })?;
-    validate(config)
+    let mut v = validate(config)?;
+    v.text = text.to_string();
+    Ok(v)
+}
+
+/// Whether two config texts differ in anything but what a reload can apply
+/// (`plugins`, `plugin_state` is not reloadable, `routes[].plugins`,
+/// `routes[].tee[].plugins`). Returns the top-level keys that differ.
+pub fn restart_needed(old: &str, new: &str) -> Vec<String> {
+    fn strip(text: &str) -> Option<serde_norway::Mapping> {
+        let v: serde_norway::Value = serde_norway::from_str(text).ok()?;
+        let mut m = v.as_mapping()?.clone();
+        m.remove("plugins");
+        if let Some(serde_norway::Value::Sequence(routes)) = m.get_mut("routes") {
+            for r in routes.iter_mut() {
+                if let Some(rm) = r.as_mapping_mut() {
+                    rm.remove("plugins");
+                    if let Some(serde_norway::Value::Sequence(tees)) = rm.get_mut("tee") {
+                        for t in tees.iter_mut() {
+                            if let Some(tm) = t.as_mapping_mut() {
+                                tm.remove("plugins");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Some(m)
+    }
+    let (Some(a), Some(b)) = (strip(old), strip(new)) else {
+        return vec!["(whole file)".into()];
+    };
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn validate(config: Config) -> Result<Validated, ConfigErrors> {
@@ -793,6 +941,8 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         });
     }
 
+    errs.extend(validate_plugins(&config));
+
     if !errs.is_empty() {
         return Err(ConfigErrors(errs));
     }
@@ -818,6 +968,8 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         active_site,
         listeners,
         router: std::sync::Arc::new(router),
+        path: None,
+        text: String::new(),
     })
 }
 
@@ -830,6 +982,91 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
         return None;
     }
     Some((host.to_string(), port))
+}
+
+/// `plugins[]` and every route's references to them. Loading (compile,
+/// init) is checked when the plugins are loaded; here only what the file
+/// alone can tell.
+fn validate_plugins(config: &Config) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    let mut err = |key: String, reason: String| errs.push(ConfigError { key, reason });
+    let mut names = HashSet::new();
+    for (i, p) in config.plugins.iter().enumerate() {
+        if !crate::plugin::registry::valid_name(&p.name) {
+            err(
+                format!("plugins[{i}].name"),
+                format!(
+                    "`{}` is not a plugin name (1-64 of a-z A-Z 0-9 . _ -)",
+                    p.name
+                ),
+            );
+        } else if !names.insert(p.name.as_str()) {
+            err(
+                format!("plugins[{i}].name"),
+                format!("duplicate plugin name `{}`", p.name),
+            );
+        }
+        match std::fs::metadata(&p.path) {
+            Ok(m) if !m.is_file() => err(
+                format!("plugins[{i}].path"),
+                format!("`{}` is not a file", p.path),
+            ),
+            Ok(m) if m.len() > crate::plugin::registry::MAX_PLUGIN_BYTES as u64 => err(
+                format!("plugins[{i}].path"),
+                format!(
+                    "`{}` is {} bytes; plugins may be at most {}",
+                    p.path,
+                    m.len(),
+                    crate::plugin::registry::MAX_PLUGIN_BYTES
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => err(
+                format!("plugins[{i}].path"),
+                format!("cannot read `{}`: {e}", p.path),
+            ),
+        }
+        if p.timeout_ms == 0 || p.timeout_ms > 10_000 {
+            err(
+                format!("plugins[{i}].timeout_ms"),
+                "must be between 1 and 10000".into(),
+            );
+        }
+        let max_mb = (crate::plugin::MAX_MEMORY_BYTES >> 20) as u64;
+        if p.memory_mb == 0 || p.memory_mb > max_mb {
+            err(
+                format!("plugins[{i}].memory_mb"),
+                format!("must be between 1 and {max_mb}"),
+            );
+        }
+        if p.crash_cap == 0 {
+            err(
+                format!("plugins[{i}].crash_cap"),
+                "must be at least 1".into(),
+            );
+        }
+    }
+    if config.plugin_state.max_keys == 0 {
+        err("plugin_state.max_keys".into(), "must be at least 1".into());
+    }
+    let mut check = |key: String, list: &[String]| {
+        for (j, n) in list.iter().enumerate() {
+            if !names.contains(n.as_str()) {
+                errs.push(ConfigError {
+                    key: format!("{key}[{j}]"),
+                    reason: format!("no plugin named `{n}` in `plugins`"),
+                });
+            }
+        }
+    };
+    for (i, r) in config.routes.iter().enumerate() {
+        check(format!("routes[{i}].plugins.produce"), &r.plugins.produce);
+        check(format!("routes[{i}].plugins.fetch"), &r.plugins.fetch);
+        for (k, t) in r.tee.iter().enumerate() {
+            check(format!("routes[{i}].tee[{k}].plugins"), &t.plugins);
+        }
+    }
+    errs
 }
 
 #[cfg(test)]

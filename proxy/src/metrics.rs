@@ -22,6 +22,7 @@ pub struct Metrics {
     pub errors_total: IntCounterVec,
     pub tee: TeeMetrics,
     pub failover: FailoverMetrics,
+    pub plugins: PluginMetrics,
     request_counters: Vec<Vec<OnceLock<IntCounter>>>,
 }
 
@@ -202,6 +203,104 @@ impl FailoverMetrics {
     }
 }
 
+/// WASM plugin metrics, labelled `plugin` (the registry name) and `version`
+/// (the version the plugin reports at init).
+pub struct PluginMetrics {
+    /// Also `stage` (produce | tee | fetch | resolve).
+    pub calls: IntCounterVec,
+    pub records_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub records_dropped: IntCounterVec,
+    /// Also `kind` (trap | failed | bad_answer | unavailable).
+    pub errors: IntCounterVec,
+    pub traps: IntCounterVec,
+    /// Seconds per call (batch mode: one call per topic-partition batch).
+    pub duration: HistogramVec,
+    /// Also `resolution` (accept | reject | merge).
+    pub conflicts: IntCounterVec,
+    /// 1 for the version serving under a name, 0 for replaced ones.
+    pub loaded: IntGaugeVec,
+}
+
+impl PluginMetrics {
+    fn register(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        const PV: &[&str] = &["plugin", "version"];
+        let m = PluginMetrics {
+            calls: counter(
+                "switchyard_plugin_calls_total",
+                "Plugin calls (one per topic-partition batch)",
+                &["plugin", "version", "stage"],
+            ),
+            records_in: counter(
+                "switchyard_plugin_records_in_total",
+                "Records passed to a plugin",
+                PV,
+            ),
+            records_out: counter(
+                "switchyard_plugin_records_out_total",
+                "Records a plugin let through (kept, renamed, routed or changed)",
+                PV,
+            ),
+            records_dropped: counter(
+                "switchyard_plugin_records_dropped_total",
+                "Records a plugin dropped (or a conflict rule rejected)",
+                PV,
+            ),
+            errors: counter(
+                "switchyard_plugin_errors_total",
+                "Plugin calls that failed, by kind; the plugin's failure policy applied",
+                &["plugin", "version", "kind"],
+            ),
+            traps: counter(
+                "switchyard_plugin_traps_total",
+                "Plugin instances that trapped (panic, deadline, memory) and were replaced",
+                PV,
+            ),
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchyard_plugin_call_duration_seconds",
+                    "Time per plugin call, including copying the batch in and out",
+                )
+                .buckets(vec![
+                    1e-6, 5e-6, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2,
+                ]),
+                PV,
+            )
+            .expect("static metric definition"),
+            conflicts: counter(
+                "switchyard_plugin_conflicts_total",
+                "Conflict resolutions by outcome",
+                &["plugin", "version", "resolution"],
+            ),
+            loaded: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_plugin_loaded",
+                    "1 while this version serves under the plugin's name",
+                ),
+                PV,
+            )
+            .expect("static metric definition"),
+        };
+        for c in [
+            Box::new(m.calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.records_in.clone()),
+            Box::new(m.records_out.clone()),
+            Box::new(m.records_dropped.clone()),
+            Box::new(m.errors.clone()),
+            Box::new(m.traps.clone()),
+            Box::new(m.duration.clone()),
+            Box::new(m.conflicts.clone()),
+            Box::new(m.loaded.clone()),
+        ] {
+            registry.register(c).expect("static metric definition");
+        }
+        m
+    }
+}
+
 pub mod kind {
     pub const FRAME_TOO_LARGE: &str = "frame_too_large";
     pub const BAD_FRAME: &str = "bad_frame";
@@ -283,9 +382,11 @@ impl Metrics {
         }
         let tee = TeeMetrics::register(&registry);
         let failover = FailoverMetrics::register(&registry);
+        let plugins = PluginMetrics::register(&registry);
         Metrics {
             tee,
             failover,
+            plugins,
             registry,
             client_connections,
             client_connections_total,

@@ -51,6 +51,8 @@ pub struct Proxy {
     pub producer_ids: Arc<ProducerIds>,
     /// WASM plugins (none when the plugin host could not start).
     pub plugins: Option<Arc<crate::plugin::registry::Registry>>,
+    /// The config text last applied (start or reload).
+    config_text: std::sync::Mutex<String>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// Built once every site's versions are known.
@@ -109,7 +111,7 @@ impl Proxy {
             producer_ids.clone(),
             metrics.clone(),
         );
-        let plugins = match crate::plugin::Host::new() {
+        let plugins = match crate::plugin::Host::new(metrics.clone()) {
             Ok(host) => Some(crate::plugin::registry::Registry::new(
                 host,
                 c.sites
@@ -118,9 +120,10 @@ impl Proxy {
                     .map(|(i, s)| crate::plugin::Site {
                         id: i as u16,
                         name: s.name.clone(),
-                        priority: 0,
+                        priority: s.priority,
                     })
                     .collect(),
+                crate::plugin::conflict::Conflicts::new(sites.clone(), c.plugin_state.max_keys),
             )),
             Err(e) => {
                 tracing::error!(error = %e, "WASM plugin host did not start; plugins are unavailable");
@@ -128,6 +131,7 @@ impl Proxy {
             }
         };
         Arc::new(Proxy {
+            config_text: std::sync::Mutex::new(cfg.text.clone()),
             plugins,
             cfg,
             identity,
@@ -261,7 +265,22 @@ pub async fn run(cfg: Validated) -> anyhow::Result<()> {
     // Failover state first: a restart while failed over must not serve
     // (or tee from) the old primary for even a moment.
     proxy.failover.start(stop_rx.clone()).await;
+    // Plugins before the tee and before any client: a route's chain must be
+    // runnable from its first batch.
+    let c = &proxy.cfg.config;
+    if !c.plugins.is_empty() {
+        let Some(reg) = &proxy.plugins else {
+            anyhow::bail!("the config lists plugins but the WASM plugin host did not start");
+        };
+        if let Err(errs) = reg.apply_config(&c.plugins, &c.routes).await {
+            anyhow::bail!("plugins did not load: {}", errs.join("; "));
+        }
+    }
+    if let Some(reg) = &proxy.plugins {
+        proxy.tee.set_plugins(reg.clone());
+    }
     proxy.tee.start(stop_rx.clone());
+    tokio::spawn(reload_on_sighup(proxy.clone(), stop_rx.clone()));
     let admin_task = tokio::spawn(admin::serve(proxy.clone(), admin_listener, stop_rx.clone()));
 
     // Every session holds a permit; getting all of them back at shutdown
@@ -397,3 +416,100 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// What a reload did (`POST /api/v1/reload`, SIGHUP).
+#[derive(Debug, serde::Serialize)]
+pub struct ReloadReport {
+    pub applied: bool,
+    pub changes: Vec<String>,
+    pub errors: Vec<String>,
+    /// Top-level keys that changed but only take effect after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// Re-reads the config file and applies plugins and route plugin chains.
+/// Nothing is applied when the file is invalid, a plugin does not load, or
+/// anything else changed (routes could then be numbered differently).
+pub async fn reload(p: &Proxy) -> Result<ReloadReport, ReloadReport> {
+    let fail = |errors: Vec<String>, restart_needed: Vec<String>| ReloadReport {
+        applied: false,
+        changes: Vec::new(),
+        errors,
+        restart_needed,
+    };
+    let Some(path) = &p.cfg.path else {
+        return Err(fail(
+            vec!["started without a config file".into()],
+            Vec::new(),
+        ));
+    };
+    let new = match crate::config::load(path) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(fail(
+                e.0.iter().map(|e| e.to_string()).collect(),
+                Vec::new(),
+            ))
+        }
+    };
+    let old = p.config_text.lock().map(|t| t.clone()).unwrap_or_default();
+    let restart = crate::config::restart_needed(&old, &new.text);
+    if !restart.is_empty() {
+        return Err(fail(
+            vec![format!(
+                "changes to {} need a restart; nothing was applied",
+                restart.join(", ")
+            )],
+            restart,
+        ));
+    }
+    let Some(reg) = &p.plugins else {
+        return Err(fail(
+            vec!["the WASM plugin host did not start".into()],
+            Vec::new(),
+        ));
+    };
+    match reg
+        .apply_config(&new.config.plugins, &new.config.routes)
+        .await
+    {
+        Ok(changes) => {
+            if let Ok(mut t) = p.config_text.lock() {
+                *t = new.text;
+            }
+            tracing::info!(changes = ?changes, "config reloaded");
+            Ok(ReloadReport {
+                applied: true,
+                changes,
+                errors: Vec::new(),
+                restart_needed: Vec::new(),
+            })
+        }
+        Err(errors) => {
+            tracing::warn!(errors = ?errors, "config reload refused");
+            Err(fail(errors, Vec::new()))
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(p: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                if let Err(r) = reload(&p).await {
+                    tracing::warn!(errors = ?r.errors, "reload not applied");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_p: Arc<Proxy>, _stop: watch::Receiver<bool>) {}

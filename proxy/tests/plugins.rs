@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard::metrics::Metrics;
 use switchyard::plugin::{
-    Batch, BatchMeta, Decision, FailurePolicy, Host, Limits, LoadError, Runner, Site, Stage,
+    Batch, BatchMeta, Decision, FailurePolicy, Host, Limits, LoadError, Site, Stage,
 };
 
 fn component(name: &str) -> Vec<u8> {
@@ -72,7 +73,7 @@ fn batch(topic: &str, n: u32) -> Batch {
 }
 
 fn host() -> Arc<Host> {
-    Host::new().expect("plugin host")
+    Host::new(Arc::new(Metrics::new())).expect("plugin host")
 }
 
 #[test]
@@ -84,12 +85,11 @@ fn keep_all_keeps_everything() {
             &component("keep-all"),
             "",
             sites(),
-            FailurePolicy::Open,
+            FailurePolicy::FailOpen,
             Limits::default(),
         )
         .expect("keep-all loads");
-    let mut r = Runner::default();
-    let d = r.on_batch(&h, &p, &batch("orders", 1000)).expect("call");
+    let d = p.on_batch(&batch("orders", 1000)).expect("call");
     assert!(d.is_empty() || d.iter().all(|d| matches!(d, Decision::Keep)));
 }
 
@@ -103,12 +103,11 @@ fn topic_rename_renames_on_produce_and_rejects_bad_config() {
             &wasm,
             r#"{"policy":"mm2","site":"east"}"#,
             sites(),
-            FailurePolicy::Closed,
+            FailurePolicy::FailClosed,
             Limits::default(),
         )
         .expect("topic-rename loads");
-    let mut r = Runner::default();
-    let d = r.on_batch(&h, &p, &batch("orders", 3)).expect("call");
+    let d = p.on_batch(&batch("orders", 3)).expect("call");
     assert_eq!(d.len(), 3);
     for x in d {
         match x {
@@ -122,11 +121,10 @@ fn topic_rename_renames_on_produce_and_rejects_bad_config() {
             &wasm,
             r#"{"bogus": 1}"#,
             sites(),
-            FailurePolicy::Closed,
+            FailurePolicy::FailClosed,
             Limits::default(),
         )
-        .err()
-        .expect("a bad config is refused");
+        .expect_err("a bad config is refused");
     assert!(matches!(err, LoadError::InitRejected(_)), "{err}");
 }
 
@@ -139,14 +137,14 @@ fn garbage_and_core_modules_are_refused_with_a_reason() {
             bytes,
             "",
             sites(),
-            FailurePolicy::Open,
+            FailurePolicy::FailOpen,
             Limits {
                 call_timeout: Duration::from_millis(10),
                 memory_bytes: 1 << 20,
+                crash_cap: 10,
             },
         )
-        .err()
-        .expect("refused")
+        .expect_err("refused")
     };
     let e = load(b"definitely not wasm");
     assert!(matches!(e, LoadError::Compile(_)), "{e}");
@@ -158,13 +156,14 @@ fn garbage_and_core_modules_are_refused_with_a_reason() {
 #[tokio::test]
 async fn registry_swaps_versions_and_keeps_the_old_one_on_a_bad_upload() {
     use switchyard::plugin::registry::Registry;
-    let reg = Registry::new(host(), sites());
+    let conflicts = switchyard::plugin::conflict::Conflicts::new(Vec::new(), 1000);
+    let reg = Registry::new(host(), sites(), conflicts);
     let v1 = reg
         .put(
             "p",
             component("keep-all"),
             String::new(),
-            FailurePolicy::Open,
+            FailurePolicy::FailOpen,
             Limits::default(),
         )
         .await
@@ -174,7 +173,7 @@ async fn registry_swaps_versions_and_keeps_the_old_one_on_a_bad_upload() {
             "p",
             component("topic-rename"),
             r#"{"template":"{topic}-x"}"#.into(),
-            FailurePolicy::Closed,
+            FailurePolicy::FailClosed,
             Limits::default(),
         )
         .await
@@ -187,18 +186,19 @@ async fn registry_swaps_versions_and_keeps_the_old_one_on_a_bad_upload() {
             "p",
             b"junk".to_vec(),
             String::new(),
-            FailurePolicy::Open,
+            FailurePolicy::FailOpen,
             Limits::default()
         )
         .await
         .is_err());
     assert_eq!(reg.get("p").map(|p| p.version), Some(v2.version));
-    // A runner holding v1 switches to the current version at its next batch.
-    let mut r = Runner::default();
+    // A batch that took v1 before the swap finishes on it; the next one runs v2.
+    assert!(v1
+        .on_batch(&batch("orders", 2))
+        .expect("v1 call")
+        .is_empty());
     let current = reg.get("p").expect("loaded");
-    let d = r
-        .on_batch(reg.host(), &current, &batch("orders", 2))
-        .expect("call");
+    let d = current.on_batch(&batch("orders", 2)).expect("call");
     assert_eq!(d.len(), 2);
     assert!(
         d.iter()
@@ -206,6 +206,136 @@ async fn registry_swaps_versions_and_keeps_the_old_one_on_a_bad_upload() {
         "{d:?}"
     );
     assert_eq!(reg.status().len(), 1);
-    assert!(reg.remove("p").await);
+    assert_eq!(reg.remove("p").await.ok(), Some(true));
     assert!(reg.get("p").is_none());
+}
+
+fn misbehave(
+    h: &Host,
+    mode: &str,
+    crash_cap: u32,
+) -> Result<Arc<switchyard::plugin::Loaded>, LoadError> {
+    h.load(
+        "misbehave",
+        &component("misbehave"),
+        mode,
+        sites(),
+        FailurePolicy::FailOpen,
+        Limits {
+            call_timeout: Duration::from_millis(20),
+            memory_bytes: 8 << 20,
+            crash_cap,
+        },
+    )
+}
+
+/// A batch whose values contain `text` in record 1.
+fn batch_with(text: &str) -> Batch {
+    let mut b = batch("orders", 3);
+    let v = b.records[8 + 5] as usize;
+    b.data[v..v + text.len()].copy_from_slice(text.as_bytes());
+    b
+}
+
+#[test]
+fn bad_components_and_inits_are_refused_at_load() {
+    let h = host();
+    let e = h
+        .load(
+            "w",
+            &component("wrong-world"),
+            "",
+            sites(),
+            FailurePolicy::FailOpen,
+            Limits::default(),
+        )
+        .expect_err("another world is refused");
+    assert!(matches!(e, LoadError::World(_)), "{e}");
+    let e = misbehave(&h, "init-trap", 10).expect_err("init trap");
+    assert!(matches!(e, LoadError::InitTrapped(_)), "{e}");
+    let e = misbehave(&h, "init-reject", 10).expect_err("init reject");
+    assert!(
+        matches!(e, LoadError::InitRejected(ref m) if m.contains("refusing")),
+        "{e}"
+    );
+}
+
+#[test]
+fn loops_and_memory_bombs_are_stopped_and_the_instance_replaced() {
+    use switchyard::plugin::CallError;
+    let h = host();
+    for mode in ["loop", "alloc"] {
+        let p = misbehave(&h, mode, 100).expect("loads (the smoke call has no records)");
+        let started = std::time::Instant::now();
+        let e = p.on_batch(&batch("orders", 2)).expect_err("contained");
+        assert!(matches!(e, CallError::Trapped(_)), "{mode}: {e}");
+        // Deadline 20 ms; generous bound for a loaded CI machine, not a timing assertion
+        // on the plugin's speed: only that the call did not run away.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{mode} took {:?}",
+            started.elapsed()
+        );
+        let (state, traps, last) = p.health();
+        assert_eq!((state, traps), ("restarting", 1), "{mode}");
+        assert!(last.is_some());
+    }
+}
+
+#[test]
+fn a_panic_on_one_record_is_contained_and_later_batches_run() {
+    use switchyard::plugin::CallError;
+    let h = host();
+    let p = misbehave(&h, "panic-on:BOOM", 100).expect("loads");
+    assert!(p
+        .on_batch(&batch("orders", 3))
+        .expect("healthy batch")
+        .is_empty());
+    let e = p.on_batch(&batch_with("BOOM")).expect_err("trap");
+    assert!(matches!(e, CallError::Trapped(_)), "{e}");
+    // Restarted after the backoff (polled with a deadline, not slept on).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match p.on_batch(&batch("orders", 3)) {
+            Ok(d) => {
+                assert!(d.is_empty());
+                break;
+            }
+            Err(CallError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("no restart: {e}"),
+        }
+    }
+    assert_eq!(p.health().0, "running");
+}
+
+#[test]
+fn wrong_answers_are_errors_and_the_crash_cap_stops_restarts() {
+    use switchyard::plugin::CallError;
+    let h = host();
+    let p = misbehave(&h, "bad-count", 10).expect("loads");
+    // The SDK catches the wrong count itself (an error answer); the host
+    // checks it again for plugins written without the SDK.
+    let e = p.on_batch(&batch("orders", 2)).expect_err("bad answer");
+    assert!(
+        matches!(e, CallError::BadAnswer(_) | CallError::Failed(_)),
+        "{e}"
+    );
+    let p = misbehave(&h, "panic-on:v", 3).expect("loads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.health().0 != "crashed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never crashed: {:?}",
+            p.health()
+        );
+        let _ = p.on_batch(&batch("orders", 1));
+    }
+    let e = p.on_batch(&batch("orders", 1)).expect_err("crashed");
+    assert!(
+        matches!(e, CallError::Unavailable(ref m) if m.contains("crashed")),
+        "{e}"
+    );
+    assert_eq!(p.health().1, 3);
 }

@@ -94,13 +94,16 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     }
 
     let version = req.api_version;
+    let chains = fetch_chains(ctx, &names);
     // Everything on one broker: patch the answer in place, records untouched.
     // Before v13 the answer carries names, which cannot be renamed in place.
-    let single = if errors.is_empty() && plan.len() == 1 && (by_id || !names.renamed()) {
-        plan.keys().next().copied()
-    } else {
-        None
-    };
+    let single =
+        if errors.is_empty() && plan.len() == 1 && (by_id || !names.renamed()) && chains.is_empty()
+        {
+            plan.keys().next().copied()
+        } else {
+            None
+        };
     if let Some(target) = single {
         let site = ctx.site(target.0);
         let view = views.get(target.0).cloned().unwrap_or_else(|| site.view());
@@ -163,6 +166,9 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                     note_errors(s, &r);
                 }
                 let view = views.get(site).cloned().unwrap_or_default();
+                if !chains.is_empty() {
+                    run_chains(&proxy, &chains, site, &view, version, &mut r);
+                }
                 virtualise(&identity, version, &mut r, |t| {
                     rename_topic(&names, &view, site, version, t)
                 });
@@ -301,6 +307,101 @@ fn fence(ctx: &Ctx<'_>, req: &RequestFrame, names: &mut Names) {
     for r in routes {
         if fo.fence.fetch_held(r, &key) && names.hold_route(r) > 0 {
             fo.count_fenced(r, "fetch");
+        }
+    }
+}
+
+/// A route's fetch plugins for one topic of the request (snapshot taken
+/// when the request is routed: a reload mid-request does not mix versions).
+struct FetchChain {
+    site: usize,
+    physical: String,
+    virt: String,
+    plugins: Vec<Arc<crate::plugin::Loaded>>,
+}
+
+/// The fetch chains of the request's topics. A chain naming a plugin that
+/// is not loaded cannot run: its partitions' records are refused when the
+/// answer comes back.
+fn fetch_chains(ctx: &Ctx<'_>, names: &Names) -> Vec<FetchChain> {
+    let Some(reg) = ctx.proxy.plugins.as_ref() else {
+        return Vec::new();
+    };
+    if !reg.any_fetch() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for e in names.entries() {
+        let Some(route) = e.route else { continue };
+        // A missing plugin leaves the chain empty here; `run_chains` refuses
+        // such topics (fail closed: records a filter should have seen are
+        // never shown unfiltered).
+        let plugins = match reg.chain(route, crate::plugin::registry::Which::Fetch) {
+            Ok(p) if p.is_empty() => continue,
+            Ok(p) => p,
+            Err(_) => Vec::new(),
+        };
+        out.push(FetchChain {
+            site: e.site,
+            physical: e.phys.0.to_string(),
+            virt: e.virt.0.to_string(),
+            plugins,
+        });
+    }
+    out
+}
+
+/// Runs the fetch chains over one site's answer (physical names, real ids).
+fn run_chains(
+    proxy: &Arc<crate::server::Proxy>,
+    chains: &[FetchChain],
+    site: usize,
+    view: &ClusterView,
+    version: i16,
+    r: &mut FetchResponse,
+) {
+    use super::plugins::{fetch_records, Fetched, KAFKA_STORAGE_ERROR};
+    let Some(reg) = proxy.plugins.as_ref() else {
+        return;
+    };
+    for t in &mut r.responses {
+        let phys = if version >= 13 {
+            view.names_by_id.get(&t.topic_id).cloned()
+        } else {
+            Some(t.topic.0.to_string())
+        };
+        let Some(c) = phys.and_then(|n| chains.iter().find(|c| c.site == site && c.physical == n))
+        else {
+            continue;
+        };
+        for p in &mut t.partitions {
+            let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let meta = crate::plugin::BatchMeta {
+                stage: crate::plugin::Stage::Fetch,
+                topic: c.virt.clone(),
+                partition: p.partition_index,
+                origin_site: site as u16,
+                local_site: site as u16,
+                target_site: None,
+                client_id: None,
+                base_offset: -1,
+            };
+            let outcome = if c.plugins.is_empty() {
+                Fetched::Refused(format!("a fetch plugin of topic {} is not loaded", c.virt))
+            } else {
+                fetch_records(reg, &c.plugins, meta, records)
+            };
+            match outcome {
+                Fetched::Unchanged => {}
+                Fetched::Replaced(b) => p.records = Some(b),
+                Fetched::Refused(msg) => {
+                    tracing::debug!(topic = %c.virt, partition = p.partition_index, "{msg}");
+                    p.error_code = KAFKA_STORAGE_ERROR;
+                    p.records = Some(bytes::Bytes::new());
+                }
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod groups;
 pub mod metadata;
 pub mod names;
 pub mod partitions;
+pub mod plugins;
 pub mod produce;
 pub mod split;
 pub mod versions;

@@ -54,6 +54,20 @@ impl Names {
         (r.site, phys)
     }
 
+    /// Puts a virtual topic on a given site under its own name (a produce
+    /// plugin routed records there), whatever the routes say.
+    pub fn pin(&mut self, virt: &str, site: usize) {
+        let name = TopicName(StrBytes::from_string(virt.to_string()));
+        self.entries.retain(|e| e.virt != name);
+        self.entries.push(Entry {
+            virt: name.clone(),
+            site,
+            phys: name,
+            route: None,
+            held: false,
+        });
+    }
+
     /// The client's name for a physical topic of `site` seen in this request;
     /// names the request did not carry come back unchanged.
     pub fn virt(&self, site: usize, phys: &TopicName) -> TopicName {

@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::names::Names;
+use super::plugins::{self, ProduceHook};
 use super::{forward_rewriting, split, Ctx, Outcome, Reply};
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
@@ -51,10 +52,16 @@ struct SyncWait {
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let mut body: ProduceRequest = req.decode()?;
+    // Plugins first: they see the client's names and may rename or route.
+    let hook = plugins::produce(ctx, &req, &mut body).await;
+    let plugged = hook.as_ref().is_some_and(|h| h.changed);
     let router = ctx.proxy.router.clone();
     let mut names = Names::default();
+    for (topic, site) in hook.iter().flat_map(|h| h.pinned.iter()) {
+        names.pin(topic, *site);
+    }
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
-    let remapped = map_producer_ids(ctx, &mut body, &site_of, &names).await?;
+    let remapped = map_producer_ids(ctx, &mut body, &site_of, &names, hook.as_ref()).await?;
     let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
     let acks = body.acks;
     let identity = ctx.identity();
@@ -62,7 +69,13 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
 
     // Everything on one broker under the client's own names and no sync tee:
     // the client's bytes go upstream untouched.
-    if missing.is_empty() && plan.len() == 1 && !names.renamed() && sync.is_empty() && !remapped {
+    if missing.is_empty()
+        && plan.len() == 1
+        && !names.renamed()
+        && sync.is_empty()
+        && !remapped
+        && !plugged
+    {
         if let Some(&target) = plan.keys().next() {
             if acks == 0 {
                 ctx.pools
@@ -147,7 +160,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                     .await;
                 }
                 t.name = names.virt(site, &t.name);
-                push_topic(&mut out.responses, t);
+                push_topic(&mut out.responses, t, hook.as_ref());
             }
         }
         for (site, name, index, code) in missing {
@@ -158,7 +171,18 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             let mut t = TopicProduceResponse::default();
             t.name = names.virt(site, &name);
             t.partition_responses.push(p);
-            push_topic(&mut out.responses, t);
+            push_topic(&mut out.responses, t, hook.as_ref());
+        }
+        for (topic, index, code, msg) in hook.iter().flat_map(|h| h.answered.iter()) {
+            let mut p = PartitionProduceResponse::default();
+            p.index = *index;
+            p.error_code = *code;
+            p.base_offset = -1;
+            p.error_message = msg.clone().map(StrBytes::from_string);
+            let mut t = TopicProduceResponse::default();
+            t.name = TopicName(StrBytes::from_string(topic.clone()));
+            t.partition_responses.push(p);
+            push_topic(&mut out.responses, t, None);
         }
         virtualise(&identity, &mut out);
         Ok(Reply::Frame(codec::encode_response(
@@ -177,6 +201,7 @@ async fn map_producer_ids(
     body: &mut ProduceRequest,
     site_of: &[Option<usize>],
     names: &Names,
+    hook: Option<&ProduceHook>,
 ) -> anyhow::Result<bool> {
     let mut changed = false;
     for (t, site) in body.topic_data.iter_mut().zip(site_of) {
@@ -186,12 +211,18 @@ async fn map_producer_ids(
         if names.is_held(site, t.name.0.as_str()) {
             continue; // answered with a retriable error, never sent
         }
+        let virt = names.virt(site, &t.name);
         for p in &mut t.partition_data {
             let Some(records) = p.records.as_ref() else {
                 continue;
             };
+            // Sequences are numbered per batch as the client sent it.
+            let client = match hook {
+                Some(h) => h.origin(virt.0.as_str(), p.index),
+                None => (virt.0.as_str(), p.index),
+            };
             if let Some(rewritten) =
-                remap_batches(ctx, site, t.name.0.as_str(), p.index, records).await?
+                remap_batches(ctx, site, t.name.0.as_str(), p.index, client, records).await?
             {
                 p.records = Some(rewritten);
                 changed = true;
@@ -206,6 +237,7 @@ const ATTRIBUTES_AT: usize = 21;
 const PRODUCER_ID_AT: usize = 43;
 const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
+const RECORDS_COUNT_AT: usize = 57;
 const BATCH_HEADER: usize = 61;
 const TRANSACTIONAL: i16 = 0x10;
 
@@ -214,6 +246,7 @@ async fn remap_batches(
     site: usize,
     topic: &str,
     partition: i32,
+    client: (&str, i32),
     records: &bytes::Bytes,
 ) -> anyhow::Result<Option<bytes::Bytes>> {
     let mut out: Option<bytes::BytesMut> = None;
@@ -240,7 +273,13 @@ async fn remap_batches(
                 b[BASE_SEQUENCE_AT + 2],
                 b[BASE_SEQUENCE_AT + 3],
             ]);
-            let site_seq = sp.sequence(topic, partition, seq);
+            let count = i32::from_be_bytes([
+                b[RECORDS_COUNT_AT],
+                b[RECORDS_COUNT_AT + 1],
+                b[RECORDS_COUNT_AT + 2],
+                b[RECORDS_COUNT_AT + 3],
+            ]);
+            let site_seq = sp.sequence(topic, partition, (client.0, client.1, seq), count.max(1));
             tracing::debug!(
                 topic,
                 partition,
@@ -390,10 +429,42 @@ fn note_errors(site: &Arc<Site>, r: &ProduceResponse) {
     }
 }
 
-fn push_topic(out: &mut Vec<TopicProduceResponse>, t: TopicProduceResponse) {
-    match out.iter_mut().find(|o| o.name == t.name) {
-        Some(o) => o.partition_responses.extend(t.partition_responses),
-        None => out.push(t),
+/// Adds a topic's answers, under the client's own topic and partition when
+/// a produce plugin moved the records; two answers for one client
+/// partition (records kept and records moved) become one: the first error,
+/// else the kept records' offset.
+fn push_topic(
+    out: &mut Vec<TopicProduceResponse>,
+    t: TopicProduceResponse,
+    hook: Option<&ProduceHook>,
+) {
+    for mut p in t.partition_responses {
+        let (topic, index) = match hook {
+            Some(h) => h.origin(t.name.0.as_str(), p.index),
+            None => (t.name.0.as_str(), p.index),
+        };
+        let moved = topic != t.name.0.as_str();
+        p.index = index;
+        let o = match out.iter_mut().position(|o| o.name.0.as_str() == topic) {
+            Some(i) => &mut out[i],
+            None => {
+                let mut n = TopicProduceResponse::default();
+                n.name = TopicName(StrBytes::from_string(topic.to_string()));
+                out.push(n);
+                let last = out.len() - 1;
+                &mut out[last]
+            }
+        };
+        match o.partition_responses.iter_mut().find(|q| q.index == index) {
+            None => o.partition_responses.push(p),
+            Some(q) => {
+                if q.error_code == 0 && p.error_code != 0 {
+                    *q = p;
+                } else if q.error_code == 0 && !moved && p.error_code == 0 {
+                    q.base_offset = p.base_offset;
+                }
+            }
+        }
     }
 }
 

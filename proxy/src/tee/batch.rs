@@ -298,6 +298,11 @@ pub fn decode(batch: &BatchRef) -> Result<Vec<TeeRecord>, BatchError> {
     if batch.bytes.len() < HEADER_LEN {
         return Err(corrupt("shorter than a batch header"));
     }
+    // An empty batch (all its records compacted or filtered away) has no
+    // compressed stream at all, whatever its codec says.
+    if batch.records_count == 0 && batch.bytes.len() == HEADER_LEN {
+        return Ok(Vec::new());
+    }
     let data =
         decompress(batch.compression, batch.bytes.slice(HEADER_LEN..)).map_err(|reason| {
             BatchError::Decompress {
@@ -378,47 +383,154 @@ fn read_record(r: &mut Reader, batch: &BatchRef) -> Result<TeeRecord, &'static s
 /// record's timestamp, not transactional, partition leader epoch -1, and the
 /// producer fields and codec of `params`.
 pub fn encode(records: &[TeeRecord], params: &BatchParams) -> Result<Bytes, BatchError> {
-    let first = records.first().ok_or(BatchError::Empty)?;
+    encode_as(
+        records,
+        &Layout {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            compression: params.compression,
+            transactional: false,
+            log_append_time: None,
+            producer_id: params.producer_id,
+            producer_epoch: params.producer_epoch,
+            base_sequence: params.base_sequence,
+            last_offset_delta: None,
+        },
+    )
+}
+
+/// The frame [`encode_as`] puts around records: everything of a batch
+/// header but its length, CRC and record count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub base_offset: i64,
+    pub partition_leader_epoch: i32,
+    pub compression: Compression,
+    pub transactional: bool,
+    /// `Some(broker time)` for a LogAppendTime batch (every record's
+    /// timestamp); `None`: CreateTime, each record's own.
+    pub log_append_time: Option<i64>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    /// `None`: offset deltas 0..n (a producer's batch, the broker assigns
+    /// offsets). `Some(last)`: each record keeps its own offset (delta from
+    /// `base_offset`) and the batch keeps `lastOffsetDelta = last`, so a
+    /// consumer moves past records that were taken out, as after compaction.
+    pub last_offset_delta: Option<i32>,
+}
+
+impl BatchRef {
+    /// The layout of this batch, keeping its offsets.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            base_offset: self.base_offset,
+            partition_leader_epoch: self.partition_leader_epoch,
+            compression: self.compression,
+            transactional: self.is_transactional,
+            log_append_time: self.log_append_time.then_some(self.max_timestamp),
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+            last_offset_delta: i32::try_from(self.last_offset - self.base_offset).ok(),
+        }
+    }
+}
+
+/// Encodes `records` as one v2 batch framed by `layout`. With offsets kept
+/// (`layout.last_offset_delta`), a batch may be empty: Kafka's log cleaner
+/// leaves such batches too, and consumers step over them.
+pub fn encode_as(records: &[TeeRecord], layout: &Layout) -> Result<Bytes, BatchError> {
+    if records.is_empty() && layout.last_offset_delta.is_none() {
+        return Err(BatchError::Empty);
+    }
     let count = i32::try_from(records.len()).map_err(|_| BatchError::TooManyRecords {
         count: records.len(),
     })?;
-    let base_timestamp = first.timestamp;
-    let max_timestamp = records
-        .iter()
-        .map(|r| r.timestamp)
-        .fold(base_timestamp, i64::max);
+    let deltas: Vec<i32> = match layout.last_offset_delta {
+        None => (0..count).collect(),
+        Some(_) => records
+            .iter()
+            .map(|r| {
+                r.offset
+                    .checked_sub(layout.base_offset)
+                    .and_then(|d| i32::try_from(d).ok())
+                    .ok_or(BatchError::TooLarge {
+                        offset: r.offset,
+                        what: "its distance to the batch's base offset is",
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let last_offset_delta = layout.last_offset_delta.unwrap_or(count.saturating_sub(1));
+    let (base_timestamp, max_timestamp) = match (layout.log_append_time, records.first()) {
+        (Some(t), _) => (t, t),
+        (None, Some(first)) => (
+            first.timestamp,
+            records
+                .iter()
+                .map(|r| r.timestamp)
+                .fold(first.timestamp, i64::max),
+        ),
+        (None, None) => (-1, -1),
+    };
 
-    let lens = (0..count)
-        .zip(records)
-        .map(|(delta, record)| body_len(record, delta, base_timestamp))
+    let lens = records
+        .iter()
+        .zip(&deltas)
+        .map(|(record, &delta)| {
+            body_len(
+                record,
+                delta,
+                record_timestamp_delta(record, layout, base_timestamp),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let records_len = lens.iter().fold(0usize, |sum, &len| {
         sum.saturating_add(len + varint_len(len as i64))
     });
 
-    let uncompressed = params.compression == Compression::None;
+    let mut attributes = layout.compression.id();
+    if layout.log_append_time.is_some() {
+        attributes |= ATTR_LOG_APPEND_TIME;
+    }
+    if layout.transactional {
+        attributes |= ATTR_TRANSACTIONAL;
+    }
+    let uncompressed = layout.compression == Compression::None;
     let mut out = BytesMut::with_capacity(HEADER_LEN + if uncompressed { records_len } else { 0 });
-    out.put_i64(0);
+    out.put_i64(layout.base_offset);
     out.put_i32(0); // batch length, set below
-    out.put_i32(-1);
+    out.put_i32(layout.partition_leader_epoch);
     out.put_i8(2);
     out.put_u32(0); // CRC, set below
-    out.put_i16(params.compression.id());
-    out.put_i32(count - 1);
+    out.put_i16(attributes);
+    out.put_i32(last_offset_delta);
     out.put_i64(base_timestamp);
     out.put_i64(max_timestamp);
-    out.put_i64(params.producer_id);
-    out.put_i16(params.producer_epoch);
-    out.put_i32(params.base_sequence);
+    out.put_i64(layout.producer_id);
+    out.put_i16(layout.producer_epoch);
+    out.put_i32(layout.base_sequence);
     out.put_i32(count);
 
+    let put = |buf: &mut BytesMut| {
+        for ((record, &delta), &len) in records.iter().zip(&deltas).zip(&lens) {
+            put_record(
+                buf,
+                record,
+                len,
+                delta,
+                record_timestamp_delta(record, layout, base_timestamp),
+            );
+        }
+    };
     if uncompressed {
-        put_records(&mut out, records, &lens, base_timestamp);
-    } else {
+        put(&mut out);
+    } else if !records.is_empty() {
         let mut raw = BytesMut::with_capacity(records_len);
-        put_records(&mut raw, records, &lens, base_timestamp);
-        compress(params.compression, raw, &mut out).map_err(|reason| BatchError::Compress {
-            codec: params.compression,
+        put(&mut raw);
+        compress(layout.compression, raw, &mut out).map_err(|reason| BatchError::Compress {
+            codec: layout.compression,
             reason,
         })?;
     }
@@ -431,12 +543,22 @@ pub fn encode(records: &[TeeRecord], params: &BatchParams) -> Result<Bytes, Batc
     Ok(out.freeze())
 }
 
+/// LogAppendTime batches carry no meaningful record timestamps (the broker's
+/// time applies to all): deltas are written as 0.
+fn record_timestamp_delta(record: &TeeRecord, layout: &Layout, base_timestamp: i64) -> i64 {
+    if layout.log_append_time.is_some() {
+        0
+    } else {
+        record.timestamp.wrapping_sub(base_timestamp)
+    }
+}
+
 /// The record's length without its own length prefix, after checking that
-/// every length and delta fits the 32-bit fields `put_records` writes.
+/// every length and delta fits the 32-bit fields `put_record` writes.
 fn body_len(
     record: &TeeRecord,
     offset_delta: i32,
-    base_timestamp: i64,
+    timestamp_delta: i64,
 ) -> Result<usize, BatchError> {
     let too_large = |what| BatchError::TooLarge {
         offset: record.offset,
@@ -449,10 +571,6 @@ fn body_len(
             Err(_) => Err(too_large(what)),
         },
     };
-    let timestamp_delta = record
-        .timestamp
-        .checked_sub(base_timestamp)
-        .ok_or(too_large("its distance to the first record's timestamp is"))?;
     let header_count =
         i32::try_from(record.headers.len()).map_err(|_| too_large("its header count is"))?;
 
@@ -469,8 +587,14 @@ fn body_len(
     Ok(len)
 }
 
-/// Writes records whose lengths and deltas `body_len` computed and checked.
-fn put_records(buf: &mut BytesMut, records: &[TeeRecord], lens: &[usize], base_timestamp: i64) {
+/// Writes a record whose length and deltas `body_len` computed and checked.
+fn put_record(
+    buf: &mut BytesMut,
+    record: &TeeRecord,
+    len: usize,
+    offset_delta: i32,
+    timestamp_delta: i64,
+) {
     fn put_field(buf: &mut BytesMut, bytes: Option<&Bytes>) {
         match bytes {
             None => put_varint(buf, -1),
@@ -480,18 +604,16 @@ fn put_records(buf: &mut BytesMut, records: &[TeeRecord], lens: &[usize], base_t
             }
         }
     }
-    for ((delta, record), &len) in (0i64..).zip(records).zip(lens) {
-        put_varint(buf, len as i64);
-        buf.put_i8(0);
-        put_varint(buf, record.timestamp.wrapping_sub(base_timestamp));
-        put_varint(buf, delta);
-        put_field(buf, record.key.as_ref());
-        put_field(buf, record.value.as_ref());
-        put_varint(buf, record.headers.len() as i64);
-        for (key, value) in &record.headers {
-            put_field(buf, Some(key));
-            put_field(buf, value.as_ref());
-        }
+    put_varint(buf, len as i64);
+    buf.put_i8(0);
+    put_varint(buf, timestamp_delta);
+    put_varint(buf, i64::from(offset_delta));
+    put_field(buf, record.key.as_ref());
+    put_field(buf, record.value.as_ref());
+    put_varint(buf, record.headers.len() as i64);
+    for (key, value) in &record.headers {
+        put_field(buf, Some(key));
+        put_field(buf, value.as_ref());
     }
 }
 
@@ -836,6 +958,76 @@ mod tests {
             key: Some(b(b"k")),
             value: Some(b(b"v")),
             headers: headers.iter().map(|(k, v)| (b(k), v.map(b))).collect(),
+        }
+    }
+
+    #[test]
+    fn encode_as_keeps_offsets_and_frame_when_records_are_taken_out() {
+        for codec in ALL {
+            for log_append in [None, Some(1_700_000_009_999)] {
+                let layout = Layout {
+                    base_offset: 500,
+                    partition_leader_epoch: 4,
+                    compression: codec,
+                    transactional: true,
+                    log_append_time: log_append,
+                    producer_id: 77,
+                    producer_epoch: 2,
+                    base_sequence: 10,
+                    last_offset_delta: Some(9),
+                };
+                let mut kept = vec![
+                    rec(1_700_000_000_005, &[]),
+                    rec(1_700_000_000_001, &[(b"h", None)]),
+                ];
+                kept[0].offset = 502;
+                kept[1].offset = 507;
+                let bytes = encode_as(&kept, &layout).unwrap();
+                let found = batches(&bytes).unwrap(); // checks the CRC
+                assert_eq!(found.len(), 1);
+                let got = &found[0];
+                assert_eq!((got.base_offset, got.last_offset), (500, 509));
+                assert_eq!(got.layout(), layout);
+                assert_eq!(got.records_count, 2);
+                let back = decode(got).unwrap();
+                assert_eq!(
+                    back.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                    [502, 507]
+                );
+                match log_append {
+                    Some(t) => assert!(back.iter().all(|r| r.timestamp == t)),
+                    None => assert_eq!(back, kept),
+                }
+                // Every record taken out: an empty batch still spans 500..=509.
+                let empty = encode_as(&[], &layout).unwrap();
+                let e = &batches(&empty).unwrap()[0];
+                assert_eq!(
+                    (e.base_offset, e.last_offset, e.records_count),
+                    (500, 509, 0)
+                );
+                assert!(decode(e).unwrap().is_empty());
+            }
+        }
+        // A producer's batch cannot be empty.
+        let mut producer = Layout {
+            last_offset_delta: None,
+            ..encode_params_layout()
+        };
+        producer.base_offset = 0;
+        assert!(matches!(encode_as(&[], &producer), Err(BatchError::Empty)));
+    }
+
+    fn encode_params_layout() -> Layout {
+        Layout {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            compression: Compression::None,
+            transactional: false,
+            log_append_time: None,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            last_offset_delta: None,
         }
     }
 

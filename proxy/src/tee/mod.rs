@@ -49,6 +49,12 @@ const NOT_SYNCED: i16 = 20;
 /// One route's copy to one target site.
 pub struct Link {
     pub route: usize,
+    /// Index of the tee target in the route's `tee` (its plugin chain);
+    /// `None` for a failover's reverse link, which runs no plugins.
+    pub tee_index: Option<usize>,
+    /// Config indexes of the sites (plugins know sites by these).
+    pub source_index: usize,
+    pub target_index: usize,
     pub route_name: String,
     pub source: Arc<Site>,
     pub target: Arc<Site>,
@@ -172,6 +178,8 @@ pub struct TopicStatus {
 
 pub struct Tee {
     links: Vec<Arc<Link>>,
+    /// Tee-stage plugins (set once the plugin host is up).
+    plugins: std::sync::OnceLock<Arc<crate::plugin::registry::Registry>>,
     cfg: TeeConfig,
     metrics: Arc<Metrics>,
     stop: Mutex<Option<watch::Receiver<bool>>>,
@@ -183,33 +191,38 @@ impl Tee {
     pub fn new(cfg: &Validated, sites: &[Arc<Site>], metrics: Arc<Metrics>) -> Arc<Self> {
         let router: &Router = &cfg.router;
         let mut links = Vec::new();
-        let link = |ri: usize,
-                    r: &crate::route::Route,
-                    (source, source_naming): (&Arc<Site>, &Naming),
-                    (target, target_naming): (&Arc<Site>, &Naming),
-                    mode: TeeMode,
-                    start: TeeStart,
-                    reverse: bool| {
-            Arc::new(Link {
-                route: ri,
-                route_name: r.name.clone(),
-                source: source.clone(),
-                target: target.clone(),
-                mode,
-                start,
-                route_topics: r.topics.clone(),
-                route_naming: source_naming.clone(),
-                target_naming: target_naming.clone(),
-                topics: Mutex::new(HashMap::new()),
-                restored: tokio::sync::Mutex::new(None),
-                syncs_ready: std::sync::atomic::AtomicBool::new(false),
-                active: watch::Sender::new(!reverse),
-                reverse,
-                runs: Mutex::new(HashMap::new()),
-            })
-        };
+        let link =
+            |ri: usize,
+             r: &crate::route::Route,
+             (source, source_naming): (&Arc<Site>, &Naming),
+             (target, target_naming): (&Arc<Site>, &Naming),
+             mode: TeeMode,
+             start: TeeStart,
+             (tee_index, source_index, target_index): (Option<usize>, usize, usize)| {
+                let reverse = tee_index.is_none();
+                Arc::new(Link {
+                    route: ri,
+                    tee_index,
+                    source_index,
+                    target_index,
+                    route_name: r.name.clone(),
+                    source: source.clone(),
+                    target: target.clone(),
+                    mode,
+                    start,
+                    route_topics: r.topics.clone(),
+                    route_naming: source_naming.clone(),
+                    target_naming: target_naming.clone(),
+                    topics: Mutex::new(HashMap::new()),
+                    restored: tokio::sync::Mutex::new(None),
+                    syncs_ready: std::sync::atomic::AtomicBool::new(false),
+                    active: watch::Sender::new(!reverse),
+                    reverse,
+                    runs: Mutex::new(HashMap::new()),
+                })
+            };
         for (ri, r) in router.routes().iter().enumerate() {
-            for t in &r.tee {
+            for (k, t) in r.tee.iter().enumerate() {
                 let (Some(source), Some(target)) = (sites.get(r.site), sites.get(t.site)) else {
                     continue;
                 };
@@ -220,7 +233,7 @@ impl Tee {
                     (target, &t.naming),
                     t.mode,
                     t.start,
-                    false,
+                    (Some(k), r.site, t.site),
                 ));
                 // Failback needs the standby's new writes on the primary:
                 // the same copy the other way, started at failover. It
@@ -234,18 +247,24 @@ impl Tee {
                         (source, &r.naming),
                         TeeMode::Async,
                         TeeStart::Earliest,
-                        true,
+                        (None, t.site, r.site),
                     ));
                 }
             }
         }
         Arc::new(Tee {
             links,
+            plugins: std::sync::OnceLock::new(),
             cfg: cfg.config.tee.clone(),
             metrics,
             stop: Mutex::new(None),
             workers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Gives the tee the plugin registry (once, before `start`).
+    pub fn set_plugins(&self, reg: Arc<crate::plugin::registry::Registry>) {
+        let _ = self.plugins.set(reg);
     }
 
     /// After the stop signal: lets every worker write its last offset syncs,

@@ -90,6 +90,16 @@ struct Pending {
     /// Source offset to continue from once this batch is written.
     end: i64,
     bytes: usize,
+    /// Conflict versions the tee plugins accepted: saved before the write.
+    versions: Vec<(Bytes, crate::plugin::Version)>,
+}
+
+/// The tee plugins of a round: snapshot of the link's chain, and whether
+/// the target's conflict state could be read.
+struct Plugins {
+    chain: Vec<Arc<crate::plugin::Loaded>>,
+    registry: Arc<crate::plugin::registry::Registry>,
+    state: Result<(), String>,
 }
 
 struct Worker {
@@ -593,6 +603,18 @@ impl Worker {
             .any(|f| f.error != 0 || f.records.as_ref().is_some_and(|r| !r.is_empty()));
         self.long_polled = all && !any_records;
         tracing::trace!(topic = %src, asked = want.len(), answered = fetched.len(), "tee fetch round");
+        let plugins = match self.plugins().await {
+            Ok(p) => p,
+            Err(e) => {
+                // A chain naming a plugin that is not loaded: copying
+                // without it could let through what it should stop.
+                for (i, _) in &want {
+                    self.failed("plugin", &e);
+                    self.backoff(*i as usize);
+                }
+                return false;
+            }
+        };
         let mut pendings = Vec::new();
         let mut moved = false;
         for f in fetched {
@@ -648,7 +670,7 @@ impl Worker {
                 }
                 continue;
             }
-            match self.build(i, &records, &f.aborted) {
+            match self.build(i, &records, &f.aborted, plugins.as_ref()) {
                 Ok(Some(p)) => pendings.push(p),
                 Ok(None) => {}
                 Err(e) => {
@@ -668,6 +690,29 @@ impl Worker {
             return moved;
         }
         let tgt = self.topic.target_topic.clone();
+        if let Some(p) = &plugins {
+            // Versions before records (`plugin::conflict`): a partition whose
+            // versions could not be saved is not written this round.
+            let mut i = 0;
+            while i < pendings.len() {
+                let versions = std::mem::take(&mut pendings[i].versions);
+                let saved = p
+                    .registry
+                    .conflicts()
+                    .save(self.link.target_index as u16, &tgt, &versions)
+                    .await;
+                if let Err(e) = saved {
+                    let part = pendings.swap_remove(i).partition as usize;
+                    self.failed("plugin_state", &e);
+                    self.backoff(part);
+                } else {
+                    i += 1;
+                }
+            }
+            if pendings.is_empty() {
+                return moved;
+            }
+        }
         let batches: Vec<(i32, Bytes)> = pendings
             .iter()
             .map(|p| (p.partition, p.batch.clone()))
@@ -691,11 +736,38 @@ impl Worker {
 
     /// Turns fetched source records into the partition's next target batch.
     /// Advances `next` over anything that needs no write.
+    /// The link's tee plugins now, with the target's conflict state read
+    /// when a plugin resolves conflicts. `Ok(None)`: no plugins.
+    async fn plugins(&self) -> Result<Option<Plugins>, String> {
+        let (Some(k), Some(reg)) = (self.link.tee_index, self.tee.plugins.get()) else {
+            return Ok(None);
+        };
+        let chain = reg
+            .chain(self.link.route, crate::plugin::registry::Which::Tee(k))
+            .map_err(|m| m.0)?;
+        if chain.is_empty() {
+            return Ok(None);
+        }
+        let state = if chain.iter().any(|p| p.caps.resolve) {
+            reg.conflicts()
+                .ensure_restored(self.link.target_index as u16)
+                .await
+        } else {
+            Ok(())
+        };
+        Ok(Some(Plugins {
+            chain,
+            registry: reg.clone(),
+            state,
+        }))
+    }
+
     fn build(
         &mut self,
         i: usize,
         records: &Bytes,
         aborted: &[(i64, i64)],
+        plugins: Option<&Plugins>,
     ) -> Result<Option<Pending>, String> {
         let origin = self.link.source.name.clone();
         let (pid, epoch) = self.producer.unwrap_or((-1, -1));
@@ -705,6 +777,7 @@ impl Worker {
         let mut size = 0usize;
         let mut end = part.next;
         let mut compression = Compression::None;
+        let mut versions = Vec::new();
         let singles = part.next < part.singles_until;
         'batches: for b in batches {
             if b.last_offset < part.next {
@@ -722,10 +795,41 @@ impl Worker {
                 compression = b.compression;
             }
             let recs = batch::decode(&b).map_err(|e| e.to_string())?;
-            let (copy, _teed_in) = batch::for_tee(
+            let (mut copy, _teed_in) = batch::for_tee(
                 recs.into_iter().filter(|r| r.offset >= part.next).collect(),
                 &origin,
             );
+            // Plugins decide before records already on the target are passed
+            // over: that count (`reconcile`) is of records the plugins kept.
+            if let (Some(p), false) = (plugins, copy.is_empty()) {
+                let meta = crate::plugin::BatchMeta {
+                    stage: crate::plugin::Stage::Tee,
+                    topic: self.topic.source_topic.clone(),
+                    partition: i as i32,
+                    origin_site: self.link.source_index as u16,
+                    local_site: self.link.source_index as u16,
+                    target_site: Some(self.link.target_index as u16),
+                    client_id: None,
+                    base_offset: copy.first().map_or(b.base_offset, |r| r.offset),
+                };
+                let scope = crate::plugin::chain::Scope {
+                    site: self.link.target_index as u16,
+                    topic: &self.topic.target_topic,
+                };
+                let out = crate::plugin::chain::run_ready(
+                    p.registry.conflicts(),
+                    &p.chain,
+                    meta,
+                    scope,
+                    copy,
+                    p.state.clone(),
+                );
+                if let Some(why) = out.refused {
+                    return Err(why);
+                }
+                versions.extend(out.versions);
+                copy = out.applied.kept;
+            }
             let mut last_seen = b.last_offset;
             for r in copy {
                 if let Some(t) = part.take_skip() {
@@ -769,6 +873,7 @@ impl Worker {
             batch,
             offsets,
             end,
+            versions,
         }))
     }
 

@@ -11,11 +11,13 @@
 //! is answered here, never forwarded) and gives every (client id, site) pair
 //! its own id from that site, allocated on first use and written into the
 //! batches on the way (`api::produce`, CRC recomputed). Sequences are
-//! rebased per partition: the first batch a site sees for a partition under
-//! its id starts at sequence 0 there (Kafka accepts any first sequence from a
-//! producer id it has no state for, Tansu only 0), later ones keep their
-//! distance from it, so the site's duplicate and gap checks work exactly as
-//! on the client's own numbering. When a route switches sites the mappings
+//! renumbered per partition: the first batch a site sees for a partition
+//! under its id starts at sequence 0 there (Kafka accepts any first sequence
+//! from a producer id it has no state for, Tansu only 0), later ones follow
+//! in arrival order by record count, and a client's retry gets the numbers
+//! its first attempt got, so the site's duplicate and gap checks work as on
+//! the client's own numbering — also when a produce plugin dropped records
+//! or moved them to another partition. When a route switches sites the mappings
 //! of both sites are dropped, so the next batch gets a fresh id there
 //! instead of one whose last sequence the site remembers from before the
 //! switch (it would answer OUT_OF_ORDER_SEQUENCE).
@@ -36,26 +38,62 @@ pub type Pid = (i64, i16);
 pub struct SiteProducer {
     pub pid: i64,
     pub epoch: i16,
-    /// Client sequence of the first batch per (physical topic, partition).
-    bases: Mutex<HashMap<(String, i32), i32>>,
+    /// Per (physical topic, partition) on the site: the sequence numbering.
+    parts: Mutex<HashMap<(String, i32), SiteSequence>>,
+}
+
+/// Batches a client may have in flight per partition (Kafka allows 5);
+/// a retry is recognised among this many recent batches.
+const RECENT_BATCHES: usize = 16;
+
+/// The site's sequence numbers of one partition: handed out in the order
+/// batches arrive, `count` records each, so the site sees 0, 1, 2, ... with
+/// no gap even when a plugin dropped records of a batch or moved them to
+/// another partition (the client's own numbering would then have gaps, or
+/// be another partition's). A retry of a batch, known by its client-side
+/// origin, gets the same numbers again.
+#[derive(Default)]
+struct SiteSequence {
+    next: i32,
+    /// `(client topic, client partition, client base sequence)` → site base sequence.
+    recent: std::collections::VecDeque<((String, i32, i32), i32)>,
 }
 
 impl SiteProducer {
-    /// The site's sequence for a client batch's base sequence.
-    pub fn sequence(&self, topic: &str, partition: i32, client_seq: i32) -> i32 {
-        let Ok(mut b) = self.bases.lock() else {
-            return client_seq;
+    /// The site's base sequence for a client batch of `count` records bound
+    /// for `(topic, partition)` on this site; `client` names the batch as
+    /// the client sent it (its topic, partition and base sequence).
+    pub fn sequence(
+        &self,
+        topic: &str,
+        partition: i32,
+        client: (&str, i32, i32),
+        count: i32,
+    ) -> i32 {
+        let Ok(mut parts) = self.parts.lock() else {
+            return client.2;
         };
-        let base = *b
-            .entry((topic.to_string(), partition))
-            .or_insert(client_seq);
-        // Sequences wrap at i32::MAX to 0, so does the difference.
-        let d = client_seq.wrapping_sub(base);
-        if d < 0 {
-            d.wrapping_add(i32::MAX).wrapping_add(1)
-        } else {
-            d
+        let seq = parts.entry((topic.to_string(), partition)).or_default();
+        if let Some((_, s)) = seq
+            .recent
+            .iter()
+            .find(|((t, p, c), _)| t == client.0 && *p == client.1 && *c == client.2)
+        {
+            return *s;
         }
+        let base = seq.next;
+        // Sequences wrap at i32::MAX to 0.
+        seq.next = if count > i32::MAX - base {
+            count - (i32::MAX - base) - 1
+        } else {
+            base + count
+        };
+        if seq.recent.len() >= RECENT_BATCHES {
+            seq.recent.pop_front();
+        }
+        seq.recent
+            .push_back(((client.0.to_string(), client.1, client.2), base));
+        base
     }
 }
 
@@ -126,7 +164,7 @@ impl ProducerIds {
         let sp = std::sync::Arc::new(SiteProducer {
             pid: new_pid,
             epoch: new_epoch,
-            bases: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
         });
         if let Ok(mut m) = self.map.lock() {
             if m.len() >= MAX_MAPPINGS {
@@ -167,19 +205,37 @@ mod tests {
     }
 
     #[test]
-    fn sequences_start_at_zero_per_partition_and_keep_their_distance() {
+    fn sequences_count_from_zero_per_partition_and_retries_keep_theirs() {
         let sp = SiteProducer {
             pid: 1,
             epoch: 0,
-            bases: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
         };
-        assert_eq!(sp.sequence("t", 0, 37), 0);
-        assert_eq!(sp.sequence("t", 0, 42), 5);
-        assert_eq!(sp.sequence("t", 0, 37), 0, "a retry keeps its sequence");
-        assert_eq!(sp.sequence("t", 1, 9), 0);
-        assert_eq!(sp.sequence("u", 0, 0), 0);
-        // Across the wrap: the client goes i32::MAX -> 0.
-        assert_eq!(sp.sequence("w", 0, i32::MAX - 1), 0);
-        assert_eq!(sp.sequence("w", 0, 1), 3);
+        assert_eq!(sp.sequence("t", 0, ("t", 0, 37), 5), 0);
+        assert_eq!(sp.sequence("t", 0, ("t", 0, 42), 3), 5);
+        assert_eq!(
+            sp.sequence("t", 0, ("t", 0, 37), 5),
+            0,
+            "a retry keeps its sequence"
+        );
+        assert_eq!(sp.sequence("t", 0, ("t", 0, 45), 1), 8);
+        assert_eq!(sp.sequence("t", 1, ("t", 1, 9), 2), 0);
+        // Records a plugin moved from u-0 to t-0 continue t-0's numbering.
+        assert_eq!(sp.sequence("t", 0, ("u", 0, 0), 2), 9);
+        assert_eq!(sp.sequence("t", 0, ("u", 0, 0), 2), 9);
+        // Across the wrap: i32::MAX is followed by 0.
+        let w = SiteProducer {
+            pid: 2,
+            epoch: 0,
+            parts: Mutex::new(HashMap::new()),
+        };
+        w.parts
+            .lock()
+            .unwrap()
+            .entry(("w".into(), 0))
+            .or_default()
+            .next = i32::MAX - 1;
+        assert_eq!(w.sequence("w", 0, ("w", 0, 5), 3), i32::MAX - 1);
+        assert_eq!(w.sequence("w", 0, ("w", 0, 8), 1), 1);
     }
 }

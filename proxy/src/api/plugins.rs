@@ -1,0 +1,364 @@
+//! The plugin hooks of Produce and Fetch: a route's produce chain runs on a
+//! client's batches before they are routed (and teed), its fetch chain on
+//! the records of a Fetch answer before the consumer sees them
+//! (`plugin::chain` says what plugins may decide and how failures apply).
+//!
+//! Batches no plugin changed keep their bytes (zero-copy on produce: the
+//! client's frame still goes upstream untouched when nothing else changes).
+//! Changed batches are re-encoded: on produce as the client's batch (same
+//! producer fields and codec, records renumbered; the site's sequence
+//! numbers follow the records actually sent), on fetch in place (same base
+//! offset, offsets and lastOffsetDelta, codec, timestamps type, producer
+//! fields; records taken out leave offset gaps, as compaction does).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::Ctx;
+use crate::codec::RequestFrame;
+use crate::plugin::chain::{self, Scope};
+use crate::plugin::registry::{Registry, Which};
+use crate::plugin::{BatchMeta, Loaded, Stage};
+use crate::tee::batch::{self, Layout, TeeRecord};
+
+/// Kafka's POLICY_VIOLATION: the answer for a batch a fail-closed plugin
+/// could not process (not retriable: the producer reports it instead of
+/// retrying until its delivery timeout).
+pub const POLICY_VIOLATION: i16 = 44;
+/// KAFKA_STORAGE_ERROR: what a consumer gets for a partition whose records
+/// a fail-closed plugin could not process (retriable: the consumer retries
+/// and carries on once the plugin works again).
+pub const KAFKA_STORAGE_ERROR: i16 = 56;
+
+/// What the produce hook did to a request.
+#[derive(Debug, Default)]
+pub struct ProduceHook {
+    /// True when the request body differs from the client's frame.
+    pub changed: bool,
+    /// `(topic, partition)` now in the request → the client's own
+    /// `(topic, partition)` it came from (virtual names).
+    origins: Vec<((String, i32), (String, i32))>,
+    /// Partitions answered without a write: the client's topic and
+    /// partition, error code (0: every record dropped), message.
+    pub answered: Vec<(String, i32, i16, Option<String>)>,
+    /// Records routed to another site: virtual topic → site.
+    pub pinned: Vec<(String, usize)>,
+}
+
+impl ProduceHook {
+    /// The client's `(topic, partition)` for one now in the request.
+    pub fn origin<'a>(&'a self, topic: &'a str, partition: i32) -> (&'a str, i32) {
+        self.origins
+            .iter()
+            .find(|((t, p), _)| t == topic && *p == partition)
+            .map(|(_, (t, p))| (t.as_str(), *p))
+            .unwrap_or((topic, partition))
+    }
+}
+
+/// Runs the produce chains of the request's routes. `None`: no route of the
+/// request has produce plugins (nothing was looked at).
+pub async fn produce(
+    ctx: &Ctx<'_>,
+    req: &RequestFrame,
+    body: &mut ProduceRequest,
+) -> Option<ProduceHook> {
+    let reg = ctx.proxy.plugins.as_ref()?;
+    if !reg.any_produce() {
+        return None;
+    }
+    let router = ctx.proxy.router.clone();
+    let who = ctx.who(req);
+    let mut hook = ProduceHook::default();
+    let mut added: Vec<TopicProduceData> = Vec::new();
+    for t in &mut body.topic_data {
+        let virt = t.name.0.to_string();
+        let Some(route) = router.route_of(who, &virt) else {
+            continue;
+        };
+        let plugins = match reg.chain(route, Which::Produce) {
+            Ok(p) if p.is_empty() => continue,
+            Ok(p) => p,
+            Err(missing) => {
+                hook.changed = true;
+                for p in t.partition_data.drain(..) {
+                    hook.answered.push((
+                        virt.clone(),
+                        p.index,
+                        POLICY_VIOLATION,
+                        Some(missing.0.clone()),
+                    ));
+                }
+                continue;
+            }
+        };
+        let resolved = router.resolve(who, &virt);
+        let site = resolved.site;
+        let physical = resolved.physical.to_string();
+        let mut keep = Vec::with_capacity(t.partition_data.len());
+        for mut p in std::mem::take(&mut t.partition_data) {
+            let Some(records) = p.records.clone() else {
+                keep.push(p);
+                continue;
+            };
+            let meta = BatchMeta {
+                stage: Stage::Produce,
+                topic: virt.clone(),
+                partition: p.index,
+                origin_site: site as u16,
+                local_site: site as u16,
+                target_site: None,
+                client_id: req.client_id.as_ref().map(|c| c.to_string()),
+                base_offset: -1,
+            };
+            match run_produce(reg, &plugins, meta, &physical, site, &records).await {
+                Produced::Unchanged => keep.push(p),
+                Produced::Refused(msg) => {
+                    hook.changed = true;
+                    hook.answered
+                        .push((virt.clone(), p.index, POLICY_VIOLATION, Some(msg)));
+                }
+                Produced::Changed { kept, moved } => {
+                    hook.changed = true;
+                    let index = p.index;
+                    match kept {
+                        Some(b) => {
+                            p.records = Some(b);
+                            keep.push(p);
+                        }
+                        // Every record dropped (or moved): acknowledged
+                        // here, there is nothing to write.
+                        None if moved.is_empty() => {
+                            hook.answered.push((virt.clone(), index, 0, None))
+                        }
+                        None => {}
+                    }
+                    for (to_site, topic, b) in moved {
+                        if let Some(s) = to_site {
+                            hook.pinned.push((topic.clone(), s));
+                        }
+                        hook.origins
+                            .push(((topic.clone(), index), (virt.clone(), index)));
+                        let mut part = PartitionProduceData::default();
+                        part.index = index;
+                        part.records = Some(b);
+                        match added.iter_mut().find(|a| a.name.0.as_str() == topic) {
+                            Some(a) => a.partition_data.push(part),
+                            None => {
+                                let mut a = TopicProduceData::default();
+                                a.name = TopicName(StrBytes::from_string(topic));
+                                a.partition_data.push(part);
+                                added.push(a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        t.partition_data = keep;
+    }
+    if !hook.changed {
+        return Some(hook);
+    }
+    // Moved records may not land in a partition the request also writes:
+    // Kafka takes one batch per partition, and merging two producers'
+    // numbering is not possible. Refused per the record's origin.
+    for a in added {
+        for p in a.partition_data {
+            let clash = body
+                .topic_data
+                .iter()
+                .any(|t| t.name == a.name && t.partition_data.iter().any(|q| q.index == p.index));
+            if clash {
+                let (ot, op) = hook.origin(a.name.0.as_str(), p.index);
+                let (ot, op) = (ot.to_string(), op);
+                hook.answered.push((
+                    ot,
+                    op,
+                    POLICY_VIOLATION,
+                    Some(format!(
+                        "a plugin moved records to {}-{}, which this request also writes",
+                        a.name.0, p.index
+                    )),
+                ));
+                continue;
+            }
+            match body.topic_data.iter_mut().find(|t| t.name == a.name) {
+                Some(t) => t.partition_data.push(p),
+                None => {
+                    let mut t = TopicProduceData::default();
+                    t.name = a.name.clone();
+                    t.partition_data.push(p);
+                    body.topic_data.push(t);
+                }
+            }
+        }
+    }
+    body.topic_data.retain(|t| !t.partition_data.is_empty());
+    Some(hook)
+}
+
+enum Produced {
+    Unchanged,
+    Refused(String),
+    Changed {
+        kept: Option<Bytes>,
+        moved: Vec<(Option<usize>, String, Bytes)>,
+    },
+}
+
+async fn run_produce(
+    reg: &Arc<Registry>,
+    plugins: &[Arc<Loaded>],
+    meta: BatchMeta,
+    physical: &str,
+    site: usize,
+    records: &Bytes,
+) -> Produced {
+    let batches = match batch::batches(records) {
+        Ok(b) if b.len() == 1 && !b[0].is_control => b,
+        // Not one data batch: not ours to judge; the broker answers.
+        _ => return Produced::Unchanged,
+    };
+    let first = &batches[0];
+    let decoded = match batch::decode(first) {
+        Ok(r) => r,
+        Err(_) => return Produced::Unchanged,
+    };
+    let total = decoded.len();
+    let out = chain::run(
+        reg.conflicts(),
+        plugins,
+        meta,
+        Scope {
+            site: site as u16,
+            topic: physical,
+        },
+        decoded,
+    )
+    .await;
+    if let Some(msg) = out.refused {
+        return Produced::Refused(msg);
+    }
+    // Versions first: a restart must never forget a version whose record
+    // may already be on the site (`plugin::conflict`).
+    if let Err(e) = reg
+        .conflicts()
+        .save(site as u16, physical, &out.versions)
+        .await
+    {
+        return Produced::Refused(format!("conflict state not saved: {e}"));
+    }
+    let a = out.applied;
+    if !a.changed {
+        return Produced::Unchanged;
+    }
+    if first.is_transactional && (a.kept.len() != total) {
+        // A transaction's batches are numbered by its coordinator's
+        // producer id, which Switchyard does not renumber.
+        return Produced::Refused(
+            "a produce plugin dropped or moved records of a transactional producer; only keep and replace-value are possible there"
+                .into(),
+        );
+    }
+    let layout = Layout {
+        last_offset_delta: None,
+        base_offset: 0,
+        ..first.layout()
+    };
+    let encode = |recs: &[TeeRecord]| batch::encode_as(recs, &layout);
+    let kept = if a.kept.is_empty() {
+        None
+    } else {
+        match encode(&a.kept) {
+            Ok(b) => Some(b),
+            Err(e) => return Produced::Refused(format!("re-encoding the batch: {e}")),
+        }
+    };
+    let mut moved = Vec::with_capacity(a.moved.len());
+    for (s, topic, recs) in a.moved {
+        match encode(&recs) {
+            Ok(b) => moved.push((s.map(usize::from), topic, b)),
+            Err(e) => return Produced::Refused(format!("re-encoding moved records: {e}")),
+        }
+    }
+    Produced::Changed { kept, moved }
+}
+
+/// What the fetch hook did to one partition's records.
+pub enum Fetched {
+    Unchanged,
+    Replaced(Bytes),
+    /// A fail-closed plugin failed: the partition gets an error, no records.
+    Refused(String),
+}
+
+/// Runs a fetch chain over one partition's records (a Fetch answer's
+/// record set: batches back to back, maybe a cut-off batch at the end).
+/// Control batches pass untouched; each data batch is re-encoded in place
+/// when a plugin changed it.
+pub fn fetch_records(
+    reg: &Registry,
+    plugins: &[Arc<Loaded>],
+    meta: BatchMeta,
+    records: &Bytes,
+) -> Fetched {
+    let Ok(batches) = batch::batches(records) else {
+        // Not ours to judge; the consumer reports corrupt data itself.
+        return Fetched::Unchanged;
+    };
+    let mut out: Option<bytes::BytesMut> = None;
+    let mut used = 0usize;
+    for (i, b) in batches.iter().enumerate() {
+        let replaced = if b.is_control {
+            None
+        } else {
+            let Ok(decoded) = batch::decode(b) else {
+                return Fetched::Unchanged;
+            };
+            let mut m = meta.clone();
+            m.base_offset = b.base_offset;
+            let o = chain::run_fetch(reg.conflicts(), plugins, m, decoded);
+            if let Some(msg) = o.refused {
+                return Fetched::Refused(msg);
+            }
+            if o.applied.changed {
+                match batch::encode_as(&o.applied.kept, &b.layout()) {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => return Fetched::Refused(format!("re-encoding a batch: {e}")),
+                }
+            } else {
+                None
+            }
+        };
+        match (replaced, out.as_mut()) {
+            (Some(new), Some(buf)) => buf.extend_from_slice(&new),
+            (Some(new), None) => {
+                // The first change: the batches before it are copied as they are.
+                let mut buf = bytes::BytesMut::with_capacity(records.len());
+                for earlier in &batches[..i] {
+                    buf.extend_from_slice(&earlier.bytes);
+                }
+                buf.extend_from_slice(&new);
+                out = Some(buf);
+            }
+            (None, Some(buf)) => buf.extend_from_slice(&b.bytes),
+            (None, None) => {}
+        }
+        used += b.bytes.len();
+    }
+    match out {
+        Some(mut buf) => {
+            // A batch cut off by the size limit stays at the end, as sent.
+            if let Some(rest) = records.get(used..) {
+                buf.extend_from_slice(rest);
+            }
+            Fetched::Replaced(buf.freeze())
+        }
+        None => Fetched::Unchanged,
+    }
+}

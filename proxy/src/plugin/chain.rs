@@ -1,0 +1,299 @@
+//! Running a route's plugins on one topic-partition batch.
+//!
+//! The data path calls [`run`] at three stages, each configured per route
+//! (`routes[].plugins.produce`, `routes[].plugins.fetch`,
+//! `routes[].tee[].plugins`):
+//!
+//! | stage | where | may | conflict state kept for |
+//! |---|---|---|---|
+//! | produce | a client's Produce, before routing and tee (`api::produce`) | keep, drop, replace value, rename, route; resolve | the route's site |
+//! | tee | a tee worker's batch for one target (`tee::worker`) | keep, drop, replace value; resolve | the target site |
+//! | fetch | a Fetch answer, before the consumer sees it (`api::fetch`) | keep, drop, replace value | — |
+//!
+//! Plugins of a chain run in order, each on what the previous one kept;
+//! records a plugin renames or routes elsewhere leave the chain. A plugin
+//! with the `resolve` capability then gets the keyed records it kept, with
+//! the host's stored version of each key ([`super::conflict`]).
+//!
+//! Failures (trap, deadline, memory, an error answer, a bad answer, no
+//! instance while restarting or crashed) apply the plugin's policy:
+//! fail-open skips the plugin for this batch (its records pass unchanged to
+//! the next), fail-closed refuses the batch — the caller answers that
+//! partition with an error and writes nothing. The connection is never
+//! touched either way.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::conflict::{Conflicts, MAX_STATE_BYTES};
+use super::records::{self, Applied};
+use super::{BatchMeta, CallError, Conflict, FailurePolicy, Loaded, Resolution, Stage, Version};
+use crate::tee::batch::TeeRecord;
+
+/// What a chain did to a batch.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub applied: Applied,
+    /// Versions of keys to save (site, physical topic of the scope) before
+    /// `applied.kept` is written.
+    pub versions: Vec<(Bytes, Version)>,
+    /// A fail-closed plugin failed: nothing of the batch may be written or
+    /// shown; the message names the plugin and the failure.
+    pub refused: Option<String>,
+}
+
+/// Where conflict versions of this batch are kept: the site written to and
+/// the topic's physical name there.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub site: u16,
+    pub topic: &'a str,
+}
+
+/// Runs `plugins` in order over `records`. Async only to read a site's
+/// saved conflict state the first time a resolving plugin needs it; the
+/// plugin calls themselves run on this thread, each bounded by its CPU
+/// deadline.
+pub async fn run(
+    conflicts: &Conflicts,
+    plugins: &[Arc<Loaded>],
+    meta: BatchMeta,
+    scope: Scope<'_>,
+    records: Vec<TeeRecord>,
+) -> Outcome {
+    let resolves = meta.stage != Stage::Fetch && plugins.iter().any(|p| p.caps.resolve);
+    let state = if resolves {
+        conflicts.ensure_restored(scope.site).await
+    } else {
+        Ok(())
+    };
+    run_ready(conflicts, plugins, meta, scope, records, state)
+}
+
+/// [`run`] for the fetch stage, which never resolves conflicts: no waiting.
+pub fn run_fetch(
+    conflicts: &Conflicts,
+    plugins: &[Arc<Loaded>],
+    meta: BatchMeta,
+    records: Vec<TeeRecord>,
+) -> Outcome {
+    let scope = Scope {
+        site: meta.local_site,
+        topic: "",
+    };
+    run_ready(conflicts, plugins, meta, scope, records, Ok(()))
+}
+
+/// [`run`] once the conflict state was restored (`state`: how that went),
+/// for callers that cannot wait in the middle (a tee worker building a batch).
+pub fn run_ready(
+    conflicts: &Conflicts,
+    plugins: &[Arc<Loaded>],
+    meta: BatchMeta,
+    scope: Scope<'_>,
+    records: Vec<TeeRecord>,
+    state: Result<(), String>,
+) -> Outcome {
+    let mut out = Outcome {
+        applied: Applied {
+            kept: records,
+            ..Applied::default()
+        },
+        ..Outcome::default()
+    };
+    for p in plugins {
+        if out.applied.kept.is_empty() {
+            break;
+        }
+        if p.caps.batch {
+            match batch_step(p, &meta, std::mem::take(&mut out.applied.kept)) {
+                Ok(a) => {
+                    out.applied.changed |= a.changed;
+                    out.applied.dropped += a.dropped;
+                    out.applied.moved.extend(a.moved);
+                    out.applied.kept = a.kept;
+                }
+                Err((e, records)) => {
+                    out.applied.kept = records;
+                    if let Some(r) = failed(p, &meta, e) {
+                        out.refused = Some(r);
+                        return out;
+                    }
+                    continue;
+                }
+            }
+        }
+        if p.caps.resolve && meta.stage != Stage::Fetch {
+            if let Err(e) = &state {
+                // Without the saved versions a stale record could win.
+                let e = p.error(CallError::Unavailable(format!("conflict state: {e}")));
+                if let Some(r) = failed(p, &meta, e) {
+                    out.refused = Some(r);
+                    return out;
+                }
+                continue;
+            }
+            let records = std::mem::take(&mut out.applied.kept);
+            match resolve_step(conflicts, p, &meta, scope, records) {
+                Ok((kept, dropped, changed, versions)) => {
+                    out.applied.kept = kept;
+                    out.applied.dropped += dropped;
+                    out.applied.changed |= changed;
+                    out.versions.extend(versions);
+                }
+                Err((e, records)) => {
+                    out.applied.kept = records;
+                    if let Some(r) = failed(p, &meta, e) {
+                        out.refused = Some(r);
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Applies the policy of a failed plugin: `Some(reason)` refuses the batch.
+fn failed(p: &Loaded, meta: &BatchMeta, e: CallError) -> Option<String> {
+    let msg = format!("plugin {} ({}) {e}", p.name, p.info.version);
+    tracing::debug!(topic = %meta.topic, partition = meta.partition, stage = ?meta.stage,
+        policy = p.policy.name(), "{msg}");
+    p.warn_limited(&msg);
+    match p.policy {
+        FailurePolicy::FailOpen => None,
+        FailurePolicy::FailClosed => Some(msg),
+    }
+}
+
+type StepError = (CallError, Vec<TeeRecord>);
+
+fn batch_step(p: &Loaded, meta: &BatchMeta, records: Vec<TeeRecord>) -> Result<Applied, StepError> {
+    let batch = match records::to_batch(meta.clone(), &records) {
+        Ok(b) => b,
+        Err(e) => return Err((e, records)),
+    };
+    let decisions = match p.on_batch(&batch) {
+        Ok(d) => d,
+        Err(e) => return Err((e, records)),
+    };
+    let n = records.len();
+    // `apply` consumes the records; on a bad answer the batch must pass
+    // unchanged (fail-open), so keep them until the answer checked out.
+    let backup = if decisions.is_empty() {
+        None
+    } else {
+        Some(records.clone())
+    };
+    match records::apply(records, decisions, meta) {
+        Ok(a) => {
+            p.count_out(n - a.dropped, a.dropped);
+            Ok(a)
+        }
+        Err(e) => Err((p.error(e), backup.unwrap_or_default())),
+    }
+}
+
+type Resolved = (Vec<TeeRecord>, usize, bool, Vec<(Bytes, Version)>);
+
+/// Resolves the keyed records against the stored versions. A key that
+/// occurs several times in the batch is resolved in rounds, so each
+/// occurrence meets the version the previous one left.
+fn resolve_step(
+    conflicts: &Conflicts,
+    p: &Loaded,
+    meta: &BatchMeta,
+    scope: Scope<'_>,
+    mut records: Vec<TeeRecord>,
+) -> Result<Resolved, StepError> {
+    let batch = match records::to_batch(meta.clone(), &records) {
+        Ok(b) => b,
+        Err(e) => return Err((e, records)),
+    };
+    let origin = match meta.stage {
+        Stage::Produce => meta.local_site,
+        _ => meta.origin_site,
+    };
+    let mut pending: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].key.is_some())
+        .collect();
+    let mut drop = vec![false; records.len()];
+    let mut changed = false;
+    let mut saved: Vec<(Bytes, Version)> = Vec::new();
+    let original = records.clone();
+    while !pending.is_empty() {
+        // This round: the first pending occurrence of each key.
+        let mut round = Vec::new();
+        let mut later = Vec::new();
+        for i in pending {
+            let k = records[i].key.as_ref();
+            if round.iter().any(|&j: &usize| records[j].key.as_ref() == k) {
+                later.push(i);
+            } else {
+                round.push(i);
+            }
+        }
+        pending = later;
+        let list: Vec<Conflict> = round
+            .iter()
+            .map(|&i| {
+                let key = records[i].key.clone().unwrap_or_default();
+                Conflict {
+                    record_index: i as u32,
+                    existing: conflicts.get(scope.site, scope.topic, &key),
+                    incoming: conflicts.incoming(&records[i], origin),
+                }
+            })
+            .collect();
+        let answer = match p.resolve(&batch, &list) {
+            Ok(a) => a,
+            Err(e) => return Err((e, original)),
+        };
+        let mut accepted = Vec::new();
+        for (&i, res) in round.iter().zip(answer) {
+            let key = records[i].key.clone().unwrap_or_default();
+            let version = match res {
+                Resolution::Accept(v) => v,
+                Resolution::Reject => {
+                    drop[i] = true;
+                    changed = true;
+                    continue;
+                }
+                Resolution::Merge((value, v)) => {
+                    records[i].value = Some(Bytes::from(value));
+                    changed = true;
+                    v
+                }
+            };
+            if version.state.len() > MAX_STATE_BYTES {
+                let e = p.error(CallError::BadAnswer(format!(
+                    "version state of {} bytes exceeds {MAX_STATE_BYTES}",
+                    version.state.len()
+                )));
+                return Err((e, original));
+            }
+            accepted.push((key, version));
+        }
+        // Visible to the next round (and to other batches) right away; the
+        // caller saves them before writing.
+        conflicts.put(scope.site, scope.topic, &accepted);
+        saved.extend(accepted);
+    }
+    let mut kept = Vec::with_capacity(records.len());
+    let mut dropped = 0;
+    for (r, d) in records.into_iter().zip(drop) {
+        if d {
+            dropped += 1;
+        } else {
+            kept.push(r);
+        }
+    }
+    if p.caps.batch {
+        p.count_out(0, dropped);
+    } else {
+        p.count_in(kept.len() + dropped);
+        p.count_out(kept.len(), dropped);
+    }
+    Ok((kept, dropped, changed, saved))
+}

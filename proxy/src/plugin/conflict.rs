@@ -1,0 +1,408 @@
+//! Host-owned conflict state: the version of every key a conflict plugin
+//! accepted, per (site written to, physical topic, key).
+//!
+//! Plugins are pure deciders: they see the stored version and the incoming
+//! one and answer accept / reject / merge; the host keeps the versions. So a
+//! trap, a reload or a new plugin version loses nothing, and every instance
+//! of a plugin sees the same state.
+//!
+//! Durability: the versions of a site live in a compacted single-partition
+//! topic on that site's cluster, [`STATE_TOPIC`], read back completely the
+//! first time a site's state is needed after a start. A resolution's new
+//! versions are written there *before* the records it let through are
+//! written (the data path awaits [`Conflicts::save`]), so a restart never
+//! forgets a version whose record may be on the site. The other order of
+//! failure — version saved, record not written because Switchyard died in
+//! between — is harmless: the record is written again (produce retry, tee
+//! resume) and meets its own version, which conflict plugins accept (an
+//! identical version is not older).
+//!
+//! Bounded: at most `max_keys` versions per site in memory (the topic keeps
+//! all); past that, a tenth of them is forgotten (logged): a forgotten key's
+//! next record is treated as a first write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::Version;
+use crate::tee::batch::{self, BatchParams, Compression, TeeRecord};
+use crate::tee::client::SiteClient;
+use crate::upstream::Site;
+
+pub const STATE_TOPIC: &str = "__switchyard_plugin_state";
+/// Header carrying a record's vector clock: `site=counter,...` by site name.
+pub const VCLOCK_HEADER: &str = "switchyard-vclock";
+/// Largest plugin state kept with one version.
+pub const MAX_STATE_BYTES: usize = 64 << 10;
+const FORMAT: u8 = 1;
+
+type Key = (String, Bytes);
+
+#[derive(Default)]
+struct SiteVersions {
+    restored: bool,
+    versions: HashMap<Key, Version>,
+}
+
+pub struct Conflicts {
+    sites: Vec<Arc<Site>>,
+    site_names: Vec<String>,
+    max_keys: usize,
+    state: Mutex<HashMap<u16, SiteVersions>>,
+    /// One restore or save per site at a time.
+    io: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Conflicts {
+    pub fn new(sites: Vec<Arc<Site>>, max_keys: usize) -> Arc<Self> {
+        Arc::new(Conflicts {
+            site_names: sites.iter().map(|s| s.name.clone()).collect(),
+            io: sites.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
+            sites,
+            max_keys: max_keys.max(1),
+            state: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The incoming version of a record written by `origin`.
+    pub fn incoming(&self, r: &TeeRecord, origin: u16) -> Version {
+        Version {
+            timestamp_ms: r.timestamp,
+            site: origin,
+            vclock: r
+                .headers
+                .iter()
+                .find(|(k, _)| k.as_ref() == VCLOCK_HEADER.as_bytes())
+                .and_then(|(_, v)| v.as_deref())
+                .map(|v| parse_vclock(v, &self.site_names))
+                .unwrap_or_default(),
+            state: Vec::new(),
+        }
+    }
+
+    /// Reads the site's saved versions, once per process.
+    pub async fn ensure_restored(&self, site: u16) -> Result<(), String> {
+        if self.is_restored(site) {
+            return Ok(());
+        }
+        let Some(io) = self.io.get(usize::from(site)) else {
+            return Err(format!("no site {site}"));
+        };
+        let _one = io.lock().await;
+        if self.is_restored(site) {
+            return Ok(());
+        }
+        let Some(s) = self.sites.get(usize::from(site)) else {
+            return Err(format!("no site {site}"));
+        };
+        let started = Instant::now();
+        let mut c = SiteClient::new(s.clone());
+        let read = tokio::time::timeout(Duration::from_secs(30), read_all(&mut c)).await;
+        let versions = match read {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(format!("reading {STATE_TOPIC} on {}: {e}", s.name)),
+            Err(_) => return Err(format!("reading {STATE_TOPIC} on {} timed out", s.name)),
+        };
+        tracing::info!(site = %s.name, keys = versions.len(), ms = started.elapsed().as_millis() as u64,
+            "conflict state restored");
+        if let Ok(mut st) = self.state.lock() {
+            let sv = st.entry(site).or_default();
+            // Versions resolved meanwhile (none: callers wait for this) win.
+            for (k, v) in versions {
+                sv.versions.entry(k).or_insert(v);
+            }
+            sv.restored = true;
+        }
+        Ok(())
+    }
+
+    fn is_restored(&self, site: u16) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.get(&site).is_some_and(|v| v.restored))
+            .unwrap_or(false)
+    }
+
+    pub fn get(&self, site: u16, topic: &str, key: &Bytes) -> Option<Version> {
+        let st = self.state.lock().ok()?;
+        st.get(&site)?
+            .versions
+            .get(&(topic.to_string(), key.clone()))
+            .cloned()
+    }
+
+    /// Stores new versions in memory (call [`Conflicts::save`] before the
+    /// records they belong to are written).
+    pub fn put(&self, site: u16, topic: &str, entries: &[(Bytes, Version)]) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let sv = st.entry(site).or_default();
+        for (k, v) in entries {
+            sv.versions
+                .insert((topic.to_string(), k.clone()), v.clone());
+        }
+        if sv.versions.len() > self.max_keys {
+            let forget = sv.versions.len() / 10 + 1;
+            let victims: Vec<Key> = sv.versions.keys().take(forget).cloned().collect();
+            for k in &victims {
+                sv.versions.remove(k);
+            }
+            tracing::warn!(site, forgotten = forget, max_keys = self.max_keys,
+                "conflict state over its key limit; some keys forgotten (their next record counts as a first write)");
+        }
+    }
+
+    /// Writes versions to the site's state topic; returns once the site
+    /// acknowledged them.
+    pub async fn save(
+        &self,
+        site: u16,
+        topic: &str,
+        entries: &[(Bytes, Version)],
+    ) -> Result<(), String> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let Some(s) = self.sites.get(usize::from(site)) else {
+            return Err(format!("no site {site}"));
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let records: Vec<TeeRecord> = entries
+            .iter()
+            .map(|(k, v)| TeeRecord {
+                offset: 0,
+                timestamp: now,
+                key: Some(encode_key(topic, k)),
+                value: Some(encode_version(v)),
+                headers: Vec::new(),
+            })
+            .collect();
+        let b = batch::encode(
+            &records,
+            &BatchParams {
+                compression: Compression::None,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let mut c = SiteClient::new(s.clone());
+        let _one = match self.io.get(usize::from(site)) {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
+        ensure_topic(&mut c).await?;
+        let w = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.produce(STATE_TOPIC, vec![(0, b)]),
+        )
+        .await
+        .map_err(|_| format!("writing {STATE_TOPIC} on {} timed out", s.name))?;
+        match w.first() {
+            Some(w) if w.error == 0 => Ok(()),
+            Some(w) => Err(format!(
+                "writing {STATE_TOPIC} on {}: error {}",
+                s.name, w.error
+            )),
+            None => Err(format!("writing {STATE_TOPIC} on {}: no answer", s.name)),
+        }
+    }
+
+    /// Number of versions held for a site (status page).
+    pub fn keys(&self, site: u16) -> usize {
+        self.state
+            .lock()
+            .map(|s| s.get(&site).map_or(0, |v| v.versions.len()))
+            .unwrap_or(0)
+    }
+}
+
+/// `east=3,west=1` → counters indexed by site id; unknown names and
+/// malformed entries are ignored (a clock is advice from the client).
+pub fn parse_vclock(v: &[u8], sites: &[String]) -> Vec<u64> {
+    let mut out = vec![0u64; sites.len()];
+    let Ok(s) = std::str::from_utf8(v) else {
+        return Vec::new();
+    };
+    for part in s.split(',') {
+        let Some((name, n)) = part.trim().split_once('=') else {
+            continue;
+        };
+        if let (Some(i), Ok(n)) = (
+            sites.iter().position(|s| s == name.trim()),
+            n.trim().parse::<u64>(),
+        ) {
+            out[i] = n;
+        }
+    }
+    out
+}
+
+fn encode_key(topic: &str, key: &Bytes) -> Bytes {
+    let mut b = BytesMut::with_capacity(2 + topic.len() + key.len());
+    b.put_u16(topic.len() as u16);
+    b.put_slice(topic.as_bytes());
+    b.put_slice(key);
+    b.freeze()
+}
+
+fn decode_key(mut b: Bytes) -> Option<Key> {
+    if b.len() < 2 {
+        return None;
+    }
+    let n = usize::from(b.get_u16());
+    if b.len() < n {
+        return None;
+    }
+    let topic = String::from_utf8(b.split_to(n).to_vec()).ok()?;
+    Some((topic, b))
+}
+
+fn encode_version(v: &Version) -> Bytes {
+    let state = &v.state[..v.state.len().min(MAX_STATE_BYTES)];
+    let mut b = BytesMut::with_capacity(1 + 8 + 2 + 4 + v.vclock.len() * 8 + 4 + state.len());
+    b.put_u8(FORMAT);
+    b.put_i64(v.timestamp_ms);
+    b.put_u16(v.site);
+    b.put_u32(v.vclock.len() as u32);
+    for c in &v.vclock {
+        b.put_u64(*c);
+    }
+    b.put_u32(state.len() as u32);
+    b.put_slice(state);
+    b.freeze()
+}
+
+fn decode_version(mut b: Bytes) -> Option<Version> {
+    if b.remaining() < 1 + 8 + 2 + 4 || b.get_u8() != FORMAT {
+        return None;
+    }
+    let timestamp_ms = b.get_i64();
+    let site = b.get_u16();
+    let n = b.get_u32() as usize;
+    if b.remaining() < n.checked_mul(8)? + 4 {
+        return None;
+    }
+    let vclock = (0..n).map(|_| b.get_u64()).collect();
+    let len = b.get_u32() as usize;
+    if b.remaining() != len {
+        return None;
+    }
+    Some(Version {
+        timestamp_ms,
+        site,
+        vclock,
+        state: b.to_vec(),
+    })
+}
+
+async fn ensure_topic(c: &mut SiteClient) -> Result<(), String> {
+    if c.partitions(STATE_TOPIC).await.is_some() {
+        return Ok(());
+    }
+    let code = c
+        .create_topic(
+            STATE_TOPIC,
+            1,
+            &[("cleanup.policy", "compact"), ("retention.ms", "-1")],
+        )
+        .await?;
+    if code != 0 && code != 36 {
+        return Err(format!("creating {STATE_TOPIC} failed with error {code}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.partitions(STATE_TOPIC).await.is_none() {
+        if Instant::now() > deadline {
+            return Err(format!("{STATE_TOPIC} not visible after creation"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Every saved version (the last per key wins, as compaction will keep).
+async fn read_all(c: &mut SiteClient) -> Result<HashMap<Key, Version>, String> {
+    let mut out = HashMap::new();
+    if c.partitions(STATE_TOPIC).await.is_none() {
+        return Ok(out);
+    }
+    let end = c.high_watermark(STATE_TOPIC, 0).await?;
+    let mut at = c.list_offset(STATE_TOPIC, 0, -2).await?.max(0);
+    // Bounded: every round moves `at` forward or stops.
+    while at < end {
+        let f = c.fetch(STATE_TOPIC, &[(0, at)], 4 << 20, 1).await;
+        let Some(f) = f.into_iter().next() else { break };
+        if f.error != 0 {
+            return Err(format!("Fetch error {}", f.error));
+        }
+        let Some(records) = f.records else { break };
+        let mut next = at;
+        for b in batch::batches(&records).map_err(|e| e.to_string())? {
+            next = next.max(b.last_offset + 1);
+            if b.is_control {
+                continue;
+            }
+            for r in batch::decode(&b).map_err(|e| e.to_string())? {
+                if r.offset < at {
+                    continue;
+                }
+                let Some(k) = r.key.and_then(decode_key) else {
+                    continue;
+                };
+                match r.value.and_then(decode_version) {
+                    Some(v) => {
+                        out.insert(k, v);
+                    }
+                    None => {
+                        out.remove(&k);
+                    }
+                }
+            }
+        }
+        if next <= at {
+            break;
+        }
+        at = next;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_keys_round_trip() {
+        let v = Version {
+            timestamp_ms: -5,
+            site: 3,
+            vclock: vec![1, 0, u64::MAX],
+            state: b"pn".to_vec(),
+        };
+        assert_eq!(decode_version(encode_version(&v)), Some(v));
+        let k = encode_key("orders", &Bytes::from_static(b"\0k"));
+        assert_eq!(
+            decode_key(k),
+            Some(("orders".to_string(), Bytes::from_static(b"\0k")))
+        );
+        assert_eq!(decode_version(Bytes::from_static(b"\x02junk")), None);
+        assert_eq!(decode_version(Bytes::from_static(b"\x01\0\0")), None);
+        assert_eq!(decode_key(Bytes::from_static(b"\0\x09ab")), None);
+    }
+
+    #[test]
+    fn vclock_header_by_site_name() {
+        let sites = vec!["east".to_string(), "west".to_string()];
+        assert_eq!(parse_vclock(b"west=4, east=2", &sites), vec![2, 4]);
+        assert_eq!(parse_vclock(b"mars=9,east=x,west=1", &sites), vec![0, 1]);
+        assert_eq!(parse_vclock(b"\xff", &sites), Vec::<u64>::new());
+    }
+}

@@ -1,0 +1,280 @@
+//! Records in and out of a plugin: the WIT batch (one data buffer plus the
+//! flat descriptor tables of `wit/plugin.wit`) built from decoded records,
+//! and a plugin's decisions applied to them.
+
+use bytes::Bytes;
+
+use super::{Batch, BatchMeta, CallError, Decision, Route, Stage};
+use crate::tee::batch::TeeRecord;
+
+/// Words per record in `batch.records` (layout in `wit/plugin.wit`).
+pub const RECORD_WORDS: usize = 8;
+/// Words per header in `batch.headers`.
+pub const HEADER_WORDS: usize = 4;
+/// A null key, value or header value.
+pub const NULL: u32 = u32::MAX;
+
+/// Builds the batch a plugin sees. Fails only for a batch whose bytes do not
+/// fit the tables' 32-bit offsets (4 GiB; frames are far smaller).
+pub fn to_batch(meta: BatchMeta, records: &[TeeRecord]) -> Result<Batch, CallError> {
+    let too_big = || CallError::BadAnswer("batch larger than 4 GiB".into());
+    let bytes: usize = records
+        .iter()
+        .map(|r| {
+            r.key.as_ref().map_or(0, Bytes::len)
+                + r.value.as_ref().map_or(0, Bytes::len)
+                + r.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+                    .sum::<usize>()
+        })
+        .sum();
+    if u32::try_from(bytes).is_err() {
+        return Err(too_big());
+    }
+    let header_count: usize = records.iter().map(|r| r.headers.len()).sum();
+    let mut data = Vec::with_capacity(bytes);
+    let mut table = Vec::with_capacity(records.len() * RECORD_WORDS);
+    let mut headers = Vec::with_capacity(header_count * HEADER_WORDS);
+    // Offsets fit: the total was checked above.
+    let put = |data: &mut Vec<u8>, b: Option<&Bytes>| -> (u32, u32) {
+        match b {
+            None => (NULL, 0),
+            Some(b) => {
+                let at = data.len() as u32;
+                data.extend_from_slice(b);
+                (at, b.len() as u32)
+            }
+        }
+    };
+    let base = records.first().map_or(0, |r| r.offset);
+    for r in records {
+        let delta = u32::try_from(r.offset - base).unwrap_or(NULL);
+        let (ko, kl) = put(&mut data, r.key.as_ref());
+        let (vo, vl) = put(&mut data, r.value.as_ref());
+        let ts = r.timestamp as u64;
+        table.extend_from_slice(&[
+            delta,
+            (ts >> 32) as u32,
+            ts as u32,
+            ko,
+            kl,
+            vo,
+            vl,
+            r.headers.len() as u32,
+        ]);
+        for (k, v) in &r.headers {
+            let (hk, hkl) = put(&mut data, Some(k));
+            let (hv, hvl) = put(&mut data, v.as_ref());
+            headers.extend_from_slice(&[hk, hkl, hv, hvl]);
+        }
+    }
+    Ok(Batch {
+        meta,
+        records: table,
+        headers,
+        data,
+    })
+}
+
+/// Where decided records go.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Records staying on the batch's topic-partition, in order (values
+    /// possibly replaced).
+    pub kept: Vec<TeeRecord>,
+    /// Records for other destinations (produce stage only), grouped by
+    /// `(site id, virtual topic)` in order of first appearance; `None` site:
+    /// wherever the topic's route puts it.
+    pub moved: Vec<(Option<u16>, String, Vec<TeeRecord>)>,
+    pub dropped: usize,
+    /// Anything but "keep all".
+    pub changed: bool,
+}
+
+/// Applies one decision per record (`decisions` empty: keep all).
+/// Renames and routes are only allowed on the produce stage.
+pub fn apply(
+    records: Vec<TeeRecord>,
+    decisions: Vec<Decision>,
+    meta: &BatchMeta,
+) -> Result<Applied, CallError> {
+    if decisions.is_empty() {
+        return Ok(Applied {
+            kept: records,
+            ..Applied::default()
+        });
+    }
+    let mut out = Applied {
+        kept: Vec::with_capacity(records.len()),
+        ..Applied::default()
+    };
+    let moving = |what: &str| -> Result<(), CallError> {
+        if meta.stage == Stage::Produce {
+            Ok(())
+        } else {
+            Err(CallError::BadAnswer(format!(
+                "{what} is only allowed on the produce stage, not {:?}",
+                meta.stage
+            )))
+        }
+    };
+    for (mut r, d) in records.into_iter().zip(decisions) {
+        let dest = match d {
+            Decision::Keep => None,
+            Decision::Drop => {
+                out.dropped += 1;
+                out.changed = true;
+                continue;
+            }
+            Decision::ReplaceValue(v) => {
+                r.value = v.map(Bytes::from);
+                out.changed = true;
+                None
+            }
+            Decision::Rename(t) => {
+                moving("rename")?;
+                (t != meta.topic).then_some((None, t))
+            }
+            Decision::Route(Route { site, topic }) => {
+                moving("route")?;
+                let topic = topic.unwrap_or_else(|| meta.topic.clone());
+                let other_site = site.is_some_and(|s| s != meta.local_site);
+                (other_site || topic != meta.topic).then_some((site, topic))
+            }
+        };
+        match dest {
+            None => out.kept.push(r),
+            Some((site, topic)) => {
+                if topic.is_empty() || topic.len() > 249 {
+                    return Err(CallError::BadAnswer(format!(
+                        "invalid topic name {topic:?} in a decision"
+                    )));
+                }
+                out.changed = true;
+                match out
+                    .moved
+                    .iter_mut()
+                    .find(|(s, t, _)| *s == site && *t == topic)
+                {
+                    Some((_, _, v)) => v.push(r),
+                    None => out.moved.push((site, topic, vec![r])),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(
+        offset: i64,
+        key: Option<&str>,
+        value: Option<&str>,
+        headers: &[(&str, Option<&str>)],
+    ) -> TeeRecord {
+        TeeRecord {
+            offset,
+            timestamp: 1_700_000_000_123 + offset,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        Bytes::copy_from_slice(k.as_bytes()),
+                        v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn meta(stage: Stage) -> BatchMeta {
+        BatchMeta {
+            stage,
+            topic: "orders".into(),
+            partition: 2,
+            origin_site: 0,
+            local_site: 0,
+            target_site: None,
+            client_id: None,
+            base_offset: 10,
+        }
+    }
+
+    #[test]
+    fn tables_describe_every_field() {
+        let recs = vec![
+            rec(10, Some("k"), None, &[("h1", Some("x")), ("h1", None)]),
+            rec(12, None, Some("vv"), &[]),
+        ];
+        let b = to_batch(meta(Stage::Fetch), &recs).unwrap();
+        assert_eq!(b.records.len(), 16);
+        assert_eq!(b.headers.len(), 8);
+        let r0 = &b.records[..8];
+        assert_eq!(r0[0], 0);
+        let ts = (u64::from(r0[1]) << 32 | u64::from(r0[2])) as i64;
+        assert_eq!(ts, 1_700_000_000_133);
+        assert_eq!(&b.data[r0[3] as usize..][..r0[4] as usize], b"k");
+        assert_eq!((r0[5], r0[7]), (NULL, 2));
+        let h = &b.headers;
+        assert_eq!(&b.data[h[0] as usize..][..h[1] as usize], b"h1");
+        assert_eq!(&b.data[h[2] as usize..][..h[3] as usize], b"x");
+        assert_eq!(h[6], NULL);
+        let r1 = &b.records[8..];
+        assert_eq!((r1[0], r1[3]), (2, NULL));
+        assert_eq!(&b.data[r1[5] as usize..][..r1[6] as usize], b"vv");
+    }
+
+    #[test]
+    fn decisions_split_keep_drop_replace_and_move() {
+        let recs: Vec<_> = (0..5).map(|i| rec(i, Some("k"), Some("v"), &[])).collect();
+        let d = vec![
+            Decision::Keep,
+            Decision::Drop,
+            Decision::ReplaceValue(None),
+            Decision::Rename("other".into()),
+            Decision::Route(Route {
+                site: Some(1),
+                topic: None,
+            }),
+        ];
+        let a = apply(recs.clone(), d, &meta(Stage::Produce)).unwrap();
+        assert!(a.changed);
+        assert_eq!(a.dropped, 1);
+        assert_eq!(a.kept.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(a.kept[1].value, None);
+        assert_eq!(a.moved.len(), 2);
+        assert_eq!((a.moved[0].0, a.moved[0].1.as_str()), (None, "other"));
+        assert_eq!((a.moved[1].0, a.moved[1].1.as_str()), (Some(1), "orders"));
+        // A rename to the same topic, a route to the own site: kept.
+        let same = vec![
+            Decision::Rename("orders".into()),
+            Decision::Route(Route {
+                site: Some(0),
+                topic: None,
+            }),
+        ];
+        let a = apply(recs[..2].to_vec(), same, &meta(Stage::Produce)).unwrap();
+        assert!(!a.changed && a.kept.len() == 2);
+        // Moving records is a produce-stage decision only.
+        for stage in [Stage::Tee, Stage::Fetch] {
+            let e = apply(
+                recs[..1].to_vec(),
+                vec![Decision::Rename("x".into())],
+                &meta(stage),
+            );
+            assert!(matches!(e, Err(CallError::BadAnswer(_))));
+        }
+        let e = apply(
+            recs[..1].to_vec(),
+            vec![Decision::Rename(String::new())],
+            &meta(Stage::Produce),
+        );
+        assert!(matches!(e, Err(CallError::BadAnswer(_))));
+    }
+}
