@@ -613,7 +613,7 @@ impl Loaded {
                 Ok(r)
             }
             // A trapped instance cannot be entered again: `inst` is dropped.
-            Err(e) => Err(self.trapped(format!("{e:#}"))),
+            Err(e) => Err(self.trapped(trap_reason(&e))),
         }
     }
 
@@ -645,7 +645,7 @@ impl Loaded {
         match plugin.call_init(&mut store, &self.config, &self.sites) {
             Ok(Ok(_)) => Ok(Instance { store, plugin }),
             Ok(Err(e)) => Err(self.trapped(format!("init rejected its config on restart: {e}"))),
-            Err(e) => Err(self.trapped(format!("init: {e:#}"))),
+            Err(e) => Err(self.trapped(format!("init: {}", trap_reason(&e)))),
         }
     }
 
@@ -704,6 +704,24 @@ impl Loaded {
             Err(_) => ("unknown", 0, None),
         }
     }
+}
+
+/// One line saying why a call trapped: the trap's kind (`wasm unreachable
+/// instruction executed` is a guest panic, `interrupt` the CPU deadline) or,
+/// for a memory cap hit, the limiter's message; no wasm backtrace (it is
+/// function indices only and would fill logs and the status page).
+fn trap_reason(e: &wasmtime::Error) -> String {
+    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
+        return match t {
+            wasmtime::Trap::Interrupt => format!("{t} (the call ran past its CPU deadline)"),
+            wasmtime::Trap::UnreachableCodeReached => format!("{t} (the plugin panicked)"),
+            _ => t.to_string(),
+        };
+    }
+    e.chain()
+        .last()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 fn new_store(engine: &Engine, name: &Arc<str>, limits: Limits) -> Store<HostState> {
