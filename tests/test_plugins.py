@@ -35,16 +35,19 @@ def plugin(name: str, component: str, config: object = "", **kw) -> dict:
     return entry
 
 
-def produce_values(bootstrap: str, topic: str, items: list[tuple[bytes, bytes, int]], **conf) -> dict:
-    """Produces (key, value, timestamp) records; returns delivery reports by key."""
+def produce_values(bootstrap: str, topic: str, items: list[tuple], **conf) -> dict:
+    """Produces (key, value, timestamp[, headers]) records to partition 0;
+    returns delivery reports by key."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.timeout.ms": 60000, **conf})
     reports: dict = {}
 
     def on_delivery(err, msg):
         reports[msg.key()] = (err, msg.partition(), msg.offset())
 
-    for k, v, ts in items:
-        p.produce(topic, key=k, value=v, timestamp=ts, on_delivery=on_delivery, partition=0)
+    for item in items:
+        k, v, ts = item[:3]
+        headers = item[3] if len(item) > 3 else None
+        p.produce(topic, key=k, value=v, timestamp=ts, headers=headers, on_delivery=on_delivery, partition=0)
         p.poll(0)
     assert p.flush(60) == 0
     return reports
@@ -117,24 +120,71 @@ def test_topic_rename_moves_records_and_answers_under_the_clients_topic(tansu, s
     assert all_values(a.bootstrap, topic) == []
 
 
-def test_lww_conflicts_in_active_active_converge_to_the_oracle(tansu, switchyard):
+SITE_ID = {"east": 0, "west": 1}
+
+
+def peers(tansu, switchyard, component: str, config: object = "", priority=(1, 2)):
+    """Two active-active sites, each serving its own clients (client ids
+    `east-*`, `west-*`) and teeing to the other; the conflict plugin runs on
+    both produce paths and both tees."""
     east, west = tansu(), tansu()
     topic = unique_name("inventory")
-    lww = ["lww"]
+    rule = ["rule"]
     sy = multisite(
         switchyard, {"east": east, "west": west},
         [
             {"name": "east", "topics": {"exact": topic}, "client_ids": {"prefix": "east-"}, "site": "east",
-             "plugins": {"produce": lww}, "tee": [{"site": "west", "plugins": lww}]},
+             "plugins": {"produce": rule}, "tee": [{"site": "west", "plugins": rule}]},
             {"name": "west", "topics": {"exact": topic}, "client_ids": {"prefix": "west-"}, "site": "west",
-             "plugins": {"produce": lww}, "tee": [{"site": "east", "plugins": lww}]},
+             "plugins": {"produce": rule}, "tee": [{"site": "east", "plugins": rule}]},
         ],
-        extra={"plugins": [plugin("lww", "lww", failure="fail-closed")],
-               "sites": [{"name": "east", "bootstrap": [east.bootstrap], "priority": 1},
-                         {"name": "west", "bootstrap": [west.bootstrap], "priority": 2}]},
+        extra={"plugins": [plugin("rule", component, config, failure="fail-closed")],
+               "sites": [{"name": "east", "bootstrap": [east.bootstrap], "priority": priority[0]},
+                         {"name": "west", "bootstrap": [west.bootstrap], "priority": priority[1]}]},
     )
     for b in (east, west):
         create_topic(b.bootstrap, topic, partitions=1)
+    return sy, topic, (east, west)
+
+
+def write_interleaved(sy, topic: str, writes: dict, chunk: int = 50):
+    """Each site's writes through Switchyard as that site's client, the two
+    sites alternating in chunks."""
+    longest = max(len(w) for w in writes.values())
+    for i in range(0, longest, chunk):
+        for site, ws in writes.items():
+            part = ws[i:i + chunk]
+            if part:
+                r = produce_values(sy.bootstrap, topic, part, **{"client.id": f"{site}-app"})
+                assert all(e is None for e, _, _ in r.values()), r
+
+
+def last_per_key(broker, topic: str) -> dict:
+    last = {}
+    for r in all_values(broker.bootstrap, topic):
+        last[r.key] = r.value
+    return last
+
+
+def wait_converged(brokers, topic: str, oracle: dict, what: str):
+    state = {}
+
+    def converged():
+        state["got"] = [last_per_key(b, topic) for b in brokers]
+        return all(g == oracle for g in state["got"])
+
+    def explain():
+        diffs = []
+        for b, g in zip(brokers, state.get("got", [])):
+            wrong = [(k, g.get(k), v) for k, v in oracle.items() if g.get(k) != v]
+            diffs.append(f"{b}: {len(wrong)} keys differ, e.g. {wrong[:3]}")
+        return f"{what}: " + "; ".join(diffs)
+
+    wait_until(converged, timeout=90, interval=1.0, message=explain)
+
+
+def test_lww_conflicts_in_active_active_converge_to_the_oracle(tansu, switchyard):
+    sy, topic, sites = peers(tansu, switchyard, "lww")
     base = int(time.time() * 1000) - 60_000
     rng = random.Random(7)
     writes = {"east": [], "west": []}
@@ -143,34 +193,106 @@ def test_lww_conflicts_in_active_active_converge_to_the_oracle(tansu, switchyard
             key = f"k{rng.randrange(60)}".encode()
             ts = base + rng.randrange(0, 50) * 10  # many equal timestamps across sites
             writes[site].append((key, f"{site}-{i}-{ts}".encode(), ts))
-    # Interleave the two sites' writes in time.
-    for i in range(0, 400, 50):
-        for site in ("east", "west"):
-            r = produce_values(sy.bootstrap, topic, writes[site][i:i + 50], **{"client.id": f"{site}-app"})
-            assert all(e is None for e, _, _ in r.values())
+    write_interleaved(sy, topic, writes)
 
     prio = {"east": 1, "west": 2}
-    sid = {"east": 0, "west": 1}
-    oracle: dict = {}
+    best: dict = {}
     for site, ws in writes.items():
         for key, value, ts in ws:
-            rank = (ts, prio[site], -sid[site])
-            if key not in oracle or rank >= oracle[key][0]:
-                oracle[key] = (rank, value)
-
-    def last_per_key(b):
-        last = {}
-        for r in all_values(b.bootstrap, topic):
-            last[r.key] = r.value
-        return last
-
-    def converged():
-        return all(last_per_key(b) == {k: v for k, (_, v) in oracle.items()} for b in (east, west))
-
-    wait_until(converged, timeout=60, interval=1.0,
-               message="both sites hold the LWW winner of every key")
+            rank = (ts, prio[site], -SITE_ID[site])
+            if key not in best or rank >= best[key][0]:
+                best[key] = (rank, value)
+    wait_converged(sites, topic, {k: v for k, (_, v) in best.items()}, "last write wins")
     m = sy.metrics()[0]
-    assert metric_sum(m, "switchyard_plugin_conflicts_total", plugin="lww", resolution="reject") > 0
+    assert metric_sum(m, "switchyard_plugin_conflicts_total", plugin="rule", resolution="reject") > 0
+
+
+def test_site_priority_conflicts_converge_to_the_oracle(tansu, switchyard):
+    sy, topic, sites = peers(tansu, switchyard, "site-priority", {"order": ["west", "east"]})
+    base = int(time.time() * 1000) - 60_000
+    rng = random.Random(11)
+    writes = {"east": [], "west": []}
+    for site in writes:
+        for i in range(300):
+            # East writes keys k0..k59, west only k0..k29: half the keys see no conflict.
+            key = f"k{rng.randrange(60 if site == 'east' else 30)}".encode()
+            # East's clock runs ahead: timestamps must not decide.
+            ts = base + rng.randrange(0, 1000) + (5000 if site == "east" else 0)
+            writes[site].append((key, f"{site}-{i}".encode(), ts))
+    write_interleaved(sy, topic, writes)
+    rank = {"west": 2, "east": 1}
+    best: dict = {}
+    for site, ws in writes.items():
+        for key, value, ts in ws:
+            r = (rank[site], ts, -SITE_ID[site])
+            if key not in best or r >= best[key][0]:
+                best[key] = (r, value)
+    oracle = {k: v for k, (_, v) in best.items()}
+    assert sum(v.startswith(b"west") for v in oracle.values()) == 30
+    wait_converged(sites, topic, oracle, "site priority")
+
+
+def test_vector_clock_conflicts_converge_to_the_oracle(tansu, switchyard):
+    sy, topic, sites = peers(tansu, switchyard, "vector-clock")
+    base = int(time.time() * 1000) - 60_000
+    rng = random.Random(5)
+    writes = {"east": [], "west": []}
+    oracle = {}
+    clock = lambda e, w: [("switchyard-vclock", f"east={e},west={w}".encode())]  # noqa: E731
+    for n in range(20):
+        # Concurrent histories: east e1..e3, west w1..w2, each seeing only its
+        # own updates; the head with the later timestamp wins.
+        key = f"a{n}".encode()
+        east_ts = [base + 10, base + 20, base + 30]
+        west_ts = [base + 15, base + 25 + rng.choice([-20, 20])]
+        for i, ts in enumerate(east_ts):
+            writes["east"].append((key, f"e{i + 1}".encode(), ts, clock(i + 1, 0)))
+        for i, ts in enumerate(west_ts):
+            writes["west"].append((key, f"w{i + 1}".encode(), ts, clock(0, i + 1)))
+        oracle[key] = b"e3" if east_ts[-1] > west_ts[-1] else b"w2"
+        # Causality beats time: west's write saw all of east's, so it wins
+        # although its timestamp is older than every east write.
+        key = f"b{n}".encode()
+        for i in range(3):
+            writes["east"].append((key, f"e{i + 1}".encode(), base + 100 * (i + 1), clock(i + 1, 0)))
+        writes["west"].append((key, b"w-saw-e3", base + 50, clock(3, 1)))
+        oracle[key] = b"w-saw-e3"
+    write_interleaved(sy, topic, writes, chunk=25)
+    assert sum(v == b"w2" for k, v in oracle.items() if k.startswith(b"a")) not in (0, 20)
+    wait_converged(sites, topic, oracle, "vector clocks")
+
+
+def test_pn_counter_merges_two_sites_into_an_aggregate(tansu, switchyard):
+    east, west, agg = tansu(), tansu(), tansu()
+    topic = unique_name("counters")
+    pn = ["pn"]
+    sy = multisite(
+        switchyard, {"east": east, "west": west, "agg": agg},
+        [
+            {"name": "east", "topics": {"exact": topic}, "client_ids": {"prefix": "east-"}, "site": "east",
+             "tee": [{"site": "agg", "plugins": pn}]},
+            {"name": "west", "topics": {"exact": topic}, "client_ids": {"prefix": "west-"}, "site": "west",
+             "tee": [{"site": "agg", "plugins": pn}]},
+        ],
+        extra={"plugins": [plugin("pn", "pn-counter", failure="fail-closed")]},
+    )
+    for b in (east, west):
+        create_topic(b.bootstrap, topic, partitions=1)
+    rng = random.Random(3)
+    now = int(time.time() * 1000)
+    writes = {"east": [], "west": []}
+    totals: dict = {}
+    for site in writes:
+        for i in range(300):
+            key = f"c{rng.randrange(10)}".encode()
+            delta = rng.randrange(-5, 10)
+            writes[site].append((key, f"{delta:+d}".encode(), now + i))
+            totals[key] = totals.get(key, 0) + delta
+    write_interleaved(sy, topic, writes)
+    # The sites keep their own deltas; the aggregate's last record per key is the total.
+    assert len(all_values(east.bootstrap, topic)) == 300
+    wait_converged([agg], topic, {k: str(v).encode() for k, v in totals.items()}, "PN-counter totals")
+    assert len(all_values(agg.bootstrap, topic)) == 600
 
 
 def test_bad_plugins_are_refused_at_upload_and_contained_at_run_time(tansu, switchyard):

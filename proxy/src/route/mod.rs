@@ -134,6 +134,9 @@ pub struct TeeTarget {
     pub mode: TeeMode,
     pub naming: Naming,
     pub start: TeeStart,
+    /// The tee runs plugins (`routes[].tee[].plugins`): it may share its
+    /// target topic with another site's tee, the plugins merging both.
+    pub merges: bool,
 }
 
 /// Active-passive failover of a route: which tee target takes over.
@@ -524,6 +527,7 @@ impl Router {
                         mode: t.mode,
                         naming,
                         start: t.start,
+                        merges: !t.plugins.is_empty(),
                     }),
                     Err(e) => err(tkey("naming"), e),
                 }
@@ -641,10 +645,13 @@ impl Router {
                 }
             }
             // Two tee links must never write the same physical topic on one
-            // site (two sources interleaved in one log, offset syncs
-            // overwriting each other), nor copy the same source topic to
-            // the same site twice (routes split by listener or client id
-            // over one topic would each tee it: duplicates).
+            // site (two sources interleaved in one log), nor copy the same
+            // source topic to the same site twice (routes split by listener
+            // or client id over one topic would each tee it: duplicates).
+            // Exception: tees from two different sites that both run plugins
+            // may merge into one topic (an aggregate with a conflict rule or
+            // CRDT): each link tells its records apart by their origin
+            // header and keys its offset syncs by its source site.
             // (One route has at most one tee per site, so a pair on one
             // site is always two routes.)
             let links: Vec<(usize, &Route, &TeeTarget)> = routes
@@ -660,11 +667,15 @@ impl Router {
                     let key = format!("routes[{ib}].tee");
                     let clash = (|| -> Result<Option<String>, MatchError> {
                         let written = ta.naming.image(&ra.topics)?;
+                        let merging = ra.site != rb.site && ta.merges && tb.merges;
                         if let Some(t) = written.overlap(&tb.naming.image(&rb.topics)?)? {
-                            return Ok(Some(format!(
-                                "tees of routes `{}` (routes[{ia}]) and `{}` both write topic `{t}` on `{}`",
-                                ra.name, rb.name, sites[ta.site]
-                            )));
+                            if !merging {
+                                return Ok(Some(format!(
+                                    "tees of routes `{}` (routes[{ia}]) and `{}` both write topic `{t}` on `{}` \
+                                     (copies from two sites may share a topic only when both tees run plugins that merge them)",
+                                    ra.name, rb.name, sites[ta.site]
+                                )));
+                            }
                         }
                         if ra.site == rb.site {
                             let src = ra.naming.image(&ra.topics)?;
@@ -939,6 +950,31 @@ default_site: a
             let e = router(routes).unwrap_err();
             assert!(e.contains(want), "{routes}\n=> {e}");
         }
+    }
+
+    #[test]
+    fn tees_of_two_sites_may_merge_into_one_topic_through_plugins() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let routes = |plugins: &str| {
+            format!(
+                "  - name: one
+    topics: {{exact: counters}}
+    client_ids: {{prefix: a-}}
+    site: a
+    tee: [{{site: hub{plugins}}}]
+  - name: two
+    topics: {{exact: counters}}
+    client_ids: {{prefix: b-}}
+    site: b
+    tee: [{{site: hub, plugins: [merge]}}]
+plugins:
+  - {{name: merge, path: '{file}'}}
+"
+            )
+        };
+        assert!(router(&routes(", plugins: [merge]")).is_ok());
+        let e = router(&routes("")).unwrap_err();
+        assert!(e.contains("both write topic `counters` on `hub`"), "{e}");
     }
 
     #[test]
