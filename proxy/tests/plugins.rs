@@ -107,14 +107,27 @@ fn topic_rename_renames_on_produce_and_rejects_bad_config() {
             Limits::default(),
         )
         .expect("topic-rename loads");
-    let d = p.on_batch(&batch("orders", 3)).expect("call");
-    assert_eq!(d.len(), 3);
-    for x in d {
-        match x {
-            Decision::Rename(t) => assert_eq!(t, "east.orders"),
-            other => panic!("expected a rename, got {other:?}"),
-        }
-    }
+    use switchyard::plugin::Direction;
+    assert_eq!(
+        p.topic_name("orders", Direction::ToSite)
+            .expect("call")
+            .as_deref(),
+        Some("east.orders")
+    );
+    assert_eq!(
+        p.topic_name("east.orders", Direction::ToClient)
+            .expect("call")
+            .as_deref(),
+        Some("orders")
+    );
+    // Cached: a second answer needs no call (and is the same).
+    assert_eq!(
+        p.topic_name("orders", Direction::ToSite)
+            .expect("cached")
+            .as_deref(),
+        Some("east.orders")
+    );
+    assert!(p.caps.topic_name && !p.caps.batch);
     let err = h
         .load(
             "rename",
@@ -198,12 +211,12 @@ async fn registry_swaps_versions_and_keeps_the_old_one_on_a_bad_upload() {
         .expect("v1 call")
         .is_empty());
     let current = reg.get("p").expect("loaded");
-    let d = current.on_batch(&batch("orders", 2)).expect("call");
-    assert_eq!(d.len(), 2);
-    assert!(
-        d.iter()
-            .all(|x| matches!(x, Decision::Rename(t) if t == "orders-x")),
-        "{d:?}"
+    assert_eq!(
+        current
+            .topic_name("orders", switchyard::plugin::Direction::ToSite)
+            .expect("call")
+            .as_deref(),
+        Some("orders-x")
     );
     assert_eq!(reg.status().len(), 1);
     assert_eq!(reg.remove("p").await.ok(), Some(true));

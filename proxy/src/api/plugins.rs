@@ -96,6 +96,32 @@ pub async fn produce(
                 continue;
             }
         };
+        // Whole-topic renames first (`topic-name`): the batches move under
+        // the new name untouched, and leave the chain.
+        match rename_topic(&plugins, &virt) {
+            Ok(None) => {}
+            Ok(Some(new)) => {
+                hook.changed = true;
+                for p in t.partition_data.drain(..) {
+                    hook.origins
+                        .push(((new.clone(), p.index), (virt.clone(), p.index)));
+                    add_partition(&mut added, &new, p);
+                }
+                continue;
+            }
+            Err(msg) => {
+                hook.changed = true;
+                for p in t.partition_data.drain(..) {
+                    hook.answered.push((
+                        virt.clone(),
+                        p.index,
+                        POLICY_VIOLATION,
+                        Some(msg.clone()),
+                    ));
+                }
+                continue;
+            }
+        }
         let resolved = router.resolve(who, &virt);
         let site = resolved.site;
         let physical = resolved.physical.to_string();
@@ -146,15 +172,7 @@ pub async fn produce(
                         let mut part = PartitionProduceData::default();
                         part.index = index;
                         part.records = Some(b);
-                        match added.iter_mut().find(|a| a.name.0.as_str() == topic) {
-                            Some(a) => a.partition_data.push(part),
-                            None => {
-                                let mut a = TopicProduceData::default();
-                                a.name = TopicName(StrBytes::from_string(topic));
-                                a.partition_data.push(part);
-                                added.push(a);
-                            }
-                        }
+                        add_partition(&mut added, &topic, part);
                     }
                 }
             }
@@ -200,6 +218,38 @@ pub async fn produce(
     }
     body.topic_data.retain(|t| !t.partition_data.is_empty());
     Some(hook)
+}
+
+fn add_partition(added: &mut Vec<TopicProduceData>, topic: &str, part: PartitionProduceData) {
+    match added.iter_mut().find(|a| a.name.0.as_str() == topic) {
+        Some(a) => a.partition_data.push(part),
+        None => {
+            let mut a = TopicProduceData::default();
+            a.name = TopicName(StrBytes::from_string(topic.to_string()));
+            a.partition_data.push(part);
+            added.push(a);
+        }
+    }
+}
+
+/// The first `topic-name` answer of the chain that renames `topic`
+/// (cached per plugin version, so this is a map lookup after the first
+/// batch). `Err`: a fail-closed plugin could not answer.
+fn rename_topic(plugins: &[Arc<Loaded>], topic: &str) -> Result<Option<String>, String> {
+    for p in plugins.iter().filter(|p| p.caps.topic_name) {
+        match p.topic_name(topic, crate::plugin::Direction::ToSite) {
+            Ok(Some(n)) if n != topic => return Ok(Some(n)),
+            Ok(_) => {}
+            Err(e) => {
+                let msg = format!("plugin {} ({}) {e}", p.name, p.info.version);
+                p.warn_limited(&msg);
+                if p.policy == crate::plugin::FailurePolicy::FailClosed {
+                    return Err(msg);
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 enum Produced {

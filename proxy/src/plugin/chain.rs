@@ -10,6 +10,9 @@
 //! | tee | a tee worker's batch for one target (`tee::worker`) | keep, drop, replace value; resolve | the target site |
 //! | fetch | a Fetch answer, before the consumer sees it (`api::fetch`) | keep, drop, replace value | — |
 //!
+//! On the produce stage, plugins with the `topic-name` capability come
+//! first (`api::plugins`): the first one that renames the topic moves its
+//! batches to the new name whole, undecoded, and they leave the chain.
 //! Plugins of a chain run in order, each on what the previous one kept;
 //! records a plugin renames or routes elsewhere leave the chain. A plugin
 //! with the `resolve` capability then gets the keyed records it kept, with

@@ -68,6 +68,8 @@ const MAX_IDLE: usize = 16;
 pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 /// Instance slots of the pooling allocator (all plugins, all versions).
 const POOL_INSTANCES: u32 = 512;
+/// `topic-name` answers cached per version.
+const MAX_CACHED_NAMES: usize = 10_000;
 /// Components compiled in this process, kept for reloads of the same bytes.
 const COMPILED_CACHE: usize = 32;
 /// The crash cap counts traps within this window.
@@ -285,6 +287,8 @@ pub struct Loaded {
     counters: Counters,
     /// Unix seconds of the last failure warning (one per second at most).
     warned_at: AtomicU64,
+    /// `topic-name` answers: (name, to-site?) → answer.
+    names: Mutex<std::collections::HashMap<(String, bool), Option<String>>>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -473,6 +477,7 @@ impl Host {
             health: Mutex::new(Health::default()),
             counters,
             warned_at: AtomicU64::new(0),
+            names: Mutex::new(std::collections::HashMap::new()),
             info,
             name,
         }))
@@ -536,12 +541,33 @@ impl Loaded {
     }
 
     /// The plugin's name for a topic in `direction` (`None`: unchanged).
+    /// The plugin's name for a topic in `direction` (`None`: unchanged).
+    /// Answers are cached per version (a plugin's naming is a function of
+    /// its config), so the data path asks once per topic.
     pub fn topic_name(
         &self,
         name: &str,
         direction: Direction,
     ) -> Result<Option<String>, CallError> {
-        self.call(|store, p| p.call_topic_name(store, name, direction))
+        let key = (name.to_string(), direction == Direction::ToSite);
+        if let Some(hit) = self.names.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let answer = self.call(|store, p| p.call_topic_name(store, name, direction))?;
+        if let Some(n) = &answer {
+            if n.is_empty() || n.len() > 249 {
+                return Err(self.error(CallError::BadAnswer(format!(
+                    "topic-name answered {n:?}, not a topic name"
+                ))));
+            }
+        }
+        if let Ok(mut m) = self.names.lock() {
+            if m.len() >= MAX_CACHED_NAMES {
+                m.clear();
+            }
+            m.insert(key, answer.clone());
+        }
+        Ok(answer)
     }
 
     /// A failure warning, at most one per second per version: a plugin that

@@ -7,13 +7,13 @@
 //!   contain `{topic}` exactly once.
 //!
 //! `topic-name` maps both directions (to-client only strips names that match
-//! the pattern; others are left unchanged). `on-batch` renames every record
-//! of a produce batch to the site name; other stages keep everything.
+//! the pattern; others are left unchanged). On a route's produce stage
+//! Switchyard asks it once per topic (the answer is cached) and moves whole
+//! batches to the new name without decoding them: renaming costs no
+//! per-record work.
 
 use serde::Deserialize;
-use switchyard_plugin_sdk::{
-    export_plugin, plugin_info, Batch, Decision, Direction, Plugin, PluginInfo, Site, Stage,
-};
+use switchyard_plugin_sdk::{export_plugin, plugin_info, Direction, Plugin, PluginInfo, Site};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,21 +96,8 @@ impl Plugin for TopicRename {
         Ok(plugin_info(
             "topic-rename",
             env!("CARGO_PKG_VERSION"),
-            &["batch", "topic-name"],
+            &["topic-name"],
         ))
-    }
-
-    fn on_batch(&self, batch: &Batch) -> Result<Vec<Decision>, String> {
-        if batch.stage() != Stage::Produce {
-            return Ok(Vec::new());
-        }
-        // records() validates the descriptor tables: a malformed batch is an
-        // error, not a blind rename.
-        let n = batch.records()?.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(vec![Decision::Rename(self.to_site(batch.topic())); n])
     }
 
     fn topic_name(&self, name: &str, direction: Direction) -> Option<String> {
@@ -126,7 +113,6 @@ export_plugin!(TopicRename);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_plugin_sdk::BatchMeta;
 
     fn plugin(c: &str) -> TopicRename {
         let mut p = TopicRename::default();
@@ -197,43 +183,4 @@ mod tests {
             assert!(TopicRename::default().init(c, &[]).is_err(), "{c}");
         }
     }
-
-    fn meta(stage: Stage) -> BatchMeta {
-        BatchMeta {
-            stage,
-            topic: "orders".into(),
-            partition: 0,
-            origin_site: 0,
-            local_site: 0,
-            target_site: None,
-            client_id: None,
-            base_offset: -1,
-        }
-    }
-
-    #[test]
-    fn on_batch_renames_produce_only() {
-        let p = plugin(r#"{"policy":"mm2","site":"east"}"#);
-        let recs = [0, 0, 0, NULL, 0, NULL, 0, 0, 1, 0, 0, NULL, 0, NULL, 0, 0];
-        let m = meta(Stage::Produce);
-        let d = p.on_batch(&Batch::from_parts(&m, &recs, &[], &[])).unwrap();
-        assert_eq!(d, vec![Decision::Rename("east.orders".into()); 2]);
-        for s in [Stage::Tee, Stage::Fetch] {
-            let m = meta(s);
-            assert!(p
-                .on_batch(&Batch::from_parts(&m, &recs, &[], &[]))
-                .unwrap()
-                .is_empty());
-        }
-        let m = meta(Stage::Produce);
-        assert!(p
-            .on_batch(&Batch::from_parts(&m, &[], &[], &[]))
-            .unwrap()
-            .is_empty());
-        assert!(p
-            .on_batch(&Batch::from_parts(&m, &recs[..5], &[], &[]))
-            .is_err());
-    }
-
-    const NULL: u32 = u32::MAX;
 }
