@@ -97,7 +97,7 @@ pub struct Config {
 pub struct PluginConfig {
     /// The name routes use (letters, digits, `.`, `_`, `-`).
     pub name: String,
-    /// The component (`.wasm`), relative to the working directory.
+    /// The component (`.wasm`); relative to the config file's directory.
     pub path: String,
     /// Passed to the plugin's `init`: a string as is, anything else as JSON.
     #[serde(default)]
@@ -573,15 +573,22 @@ pub fn load(path: &Path) -> Result<Validated, ConfigErrors> {
             reason: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    let mut v = parse(&text)?;
+    let mut v = parse_at(&text, path.parent())?;
     v.path = Some(path.to_path_buf());
     Ok(v)
 }
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
+    parse_at(text, None)
+}
+
+/// Parses and validates config text read from a file in `dir`: relative
+/// `plugins[].path`s are relative to that directory (a config and its
+/// plugins ship together), else to the working directory.
+fn parse_at(text: &str, dir: Option<&Path>) -> Result<Validated, ConfigErrors> {
     let de = serde_norway::Deserializer::from_str(text);
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let mut inner = e.into_inner().to_string();
         // The YAML error repeats (part of) the path; the key column has it.
@@ -595,6 +602,13 @@ pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
             reason: inner,
         }])
     })?;
+    if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        for p in &mut config.plugins {
+            if Path::new(&p.path).is_relative() {
+                p.path = dir.join(&p.path).to_string_lossy().into_owned();
+            }
+        }
+    }
     let mut v = validate(config)?;
     v.text = text.to_string();
     Ok(v)
