@@ -490,7 +490,13 @@ pub fn encode_as(records: &[TeeRecord], layout: &Layout) -> Result<Bytes, BatchE
         sum.saturating_add(len + varint_len(len as i64))
     });
 
-    let mut attributes = layout.compression.id();
+    // An empty batch has no compressed stream: clients would try to
+    // decompress zero bytes (librdkafka fails with _BAD_COMPRESSION).
+    let mut attributes = if records.is_empty() {
+        Compression::None.id()
+    } else {
+        layout.compression.id()
+    };
     if layout.log_append_time.is_some() {
         attributes |= ATTR_LOG_APPEND_TIME;
     }
