@@ -275,11 +275,7 @@ async fn run_produce(
         _ => return Produced::Unchanged,
     };
     let first = &batches[0];
-    let decoded = match batch::decode(first) {
-        Ok(r) => r,
-        Err(_) => return Produced::Unchanged,
-    };
-    let total = decoded.len();
+    let total = usize::try_from(first.records_count).unwrap_or(0);
     let out = chain::run(
         reg.conflicts(),
         plugins,
@@ -288,7 +284,7 @@ async fn run_produce(
             site: site as u16,
             topic: physical,
         },
-        decoded,
+        chain::Input::Batch(first),
     )
     .await;
     if let Some(msg) = out.refused {
@@ -367,12 +363,9 @@ pub fn fetch_records(
         let replaced = if b.is_control {
             None
         } else {
-            let Ok(decoded) = batch::decode(b) else {
-                return Fetched::Unchanged;
-            };
             let mut m = meta.clone();
             m.base_offset = b.base_offset;
-            let o = chain::run_fetch(reg.conflicts(), plugins, m, decoded);
+            let o = chain::run_fetch(reg.conflicts(), plugins, m, chain::Input::Batch(b));
             if let Some(msg) = o.refused {
                 return Fetched::Refused(msg);
             }

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use super::conflict::{Conflicts, MAX_STATE_BYTES};
 use super::records::{self, Applied};
 use super::{BatchMeta, CallError, Conflict, FailurePolicy, Loaded, Resolution, Stage, Version};
-use crate::tee::batch::TeeRecord;
+use crate::tee::batch::{BatchRef, TeeRecord};
 
 /// What a chain did to a batch.
 #[derive(Debug, Default)]
@@ -54,7 +54,45 @@ pub struct Scope<'a> {
     pub topic: &'a str,
 }
 
-/// Runs `plugins` in order over `records`. Async only to read a site's
+/// A batch as the data path has it.
+pub enum Input<'a> {
+    /// A Kafka batch not decoded yet: decoded only if a plugin changes
+    /// something (keep-all costs no per-record allocation).
+    Batch(&'a BatchRef),
+    Records(Vec<TeeRecord>),
+}
+
+impl Input<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Input::Batch(b) => b.records_count <= 0,
+            Input::Records(r) => r.is_empty(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Input::Batch(b) => usize::try_from(b.records_count).unwrap_or(0),
+            Input::Records(r) => r.len(),
+        }
+    }
+
+    fn wit(&self, meta: &BatchMeta) -> Result<super::Batch, CallError> {
+        match self {
+            Input::Batch(b) => records::to_batch_raw(meta.clone(), b),
+            Input::Records(r) => records::to_batch(meta.clone(), r),
+        }
+    }
+
+    fn into_records(self) -> Result<Vec<TeeRecord>, String> {
+        match self {
+            Input::Batch(b) => crate::tee::batch::decode(b).map_err(|e| e.to_string()),
+            Input::Records(r) => Ok(r),
+        }
+    }
+}
+
+/// Runs `plugins` in order over a batch. Async only to read a site's
 /// saved conflict state the first time a resolving plugin needs it; the
 /// plugin calls themselves run on this thread, each bounded by its CPU
 /// deadline.
@@ -63,7 +101,7 @@ pub async fn run(
     plugins: &[Arc<Loaded>],
     meta: BatchMeta,
     scope: Scope<'_>,
-    records: Vec<TeeRecord>,
+    input: Input<'_>,
 ) -> Outcome {
     let resolves = meta.stage != Stage::Fetch && plugins.iter().any(|p| p.caps.resolve);
     let state = if resolves {
@@ -71,7 +109,7 @@ pub async fn run(
     } else {
         Ok(())
     };
-    run_ready(conflicts, plugins, meta, scope, records, state)
+    run_ready(conflicts, plugins, meta, scope, input, state)
 }
 
 /// [`run`] for the fetch stage, which never resolves conflicts: no waiting.
@@ -79,51 +117,77 @@ pub fn run_fetch(
     conflicts: &Conflicts,
     plugins: &[Arc<Loaded>],
     meta: BatchMeta,
-    records: Vec<TeeRecord>,
+    input: Input<'_>,
 ) -> Outcome {
     let scope = Scope {
         site: meta.local_site,
         topic: "",
     };
-    run_ready(conflicts, plugins, meta, scope, records, Ok(()))
+    run_ready(conflicts, plugins, meta, scope, input, Ok(()))
 }
 
 /// [`run`] once the conflict state was restored (`state`: how that went),
 /// for callers that cannot wait in the middle (a tee worker building a batch).
+/// `applied.kept` holds the records only when `applied.changed` (or when
+/// the input was records already).
 pub fn run_ready(
     conflicts: &Conflicts,
     plugins: &[Arc<Loaded>],
     meta: BatchMeta,
     scope: Scope<'_>,
-    records: Vec<TeeRecord>,
+    input: Input<'_>,
     state: Result<(), String>,
 ) -> Outcome {
-    let mut out = Outcome {
-        applied: Applied {
-            kept: records,
-            ..Applied::default()
-        },
-        ..Outcome::default()
-    };
+    let mut out = Outcome::default();
+    let mut current = input;
     for p in plugins {
-        if out.applied.kept.is_empty() {
+        if current.is_empty() {
             break;
         }
         if p.caps.batch {
-            match batch_step(p, &meta, std::mem::take(&mut out.applied.kept)) {
-                Ok(a) => {
-                    out.applied.changed |= a.changed;
-                    out.applied.dropped += a.dropped;
-                    out.applied.moved.extend(a.moved);
-                    out.applied.kept = a.kept;
-                }
-                Err((e, records)) => {
-                    out.applied.kept = records;
+            let n = current.len();
+            let decisions = match current.wit(&meta).and_then(|b| p.on_batch(&b)) {
+                Ok(d) => d,
+                Err(e) => {
                     if let Some(r) = failed(p, &meta, e) {
                         out.refused = Some(r);
                         return out;
                     }
                     continue;
+                }
+            };
+            if decisions.is_empty() {
+                p.count_out(n, 0);
+            } else {
+                let records = match current.into_records() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Not a batch we can take apart: it passes as it is
+                        // (the consumer or broker reports what is wrong).
+                        tracing::debug!(topic = %meta.topic, partition = meta.partition, error = %e,
+                            "batch does not decode; plugins skipped");
+                        return Outcome::default();
+                    }
+                };
+                // `apply` consumes the records; a bad answer must leave the
+                // batch as it was, so keep them until the answer checked out.
+                let backup = records.clone();
+                match records::apply(records, decisions, &meta) {
+                    Ok(a) => {
+                        p.count_out(n - a.dropped, a.dropped);
+                        out.applied.changed |= a.changed;
+                        out.applied.dropped += a.dropped;
+                        out.applied.moved.extend(a.moved);
+                        current = Input::Records(a.kept);
+                    }
+                    Err(e) => {
+                        current = Input::Records(backup);
+                        if let Some(r) = failed(p, &meta, p.error(e)) {
+                            out.refused = Some(r);
+                            return out;
+                        }
+                        continue;
+                    }
                 }
             }
         }
@@ -137,16 +201,23 @@ pub fn run_ready(
                 }
                 continue;
             }
-            let records = std::mem::take(&mut out.applied.kept);
+            let records = match current.into_records() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(topic = %meta.topic, partition = meta.partition, error = %e,
+                        "batch does not decode; plugins skipped");
+                    return Outcome::default();
+                }
+            };
             match resolve_step(conflicts, p, &meta, scope, records) {
                 Ok((kept, dropped, changed, versions)) => {
-                    out.applied.kept = kept;
+                    current = Input::Records(kept);
                     out.applied.dropped += dropped;
                     out.applied.changed |= changed;
                     out.versions.extend(versions);
                 }
                 Err((e, records)) => {
-                    out.applied.kept = records;
+                    current = Input::Records(records);
                     if let Some(r) = failed(p, &meta, e) {
                         out.refused = Some(r);
                         return out;
@@ -154,6 +225,9 @@ pub fn run_ready(
                 }
             }
         }
+    }
+    if let Input::Records(r) = current {
+        out.applied.kept = r;
     }
     out
 }
@@ -171,32 +245,6 @@ fn failed(p: &Loaded, meta: &BatchMeta, e: CallError) -> Option<String> {
 }
 
 type StepError = (CallError, Vec<TeeRecord>);
-
-fn batch_step(p: &Loaded, meta: &BatchMeta, records: Vec<TeeRecord>) -> Result<Applied, StepError> {
-    let batch = match records::to_batch(meta.clone(), &records) {
-        Ok(b) => b,
-        Err(e) => return Err((e, records)),
-    };
-    let decisions = match p.on_batch(&batch) {
-        Ok(d) => d,
-        Err(e) => return Err((e, records)),
-    };
-    let n = records.len();
-    // `apply` consumes the records; on a bad answer the batch must pass
-    // unchanged (fail-open), so keep them until the answer checked out.
-    let backup = if decisions.is_empty() {
-        None
-    } else {
-        Some(records.clone())
-    };
-    match records::apply(records, decisions, meta) {
-        Ok(a) => {
-            p.count_out(n - a.dropped, a.dropped);
-            Ok(a)
-        }
-        Err(e) => Err((p.error(e), backup.unwrap_or_default())),
-    }
-}
 
 type Resolved = (Vec<TeeRecord>, usize, bool, Vec<(Bytes, Version)>);
 

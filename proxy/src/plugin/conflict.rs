@@ -215,14 +215,6 @@ impl Conflicts {
             None => Err(format!("writing {STATE_TOPIC} on {}: no answer", s.name)),
         }
     }
-
-    /// Number of versions held for a site (status page).
-    pub fn keys(&self, site: u16) -> usize {
-        self.state
-            .lock()
-            .map(|s| s.get(&site).map_or(0, |v| v.versions.len()))
-            .unwrap_or(0)
-    }
 }
 
 /// `east=3,west=1` → counters indexed by site id; unknown names and

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::{Batch, BatchMeta, CallError, Decision, Route, Stage};
-use crate::tee::batch::TeeRecord;
+use crate::tee::batch::{self, BatchRef, TeeRecord};
 
 /// Words per record in `batch.records` (layout in `wit/plugin.wit`).
 pub const RECORD_WORDS: usize = 8;
@@ -68,6 +68,63 @@ pub fn to_batch(meta: BatchMeta, records: &[TeeRecord]) -> Result<Batch, CallErr
             let (hv, hvl) = put(&mut data, v.as_ref());
             headers.extend_from_slice(&[hk, hkl, hv, hvl]);
         }
+    }
+    Ok(Batch {
+        meta,
+        records: table,
+        headers,
+        data,
+    })
+}
+
+/// Builds the batch a plugin sees straight from a Kafka batch, without
+/// decoding it into records first (no per-record allocation): the cheap
+/// path for plugins that usually keep everything.
+pub fn to_batch_raw(meta: BatchMeta, b: &BatchRef) -> Result<Batch, CallError> {
+    let mut data = Vec::with_capacity(b.bytes.len());
+    let count = usize::try_from(b.records_count).unwrap_or(0);
+    let mut table = Vec::with_capacity(count * RECORD_WORDS);
+    let mut headers = Vec::new();
+    let mut too_big = false;
+    let mut put = |data: &mut Vec<u8>, v: Option<&[u8]>| -> (u32, u32) {
+        match v {
+            None => (NULL, 0),
+            Some(v) => match (u32::try_from(data.len()), u32::try_from(v.len())) {
+                (Ok(at), Ok(len)) => {
+                    data.extend_from_slice(v);
+                    (at, len)
+                }
+                _ => {
+                    too_big = true;
+                    (NULL, 0)
+                }
+            },
+        }
+    };
+    batch::visit(b, |_, r| {
+        let delta = u32::try_from(r.offset - b.base_offset).unwrap_or(NULL);
+        let (ko, kl) = put(&mut data, r.key);
+        let (vo, vl) = put(&mut data, r.value);
+        let ts = r.timestamp as u64;
+        table.extend_from_slice(&[
+            delta,
+            (ts >> 32) as u32,
+            ts as u32,
+            ko,
+            kl,
+            vo,
+            vl,
+            r.headers.len() as u32,
+        ]);
+        for (k, v) in &r.headers {
+            let (hk, hkl) = put(&mut data, Some(k));
+            let (hv, hvl) = put(&mut data, *v);
+            headers.extend_from_slice(&[hk, hkl, hv, hvl]);
+        }
+    })
+    .map_err(|e| CallError::BadAnswer(format!("the batch does not decode: {e}")))?;
+    if too_big {
+        return Err(CallError::BadAnswer("batch larger than 4 GiB".into()));
     }
     Ok(Batch {
         meta,

@@ -35,7 +35,7 @@
 //! then per header: key length, key, value length, value
 //! ```
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 /// The header the tee adds to every record it copies; its value names where
@@ -224,7 +224,7 @@ pub fn batches(records: &Bytes) -> Result<Vec<BatchRef>, BatchError> {
 
 /// Base offset, length and magic, or `None` if the bytes end before them.
 fn prefix(rest: &Bytes) -> Option<(i64, i32, i8)> {
-    let mut r = Reader::new(rest.clone());
+    let mut r = Reader::new(rest);
     let offset = r.i64().ok()?;
     let length = r.i32().ok()?;
     let _partition_leader_epoch = r.i32().ok()?;
@@ -235,7 +235,7 @@ fn prefix(rest: &Bytes) -> Option<(i64, i32, i8)> {
 /// `batch` is one whole batch, at least a header long.
 fn parse_header(offset: i64, batch: Bytes) -> Result<BatchRef, BatchError> {
     let corrupt = |what| BatchError::Corrupt { offset, what };
-    let mut r = Reader::new(batch.clone());
+    let mut r = Reader::new(&batch);
     r.take(LOG_OVERHEAD).map_err(corrupt)?;
     let partition_leader_epoch = r.i32().map_err(corrupt)?;
     r.i8().map_err(corrupt)?;
@@ -290,6 +290,44 @@ fn parse_header(offset: i64, batch: Bytes) -> Result<BatchRef, BatchError> {
 /// Control batches (transaction markers) hold no records to copy and are an
 /// error here; the caller skips them.
 pub fn decode(batch: &BatchRef) -> Result<Vec<TeeRecord>, BatchError> {
+    let mut records = Vec::with_capacity(usize::try_from(batch.records_count).unwrap_or(0));
+    visit(batch, |data, raw| {
+        let share = |s: &[u8]| data.slice_ref(s);
+        records.push(TeeRecord {
+            offset: raw.offset,
+            timestamp: raw.timestamp,
+            key: raw.key.map(share),
+            value: raw.value.map(share),
+            headers: raw
+                .headers
+                .iter()
+                .map(|(k, v)| (share(k), v.map(share)))
+                .collect(),
+        });
+    })?;
+    Ok(records)
+}
+
+/// A record as it lies in a batch's (decompressed) bytes.
+#[derive(Debug)]
+pub struct RawRecord<'a> {
+    pub offset: i64,
+    /// As [`TeeRecord::timestamp`].
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+}
+
+/// Walks the records of a data batch without copying them or allocating
+/// per record (one header list is reused): `f(data, record)` for each, in
+/// order, where `data` is the batch's decompressed record bytes the
+/// record's slices point into, after every length was checked against the
+/// bytes present. Errors as [`decode`].
+pub fn visit(
+    batch: &BatchRef,
+    mut f: impl FnMut(&Bytes, &RawRecord<'_>),
+) -> Result<(), BatchError> {
     let offset = batch.base_offset;
     let corrupt = |what| BatchError::Corrupt { offset, what };
     if batch.is_control {
@@ -301,7 +339,7 @@ pub fn decode(batch: &BatchRef) -> Result<Vec<TeeRecord>, BatchError> {
     // An empty batch (all its records compacted or filtered away) has no
     // compressed stream at all, whatever its codec says.
     if batch.records_count == 0 && batch.bytes.len() == HEADER_LEN {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let data =
         decompress(batch.compression, batch.bytes.slice(HEADER_LEN..)).map_err(|reason| {
@@ -319,23 +357,29 @@ pub fn decode(batch: &BatchRef) -> Result<Vec<TeeRecord>, BatchError> {
             "record count exceeds what the batch's bytes can hold",
         ));
     }
-    let mut r = Reader::new(data);
-    let mut records = Vec::with_capacity(count);
+    let mut r = Reader::new(&data);
+    let mut headers = Vec::new();
     for index in 0..count {
-        let record = read_record(&mut r, batch).map_err(|what| BatchError::Record {
+        let raw = read_record(&mut r, batch, headers).map_err(|what| BatchError::Record {
             offset,
             index,
             what,
         })?;
-        records.push(record);
+        f(&data, &raw);
+        headers = raw.headers;
     }
     if r.remaining() != 0 {
         return Err(corrupt("bytes left after the last record"));
     }
-    Ok(records)
+    Ok(())
 }
 
-fn read_record(r: &mut Reader, batch: &BatchRef) -> Result<TeeRecord, &'static str> {
+/// One record; `headers` is a list to reuse (it comes back in the record).
+fn read_record<'a>(
+    r: &mut Reader<'a>,
+    batch: &BatchRef,
+    mut headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+) -> Result<RawRecord<'a>, &'static str> {
     let len = usize::try_from(r.varint()?).map_err(|_| "negative record length")?;
     let mut body = Reader::new(r.take(len)?);
     let _attributes = body.i8()?;
@@ -348,7 +392,7 @@ fn read_record(r: &mut Reader, batch: &BatchRef) -> Result<TeeRecord, &'static s
     if count > body.remaining() / 2 {
         return Err("header count exceeds what the record's bytes can hold");
     }
-    let mut headers = Vec::with_capacity(count);
+    headers.clear();
     for _ in 0..count {
         let key = body.nullable()?.ok_or("null header key")?;
         headers.push((key, body.nullable()?));
@@ -369,7 +413,7 @@ fn read_record(r: &mut Reader, batch: &BatchRef) -> Result<TeeRecord, &'static s
             .checked_add(timestamp_delta)
             .ok_or("timestamp overflows")?
     };
-    Ok(TeeRecord {
+    Ok(RawRecord {
         offset,
         timestamp,
         key,
@@ -694,7 +738,7 @@ fn check_snappy_sizes(data: &Bytes) -> Result<(), &'static str> {
     // snappy-java's stream header, which Kafka's Java clients write; the
     // crate (like snappy-java) reads data without it as one raw block.
     const XERIAL_HEADER: &[u8] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
-    fn plausible(block: Bytes) -> Result<(), &'static str> {
+    fn plausible(block: &[u8]) -> Result<(), &'static str> {
         let size = block.len() as u64;
         if size == 0 {
             return Ok(());
@@ -706,9 +750,9 @@ fn check_snappy_sizes(data: &Bytes) -> Result<(), &'static str> {
         Ok(())
     }
     if !data.starts_with(XERIAL_HEADER) {
-        return plausible(data.clone());
+        return plausible(data);
     }
-    let mut r = Reader::new(data.slice(XERIAL_HEADER.len()..));
+    let mut r = Reader::new(&data[XERIAL_HEADER.len()..]);
     while r.remaining() > 0 {
         let len = r.u32()?;
         plausible(r.take(len as usize)?)?;
@@ -735,12 +779,13 @@ fn varint_len(v: i64) -> usize {
 
 /// Reads wire bytes front to back; every read checks what is left first.
 /// Byte fields are zero-copy slices of the input.
-struct Reader {
-    buf: Bytes,
+/// Reads fields from borrowed bytes; every read checks the length first.
+struct Reader<'a> {
+    buf: &'a [u8],
 }
 
-impl Reader {
-    fn new(buf: Bytes) -> Self {
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
         Self { buf }
     }
 
@@ -748,24 +793,26 @@ impl Reader {
         self.buf.len()
     }
 
-    fn rest(&self) -> &[u8] {
-        &self.buf
+    fn rest(&self) -> &'a [u8] {
+        self.buf
     }
 
-    fn take(&mut self, n: usize) -> Result<Bytes, &'static str> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
         if n > self.buf.len() {
             return Err("length runs past the end of the data");
         }
-        Ok(self.buf.split_to(n))
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
-        let head = *self
+        let (head, rest) = self
             .buf
-            .first_chunk::<N>()
+            .split_first_chunk::<N>()
             .ok_or("data ends inside a field")?;
-        self.buf.advance(N);
-        Ok(head)
+        self.buf = rest;
+        Ok(*head)
     }
 
     fn i8(&mut self) -> Result<i8, &'static str> {
@@ -818,7 +865,7 @@ impl Reader {
     }
 
     /// A length-prefixed byte string; length -1 is null.
-    fn nullable(&mut self) -> Result<Option<Bytes>, &'static str> {
+    fn nullable(&mut self) -> Result<Option<&'a [u8]>, &'static str> {
         match self.varint()? {
             -1 => Ok(None),
             n => {
@@ -1429,15 +1476,15 @@ mod tests {
             let mut buf = BytesMut::new();
             put_varint(&mut buf, v);
             assert_eq!(buf.len(), varint_len(v), "{v}");
-            assert_eq!(Reader::new(buf.clone().freeze()).varlong(), Ok(v));
+            assert_eq!(Reader::new(&buf).varlong(), Ok(v));
             if let Ok(v32) = i32::try_from(v) {
-                assert_eq!(Reader::new(buf.freeze()).varint(), Ok(v32));
+                assert_eq!(Reader::new(&buf).varint(), Ok(v32));
             } else {
-                assert!(Reader::new(buf.freeze()).varint().is_err(), "{v}");
+                assert!(Reader::new(&buf).varint().is_err(), "{v}");
             }
         }
-        let varint = |bytes: &[u8]| Reader::new(b(bytes)).varint();
-        let varlong = |bytes: &[u8]| Reader::new(b(bytes)).varlong();
+        let varint = |bytes: &[u8]| Reader::new(bytes).varint();
+        let varlong = |bytes: &[u8]| Reader::new(bytes).varlong();
         assert!(varint(&[0xff, 0xff, 0xff, 0xff, 0x1f]).is_err()); // 35 bits
         assert!(varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]).is_err()); // 6 bytes
         assert!(varint(&[0x80]).is_err()); // ends mid-varint

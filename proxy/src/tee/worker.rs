@@ -821,7 +821,7 @@ impl Worker {
                     &p.chain,
                     meta,
                     scope,
-                    copy,
+                    crate::plugin::chain::Input::Records(copy),
                     p.state.clone(),
                 );
                 if let Some(why) = out.refused {
