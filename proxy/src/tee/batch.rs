@@ -375,6 +375,7 @@ pub fn visit(
 }
 
 /// One record; `headers` is a list to reuse (it comes back in the record).
+#[inline]
 fn read_record<'a>(
     r: &mut Reader<'a>,
     batch: &BatchRef,
@@ -785,18 +786,22 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn new(buf: &'a [u8]) -> Self {
         Self { buf }
     }
 
+    #[inline]
     fn remaining(&self) -> usize {
         self.buf.len()
     }
 
+    #[inline]
     fn rest(&self) -> &'a [u8] {
         self.buf
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
         if n > self.buf.len() {
             return Err("length runs past the end of the data");
@@ -806,6 +811,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
         let (head, rest) = self
             .buf
@@ -815,28 +821,41 @@ impl<'a> Reader<'a> {
         Ok(*head)
     }
 
+    #[inline]
     fn i8(&mut self) -> Result<i8, &'static str> {
         self.array().map(i8::from_be_bytes)
     }
 
+    #[inline]
     fn i16(&mut self) -> Result<i16, &'static str> {
         self.array().map(i16::from_be_bytes)
     }
 
+    #[inline]
     fn i32(&mut self) -> Result<i32, &'static str> {
         self.array().map(i32::from_be_bytes)
     }
 
+    #[inline]
     fn u32(&mut self) -> Result<u32, &'static str> {
         self.array().map(u32::from_be_bytes)
     }
 
+    #[inline]
     fn i64(&mut self) -> Result<i64, &'static str> {
         self.array().map(i64::from_be_bytes)
     }
 
     /// An unsigned LEB128 of at most `max_bytes` bytes that must fit 64 bits.
+    #[inline]
     fn uvarint(&mut self, max_bytes: u32) -> Result<u64, &'static str> {
+        // Most varints in a record (lengths, deltas) are one byte.
+        if let Some((&b, rest)) = self.buf.split_first() {
+            if b < 0x80 {
+                self.buf = rest;
+                return Ok(u64::from(b));
+            }
+        }
         let mut value = 0u64;
         for i in 0..max_bytes {
             let [byte] = self.array()?;
@@ -854,17 +873,20 @@ impl<'a> Reader<'a> {
         Err("varint is too long")
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<i32, &'static str> {
         let u = u32::try_from(self.uvarint(5)?).map_err(|_| "varint overflows 32 bits")?;
         Ok((u >> 1) as i32 ^ -((u & 1) as i32))
     }
 
+    #[inline]
     fn varlong(&mut self) -> Result<i64, &'static str> {
         let u = self.uvarint(10)?;
         Ok((u >> 1) as i64 ^ -((u & 1) as i64))
     }
 
     /// A length-prefixed byte string; length -1 is null.
+    #[inline]
     fn nullable(&mut self) -> Result<Option<&'a [u8]>, &'static str> {
         match self.varint()? {
             -1 => Ok(None),
