@@ -94,6 +94,23 @@ pub fn accept_incoming(conflicts: &[Conflict]) -> Vec<Resolution> {
         .collect()
 }
 
+/// The usual conflict rule shape: the incoming record is accepted (and its
+/// version stored) when the key has no version yet or `wins(incoming,
+/// existing)`; otherwise rejected. `wins` must accept a version against
+/// itself (a retried write meets its own version).
+pub fn resolve_by(
+    conflicts: &[Conflict],
+    wins: impl Fn(&Version, &Version) -> bool,
+) -> Vec<Resolution> {
+    conflicts
+        .iter()
+        .map(|c| match &c.existing {
+            Some(e) if !wins(&c.incoming, e) => Resolution::Reject,
+            _ => Resolution::Accept(c.incoming.clone()),
+        })
+        .collect()
+}
+
 /// Build a [`PluginInfo`].
 pub fn plugin_info(name: &str, version: &str, capabilities: &[&str]) -> PluginInfo {
     PluginInfo {

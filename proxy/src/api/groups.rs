@@ -253,11 +253,32 @@ async fn offset_commit(
         // A member from before a switch commits old-site offsets: refused,
         // and it rejoins. While a switch runs, commits wait (retriable) so the
         // switch translates the group's final offsets.
-        let code = if fo
+        let stale = fo
             .fence
-            .is_stale(fo.epoch(route), &group, b.member_id.as_str())
-        {
-            Some(UNKNOWN_MEMBER_ID)
+            .stale_epoch(fo.epoch(route), &group, b.member_id.as_str());
+        let code = if let Some(joined) = stale {
+            // After a planned switch its offsets translate exactly: applied
+            // on the new site, the commit succeeds (no redelivery).
+            let commits: crate::failover::shadow::Commits = b
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions.iter().map(move |p| {
+                        (
+                            (t.name.0.to_string(), p.partition_index),
+                            (
+                                p.committed_offset,
+                                p.committed_metadata.as_ref().map(|m| m.to_string()),
+                            ),
+                        )
+                    })
+                })
+                .collect();
+            if fo.late_commit(route, &group, joined, commits).await {
+                Some(0)
+            } else {
+                Some(UNKNOWN_MEMBER_ID)
+            }
         } else if ctx.proxy.router.side(route).held() {
             Some(COORDINATOR_LOAD_IN_PROGRESS)
         } else {

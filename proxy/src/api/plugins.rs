@@ -50,6 +50,20 @@ pub struct ProduceHook {
 }
 
 impl ProduceHook {
+    /// Answers every partition of a topic with POLICY_VIOLATION (nothing
+    /// of it is written).
+    fn refuse(&mut self, topic: &str, parts: &mut Vec<PartitionProduceData>, why: &str) {
+        self.changed = true;
+        for p in parts.drain(..) {
+            self.answered.push((
+                topic.to_string(),
+                p.index,
+                POLICY_VIOLATION,
+                Some(why.to_string()),
+            ));
+        }
+    }
+
     /// The client's `(topic, partition)` for one now in the request.
     pub fn origin<'a>(&'a self, topic: &'a str, partition: i32) -> (&'a str, i32) {
         self.origins
@@ -84,15 +98,7 @@ pub async fn produce(
             Ok(p) if p.is_empty() => continue,
             Ok(p) => p,
             Err(missing) => {
-                hook.changed = true;
-                for p in t.partition_data.drain(..) {
-                    hook.answered.push((
-                        virt.clone(),
-                        p.index,
-                        POLICY_VIOLATION,
-                        Some(missing.0.clone()),
-                    ));
-                }
+                hook.refuse(&virt, &mut t.partition_data, &missing.0);
                 continue;
             }
         };
@@ -110,15 +116,7 @@ pub async fn produce(
                 continue;
             }
             Err(msg) => {
-                hook.changed = true;
-                for p in t.partition_data.drain(..) {
-                    hook.answered.push((
-                        virt.clone(),
-                        p.index,
-                        POLICY_VIOLATION,
-                        Some(msg.clone()),
-                    ));
-                }
+                hook.refuse(&virt, &mut t.partition_data, &msg);
                 continue;
             }
         }

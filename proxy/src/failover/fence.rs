@@ -118,25 +118,30 @@ impl Fence {
     /// True when `member` of `group` joined before the route's current
     /// epoch: the request must be refused with UNKNOWN_MEMBER_ID.
     pub fn is_stale(&self, epoch: u64, group: &str, member: &str) -> bool {
+        self.stale_epoch(epoch, group, member).is_some()
+    }
+
+    /// The epoch `member` of `group` joined in, when that is before the
+    /// route's current `epoch` (the member is fenced from now on).
+    pub fn stale_epoch(&self, epoch: u64, group: &str, member: &str) -> Option<u64> {
         if member.is_empty() {
-            return false;
+            return None;
         }
-        let Ok(mut st) = self.state.lock() else {
-            return false;
-        };
+        let mut st = self.state.lock().ok()?;
         let k = (group.to_string(), member.to_string());
         match st.members.get_mut(&k) {
             // Fenced once is enough: the client rejoins under a new id, and
             // a forgotten member is no longer counted by later switches.
             Some(m) if m.epoch < epoch => {
+                let joined = m.epoch;
                 st.members.remove(&k);
-                true
+                Some(joined)
             }
             Some(m) => {
                 m.seen = Instant::now();
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 

@@ -695,10 +695,10 @@ impl Failover {
         commits: Commits,
         mode: SyncMode,
         clients: &mut Clients,
-    ) {
+    ) -> bool {
         let from_alive = mode != SyncMode::FinalFromDead;
         let (Some(rs), Some(r)) = (self.state_of(route), self.router.routes().get(route)) else {
-            return;
+            return false;
         };
         let (from_naming, to_naming) = (self.naming_on(r, from), self.naming_on(r, to));
         let alias = if from == rs.primary {
@@ -764,14 +764,15 @@ impl Failover {
             out.push(shadow::offsets_for(&to_topic, p, offset, meta));
             marks.push((virt, p, c, offset));
         }
+        let exact = retry.is_empty();
         if !retry.is_empty() {
             self.shadow.put_back(route, group, from, retry);
         }
         if out.is_empty() {
-            return;
+            return exact;
         }
         let Some(client) = clients.one(to) else {
-            return;
+            return false;
         };
         let r = client.commit_offsets(group, &out).await;
         if self.count_commit(rs, group, &r) {
@@ -779,6 +780,7 @@ impl Failover {
                 self.shadow
                     .committed(shadow::mark_key(route, group, to, &virt, p), c, offset);
             }
+            return exact;
         } else if from_alive {
             // Retried next round (newer commits of the group win).
             let again: Commits = marks
@@ -788,6 +790,7 @@ impl Failover {
                 .collect();
             self.shadow.put_back(route, group, from, again);
         }
+        false
     }
 
     /// One offset, by runs, then MM2 checkpoints, then timestamps.
@@ -916,6 +919,58 @@ impl Failover {
         {
             self.shadow.observe(route, group, site, commits);
         }
+    }
+
+    /// An OffsetCommit from a member the last switch fenced (it joined in
+    /// `joined`, the epoch before the current one), with offsets of the site
+    /// that served then. After a *planned* switch the tee had copied
+    /// everything, so they translate exactly: they are committed on the new
+    /// site (never moving the group back) and the client's commit succeeds.
+    /// Without this, a record a consumer processed while its commit was
+    /// held by the switch would be delivered again after it rejoined.
+    /// Returns false (the caller answers UNKNOWN_MEMBER_ID) when the switch
+    /// was unplanned, is older, or the new site refused the commit (e.g. the
+    /// group already has members there).
+    pub async fn late_commit(
+        &self,
+        route: usize,
+        group: &str,
+        joined: u64,
+        commits: Commits,
+    ) -> bool {
+        let Some(rs) = self.state_of(route).cloned() else {
+            return false;
+        };
+        let epoch = rs.epoch.load(Ordering::Acquire);
+        let planned = rs
+            .last
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|t| t.planned))
+            .unwrap_or(false);
+        let side = self.router.side(route);
+        if !planned || side.held() || joined + 1 != epoch || commits.is_empty() {
+            return false;
+        }
+        let (to, from) = match side {
+            Side::Standby => (rs.standby, rs.primary),
+            _ => (rs.primary, rs.standby),
+        };
+        let mut clients = self.clients.lock().await;
+        let ok = self
+            .sync_group(
+                route,
+                group,
+                from,
+                to,
+                commits,
+                SyncMode::Live,
+                &mut clients,
+            )
+            .await;
+        tracing::info!(route = %rs.name, group, applied = ok,
+            "late commit of a member fenced by the planned switch translated to the new site");
+        ok
     }
 
     pub fn status(&self) -> Vec<RouteFailoverStatus> {

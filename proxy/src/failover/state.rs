@@ -9,13 +9,13 @@
 //! by one instance is followed by the others.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::RouteState;
-use crate::tee::batch::{self, BatchParams, Compression, TeeRecord};
+use crate::tee::batch::{self, BatchParams, TeeRecord};
 use crate::tee::client::SiteClient;
 use crate::upstream::Site;
 
@@ -66,25 +66,7 @@ pub async fn save(sites: &[Arc<Site>], rs: &RouteState, saved: &Saved) {
 }
 
 async fn write(c: &mut SiteClient, route: &str, json: &[u8]) -> Result<(), String> {
-    if c.partitions(STATE_TOPIC).await.is_none() {
-        let code = c
-            .create_topic(
-                STATE_TOPIC,
-                1,
-                &[("cleanup.policy", "compact"), ("retention.ms", "-1")],
-            )
-            .await?;
-        if code != 0 && code != 36 {
-            return Err(format!("creating {STATE_TOPIC} failed with error {code}"));
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while c.partitions(STATE_TOPIC).await.is_none() {
-            if Instant::now() > deadline {
-                return Err(format!("{STATE_TOPIC} not visible after creation"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    c.ensure_compacted(STATE_TOPIC).await?;
     let rec = TeeRecord {
         offset: 0,
         timestamp: SystemTime::now()
@@ -95,16 +77,7 @@ async fn write(c: &mut SiteClient, route: &str, json: &[u8]) -> Result<(), Strin
         value: Some(Bytes::copy_from_slice(json)),
         headers: Vec::new(),
     };
-    let b = batch::encode(
-        &[rec],
-        &BatchParams {
-            compression: Compression::None,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let b = batch::encode(&[rec], &BatchParams::PLAIN).map_err(|e| e.to_string())?;
     let w = c.produce(STATE_TOPIC, vec![(0, b)]).await;
     match w.first() {
         Some(w) if w.error == 0 => Ok(()),

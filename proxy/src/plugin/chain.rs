@@ -84,10 +84,19 @@ impl Input<'_> {
         }
     }
 
-    fn into_records(self) -> Result<Vec<TeeRecord>, String> {
+    /// The records; `None` for a Kafka batch that does not decode, which
+    /// then passes as it is (the broker or consumer reports what is wrong).
+    fn into_records(self, meta: &BatchMeta) -> Option<Vec<TeeRecord>> {
         match self {
-            Input::Batch(b) => crate::tee::batch::decode(b).map_err(|e| e.to_string()),
-            Input::Records(r) => Ok(r),
+            Input::Batch(b) => match crate::tee::batch::decode(b) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::debug!(topic = %meta.topic, partition = meta.partition, error = %e,
+                        "batch does not decode; plugins skipped");
+                    None
+                }
+            },
+            Input::Records(r) => Some(r),
         }
     }
 }
@@ -159,15 +168,8 @@ pub fn run_ready(
             if decisions.is_empty() {
                 p.count_out(n, 0);
             } else {
-                let records = match current.into_records() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Not a batch we can take apart: it passes as it is
-                        // (the consumer or broker reports what is wrong).
-                        tracing::debug!(topic = %meta.topic, partition = meta.partition, error = %e,
-                            "batch does not decode; plugins skipped");
-                        return Outcome::default();
-                    }
+                let Some(records) = current.into_records(&meta) else {
+                    return Outcome::default();
                 };
                 // `apply` consumes the records; a bad answer must leave the
                 // batch as it was, so keep them until the answer checked out.
@@ -201,13 +203,8 @@ pub fn run_ready(
                 }
                 continue;
             }
-            let records = match current.into_records() {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(topic = %meta.topic, partition = meta.partition, error = %e,
-                        "batch does not decode; plugins skipped");
-                    return Outcome::default();
-                }
+            let Some(records) = current.into_records(&meta) else {
+                return Outcome::default();
             };
             match resolve_step(conflicts, p, &meta, scope, records) {
                 Ok((kept, dropped, changed, versions)) => {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::Version;
-use crate::tee::batch::{self, BatchParams, Compression, TeeRecord};
+use crate::tee::batch::{self, BatchParams, TeeRecord};
 use crate::tee::client::SiteClient;
 use crate::upstream::Site;
 
@@ -184,22 +184,13 @@ impl Conflicts {
                 headers: Vec::new(),
             })
             .collect();
-        let b = batch::encode(
-            &records,
-            &BatchParams {
-                compression: Compression::None,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let b = batch::encode(&records, &BatchParams::PLAIN).map_err(|e| e.to_string())?;
         let mut c = SiteClient::new(s.clone());
         let _one = match self.io.get(usize::from(site)) {
             Some(m) => Some(m.lock().await),
             None => None,
         };
-        ensure_topic(&mut c).await?;
+        c.ensure_compacted(STATE_TOPIC).await?;
         let w = tokio::time::timeout(
             Duration::from_secs(10),
             c.produce(STATE_TOPIC, vec![(0, b)]),
@@ -294,30 +285,6 @@ fn decode_version(mut b: Bytes) -> Option<Version> {
         vclock,
         state: b.to_vec(),
     })
-}
-
-async fn ensure_topic(c: &mut SiteClient) -> Result<(), String> {
-    if c.partitions(STATE_TOPIC).await.is_some() {
-        return Ok(());
-    }
-    let code = c
-        .create_topic(
-            STATE_TOPIC,
-            1,
-            &[("cleanup.policy", "compact"), ("retention.ms", "-1")],
-        )
-        .await?;
-    if code != 0 && code != 36 {
-        return Err(format!("creating {STATE_TOPIC} failed with error {code}"));
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while c.partitions(STATE_TOPIC).await.is_none() {
-        if Instant::now() > deadline {
-            return Err(format!("{STATE_TOPIC} not visible after creation"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 /// Every saved version (the last per key wins, as compaction will keep).

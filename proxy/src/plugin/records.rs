@@ -14,10 +14,84 @@ pub const HEADER_WORDS: usize = 4;
 /// A null key, value or header value.
 pub const NULL: u32 = u32::MAX;
 
-/// Builds the batch a plugin sees. Fails only for a batch whose bytes do not
-/// fit the tables' 32-bit offsets (4 GiB; frames are far smaller).
+/// The batch's data buffer and descriptor tables, filled record by record.
+struct Tables {
+    data: Vec<u8>,
+    records: Vec<u32>,
+    headers: Vec<u32>,
+    /// Some offset did not fit 32 bits (a batch over 4 GiB; frames are far
+    /// smaller).
+    too_big: bool,
+}
+
+impl Tables {
+    fn with_capacity(bytes: usize, records: usize) -> Self {
+        Tables {
+            data: Vec::with_capacity(bytes),
+            records: Vec::with_capacity(records * RECORD_WORDS),
+            headers: Vec::new(),
+            too_big: false,
+        }
+    }
+
+    fn put(&mut self, v: Option<&[u8]>) -> (u32, u32) {
+        let Some(v) = v else { return (NULL, 0) };
+        match (u32::try_from(self.data.len()), u32::try_from(v.len())) {
+            (Ok(at), Ok(len)) => {
+                self.data.extend_from_slice(v);
+                (at, len)
+            }
+            _ => {
+                self.too_big = true;
+                (NULL, 0)
+            }
+        }
+    }
+
+    fn record<'h>(
+        &mut self,
+        delta: i64,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (&'h [u8], Option<&'h [u8]>)>,
+    ) {
+        let (ko, kl) = self.put(key);
+        let (vo, vl) = self.put(value);
+        let ts = timestamp as u64;
+        self.records.extend_from_slice(&[
+            u32::try_from(delta).unwrap_or(NULL),
+            (ts >> 32) as u32,
+            ts as u32,
+            ko,
+            kl,
+            vo,
+            vl,
+            headers.len() as u32,
+        ]);
+        for (k, v) in headers {
+            let (hk, hkl) = self.put(Some(k));
+            let (hv, hvl) = self.put(v);
+            self.headers.extend_from_slice(&[hk, hkl, hv, hvl]);
+        }
+    }
+
+    fn finish(self, meta: BatchMeta) -> Result<Batch, CallError> {
+        if self.too_big {
+            return Err(CallError::BadAnswer("batch larger than 4 GiB".into()));
+        }
+        Ok(Batch {
+            meta,
+            records: self.records,
+            headers: self.headers,
+            data: self.data,
+        })
+    }
+}
+
+/// Builds the batch a plugin sees from decoded records (offset deltas from
+/// the first record).
 pub fn to_batch(meta: BatchMeta, records: &[TeeRecord]) -> Result<Batch, CallError> {
-    let too_big = || CallError::BadAnswer("batch larger than 4 GiB".into());
     let bytes: usize = records
         .iter()
         .map(|r| {
@@ -29,109 +103,38 @@ pub fn to_batch(meta: BatchMeta, records: &[TeeRecord]) -> Result<Batch, CallErr
                     .sum::<usize>()
         })
         .sum();
-    if u32::try_from(bytes).is_err() {
-        return Err(too_big());
-    }
-    let header_count: usize = records.iter().map(|r| r.headers.len()).sum();
-    let mut data = Vec::with_capacity(bytes);
-    let mut table = Vec::with_capacity(records.len() * RECORD_WORDS);
-    let mut headers = Vec::with_capacity(header_count * HEADER_WORDS);
-    // Offsets fit: the total was checked above.
-    let put = |data: &mut Vec<u8>, b: Option<&Bytes>| -> (u32, u32) {
-        match b {
-            None => (NULL, 0),
-            Some(b) => {
-                let at = data.len() as u32;
-                data.extend_from_slice(b);
-                (at, b.len() as u32)
-            }
-        }
-    };
+    let mut t = Tables::with_capacity(bytes, records.len());
     let base = records.first().map_or(0, |r| r.offset);
     for r in records {
-        let delta = u32::try_from(r.offset - base).unwrap_or(NULL);
-        let (ko, kl) = put(&mut data, r.key.as_ref());
-        let (vo, vl) = put(&mut data, r.value.as_ref());
-        let ts = r.timestamp as u64;
-        table.extend_from_slice(&[
-            delta,
-            (ts >> 32) as u32,
-            ts as u32,
-            ko,
-            kl,
-            vo,
-            vl,
-            r.headers.len() as u32,
-        ]);
-        for (k, v) in &r.headers {
-            let (hk, hkl) = put(&mut data, Some(k));
-            let (hv, hvl) = put(&mut data, v.as_ref());
-            headers.extend_from_slice(&[hk, hkl, hv, hvl]);
-        }
+        t.record(
+            r.offset - base,
+            r.timestamp,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            r.headers.iter().map(|(k, v)| (&k[..], v.as_deref())),
+        );
     }
-    Ok(Batch {
-        meta,
-        records: table,
-        headers,
-        data,
-    })
+    t.finish(meta)
 }
 
-/// Builds the batch a plugin sees straight from a Kafka batch, without
-/// decoding it into records first (no per-record allocation): the cheap
-/// path for plugins that usually keep everything.
+/// Builds the batch a plugin sees straight from a Kafka batch (offset
+/// deltas from its base offset), without decoding it into records first
+/// (no per-record allocation): the cheap path for plugins that usually keep
+/// everything.
 pub fn to_batch_raw(meta: BatchMeta, b: &BatchRef) -> Result<Batch, CallError> {
-    let mut data = Vec::with_capacity(b.bytes.len());
     let count = usize::try_from(b.records_count).unwrap_or(0);
-    let mut table = Vec::with_capacity(count * RECORD_WORDS);
-    let mut headers = Vec::new();
-    let mut too_big = false;
-    let mut put = |data: &mut Vec<u8>, v: Option<&[u8]>| -> (u32, u32) {
-        match v {
-            None => (NULL, 0),
-            Some(v) => match (u32::try_from(data.len()), u32::try_from(v.len())) {
-                (Ok(at), Ok(len)) => {
-                    data.extend_from_slice(v);
-                    (at, len)
-                }
-                _ => {
-                    too_big = true;
-                    (NULL, 0)
-                }
-            },
-        }
-    };
+    let mut t = Tables::with_capacity(b.bytes.len(), count);
     batch::visit(b, |_, r| {
-        let delta = u32::try_from(r.offset - b.base_offset).unwrap_or(NULL);
-        let (ko, kl) = put(&mut data, r.key);
-        let (vo, vl) = put(&mut data, r.value);
-        let ts = r.timestamp as u64;
-        table.extend_from_slice(&[
-            delta,
-            (ts >> 32) as u32,
-            ts as u32,
-            ko,
-            kl,
-            vo,
-            vl,
-            r.headers.len() as u32,
-        ]);
-        for (k, v) in &r.headers {
-            let (hk, hkl) = put(&mut data, Some(k));
-            let (hv, hvl) = put(&mut data, *v);
-            headers.extend_from_slice(&[hk, hkl, hv, hvl]);
-        }
+        t.record(
+            r.offset - b.base_offset,
+            r.timestamp,
+            r.key,
+            r.value,
+            r.headers.iter().copied(),
+        )
     })
     .map_err(|e| CallError::BadAnswer(format!("the batch does not decode: {e}")))?;
-    if too_big {
-        return Err(CallError::BadAnswer("batch larger than 4 GiB".into()));
-    }
-    Ok(Batch {
-        meta,
-        records: table,
-        headers,
-        data,
-    })
+    t.finish(meta)
 }
 
 /// Where decided records go.

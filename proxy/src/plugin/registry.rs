@@ -220,14 +220,29 @@ impl Registry {
         let mut next = BTreeMap::clone(&self.plugins.load());
         let old = next.insert(name.to_string(), loaded.clone());
         self.plugins.store(Arc::new(next));
-        let m = &self.host.metrics().plugins.loaded;
         if let Some(old) = old {
-            m.with_label_values(&[name, &old.info.version]).set(0);
+            self.retired(name, &old);
         }
-        m.with_label_values(&[name, &loaded.info.version]).set(1);
+        self.host
+            .metrics()
+            .plugins
+            .loaded
+            .with_label_values(&[name, &loaded.info.version])
+            .set(1);
         tracing::info!(plugin = name, load = loaded.version, bytes = loaded.wasm_bytes,
             plugin_name = %loaded.info.name, plugin_version = %loaded.info.version,
             policy = loaded.policy.name(), "plugin loaded");
+    }
+
+    /// A version no longer serves under `name` (batches still running on it
+    /// finish; it is freed with the last of them).
+    fn retired(&self, name: &str, old: &Loaded) {
+        self.host
+            .metrics()
+            .plugins
+            .loaded
+            .with_label_values(&[name, &old.info.version])
+            .set(0);
     }
 
     /// Loads (compile, check, init, smoke call) and publishes a plugin
@@ -258,12 +273,7 @@ impl Registry {
         let old = next.remove(name);
         if let Some(old) = &old {
             self.plugins.store(Arc::new(next));
-            self.host
-                .metrics()
-                .plugins
-                .loaded
-                .with_label_values(&[name, &old.info.version])
-                .set(0);
+            self.retired(name, old);
             if let Ok(mut f) = self.from_config.lock() {
                 f.remove(name);
             }
@@ -349,12 +359,7 @@ impl Registry {
         for n in &gone {
             from_config.remove(n);
             if let Some(old) = next.remove(n) {
-                self.host
-                    .metrics()
-                    .plugins
-                    .loaded
-                    .with_label_values(&[n, &old.info.version])
-                    .set(0);
+                self.retired(n, &old);
                 changes.push(format!("unloaded {n}"));
             }
         }

@@ -196,6 +196,17 @@ pub struct BatchParams {
     pub base_sequence: i32,
 }
 
+impl BatchParams {
+    /// No producer id, no compression: Switchyard's own bookkeeping records
+    /// (state topics), where a retry rewriting a record is harmless.
+    pub const PLAIN: BatchParams = BatchParams {
+        compression: Compression::None,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
 /// Walks a record set: batches back to back, as in a Fetch response.
 ///
 /// A Fetch response may end partway through a batch (the size limit cuts it);

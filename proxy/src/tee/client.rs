@@ -328,6 +328,33 @@ impl SiteClient {
     }
 
     /// Creates a topic; returns Kafka's error code (0, or 36 when it exists).
+    /// Creates Switchyard's internal compacted, single-partition topic
+    /// `name` if it does not exist, and waits until the site lists it.
+    pub async fn ensure_compacted(&mut self, name: &str) -> Result<(), String> {
+        if self.partitions(name).await.is_some() {
+            return Ok(());
+        }
+        let code = self
+            .create_topic(
+                name,
+                1,
+                &[("cleanup.policy", "compact"), ("retention.ms", "-1")],
+            )
+            .await?;
+        // 36 TOPIC_ALREADY_EXISTS: another instance won the race.
+        if code != 0 && code != 36 {
+            return Err(format!("creating {name} failed with error {code}"));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.partitions(name).await.is_none() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("{name} not visible after creation"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     pub async fn create_topic(
         &mut self,
         topic: &str,

@@ -1103,15 +1103,7 @@ impl Worker {
             self.last_persist = Instant::now();
             return;
         }
-        let batch = match batch::encode(
-            &records,
-            &BatchParams {
-                compression: Compression::None,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-            },
-        ) {
+        let batch = match batch::encode(&records, &BatchParams::PLAIN) {
             Ok(b) => b,
             Err(e) => {
                 self.failed("offset_sync", &e.to_string());

@@ -8,7 +8,8 @@
 
 use serde::Deserialize;
 use switchyard_plugin_sdk::{
-    export_plugin, plugin_info, Batch, Conflict, Plugin, PluginInfo, Resolution, Site, Version,
+    export_plugin, plugin_info, resolve_by, Batch, Conflict, Plugin, PluginInfo, Resolution, Site,
+    Version,
 };
 
 #[derive(Deserialize)]
@@ -63,13 +64,9 @@ impl Plugin for SitePriority {
     }
 
     fn resolve(&self, _batch: &Batch, conflicts: &[Conflict]) -> Result<Vec<Resolution>, String> {
-        Ok(conflicts
-            .iter()
-            .map(|c| match &c.existing {
-                Some(e) if !self.wins(&c.incoming, e) => Resolution::Reject,
-                _ => Resolution::Accept(c.incoming.clone()),
-            })
-            .collect())
+        Ok(resolve_by(conflicts, |incoming, existing| {
+            self.wins(incoming, existing)
+        }))
     }
 }
 
