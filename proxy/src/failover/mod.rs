@@ -373,7 +373,8 @@ impl Failover {
             && from_site
                 .writes_drained(Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms))
                 .await;
-        if !planned || !drained {
+        let severed = !planned || !drained;
+        if severed {
             tracing::warn!(site = %from_site.name, in_flight = from_site.writes_in_flight(),
                 "cutting every connection to the old site");
             from_site.sever();
@@ -430,6 +431,14 @@ impl Failover {
         };
         self.router.set_side(rs.route, now_side);
         self.set_state_metric(rs, now_side);
+        if severed {
+            // Again, now that nothing routes there: a request routed just
+            // before the hold may have opened a new connection to the old
+            // site after the first cut; against an unreachable site it would
+            // wait the whole request timeout, stalling that client's
+            // connection. Cut, it fails now and the client retries here.
+            from_site.sever();
+        }
         let t = Transition {
             from: settled.name(),
             to: now_side.name(),
