@@ -426,13 +426,18 @@ def test_hot_reload_under_load_swaps_versions_without_failing_a_request(tansu, s
     connections = metric_sum(sy.metrics()[0], "switchyard_client_connections_total")
     # (acked before the swap started, produced after it answered, version)
     swaps = []
+    def flowing(after: int):
+        # Records keep being acked between swaps: the load is really on.
+        wait_until(lambda: seq_now()[1] >= after + 30, timeout=30,
+                   message=f"no records acked past {after} between swaps")
+
     for version in ["v2", "v1", "v2", "v1"]:
-        time.sleep(0.5)  # load keeps running meanwhile: spacing between swaps, not synchronisation
+        flowing(swaps[-1][1] if swaps else 0)
         _, acked_before = seq_now()
         put(version)
         produced_after, _ = seq_now()
         swaps.append((acked_before, produced_after, version))
-    time.sleep(0.5)
+    flowing(swaps[-1][1])
     stop.set()
     t.join(90)
     total = state["seq"]

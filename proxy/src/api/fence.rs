@@ -7,8 +7,7 @@
 //! application creates a new producer, which initialises on the new site).
 
 use kafka_protocol::messages::{
-    txn_offset_commit_response, AddPartitionsToTxnRequest, ApiKey, TxnOffsetCommitRequest,
-    TxnOffsetCommitResponse,
+    AddPartitionsToTxnRequest, ApiKey, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
 use super::{Ctx, Outcome, Reply};
@@ -117,22 +116,7 @@ pub fn txn_fenced(ctx: &Ctx<'_>, req: &RequestFrame, txn: &str) -> anyhow::Resul
         ApiKey::TxnOffsetCommit => {
             let b: TxnOffsetCommitRequest = req.decode()?;
             let mut r = TxnOffsetCommitResponse::default();
-            for t in &b.topics {
-                let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
-                rt.name = t.name.clone();
-                rt.partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut rp =
-                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
-                        rp.partition_index = p.partition_index;
-                        rp.error_code = INVALID_PRODUCER_EPOCH;
-                        rp
-                    })
-                    .collect();
-                r.topics.push(rt);
-            }
+            r.topics = super::groups::txn_commit_answer(&b.topics, INVALID_PRODUCER_EPOCH);
             codec::encode_response(api, v, corr, &r)?
         }
         _ => return Ok(None),

@@ -289,17 +289,7 @@ async fn offset_commit(
                 fo.count_fenced(route, "offset_commit");
             }
             let mut r = OffsetCommitResponse::default();
-            for t in &b.topics {
-                let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
-                rt.name = t.name.clone();
-                for p in &t.partitions {
-                    let mut rp = offset_commit_response::OffsetCommitResponsePartition::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = code;
-                    rt.partitions.push(rp);
-                }
-                r.topics.push(rt);
-            }
+            r.topics = commit_answer(&b.topics, code);
             return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
                 req.api_key,
                 req.api_version,
@@ -322,24 +312,7 @@ async fn offset_commit(
     for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
         p.committed_leader_epoch = -1;
     }
-    let refused: Vec<offset_commit_response::OffsetCommitResponseTopic> = foreign
-        .into_iter()
-        .map(|t| {
-            let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
-            rt.name = t.name;
-            rt.partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let mut rp = offset_commit_response::OffsetCommitResponsePartition::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
-                    rp
-                })
-                .collect();
-            rt
-        })
-        .collect();
+    let refused = commit_answer(&foreign, error_code::UNKNOWN_TOPIC_OR_PARTITION);
     let empty = b.topics.is_empty();
     // What this commit asks for, by the client's names: the shadow committer
     // translates the ones that succeed to the other site.
@@ -432,25 +405,7 @@ async fn txn_offset_commit(
     for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
         p.committed_leader_epoch = -1;
     }
-    let refused: Vec<txn_offset_commit_response::TxnOffsetCommitResponseTopic> = foreign
-        .into_iter()
-        .map(|t| {
-            let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
-            rt.name = t.name;
-            rt.partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let mut rp =
-                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
-                    rp
-                })
-                .collect();
-            rt
-        })
-        .collect();
+    let refused = txn_commit_answer(&foreign, error_code::UNKNOWN_TOPIC_OR_PARTITION);
     let empty = b.topics.is_empty();
     finish_offsets(
         ctx,
@@ -1041,6 +996,57 @@ async fn add_partitions_to_txn(
         },
     )
     .await
+}
+
+/// OffsetCommit answers for `topics`, every partition with `code`.
+pub fn commit_answer(
+    topics: &[kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic],
+    code: i16,
+) -> Vec<offset_commit_response::OffsetCommitResponseTopic> {
+    topics
+        .iter()
+        .map(|t| {
+            let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
+            rt.name = t.name.clone();
+            rt.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut rp = offset_commit_response::OffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = code;
+                    rp
+                })
+                .collect();
+            rt
+        })
+        .collect()
+}
+
+/// TxnOffsetCommit answers for `topics`, every partition with `code`.
+pub fn txn_commit_answer(
+    topics: &[kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestTopic],
+    code: i16,
+) -> Vec<txn_offset_commit_response::TxnOffsetCommitResponseTopic> {
+    topics
+        .iter()
+        .map(|t| {
+            let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
+            rt.name = t.name.clone();
+            rt.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut rp =
+                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = code;
+                    rp
+                })
+                .collect();
+            rt
+        })
+        .collect()
 }
 
 /// An AddPartitionsToTxn (v0-3) answer with one error code per topic.

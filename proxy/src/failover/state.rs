@@ -110,43 +110,22 @@ pub async fn load(sites: &[Arc<Site>], rs: &RouteState, wait: Duration) -> Optio
 }
 
 async fn read(c: &mut SiteClient, route: &str) -> Result<Option<Saved>, String> {
-    if c.partitions(STATE_TOPIC).await.is_none() {
-        return Ok(None);
-    }
-    let end = c.high_watermark(STATE_TOPIC, 0).await?;
-    let mut at = c.list_offset(STATE_TOPIC, 0, -2).await?.max(0);
     let mut out = None;
-    // Bounded: every round moves `at` forward or stops.
-    while at < end {
-        let f = c.fetch(STATE_TOPIC, &[(0, at)], 1024 * 1024, 1).await;
-        let Some(f) = f.into_iter().next() else { break };
-        if f.error != 0 {
-            return Err(format!("Fetch error {}", f.error));
+    c.read_state_topic(STATE_TOPIC, |r| {
+        if r.key.as_deref() != Some(route.as_bytes()) {
+            return;
         }
-        let Some(records) = f.records else { break };
-        let mut next = at;
-        for b in batch::batches(&records).map_err(|e| e.to_string())? {
-            for r in batch::decode(&b).map_err(|e| e.to_string())? {
-                next = next.max(r.offset + 1);
-                if r.offset < at || r.key.as_deref() != Some(route.as_bytes()) {
-                    continue;
-                }
-                if let Some(v) = r
-                    .value
-                    .as_deref()
-                    .and_then(|v| serde_json::from_slice::<Value>(v).ok())
-                {
-                    out = Some(Saved {
-                        epoch: v.epoch,
-                        standby: v.side == "standby",
-                    });
-                }
-            }
+        if let Some(v) = r
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+        {
+            out = Some(Saved {
+                epoch: v.epoch,
+                standby: v.side == "standby",
+            });
         }
-        if next <= at {
-            break;
-        }
-        at = next;
-    }
+    })
+    .await?;
     Ok(out)
 }

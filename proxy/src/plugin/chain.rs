@@ -168,29 +168,23 @@ pub fn run_ready(
             if decisions.is_empty() {
                 p.count_out(n, 0);
             } else {
+                if let Err(e) = records::check(&decisions, &meta) {
+                    // The batch passes through this plugin as it was.
+                    if let Some(r) = failed(p, &meta, p.error(e)) {
+                        out.refused = Some(r);
+                        return out;
+                    }
+                    continue;
+                }
                 let Some(records) = current.into_records(&meta) else {
                     return Outcome::default();
                 };
-                // `apply` consumes the records; a bad answer must leave the
-                // batch as it was, so keep them until the answer checked out.
-                let backup = records.clone();
-                match records::apply(records, decisions, &meta) {
-                    Ok(a) => {
-                        p.count_out(n - a.dropped, a.dropped);
-                        out.applied.changed |= a.changed;
-                        out.applied.dropped += a.dropped;
-                        out.applied.moved.extend(a.moved);
-                        current = Input::Records(a.kept);
-                    }
-                    Err(e) => {
-                        current = Input::Records(backup);
-                        if let Some(r) = failed(p, &meta, p.error(e)) {
-                            out.refused = Some(r);
-                            return out;
-                        }
-                        continue;
-                    }
-                }
+                let a = records::apply(records, decisions, &meta);
+                p.count_out(n - a.dropped, a.dropped);
+                out.applied.changed |= a.changed;
+                out.applied.dropped += a.dropped;
+                out.applied.moved.extend(a.moved);
+                current = Input::Records(a.kept);
             }
         }
         if p.caps.resolve && meta.stage != Stage::Fetch {
@@ -253,7 +247,7 @@ fn resolve_step(
     p: &Loaded,
     meta: &BatchMeta,
     scope: Scope<'_>,
-    mut records: Vec<TeeRecord>,
+    records: Vec<TeeRecord>,
 ) -> Result<Resolved, StepError> {
     let batch = match records::to_batch(meta.clone(), &records) {
         Ok(b) => b,
@@ -266,10 +260,11 @@ fn resolve_step(
     let mut pending: Vec<usize> = (0..records.len())
         .filter(|&i| records[i].key.is_some())
         .collect();
+    // Outcomes are applied once every round answered: a failure leaves
+    // the records as they came (fail-open passes them on unchanged).
     let mut drop = vec![false; records.len()];
-    let mut changed = false;
+    let mut merged: Vec<Option<Bytes>> = vec![None; records.len()];
     let mut saved: Vec<(Bytes, Version)> = Vec::new();
-    let original = records.clone();
     while !pending.is_empty() {
         // This round: the first pending occurrence of each key.
         let mut round = Vec::new();
@@ -296,7 +291,7 @@ fn resolve_step(
             .collect();
         let answer = match p.resolve(&batch, &list) {
             Ok(a) => a,
-            Err(e) => return Err((e, original)),
+            Err(e) => return Err((e, records)),
         };
         let mut accepted = Vec::new();
         for (&i, res) in round.iter().zip(answer) {
@@ -305,12 +300,10 @@ fn resolve_step(
                 Resolution::Accept(v) => v,
                 Resolution::Reject => {
                     drop[i] = true;
-                    changed = true;
                     continue;
                 }
                 Resolution::Merge((value, v)) => {
-                    records[i].value = Some(Bytes::from(value));
-                    changed = true;
+                    merged[i] = Some(Bytes::from(value));
                     v
                 }
             };
@@ -319,7 +312,7 @@ fn resolve_step(
                     "version state of {} bytes exceeds {MAX_STATE_BYTES}",
                     version.state.len()
                 )));
-                return Err((e, original));
+                return Err((e, records));
             }
             accepted.push((key, version));
         }
@@ -328,14 +321,18 @@ fn resolve_step(
         conflicts.put(scope.site, scope.topic, &accepted);
         saved.extend(accepted);
     }
+    let changed = drop.iter().any(|d| *d) || merged.iter().any(Option::is_some);
     let mut kept = Vec::with_capacity(records.len());
     let mut dropped = 0;
-    for (r, d) in records.into_iter().zip(drop) {
+    for ((mut r, d), value) in records.into_iter().zip(drop).zip(merged) {
         if d {
             dropped += 1;
-        } else {
-            kept.push(r);
+            continue;
         }
+        if value.is_some() {
+            r.value = value;
+        }
+        kept.push(r);
     }
     if p.caps.batch {
         p.count_out(0, dropped);

@@ -41,10 +41,45 @@ const FORMAT: u8 = 1;
 
 type Key = (String, Bytes);
 
+/// One site's versions, by physical topic, then key: the lookup per
+/// record borrows the topic name instead of building a key.
 #[derive(Default)]
 struct SiteVersions {
     restored: bool,
-    versions: HashMap<Key, Version>,
+    by_topic: HashMap<String, HashMap<Bytes, Version>>,
+    keys: usize,
+}
+
+impl SiteVersions {
+    fn insert(&mut self, topic: &str, key: Bytes, v: Version) {
+        let versions = match self.by_topic.get_mut(topic) {
+            Some(m) => m,
+            None => self.by_topic.entry(topic.to_string()).or_default(),
+        };
+        if versions.insert(key, v).is_none() {
+            self.keys += 1;
+        }
+    }
+
+    /// Forgets about a tenth of the keys (over the limit).
+    fn shed(&mut self) -> usize {
+        let mut forget = self.keys / 10 + 1;
+        let target = forget;
+        for versions in self.by_topic.values_mut() {
+            if forget == 0 {
+                break;
+            }
+            let victims: Vec<Bytes> = versions.keys().take(forget).cloned().collect();
+            for k in &victims {
+                versions.remove(k);
+            }
+            forget -= victims.len();
+        }
+        self.by_topic.retain(|_, m| !m.is_empty());
+        let shed = target - forget;
+        self.keys -= shed;
+        shed
+    }
 }
 
 pub struct Conflicts {
@@ -111,8 +146,14 @@ impl Conflicts {
         if let Ok(mut st) = self.state.lock() {
             let sv = st.entry(site).or_default();
             // Versions resolved meanwhile (none: callers wait for this) win.
-            for (k, v) in versions {
-                sv.versions.entry(k).or_insert(v);
+            for ((topic, key), v) in versions {
+                if sv
+                    .by_topic
+                    .get(&topic)
+                    .is_none_or(|m| !m.contains_key(&key))
+                {
+                    sv.insert(&topic, key, v);
+                }
             }
             sv.restored = true;
         }
@@ -128,10 +169,7 @@ impl Conflicts {
 
     pub fn get(&self, site: u16, topic: &str, key: &Bytes) -> Option<Version> {
         let st = self.state.lock().ok()?;
-        st.get(&site)?
-            .versions
-            .get(&(topic.to_string(), key.clone()))
-            .cloned()
+        st.get(&site)?.by_topic.get(topic)?.get(key).cloned()
     }
 
     /// Stores new versions in memory (call [`Conflicts::save`] before the
@@ -142,16 +180,11 @@ impl Conflicts {
         };
         let sv = st.entry(site).or_default();
         for (k, v) in entries {
-            sv.versions
-                .insert((topic.to_string(), k.clone()), v.clone());
+            sv.insert(topic, k.clone(), v.clone());
         }
-        if sv.versions.len() > self.max_keys {
-            let forget = sv.versions.len() / 10 + 1;
-            let victims: Vec<Key> = sv.versions.keys().take(forget).cloned().collect();
-            for k in &victims {
-                sv.versions.remove(k);
-            }
-            tracing::warn!(site, forgotten = forget, max_keys = self.max_keys,
+        if sv.keys > self.max_keys {
+            let forgotten = sv.shed();
+            tracing::warn!(site, forgotten, max_keys = self.max_keys,
                 "conflict state over its key limit; some keys forgotten (their next record counts as a first write)");
         }
     }
@@ -290,47 +323,20 @@ fn decode_version(mut b: Bytes) -> Option<Version> {
 /// Every saved version (the last per key wins, as compaction will keep).
 async fn read_all(c: &mut SiteClient) -> Result<HashMap<Key, Version>, String> {
     let mut out = HashMap::new();
-    if c.partitions(STATE_TOPIC).await.is_none() {
-        return Ok(out);
-    }
-    let end = c.high_watermark(STATE_TOPIC, 0).await?;
-    let mut at = c.list_offset(STATE_TOPIC, 0, -2).await?.max(0);
-    // Bounded: every round moves `at` forward or stops.
-    while at < end {
-        let f = c.fetch(STATE_TOPIC, &[(0, at)], 4 << 20, 1).await;
-        let Some(f) = f.into_iter().next() else { break };
-        if f.error != 0 {
-            return Err(format!("Fetch error {}", f.error));
-        }
-        let Some(records) = f.records else { break };
-        let mut next = at;
-        for b in batch::batches(&records).map_err(|e| e.to_string())? {
-            next = next.max(b.last_offset + 1);
-            if b.is_control {
-                continue;
+    c.read_state_topic(STATE_TOPIC, |r| {
+        let Some(k) = r.key.clone().and_then(decode_key) else {
+            return;
+        };
+        match r.value.clone().and_then(decode_version) {
+            Some(v) => {
+                out.insert(k, v);
             }
-            for r in batch::decode(&b).map_err(|e| e.to_string())? {
-                if r.offset < at {
-                    continue;
-                }
-                let Some(k) = r.key.and_then(decode_key) else {
-                    continue;
-                };
-                match r.value.and_then(decode_version) {
-                    Some(v) => {
-                        out.insert(k, v);
-                    }
-                    None => {
-                        out.remove(&k);
-                    }
-                }
+            None => {
+                out.remove(&k);
             }
         }
-        if next <= at {
-            break;
-        }
-        at = next;
-    }
+    })
+    .await?;
     Ok(out)
 }
 

@@ -287,8 +287,8 @@ pub struct Loaded {
     counters: Counters,
     /// Unix seconds of the last failure warning (one per second at most).
     warned_at: AtomicU64,
-    /// `topic-name` answers: (name, to-site?) → answer.
-    names: Mutex<std::collections::HashMap<(String, bool), Option<String>>>,
+    /// `topic-name` answers by name: `[to-client, to-site]`.
+    names: Mutex<[std::collections::HashMap<String, Option<String>>; 2]>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -477,7 +477,7 @@ impl Host {
             health: Mutex::new(Health::default()),
             counters,
             warned_at: AtomicU64::new(0),
-            names: Mutex::new(std::collections::HashMap::new()),
+            names: Mutex::new(Default::default()),
             info,
             name,
         }))
@@ -549,8 +549,15 @@ impl Loaded {
         name: &str,
         direction: Direction,
     ) -> Result<Option<String>, CallError> {
-        let key = (name.to_string(), direction == Direction::ToSite);
-        if let Some(hit) = self.names.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        let side = usize::from(direction == Direction::ToSite);
+        // A hit borrows the name: this runs for every produced batch of a
+        // renamed topic.
+        if let Some(hit) = self
+            .names
+            .lock()
+            .ok()
+            .and_then(|m| m[side].get(name).cloned())
+        {
             return Ok(hit);
         }
         let answer = self.call(|store, p| p.call_topic_name(store, name, direction))?;
@@ -562,10 +569,10 @@ impl Loaded {
             }
         }
         if let Ok(mut m) = self.names.lock() {
-            if m.len() >= MAX_CACHED_NAMES {
-                m.clear();
+            if m[side].len() >= MAX_CACHED_NAMES {
+                m[side].clear();
             }
-            m.insert(key, answer.clone());
+            m[side].insert(name.to_string(), answer.clone());
         }
         Ok(answer)
     }

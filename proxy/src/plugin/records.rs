@@ -152,32 +152,47 @@ pub struct Applied {
     pub changed: bool,
 }
 
-/// Applies one decision per record (`decisions` empty: keep all).
-/// Renames and routes are only allowed on the produce stage.
-pub fn apply(
-    records: Vec<TeeRecord>,
-    decisions: Vec<Decision>,
-    meta: &BatchMeta,
-) -> Result<Applied, CallError> {
+/// Checks a plugin's decisions before anything is applied: renames and
+/// routes are only allowed on the produce stage, and name valid topics.
+pub fn check(decisions: &[Decision], meta: &BatchMeta) -> Result<(), CallError> {
+    for d in decisions {
+        let topic = match d {
+            Decision::Rename(t) => Some(t),
+            Decision::Route(r) => r.topic.as_ref(),
+            Decision::Keep | Decision::Drop | Decision::ReplaceValue(_) => continue,
+        };
+        if meta.stage != Stage::Produce {
+            let what = if matches!(d, Decision::Rename(_)) {
+                "rename"
+            } else {
+                "route"
+            };
+            return Err(CallError::BadAnswer(format!(
+                "{what} is only allowed on the produce stage, not {:?}",
+                meta.stage
+            )));
+        }
+        if let Some(t) = topic.filter(|t| t.is_empty() || t.len() > 249) {
+            return Err(CallError::BadAnswer(format!(
+                "invalid topic name {t:?} in a decision"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Applies one decision per record (`decisions` empty: keep all), which
+/// [`check`] accepted.
+pub fn apply(records: Vec<TeeRecord>, decisions: Vec<Decision>, meta: &BatchMeta) -> Applied {
     if decisions.is_empty() {
-        return Ok(Applied {
+        return Applied {
             kept: records,
             ..Applied::default()
-        });
+        };
     }
     let mut out = Applied {
         kept: Vec::with_capacity(records.len()),
         ..Applied::default()
-    };
-    let moving = |what: &str| -> Result<(), CallError> {
-        if meta.stage == Stage::Produce {
-            Ok(())
-        } else {
-            Err(CallError::BadAnswer(format!(
-                "{what} is only allowed on the produce stage, not {:?}",
-                meta.stage
-            )))
-        }
     };
     for (mut r, d) in records.into_iter().zip(decisions) {
         let dest = match d {
@@ -192,12 +207,8 @@ pub fn apply(
                 out.changed = true;
                 None
             }
-            Decision::Rename(t) => {
-                moving("rename")?;
-                (t != meta.topic).then_some((None, t))
-            }
+            Decision::Rename(t) => (t != meta.topic).then_some((None, t)),
             Decision::Route(Route { site, topic }) => {
-                moving("route")?;
                 let topic = topic.unwrap_or_else(|| meta.topic.clone());
                 let other_site = site.is_some_and(|s| s != meta.local_site);
                 (other_site || topic != meta.topic).then_some((site, topic))
@@ -206,11 +217,6 @@ pub fn apply(
         match dest {
             None => out.kept.push(r),
             Some((site, topic)) => {
-                if topic.is_empty() || topic.len() > 249 {
-                    return Err(CallError::BadAnswer(format!(
-                        "invalid topic name {topic:?} in a decision"
-                    )));
-                }
                 out.changed = true;
                 match out
                     .moved
@@ -223,7 +229,7 @@ pub fn apply(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -303,7 +309,8 @@ mod tests {
                 topic: None,
             }),
         ];
-        let a = apply(recs.clone(), d, &meta(Stage::Produce)).unwrap();
+        check(&d, &meta(Stage::Produce)).unwrap();
+        let a = apply(recs.clone(), d, &meta(Stage::Produce));
         assert!(a.changed);
         assert_eq!(a.dropped, 1);
         assert_eq!(a.kept.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 2]);
@@ -319,22 +326,15 @@ mod tests {
                 topic: None,
             }),
         ];
-        let a = apply(recs[..2].to_vec(), same, &meta(Stage::Produce)).unwrap();
+        check(&same, &meta(Stage::Produce)).unwrap();
+        let a = apply(recs[..2].to_vec(), same, &meta(Stage::Produce));
         assert!(!a.changed && a.kept.len() == 2);
         // Moving records is a produce-stage decision only.
         for stage in [Stage::Tee, Stage::Fetch] {
-            let e = apply(
-                recs[..1].to_vec(),
-                vec![Decision::Rename("x".into())],
-                &meta(stage),
-            );
+            let e = check(&[Decision::Rename("x".into())], &meta(stage));
             assert!(matches!(e, Err(CallError::BadAnswer(_))));
         }
-        let e = apply(
-            recs[..1].to_vec(),
-            vec![Decision::Rename(String::new())],
-            &meta(Stage::Produce),
-        );
+        let e = check(&[Decision::Rename(String::new())], &meta(Stage::Produce));
         assert!(matches!(e, Err(CallError::BadAnswer(_))));
     }
 }

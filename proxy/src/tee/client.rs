@@ -328,6 +328,69 @@ impl SiteClient {
     }
 
     /// Creates a topic; returns Kafka's error code (0, or 36 when it exists).
+    /// Calls `f` for every record of `topic`/`partition` in `from..to`
+    /// (control batches skipped), reading with Fetch of `max_bytes`: how the
+    /// tee re-reads its target and Switchyard reads back its state topics.
+    pub async fn scan(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+        max_bytes: i32,
+        mut f: impl FnMut(&crate::tee::batch::TeeRecord),
+    ) -> Result<(), String> {
+        use crate::tee::batch;
+        let mut at = from;
+        while at < to {
+            let fetched = self.fetch(topic, &[(partition, at)], max_bytes, 1).await;
+            let Some(got) = fetched.into_iter().next() else {
+                break;
+            };
+            if got.error != 0 {
+                return Err(format!(
+                    "reading {topic}/{partition} at {at}: error {}",
+                    got.error
+                ));
+            }
+            let Some(records) = got.records.filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let batches = batch::batches(&records).map_err(|e| e.to_string())?;
+            if batches.is_empty() {
+                break;
+            }
+            for b in batches {
+                let next = b.last_offset + 1;
+                if !b.is_control && next > at {
+                    for r in batch::decode(&b).map_err(|e| e.to_string())? {
+                        if r.offset >= at && r.offset < to {
+                            f(&r);
+                        }
+                    }
+                }
+                at = at.max(next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record of Switchyard's single-partition state topic `name`
+    /// from its log start to its end now (`f` in offset order; nothing when
+    /// the topic does not exist).
+    pub async fn read_state_topic(
+        &mut self,
+        name: &str,
+        f: impl FnMut(&crate::tee::batch::TeeRecord),
+    ) -> Result<(), String> {
+        if self.partitions(name).await.is_none() {
+            return Ok(());
+        }
+        let end = self.high_watermark(name, 0).await?;
+        let start = self.list_offset(name, 0, -2).await?.max(0);
+        self.scan(name, 0, start, end, 4 << 20, f).await
+    }
+
     /// Creates Switchyard's internal compacted, single-partition topic
     /// `name` if it does not exist, and waits until the site lists it.
     pub async fn ensure_compacted(&mut self, name: &str) -> Result<(), String> {

@@ -44,6 +44,8 @@ const MAX_RUNS: usize = 1024;
 /// Target batches are kept under this size (Kafka's default
 /// `max.message.bytes` is 1 MiB).
 const MAX_BATCH_BYTES: usize = 900 * 1024;
+/// Fetch size when re-reading the target (reconcile, offset syncs).
+const SCAN_BYTES: i32 = 1 << 20;
 
 /// Offset-sync records of one link, read back from the target at start.
 pub(super) struct Restored {
@@ -403,18 +405,19 @@ impl Worker {
         let mut by_partition: HashMap<(String, i32), Vec<SyncRecord>> = HashMap::new();
         let mut bad = 0usize;
         let source = self.link.source.name.clone();
-        scan(&mut self.target, OFFSET_SYNCS_TOPIC, 0, start, end, |r| {
-            let key = r.key.as_deref().unwrap_or_default();
-            match SyncRecord::decode(key, r.value.as_deref()) {
-                Ok(Some(s)) if s.source_site == source => by_partition
-                    .entry((s.source_topic.clone(), s.partition))
-                    .or_default()
-                    .push(s),
-                Ok(_) => {}
-                Err(_) => bad += 1,
-            }
-        })
-        .await?;
+        self.target
+            .scan(OFFSET_SYNCS_TOPIC, 0, start, end, SCAN_BYTES, |r| {
+                let key = r.key.as_deref().unwrap_or_default();
+                match SyncRecord::decode(key, r.value.as_deref()) {
+                    Ok(Some(s)) if s.source_site == source => by_partition
+                        .entry((s.source_topic.clone(), s.partition))
+                        .or_default()
+                        .push(s),
+                    Ok(_) => {}
+                    Err(_) => bad += 1,
+                }
+            })
+            .await?;
         if bad > 0 {
             tracing::warn!(target = %self.link.target.name, bad, "ignored malformed offset-sync records");
         }
@@ -457,16 +460,17 @@ impl Worker {
         let mut ours = 0u64;
         let mut found: std::collections::VecDeque<(i64, i64)> = Default::default();
         let origin = self.link.source.name.as_bytes().to_vec();
-        scan(&mut self.target, &tgt, p, target_from, target_hw, |r| {
-            if r.origin() == Some(&origin[..]) {
-                ours += 1;
-                match found.back_mut() {
-                    Some((start, count)) if *start + *count == r.offset => *count += 1,
-                    _ => found.push_back((r.offset, 1)),
+        self.target
+            .scan(&tgt, p, target_from, target_hw, SCAN_BYTES, |r| {
+                if r.origin() == Some(&origin[..]) {
+                    ours += 1;
+                    match found.back_mut() {
+                        Some((start, count)) if *start + *count == r.offset => *count += 1,
+                        _ => found.push_back((r.offset, 1)),
+                    }
                 }
-            }
-        })
-        .await?;
+            })
+            .await?;
         tracing::debug!(topic = %src, partition = p, source_from, target_from, target_hw, ours, "tee reconciled");
         let part = &mut self.parts[i];
         part.next = source_from;
@@ -1172,51 +1176,6 @@ impl Worker {
             pr.failing.resize(n, None);
         });
     }
-}
-
-/// Calls `f` for every record of `topic`/`partition` in `from..to` (control
-/// batches skipped), reading with Fetch: what restart recovery reads back
-/// from the target.
-async fn scan(
-    client: &mut SiteClient,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    to: i64,
-    mut f: impl FnMut(&TeeRecord),
-) -> Result<(), String> {
-    let mut at = from;
-    while at < to {
-        let fetched = client.fetch(topic, &[(partition, at)], 1 << 20, 1).await;
-        let Some(got) = fetched.into_iter().next() else {
-            break;
-        };
-        if got.error != 0 {
-            return Err(format!(
-                "reading {topic}/{partition} at {at}: error {}",
-                got.error
-            ));
-        }
-        let Some(records) = got.records.filter(|r| !r.is_empty()) else {
-            break;
-        };
-        let batches = batch::batches(&records).map_err(|e| e.to_string())?;
-        if batches.is_empty() {
-            break;
-        }
-        for b in batches {
-            let next = b.last_offset + 1;
-            if !b.is_control && next > at {
-                for r in batch::decode(&b).map_err(|e| e.to_string())? {
-                    if r.offset >= at && r.offset < to {
-                        f(&r);
-                    }
-                }
-            }
-            at = at.max(next);
-        }
-    }
-    Ok(())
 }
 
 /// Names of the Kafka errors the tee reports, for logs and metric labels.
