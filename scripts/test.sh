@@ -8,6 +8,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# A CI run starts from a fresh clone: incremental caches are never reused and
+# full debug info is only read by a debugger, yet together they are most of the
+# target directory on a disk CI shares. Line tables keep panics' backtraces.
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL=0
+    export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+fi
+
 step() { printf '\n==== %s\n' "$*"; }
 
 step "setup"
