@@ -221,28 +221,24 @@ impl Registry {
         let old = next.insert(name.to_string(), loaded.clone());
         self.plugins.store(Arc::new(next));
         if let Some(old) = old {
-            self.retired(name, &old);
+            self.serving(name, &old, false);
         }
-        self.host
-            .metrics()
-            .plugins
-            .loaded
-            .with_label_values(&[name, &loaded.info.version])
-            .set(1);
+        self.serving(name, &loaded, true);
         tracing::info!(plugin = name, load = loaded.version, bytes = loaded.wasm_bytes,
             plugin_name = %loaded.info.name, plugin_version = %loaded.info.version,
             policy = loaded.policy.name(), "plugin loaded");
     }
 
-    /// A version no longer serves under `name` (batches still running on it
-    /// finish; it is freed with the last of them).
-    fn retired(&self, name: &str, old: &Loaded) {
+    /// `switchyard_plugin_loaded` for a version that starts or stops serving
+    /// under `name` (a retired version's running batches still finish; it is
+    /// freed with the last of them).
+    fn serving(&self, name: &str, version: &Loaded, on: bool) {
         self.host
             .metrics()
             .plugins
             .loaded
-            .with_label_values(&[name, &old.info.version])
-            .set(0);
+            .with_label_values(&[name, &version.info.version])
+            .set(i64::from(on));
     }
 
     /// Loads (compile, check, init, smoke call) and publishes a plugin
@@ -273,7 +269,7 @@ impl Registry {
         let old = next.remove(name);
         if let Some(old) = &old {
             self.plugins.store(Arc::new(next));
-            self.retired(name, old);
+            self.serving(name, old, false);
             if let Ok(mut f) = self.from_config.lock() {
                 f.remove(name);
             }
@@ -359,7 +355,7 @@ impl Registry {
         for n in &gone {
             from_config.remove(n);
             if let Some(old) = next.remove(n) {
-                self.retired(n, &old);
+                self.serving(n, &old, false);
                 changes.push(format!("unloaded {n}"));
             }
         }
