@@ -20,12 +20,15 @@ Scenarios:
    writes on the standby only, no automatic failback once the link is back;
 4. manual failback once the primary is healthy again: nothing lost, no
    duplicates at the (planned) failback, the primary holds what was written
-   during the failover;
+   during the failover; a long poll waiting on the old site across a switch
+   gets none of the records written there after it;
 5. offset translation without tee runs: MM2 checkpoints, then timestamps.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 
 import pytest
@@ -443,6 +446,79 @@ def test_failback_after_primary_returns(tansu, tansu_behind_relay, switchyard, w
     gone = written_during - have
     assert not gone, f"{len(gone)} records written during the failover are not on the primary: {sorted(gone)[:5]}"
     assert set(after) <= local_ids(on_primary), "records produced after the failback are not local on the primary"
+
+
+def send_fetch(bootstrap: str, topic: str, partition: int, offset: int, max_wait_ms: int) -> socket.socket:
+    """Sends a Fetch v4 of one partition as a long-polling consumer does
+    (min_bytes 1: answered when records arrive or `max_wait_ms` ends)."""
+    host, port = bootstrap.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=60)
+    t, cid = topic.encode(), b"long-poll"
+    req = struct.pack(">hhih", 1, 4, 7, len(cid)) + cid
+    req += struct.pack(">iiiibi", -1, max_wait_ms, 1, 1 << 20, 0, 1) + struct.pack(">h", len(t)) + t
+    req += struct.pack(">iiqi", 1, partition, offset, 1 << 20)
+    s.sendall(struct.pack(">i", len(req)) + req)
+    return s
+
+
+def read_fetch_answer(s: socket.socket) -> tuple[int, int]:
+    """(error code, bytes of records) of the one partition a Fetch v4 asked for."""
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            assert chunk, "connection closed before the fetch was answered"
+            buf += chunk
+        return buf
+
+    (size,) = struct.unpack(">i", exactly(4))
+    data = exactly(size)
+    pos = 8  # correlation id, throttle time
+    (topics,) = struct.unpack_from(">i", data, pos)
+    (name_len,) = struct.unpack_from(">h", data, pos + 4)
+    pos += 6 + name_len
+    (parts,) = struct.unpack_from(">i", data, pos)
+    assert (topics, parts) == (1, 1), (topics, parts)
+    _, error, _, _ = struct.unpack_from(">ihqq", data, pos + 4)
+    pos += 4 + 22
+    (aborted,) = struct.unpack_from(">i", data, pos)
+    pos += 4 + max(aborted, 0) * 16
+    (records,) = struct.unpack_from(">i", data, pos)
+    return error, max(records, 0)
+
+
+def test_long_poll_on_the_old_site_gets_no_records_written_after_the_switch(tansu, switchyard):
+    """A fetch waiting on the primary when the route fails over must not come
+    back with what the reverse tee writes there afterwards: those records sit
+    at primary offsets a fenced member can no longer commit, so it would
+    process them twice after rejoining (seen as duplicates of kafka-python
+    in the failback drill). It is answered NOT_LEADER_OR_FOLLOWER without
+    records, and the records are read from the new site."""
+    primary, standby = tansu(), tansu()
+    sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
+    topic = unique_name("fo-poll")
+    create_topic(sy.bootstrap, topic, partitions=1)
+    produce_ids(sy.bootstrap, topic, make_ids("before", 5), partitions=[0] * 5)
+
+    fetches = metric(sy, "switchyard_requests_total", api="Fetch")
+    s = send_fetch(sy.bootstrap, topic, 0, offset=5, max_wait_ms=20_000)
+    try:
+        wait_until(lambda: metric(sy, "switchyard_requests_total", api="Fetch") > fetches, 10,
+                   "the fetch did not reach Switchyard")
+        code, body = failover(sy)
+        assert_switch_answer(code, body, "standby")
+        after = make_ids("after", 3)
+        produce_ids(sy.bootstrap, topic, after, partitions=[0] * 3)
+        wait_until(lambda: {r.id for r in read_ids(primary.bootstrap, topic, timeout=10)} >= set(after), 30,
+                   "the reverse tee did not copy the new records to the primary")
+        error, records = read_fetch_answer(s)
+    finally:
+        s.close()
+    assert (error, records) == (6, 0), (
+        f"the fetch that waited on the old site was answered error {error} with {records} bytes of records")
+    assert metric(sy, "switchyard_failover_fenced_total", route=ROUTE, what="fetch_answer") >= 1
+    # Nothing is lost: a consumer finds every record on the new site.
+    assert {r.id for r in read_ids(sy.bootstrap, topic)} == set(make_ids("before", 5)) | set(after)
 
 
 # --------------------------------------------------------------------------

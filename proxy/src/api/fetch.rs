@@ -28,6 +28,7 @@ use uuid::Uuid;
 use super::names::Names;
 use super::{error_code, rewrite_or_pass, scatter, split, Ctx, Outcome, Reply};
 use crate::codec::{self, fetch_patch, RequestFrame};
+use crate::failover::{Epochs, Failover};
 use crate::identity::Identity;
 use crate::upstream::{ClusterView, Site};
 
@@ -63,6 +64,9 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         p.last_fetched_epoch = -1;
     }
     let router = ctx.proxy.router.clone();
+    // Taken before routing: a switch after this point withholds the route's
+    // records from the answer.
+    let routed = Routed::now(&ctx.proxy.failover);
     let mut names = Names::default();
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &skip);
     fence(ctx, &req, &mut names);
@@ -113,6 +117,17 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         let (api, corr) = (req.api_key, req.correlation_id);
         return Ok(Outcome::Later(Box::pin(async move {
             let frame = pending.wait(timeout).await?;
+            let moved = routed.moved();
+            if !moved.is_empty() {
+                return rewrite_or_pass(api, version, corr, frame, |r: &mut FetchResponse| {
+                    note_errors(&site, r);
+                    routed.withhold(r, version, &view, target.0, &names, &moved);
+                    virtualise(&identity, version, r, |t| {
+                        rename_topic(&names, &view, target.0, version, t)
+                    });
+                    true
+                });
+            }
             // The frame is uniquely owned here, so this takes no copy.
             let mut buf = frame
                 .try_into_mut()
@@ -161,11 +176,13 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         parts,
         move |resps: Vec<(usize, FetchResponse)>| {
             let mut out = FetchResponse::default();
+            let moved = routed.moved();
             for (site, mut r) in resps {
                 if let Some(s) = proxy.sites.get(site) {
                     note_errors(s, &r);
                 }
                 let view = views.get(site).cloned().unwrap_or_default();
+                routed.withhold(&mut r, version, &view, site, &names, &moved);
                 if !chains.is_empty() {
                     run_chains(&proxy, &chains, site, &view, version, &mut r);
                 }
@@ -293,6 +310,80 @@ pub fn virtualise(
     changed
 }
 
+/// The physical name of a topic in a site's answer (by real id from v13).
+fn physical(view: &ClusterView, version: i16, t: &FetchableTopicResponse) -> Option<String> {
+    if version >= 13 {
+        view.names_by_id.get(&t.topic_id).cloned()
+    } else {
+        Some(t.topic.0.to_string())
+    }
+}
+
+/// Where the failover routes stood when a fetch was routed. A fetch
+/// long-polls, so its answer may come back after its route switched sites
+/// (or while it switches). By then the old site may hold records written
+/// after the switch (the reverse tee copies the new site's writes there) at
+/// offsets a fenced member can no longer commit: handed over, they would be
+/// processed again after it rejoins. Such an answer carries none of the
+/// route's records; its partitions say NOT_LEADER_OR_FOLLOWER instead
+/// (retriable): the position does not move, the client refetches on the new
+/// site, nothing is lost.
+struct Routed {
+    failover: Arc<Failover>,
+    /// `None` without failover routes (nothing to check on the answer).
+    at: Option<Epochs>,
+}
+
+impl Routed {
+    fn now(failover: &Arc<Failover>) -> Self {
+        Routed {
+            failover: failover.clone(),
+            at: failover.enabled().then(|| failover.epochs()),
+        }
+    }
+
+    /// The routes that switched since, or are switching now.
+    fn moved(&self) -> Vec<usize> {
+        self.at
+            .as_ref()
+            .map(|e| self.failover.moved_since(e))
+            .unwrap_or_default()
+    }
+
+    /// Takes the records of `moved` routes out of one site's answer.
+    fn withhold(
+        &self,
+        r: &mut FetchResponse,
+        version: i16,
+        view: &ClusterView,
+        site: usize,
+        names: &Names,
+        moved: &[usize],
+    ) {
+        if moved.is_empty() {
+            return;
+        }
+        for t in &mut r.responses {
+            let Some(route) = physical(view, version, t)
+                .and_then(|n| names.entry(site, &n))
+                .and_then(|e| e.route)
+                .filter(|r| moved.contains(r))
+            else {
+                continue;
+            };
+            self.failover.count_fenced(route, "fetch_answer");
+            for p in &mut t.partitions {
+                p.error_code = error_code::NOT_LEADER_OR_FOLLOWER;
+                p.records = Some(bytes::Bytes::new());
+                p.high_watermark = -1;
+                p.last_stable_offset = -1;
+                p.log_start_offset = -1;
+                p.aborted_transactions = None;
+            }
+        }
+    }
+}
+
 /// A consumer that was a group member before its route switched sites still
 /// holds positions in the old site's offset space: its fetches for the
 /// route are held (NOT_LEADER_OR_FOLLOWER, retriable) until it rejoined its
@@ -365,12 +456,8 @@ fn run_chains(
         return;
     };
     for t in &mut r.responses {
-        let phys = if version >= 13 {
-            view.names_by_id.get(&t.topic_id).cloned()
-        } else {
-            Some(t.topic.0.to_string())
-        };
-        let Some(c) = phys.and_then(|n| chains.iter().find(|c| c.site == site && c.physical == n))
+        let Some(c) = physical(view, version, t)
+            .and_then(|n| chains.iter().find(|c| c.site == site && c.physical == n))
         else {
             continue;
         };

@@ -139,6 +139,9 @@ impl std::fmt::Display for SwitchError {
     }
 }
 
+/// Failover routes' epochs at one moment (see [`Failover::epochs`]).
+pub struct Epochs(Vec<(usize, u64)>);
+
 pub struct Failover {
     pub health: Arc<Health>,
     pub fence: Fence,
@@ -282,6 +285,28 @@ impl Failover {
         self.state_of(route)
             .map(|r| r.epoch.load(Ordering::Acquire))
             .unwrap_or(0)
+    }
+
+    /// Every failover route's epoch now, for [`Failover::moved_since`].
+    pub fn epochs(&self) -> Epochs {
+        Epochs(
+            self.routes
+                .iter()
+                .map(|r| (r.route, r.epoch.load(Ordering::Acquire)))
+                .collect(),
+        )
+    }
+
+    /// The routes that switched sites since `then`, or are switching now: a
+    /// site's answer to a request routed at `then` no longer speaks for them.
+    pub fn moved_since(&self, then: &Epochs) -> Vec<usize> {
+        then.0
+            .iter()
+            .filter(|(route, epoch)| {
+                self.epoch(*route) != *epoch || self.router.side(*route).held()
+            })
+            .map(|(route, _)| *route)
+            .collect()
     }
 
     /// Counts a request refused or held because its client is from before
