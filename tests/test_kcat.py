@@ -52,7 +52,7 @@ def test_kcat_metadata_lists_topic_and_only_switchyard(switchyard, kcat_bin):
 
     brokers = {int(i): addr for i, addr in re.findall(r"broker (-?\d+) at (\S+)", out)}
     assert brokers == sy.advertised, f"kcat -L brokers {brokers} != Switchyard's virtual nodes {sy.advertised}:\n{out}"
-    assert not re.search(rf":{sy.tansu.port}\b", out), f"kcat -L shows the upstream broker port {sy.tansu.port}:\n{out}"
+    assert not re.search(rf":{sy.broker.port}\b", out), f"kcat -L shows the upstream broker port {sy.broker.port}:\n{out}"
     assert f'topic "{topic}" with {PARTITIONS} partitions' in out, f"topic {topic} missing from kcat -L:\n{out}"
 
     topic_out = kcat(kcat_bin, "-b", sy.bootstrap, "-L", "-t", topic, "-m", "15")

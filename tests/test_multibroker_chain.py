@@ -92,7 +92,7 @@ def test_split_and_merge_across_upstream_brokers(switchyard):
     # (Tansu's "latest" is the last batch's base offset + 1, not the log end:
     # a proxy must pass that through, not paper over it).
     via_front = Consumer(confluent_consumer_conf(front.bootstrap))
-    direct = Consumer(confluent_consumer_conf(back.tansu.bootstrap))
+    direct = Consumer(confluent_consumer_conf(back.broker.bootstrap))
     for p in range(PARTITIONS):
         tp = TopicPartition(topic, p)
         assert via_front.get_watermark_offsets(tp, timeout=10) == direct.get_watermark_offsets(tp, timeout=10)

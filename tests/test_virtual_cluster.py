@@ -45,8 +45,8 @@ def _assert_confluent_view(sy, topic: str, upstream_port: int, upstream_cluster_
 
 
 @pytest.mark.timeout(120, method="signal")
-def test_clients_see_only_the_virtual_cluster(switchyard, tansu, kcat_bin):
-    upstream = tansu(cluster_id=unique_name("upstream-cluster"))
+def test_clients_see_only_the_virtual_cluster(switchyard, site, kcat_bin):
+    upstream = site(cluster_id=unique_name("upstream-cluster"))
     sy = switchyard([upstream], cluster_id=unique_name("virtual-cluster"), virtual_nodes=3)
     topic = unique_name("vc")
     create_topic(sy.bootstrap, topic, PARTITIONS)
@@ -110,7 +110,7 @@ def test_group_coordinator_is_a_virtual_node(switchyard):
     node = desc.coordinator
     assert node.id in sy.advertised, f"coordinator {node.id} is not a virtual node ({sorted(sy.advertised)})"
     assert f"{node.host}:{node.port}" == sy.advertised[node.id], f"coordinator address {node.host}:{node.port}"
-    assert node.port != sy.tansu.port
+    assert node.port != sy.broker.port
 
 
 @pytest.mark.timeout(120, method="signal")
