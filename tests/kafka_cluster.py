@@ -105,8 +105,13 @@ def new_cluster_id() -> str:
 # --------------------------------------------------------------------------
 
 
-def _free(port: int) -> bool:
+def _free(port: int, reuse: bool = False) -> bool:
+    """True if nothing listens on `port`. With `reuse`, connections of a
+    killed process still in TIME_WAIT do not count (Kafka binds with
+    SO_REUSEADDR, so a restarted node gets its port back at once)."""
     with socket.socket() as s:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -262,7 +267,7 @@ class KafkaNode:
         c = self.cluster
         argv = [c.java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{c.libs}/*",
-                "kafka.tools.StorageTool", "format", "-t", c.cluster_id, "-c", str(self.config_path),
+                "kafka.tools.StorageTool", "format", f"--cluster-id={c.cluster_id}", f"--config={self.config_path}",
                 "--ignore-formatted"]
         log = open(self.dir / "format.log", "wb")
         try:
@@ -282,7 +287,7 @@ class KafkaNode:
         if self.running():
             raise KafkaError(f"kafka node {self.node_id} is already running (pid {self.proc.pid})")
         for p in (self.port, self.internal_port, self.controller_port):
-            if not _free(p):
+            if not _free(p, reuse=True):
                 raise KafkaError(f"kafka node {self.node_id}: port {p} is taken by another process")
         self._log = open(self.log_path, "ab")
         self._log.write(f"$ {' '.join(self.argv())}\n".encode())

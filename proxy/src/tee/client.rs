@@ -468,20 +468,37 @@ impl SiteClient {
         req.transaction_timeout_ms = -1;
         req.producer_id = kafka_protocol::messages::ProducerId(-1);
         req.producer_epoch = -1;
-        let pending = self
-            .send(broker, ApiKey::InitProducerId, version, &req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let resp: InitProducerIdResponse = self
-            .wait(pending, ApiKey::InitProducerId, version)
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.error_code != 0 {
-            return Err(format!("InitProducerId error {}", resp.error_code));
+        // A fresh Kafka broker answers COORDINATOR_LOAD_IN_PROGRESS until it
+        // holds a block of producer ids: a few quick retries here, so that
+        // the tee does not log a failure and back off for what is routine.
+        let mut backoff = std::time::Duration::from_millis(20);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pending = self
+                .send(broker, ApiKey::InitProducerId, version, &req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let resp: InitProducerIdResponse = self
+                .wait(pending, ApiKey::InitProducerId, version)
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.error_code == 0 {
+                return Ok((resp.producer_id.0, resp.producer_epoch));
+            }
+            if attempt >= INIT_PID_ATTEMPTS
+                || !crate::upstream::is_retriable_init_pid_error(resp.error_code)
+            {
+                return Err(format!("InitProducerId error {}", resp.error_code));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
         }
-        Ok((resp.producer_id.0, resp.producer_epoch))
     }
 }
+
+/// InitProducerId tries before the tee reports a failure (about 3 s of backoff).
+const INIT_PID_ATTEMPTS: u32 = 10;
 
 /// A group's committed offset for one partition (physical topic name).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -331,16 +331,30 @@ impl Site {
         req.transaction_timeout_ms = -1;
         req.producer_id = kafka_protocol::messages::ProducerId(-1);
         req.producer_epoch = -1;
-        let resp: kafka_protocol::messages::InitProducerIdResponse = self
-            .control_call(ApiKey::InitProducerId, version, &req)
-            .await?;
-        if resp.error_code != 0 {
-            return Err(protocol_err(
-                &self.name,
-                format!("InitProducerId error {}", resp.error_code),
-            ));
+        // A Kafka broker answers COORDINATOR_LOAD_IN_PROGRESS until it holds a
+        // block of producer ids from the controller (every fresh broker, and
+        // after a controller change); clients retry, and so does Switchyard,
+        // within one request timeout.
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        let mut backoff = INIT_PID_BACKOFF_MIN;
+        loop {
+            let resp: kafka_protocol::messages::InitProducerIdResponse = self
+                .control_call(ApiKey::InitProducerId, version, &req)
+                .await?;
+            if resp.error_code == 0 {
+                return Ok((resp.producer_id.0, resp.producer_epoch));
+            }
+            let now = tokio::time::Instant::now();
+            if !is_retriable_init_pid_error(resp.error_code) || now + backoff >= deadline {
+                return Err(protocol_err(
+                    &self.name,
+                    format!("InitProducerId error {}", resp.error_code),
+                ));
+            }
+            tracing::debug!(site = %self.name, error_code = resp.error_code, "InitProducerId retried");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(INIT_PID_BACKOFF_MAX);
         }
-        Ok((resp.producer_id.0, resp.producer_epoch))
     }
 
     /// Highest version of `api` in `ours` that the site and the crate speak.
@@ -672,6 +686,16 @@ fn protocol_err(addr: &str, e: impl std::fmt::Display) -> UpstreamError {
         addr: addr.to_string(),
         reason: e.to_string(),
     }
+}
+
+const INIT_PID_BACKOFF_MIN: Duration = Duration::from_millis(20);
+const INIT_PID_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// InitProducerId errors a client retries: REQUEST_TIMED_OUT,
+/// COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR,
+/// CONCURRENT_TRANSACTIONS.
+pub fn is_retriable_init_pid_error(code: i16) -> bool {
+    matches!(code, 7 | 14 | 15 | 16 | 51)
 }
 
 /// Partition errors that mean Switchyard's view of the cluster is out of date:
