@@ -910,6 +910,28 @@ def switchyard(request, tmp_path, site, switchyard_bin) -> Callable[..., Switchy
         sy.process.terminate(TEARDOWN_GRACE)
 
 
+@pytest.fixture
+def workers(request, tmp_path):
+    """Factory: workers(kind, name, **args) -> failover.Worker, a producer
+    ("produce") or consumer ("consume", lib confluent or kafka-python) in its
+    own process that logs every send, ack, delivery and commit as events;
+    all are killed at teardown, and their logs are attached to a failure
+    report."""
+    from failover import Worker
+
+    started: list = []
+
+    def start(kind: str, name: str, **args):
+        w = Worker(kind, args, tmp_path, name)
+        started.append(w)
+        _register(request, w)
+        return w
+
+    yield start
+    for w in reversed(started):
+        w.kill()
+
+
 @pytest.fixture(scope="session")
 def kcat_bin() -> str:
     path = os.environ.get("KCAT_BIN") or shutil.which("kcat")

@@ -92,8 +92,8 @@ def failover_overrides(
         settings_all[k] = {**settings_all[k], **v} if isinstance(v, dict) else v
     return {
         "sites": [
-            {"name": "primary", "bootstrap": [primary]},
-            {"name": "standby", "bootstrap": [standby]},
+            {"name": "primary", "bootstrap": str(primary).split(",")},
+            {"name": "standby", "bootstrap": str(standby).split(",")},
         ],
         "default_site": "primary",
         "routes": [
@@ -534,6 +534,7 @@ class Report:
     rto_produce: Optional[float]
     in_flight: Optional[int]
     groups: dict[str, GroupReport] = field(default_factory=dict)
+    broker: str = "?"  # the broker kind the figures were measured on
 
     @property
     def lost(self) -> int:
@@ -552,7 +553,7 @@ class Report:
         def s(v):
             return "n/a" if v is None else f"{v:.1f}s"
 
-        out = (f"FAILOVER {self.scenario}: rto_produce={s(self.rto_produce)} rto_consume={s(self.rto_consume)} "
+        out = (f"FAILOVER {self.scenario} [{self.broker}]: rto_produce={s(self.rto_produce)} rto_consume={s(self.rto_consume)} "
                f"lost={self.lost} duplicates={self.duplicates} in_flight_at_fault="
                f"{'n/a' if self.in_flight is None else self.in_flight}")
         for g in self.groups.values():
@@ -562,10 +563,10 @@ class Report:
         return out
 
 
-def summarize(scenario: str, fault_t: float, acked: dict[str, float], sent: dict[str, float],
+def summarize(broker: str, scenario: str, fault_t: float, acked: dict[str, float], sent: dict[str, float],
               groups: dict[str, list[dict]], errors: Optional[dict[str, int]] = None,
               in_flight: Optional[int] = None, after: Optional[float] = None) -> Report:
-    """Lost / duplicates / RTO from events.
+    """Lost / duplicates / RTO from events, measured on `broker` (a kind).
 
     `acked`/`sent`: {id: time} of the producer(s); `groups`: {name: "rec"
     events}. RTO (from `fault_t`): produce = first ack of a record handed to
@@ -575,7 +576,7 @@ def summarize(scenario: str, fault_t: float, acked: dict[str, float], sent: dict
     `after` count when given, e.g. to judge one phase)."""
     post = {rid for rid, t in sent.items() if t >= fault_t}
     post_acks = [acked[rid] for rid in post if rid in acked]
-    rep = Report(scenario, (min(post_acks) - fault_t) if post_acks else None, in_flight)
+    rep = Report(scenario, (min(post_acks) - fault_t) if post_acks else None, in_flight, broker=broker)
     for name, recs in groups.items():
         counts = Counter(e["id"] for e in recs)
         if after is not None:

@@ -527,6 +527,23 @@ class KafkaCluster:
         return f"<KafkaCluster {self.name} {self.bootstrap} nodes={len(self.nodes)} id={self.cluster_id}>"
 
 
+def run_tool(main_class: str, *args: str, timeout: float = 60.0, heap: str = "256m") -> str:
+    """Runs one of Kafka's command-line tools (e.g.
+    ``org.apache.kafka.tools.LeaderElectionCommand``) on the installed
+    classpath and returns its output; a non-zero exit raises KafkaError with
+    that output."""
+    argv = [java_bin(), f"-Xmx{heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*", main_class, *args]
+    try:
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise KafkaError(f"{main_class} {' '.join(args)} did not finish within {timeout:.0f}s") from e
+    out = res.stdout.decode("utf-8", "replace") + res.stderr.decode("utf-8", "replace")
+    if res.returncode != 0:
+        raise KafkaError(f"{main_class} {' '.join(args)} exited {res.returncode}:\n{out[-3000:]}")
+    return out
+
+
 # Last resort: nodes of a test run that died without its finalizers.
 _live: set[KafkaNode] = set()
 _live_lock = threading.Lock()
@@ -558,6 +575,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--heap", default="512m")
     ap.add_argument("--full-jit", action="store_true", help="C2 compiler too (for benchmarks)")
     ap.add_argument("--property", action="append", default=[], help="extra server property key=value")
+    ap.add_argument("--kill-on-exit", action="store_true",
+                    help="SIGKILL the nodes on SIGTERM/SIGINT instead of a controlled shutdown (tests)")
     a = ap.parse_args(argv)
     props = dict(p.split("=", 1) for p in a.property)
     try:
@@ -579,8 +598,11 @@ def main(argv: list[str]) -> int:
                 return 1
             stop.wait(0.5)
     finally:
-        for n in cluster.nodes:
-            n.stop(timeout=15)
+        if a.kill_on_exit:
+            cluster.kill()
+        else:
+            for n in cluster.nodes:
+                n.stop(timeout=15)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Helpers for multi-site tests: a Switchyard config over several Tansu sites,
+"""Helpers for multi-site tests: a Switchyard config over several sites,
 offset-sync records, and reading one partition at an offset."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def multisite(switchyard, sites: dict, routes: list, default_site: Optional[str]
               tee: Optional[dict] = None, extra: Optional[dict] = None, **kw):
     """Starts Switchyard over `sites` ({name: broker}) with `routes`."""
     overrides: dict[str, Any] = {
-        "sites": [{"name": n, "bootstrap": [b.bootstrap]} for n, b in sites.items()],
+        "sites": [{"name": n, "bootstrap": str(b.bootstrap).split(",")} for n, b in sites.items()],
         "default_site": default_site or next(iter(sites)),
         "routes": routes,
         # Fast polling and backoff keep tests short; defaults are for production.
@@ -154,7 +154,9 @@ def switchyard_from_file(switchyard, path, brokers: list, replace: Optional[dict
     bind = f"127.0.0.1:{allocate_ports(vnodes + 1)}"
     admin = f"127.0.0.1:{allocate_ports(1)}"
     subs = {EXAMPLE_LISTEN_BIND: bind, EXAMPLE_ADMIN_BIND: admin}
-    subs.update({addr: b.bootstrap for addr, b in zip(EXAMPLE_SITE_BOOTSTRAPS, brokers)})
+    # The examples list one quoted address per site; a site of several
+    # Kafka nodes becomes several quoted items of that list.
+    subs.update({addr: str(b.bootstrap).replace(",", '", "') for addr, b in zip(EXAMPLE_SITE_BOOTSTRAPS, brokers)})
     subs.update(replace or {})
     text = substitute_words(text, subs)
     cid = re.search(r"^cluster_id:[ \t]*([^\s#]+)", text, re.M)

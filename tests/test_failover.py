@@ -77,26 +77,6 @@ LIBS = ("confluent", "kafka-python")
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def workers(request, tmp_path):
-    """Factory: workers(kind, name, **args) -> Worker (a process); all are
-    killed at teardown, and their logs are attached to a failure report."""
-    started: list[Worker] = []
-
-    def start(kind: str, name: str, **args) -> Worker:
-        w = Worker(kind, args, tmp_path, name)
-        started.append(w)
-        procs = getattr(request.node, "_managed_processes", None)
-        if procs is None:
-            procs = request.node._managed_processes = []
-        procs.append(w)
-        return w
-
-    yield start
-    for w in reversed(started):
-        w.kill()
-
-
 def start_groups(workers, bootstrap: str, topic: str) -> dict[str, Worker]:
     """One consumer process per library, each in its own group."""
     return {
@@ -221,8 +201,8 @@ def steady_start(workers, sy, topic: str, tag: str) -> tuple[Worker, dict[str, W
 
 
 @pytest.mark.timeout(180, method="signal")
-def test_planned_failover_exactly_once(tansu, switchyard, workers):
-    primary, standby = tansu(), tansu()
+def test_planned_failover_exactly_once(broker_kind, site, switchyard, workers):
+    primary, standby = site(), site()
     sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
     st = route_status(sy)
     assert (st["state"], st["active"], st["primary"], st["standby"]) == ("primary", "primary", "primary", "standby"), st
@@ -243,7 +223,7 @@ def test_planned_failover_exactly_once(tansu, switchyard, workers):
 
     acked = {rid: a["t"] for rid, a in {**acks_before, **acks_after}.items()}
     sent = {rid: 0.0 for rid in before} | {rid: fault_t for rid in after}
-    rep = summarize("planned", fault_t, acked, sent, {lib: consumed(w) for lib, w in groups.items()},
+    rep = summarize(broker_kind, "planned", fault_t, acked, sent, {lib: consumed(w) for lib, w in groups.items()},
                     errors_of(groups), in_flight=0)
     print("\n" + rep.line())
     assert ok and rep.lost == 0, f"records lost: {rep.line()}\n" + "\n".join(map(worker_problems, groups.values()))
@@ -273,8 +253,8 @@ def test_planned_failover_exactly_once(tansu, switchyard, workers):
 
 
 @pytest.mark.timeout(300, method="signal")
-def test_unplanned_failover_sigkill(tansu, switchyard, workers):
-    primary, standby = tansu(), tansu()
+def test_unplanned_failover_sigkill(broker_kind, site, switchyard, workers):
+    primary, standby = site(), site()
     sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
     topic = unique_name("fo-kill")
     create_topic(sy.bootstrap, topic, partitions=PARTITIONS)
@@ -289,7 +269,7 @@ def test_unplanned_failover_sigkill(tansu, switchyard, workers):
     ok = settle(groups, acked)
 
     in_flight = in_flight_at(sent, acked, fault_t)
-    rep = summarize("unplanned-sigkill", fault_t, acked, sent,
+    rep = summarize(broker_kind, "unplanned-sigkill", fault_t, acked, sent,
                     {lib: consumed(w) for lib, w in groups.items()}, errors_of(groups), in_flight)
     print("\n" + rep.line())
     assert ok and rep.lost == 0, f"acked records lost: {rep.line()}\n" + "\n".join(map(worker_problems, groups.values()))
@@ -334,9 +314,9 @@ def restore_and_wait_healthy(sy, link) -> None:
 
 
 @pytest.mark.timeout(300, method="signal")
-def test_partition_fails_over_and_writes_stay_on_one_site(tansu, tansu_behind_relay, switchyard, workers):
-    primary, link = tansu_behind_relay()
-    standby = tansu()
+def test_partition_fails_over_and_writes_stay_on_one_site(broker_kind, site, site_behind_relay, switchyard, workers):
+    primary, link = site_behind_relay()
+    standby = site()
     sy = start_failover_switchyard(switchyard, link, standby, mode="sync")
     topic = unique_name("fo-part")
     create_topic(sy.bootstrap, topic, partitions=PARTITIONS)
@@ -361,7 +341,7 @@ def test_partition_fails_over_and_writes_stay_on_one_site(tansu, tansu_behind_re
     ok = settle(groups, acked)
 
     in_flight = in_flight_at(sent, acked, fault_t)
-    rep = summarize("partition", fault_t, acked, sent, {lib: consumed(w) for lib, w in groups.items()},
+    rep = summarize(broker_kind, "partition", fault_t, acked, sent, {lib: consumed(w) for lib, w in groups.items()},
                     errors_of(groups), in_flight)
     print("\n" + rep.line())
 
@@ -394,9 +374,9 @@ def test_partition_fails_over_and_writes_stay_on_one_site(tansu, tansu_behind_re
 
 
 @pytest.mark.timeout(360, method="signal")
-def test_failback_after_primary_returns(tansu, tansu_behind_relay, switchyard, workers):
-    primary, link = tansu_behind_relay()
-    standby = tansu()
+def test_failback_after_primary_returns(broker_kind, site, site_behind_relay, switchyard, workers):
+    primary, link = site_behind_relay()
+    standby = site()
     sy = start_failover_switchyard(switchyard, link, standby, mode="sync")
     topic = unique_name("fo-back")
     create_topic(sy.bootstrap, topic, partitions=PARTITIONS)
@@ -408,7 +388,7 @@ def test_failback_after_primary_returns(tansu, tansu_behind_relay, switchyard, w
     sent, acked = sent_times(prod), acked_times(prod)
     ok1 = settle(groups, acked)
     in_flight = in_flight_at(sent, acked, fault_t)
-    rep1 = summarize("failback-setup-partition", fault_t, acked, sent,
+    rep1 = summarize(broker_kind, "failback-setup-partition", fault_t, acked, sent,
                      {lib: consumed(w) for lib, w in groups.items()}, errors_of(groups), in_flight)
     print("\n" + rep1.line())
     assert ok1 and rep1.lost == 0, f"lost during the failover: {rep1.line()}\n" + "\n".join(
@@ -424,7 +404,7 @@ def test_failback_after_primary_returns(tansu, tansu_behind_relay, switchyard, w
 
     all_acked = dict(acked) | {rid: a["t"] for rid, a in acks_after.items()}
     all_sent = dict(sent) | {rid: back_t for rid in after}
-    rep2 = summarize("failback-planned", back_t, all_acked, all_sent,
+    rep2 = summarize(broker_kind, "failback-planned", back_t, all_acked, all_sent,
                      {lib: consumed(w) for lib, w in groups.items()}, errors_of(groups), in_flight=0,
                      after=back_t)
     print(rep2.line())
@@ -487,14 +467,14 @@ def read_fetch_answer(s: socket.socket) -> tuple[int, int]:
     return error, max(records, 0)
 
 
-def test_long_poll_on_the_old_site_gets_no_records_written_after_the_switch(tansu, switchyard):
+def test_long_poll_on_the_old_site_gets_no_records_written_after_the_switch(broker_kind, site, switchyard):
     """A fetch waiting on the primary when the route fails over must not come
     back with what the reverse tee writes there afterwards: those records sit
     at primary offsets a fenced member can no longer commit, so it would
     process them twice after rejoining (seen as duplicates of kafka-python
     in the failback drill). It is answered NOT_LEADER_OR_FOLLOWER without
     records, and the records are read from the new site."""
-    primary, standby = tansu(), tansu()
+    primary, standby = site(), site()
     sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
     topic = unique_name("fo-poll")
     create_topic(sy.bootstrap, topic, partitions=1)
@@ -551,8 +531,8 @@ def copy_to_standby_with_filler(primary, standby, topic: str, partitions: int) -
 
 @pytest.mark.timeout(240, method="signal")
 @pytest.mark.parametrize("method", ["checkpoint", "timestamp"])
-def test_translation_without_runs(tansu, switchyard, workers, method):
-    primary, standby = tansu(), tansu()
+def test_translation_without_runs(broker_kind, site, switchyard, workers, method):
+    primary, standby = site(), site()
     topic = unique_name(f"fo-{method}")
     parts = 2
     # The primary's records exist before Switchyard starts, and the tee
@@ -605,7 +585,7 @@ def test_translation_without_runs(tansu, switchyard, workers, method):
     # Redelivered: anything before the copy of the first unconsumed record.
     recs = {lib: consumed(w) for lib, w in ws.items()}
     redelivered = {lib: sum(1 for e in r if e["o"] < COMMITTED + FILLER) for lib, r in recs.items()}
-    rep = summarize(f"translation-{method}", fault_t, acked, sent, recs, errors_of(ws), in_flight=0)
+    rep = summarize(broker_kind, f"translation-{method}", fault_t, acked, sent, recs, errors_of(ws), in_flight=0)
     print(rep.line() + f"\n  redelivered (before the first unconsumed record): {redelivered}")
     assert ok and rep.lost == 0, f"{rep.line()}\n" + "\n".join(map(worker_problems, ws.values()))
     first = {lib: {p: min((e for e in r if e["p"] == p), key=lambda e: e["o"]) for p in range(parts)}
@@ -638,7 +618,7 @@ def test_translation_without_runs(tansu, switchyard, workers, method):
 
 
 @pytest.mark.timeout(180, method="signal")
-def test_transactional_producer_is_fenced_and_recovers(tansu, switchyard):
+def test_transactional_producer_is_fenced_and_recovers(broker_kind, site, switchyard):
     """A transaction open at the switch cannot be finished on the new site
     (its producer id and state live in the old coordinator): the producer is
     fenced (fatal, like a zombie) and the application's new producer
@@ -647,7 +627,7 @@ def test_transactional_producer_is_fenced_and_recovers(tansu, switchyard):
     records are never visible to read_committed consumers."""
     from confluent_kafka import KafkaException, Producer
 
-    primary, standby = tansu(), tansu()
+    primary, standby = site(), site()
     sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
     topic = unique_name("fo-txn")
     create_topic(sy.bootstrap, topic, partitions=1)
@@ -687,9 +667,9 @@ def test_transactional_producer_is_fenced_and_recovers(tansu, switchyard):
     assert b"open-at-switch" not in got, got
 
 
-def test_checkpoint_record_encoding_round_trips(tansu):
+def test_checkpoint_record_encoding_round_trips(site):
     """The MM2 checkpoint bytes as stored by a broker and read back."""
-    site = tansu()
+    site = site()
     key, value = checkpoint_key("orders-app", "orders", 7), checkpoint_value(1234, 5678, "meta")
     assert key == b"\x00\x0aorders-app\x00\x06orders\x00\x00\x00\x07"
     assert value == (b"\x00\x00" + (1234).to_bytes(8, "big") + (5678).to_bytes(8, "big") + b"\x00\x04meta")

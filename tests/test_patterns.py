@@ -137,10 +137,10 @@ EXAMPLES = {
 
 @pytest.mark.timeout(90, method="signal")
 @pytest.mark.parametrize("file", list(EXAMPLES), ids=[f.removesuffix(".yaml") for f in EXAMPLES])
-def test_example_config_serves_traffic(tansu, switchyard, file):
+def test_example_config_serves_traffic(site, switchyard, file):
     assert (CONFIG_DIR / file).is_file(), f"example config {CONFIG_DIR / file} missing"
     source, target, topics = EXAMPLES[file]
-    src_site, dst_site = tansu(), tansu()
+    src_site, dst_site = site(), site()
     sy = switchyard_from_file(switchyard, file, [src_site, dst_site])
 
     for topic, naming, sync in topics:
@@ -177,8 +177,8 @@ def test_example_config_serves_traffic(tansu, switchyard, file):
 
 
 @pytest.mark.timeout(90, method="signal")
-def test_active_active_converges_without_loops(tansu, switchyard):
-    east, west = tansu(), tansu()
+def test_active_active_converges_without_loops(site, switchyard):
+    east, west = site(), site()
     gw = {
         "east": switchyard_from_file(switchyard, "active-active.yaml", [east, west]),
         # The mirror image: every `east` <-> `west`, bootstraps swapped.
@@ -253,9 +253,9 @@ def test_active_active_converges_without_loops(tansu, switchyard):
 
 
 @pytest.mark.timeout(90, method="signal")
-def test_hub_and_spoke_one_topic_per_store(tansu, switchyard):
-    hub = tansu()
-    stores = {f"store-{i}": tansu() for i in (1, 2, 3)}
+def test_hub_and_spoke_one_topic_per_store(site, switchyard):
+    hub = site()
+    stores = {f"store-{i}": site() for i in (1, 2, 3)}
     gws = {
         name: switchyard_from_file(switchyard, "hub-and-spoke-edge.yaml", [broker, hub],
                                    replace={"store-17": name})
@@ -306,8 +306,8 @@ STOPS = ["sigterm", "sigkill"]
 
 @pytest.mark.timeout(90, method="signal")
 @pytest.mark.parametrize("stop", STOPS)
-def test_offset_syncs_survive_restart(tansu, switchyard, stop):
-    eu, glob = tansu(), tansu()
+def test_offset_syncs_survive_restart(site, switchyard, stop):
+    eu, glob = site(), site()
     topic, teed = "orders", "orders-eu"
     # The aggregate's topic exists already and holds a few records of its own
     # (a different number per partition), so the tee's copies sit at other

@@ -57,8 +57,8 @@ def all_values(bootstrap: str, topic: str) -> list:
     return [r for recs in read_partitions(bootstrap, topic).values() for r in recs]
 
 
-def test_field_mask_filters_on_produce_and_masks_on_fetch(tansu, switchyard):
-    a = tansu()
+def test_field_mask_filters_on_produce_and_masks_on_fetch(site, switchyard):
+    a = site()
     topic = unique_name("payments")
     sy = multisite(
         switchyard, {"a": a},
@@ -100,8 +100,8 @@ def test_field_mask_filters_on_produce_and_masks_on_fetch(tansu, switchyard):
     assert metric_sum(m, "switchyard_plugin_calls_total", plugin="mask", stage="fetch") >= 1
 
 
-def test_topic_rename_moves_records_and_answers_under_the_clients_topic(tansu, switchyard):
-    a = tansu()
+def test_topic_rename_moves_records_and_answers_under_the_clients_topic(site, switchyard):
+    a = site()
     topic = unique_name("orders")
     sy = multisite(
         switchyard, {"a": a},
@@ -123,11 +123,11 @@ def test_topic_rename_moves_records_and_answers_under_the_clients_topic(tansu, s
 SITE_ID = {"east": 0, "west": 1}
 
 
-def peers(tansu, switchyard, component: str, config: object = "", priority=(1, 2)):
+def peers(site, switchyard, component: str, config: object = "", priority=(1, 2)):
     """Two active-active sites, each serving its own clients (client ids
     `east-*`, `west-*`) and teeing to the other; the conflict plugin runs on
     both produce paths and both tees."""
-    east, west = tansu(), tansu()
+    east, west = site(), site()
     topic = unique_name("inventory")
     rule = ["rule"]
     sy = multisite(
@@ -183,8 +183,8 @@ def wait_converged(brokers, topic: str, oracle: dict, what: str):
     wait_until(converged, timeout=90, interval=1.0, message=explain)
 
 
-def test_lww_conflicts_in_active_active_converge_to_the_oracle(tansu, switchyard):
-    sy, topic, sites = peers(tansu, switchyard, "lww")
+def test_lww_conflicts_in_active_active_converge_to_the_oracle(site, switchyard):
+    sy, topic, sites = peers(site, switchyard, "lww")
     base = int(time.time() * 1000) - 60_000
     rng = random.Random(7)
     writes = {"east": [], "west": []}
@@ -207,8 +207,8 @@ def test_lww_conflicts_in_active_active_converge_to_the_oracle(tansu, switchyard
     assert metric_sum(m, "switchyard_plugin_conflicts_total", plugin="rule", resolution="reject") > 0
 
 
-def test_site_priority_conflicts_converge_to_the_oracle(tansu, switchyard):
-    sy, topic, sites = peers(tansu, switchyard, "site-priority", {"order": ["west", "east"]})
+def test_site_priority_conflicts_converge_to_the_oracle(site, switchyard):
+    sy, topic, sites = peers(site, switchyard, "site-priority", {"order": ["west", "east"]})
     base = int(time.time() * 1000) - 60_000
     rng = random.Random(11)
     writes = {"east": [], "west": []}
@@ -232,8 +232,8 @@ def test_site_priority_conflicts_converge_to_the_oracle(tansu, switchyard):
     wait_converged(sites, topic, oracle, "site priority")
 
 
-def test_vector_clock_conflicts_converge_to_the_oracle(tansu, switchyard):
-    sy, topic, sites = peers(tansu, switchyard, "vector-clock")
+def test_vector_clock_conflicts_converge_to_the_oracle(site, switchyard):
+    sy, topic, sites = peers(site, switchyard, "vector-clock")
     base = int(time.time() * 1000) - 60_000
     rng = random.Random(5)
     writes = {"east": [], "west": []}
@@ -262,8 +262,8 @@ def test_vector_clock_conflicts_converge_to_the_oracle(tansu, switchyard):
     wait_converged(sites, topic, oracle, "vector clocks")
 
 
-def test_pn_counter_merges_two_sites_into_an_aggregate(tansu, switchyard):
-    east, west, agg = tansu(), tansu(), tansu()
+def test_pn_counter_merges_two_sites_into_an_aggregate(site, switchyard):
+    east, west, agg = site(), site(), site()
     topic = unique_name("counters")
     pn = ["pn"]
     sy = multisite(
@@ -295,8 +295,8 @@ def test_pn_counter_merges_two_sites_into_an_aggregate(tansu, switchyard):
     assert len(all_values(agg.bootstrap, topic)) == 600
 
 
-def test_bad_plugins_are_refused_at_upload_and_contained_at_run_time(tansu, switchyard):
-    a = tansu()
+def test_bad_plugins_are_refused_at_upload_and_contained_at_run_time(site, switchyard):
+    a = site()
     topic = unique_name("t")
     sy = multisite(
         switchyard, {"a": a},
@@ -369,8 +369,8 @@ def test_bad_plugins_are_refused_at_upload_and_contained_at_run_time(tansu, swit
     assert traps >= 3, traps
 
 
-def test_hot_reload_under_load_swaps_versions_without_failing_a_request(tansu, switchyard):
-    a = tansu()
+def test_hot_reload_under_load_swaps_versions_without_failing_a_request(site, switchyard):
+    a = site()
     topic = unique_name("swap")
     sy = multisite(
         switchyard, {"a": a},
@@ -461,14 +461,14 @@ def test_hot_reload_under_load_swaps_versions_without_failing_a_request(tansu, s
     assert len(set(got.values())) == 2
 
 
-def test_config_reload_applies_plugin_chains_and_refuses_other_changes(tansu, switchyard):
+def test_config_reload_applies_plugin_chains_and_refuses_other_changes(site, switchyard):
     import copy
     import signal
     import urllib.request
 
     from conftest import to_yaml
 
-    a = tansu()
+    a = site()
     topic = unique_name("cards")
     sy = multisite(
         switchyard, {"a": a},
@@ -529,8 +529,8 @@ def test_config_reload_applies_plugin_chains_and_refuses_other_changes(tansu, sw
         assert e.code == 409 and "route c (fetch)" in json.loads(e.read())["error"]
 
 
-def test_lww_state_survives_a_switchyard_restart(tansu, switchyard):
-    a = tansu()
+def test_lww_state_survives_a_switchyard_restart(site, switchyard):
+    a = site()
     topic = unique_name("stock")
     sy = multisite(
         switchyard, {"a": a},
@@ -552,10 +552,10 @@ def test_lww_state_survives_a_switchyard_restart(tansu, switchyard):
     assert metric_sum(m, "switchyard_plugin_conflicts_total", plugin="lww", resolution="reject") == 1
 
 
-def test_fetch_plugins_re_encode_batches_every_client_reads(tansu, switchyard):
+def test_fetch_plugins_re_encode_batches_every_client_reads(site, switchyard):
     from kafka import KafkaConsumer, TopicPartition as KTP
 
-    a = tansu()
+    a = site()
     topic = unique_name("events")
     sy = multisite(
         switchyard, {"a": a},

@@ -21,8 +21,8 @@ from multisite import multisite, producer
 from helpers import wait_until
 
 
-def test_topics_of_two_sites_behind_one_endpoint_renamed(tansu, switchyard):
-    a, b = tansu(), tansu()
+def test_topics_of_two_sites_behind_one_endpoint_renamed(site, switchyard):
+    a, b = site(), site()
     orders, clicks = unique_name("orders"), unique_name("clicks")
     group = unique_name("billing-g")
     sy = multisite(
@@ -68,8 +68,8 @@ def test_topics_of_two_sites_behind_one_endpoint_renamed(tansu, switchyard):
     assert sum(tp.offset for tp in phys) == 300, phys
 
 
-def test_group_on_another_site_gets_a_clear_error(tansu, switchyard):
-    a, b = tansu(), tansu()
+def test_group_on_another_site_gets_a_clear_error(site, switchyard):
+    a, b = site(), site()
     orders = unique_name("orders")
     sy = multisite(
         switchyard,
@@ -93,8 +93,8 @@ def test_group_on_another_site_gets_a_clear_error(tansu, switchyard):
         c.close()
 
 
-def test_routes_by_listener_and_client_id(tansu, switchyard):
-    a, b = tansu(), tansu()
+def test_routes_by_listener_and_client_id(site, switchyard):
+    a, b = site(), site()
     topic = unique_name("shared")
     internal_port = allocate_ports(4)
     sy = multisite(
@@ -126,12 +126,12 @@ def test_routes_by_listener_and_client_id(tansu, switchyard):
     assert count(b.bootstrap, f"{topic}.pos") == 11
 
 
-def test_admin_apis_see_virtual_names_only(tansu, switchyard):
+def test_admin_apis_see_virtual_names_only(site, switchyard):
     """ListOffsets and DeleteTopics through a renaming route
     act on the physical topic and answer with the virtual name."""
     from confluent_kafka import TopicPartition as TP
 
-    a, b = tansu(), tansu()
+    a, b = site(), site()
     topic = unique_name("ledger")
     sy = multisite(switchyard, {"a": a, "b": b},
                    [{"name": "ledger", "topics": {"exact": topic}, "site": "b", "naming": "{topic}-{site}"}])

@@ -21,8 +21,8 @@ from multisite import multisite, offset_syncs, produce_keyed, producer, read_at,
 ORIGIN = "switchyard-origin"
 
 
-def test_async_tee_to_aggregate_exactly_once(tansu, switchyard):
-    store, agg = tansu(), tansu()
+def test_async_tee_to_aggregate_exactly_once(site, switchyard):
+    store, agg = site(), site()
     topic = unique_name("orders")
     sy = multisite(
         switchyard,
@@ -102,9 +102,9 @@ def _status_topic(sy) -> dict:
     return sy.status()["tee"][0]["topics"][0]
 
 
-def test_hub_link_cut_loses_nothing_and_catches_up(tansu, tansu_behind_relay, switchyard):
-    store = tansu()
-    hub, link = tansu_behind_relay()
+def test_hub_link_cut_loses_nothing_and_catches_up(site, site_behind_relay, switchyard):
+    store = site()
+    hub, link = site_behind_relay()
     topic = unique_name("pos")
     sy = multisite(
         switchyard,
@@ -141,9 +141,9 @@ def test_hub_link_cut_loses_nothing_and_catches_up(tansu, tansu_behind_relay, sw
     assert lag_at_restore > 0
 
 
-def test_sigkill_mid_tee_then_restart_loses_and_duplicates_nothing(tansu, tansu_behind_relay, switchyard):
-    store = tansu()
-    hub, link = tansu_behind_relay()
+def test_sigkill_mid_tee_then_restart_loses_and_duplicates_nothing(site, site_behind_relay, switchyard):
+    store = site()
+    hub, link = site_behind_relay()
     topic = unique_name("orders")
     routes = [{"name": "orders", "topics": {"exact": topic}, "site": "store1",
                "tee": [{"site": "hub"}]}]
@@ -169,8 +169,8 @@ def test_sigkill_mid_tee_then_restart_loses_and_duplicates_nothing(tansu, tansu_
     assert sy2.status()["tee"][0]["topics"][0]["state"] == "running"
 
 
-def test_sync_tee_acked_means_on_both_clusters(tansu, switchyard):
-    a, b = tansu(), tansu()
+def test_sync_tee_acked_means_on_both_clusters(site, switchyard):
+    a, b = site(), site()
     topic = unique_name("payments")
     sy = multisite(
         switchyard,
@@ -188,9 +188,9 @@ def test_sync_tee_acked_means_on_both_clusters(tansu, switchyard):
     compare_copies(src, dst).assert_ok("sync target right after the acks")
 
 
-def test_sync_tee_returns_the_target_error(tansu, tansu_behind_relay, switchyard):
-    a = tansu()
-    b, link = tansu_behind_relay()
+def test_sync_tee_returns_the_target_error(site, site_behind_relay, switchyard):
+    a = site()
+    b, link = site_behind_relay()
     topic = unique_name("payments")
     sy = multisite(
         switchyard,
@@ -214,12 +214,12 @@ def test_sync_tee_returns_the_target_error(tansu, tansu_behind_relay, switchyard
     wait_for_count(b.bootstrap, topic, 11, timeout=60)
 
 
-def test_target_that_rejects_the_tee_does_not_stall_writes(tansu, switchyard):
+def test_target_that_rejects_the_tee_does_not_stall_writes(site, switchyard):
     """The hub's copy of the topic has fewer partitions than the source: a
     partition-preserving tee cannot write it. Producers are unaffected, the
     error names target, topic and reason, and once the operator removes the
     bad topic the tee creates it properly and catches up."""
-    store, hub = tansu(), tansu()
+    store, hub = site(), site()
     topic = unique_name("orders")
     create_topic(hub.bootstrap, topic, partitions=1)
     sy = multisite(

@@ -1,12 +1,13 @@
-//! Bad input against the real binary in front of a real Tansu broker: every
-//! bad frame closes (or, where Kafka does so, answers) only its own connection,
-//! is logged with the client's address, and never harms other clients.
+//! Bad input against the real binary in front of a real broker (Apache Kafka
+//! and Tansu): every bad frame closes (or, where Kafka does so, answers) only
+//! its own connection, is logged with the client's address, and never harms
+//! other clients.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, Raw, Switchyard, Tansu};
+use common::{broker_kinds, wait_for, Broker, BrokerKind, Raw, Switchyard, Tansu};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
@@ -33,8 +34,8 @@ fn assert_healthy(sy: &Switchyard) {
     );
 }
 
-fn start() -> (Tansu, Switchyard) {
-    let t = Tansu::start();
+fn start(kind: BrokerKind) -> (Broker, Switchyard) {
+    let t = Broker::start(kind);
     let s = Switchyard::start(&t.addr(), "limits:\n  max_frame_bytes: 1048576\n");
     (t, s)
 }
@@ -57,7 +58,13 @@ fn log_mentions(sy: &Switchyard, needle: &str) {
 
 #[test]
 fn bad_frames_close_only_their_connection() {
-    let (_t, sy) = start();
+    for kind in broker_kinds() {
+        bad_frames_on(kind);
+    }
+}
+
+fn bad_frames_on(kind: BrokerKind) {
+    let (_t, sy) = start(kind);
     assert_healthy(&sy);
     // A bystander connection stays open and usable throughout.
     let mut bystander = Raw::connect(sy.bootstrap);
@@ -139,7 +146,7 @@ fn bad_frames_close_only_their_connection() {
 
 #[test]
 fn api_versions_fallback_and_pipelining() {
-    let (_t, sy) = start();
+    let (_t, sy) = start(BrokerKind::Tansu);
     // KIP-511: a newer ApiVersions than we know gets a v0 body with error 35.
     let mut c = Raw::connect(sy.bootstrap);
     let f = Raw::encode(ApiKey::ApiVersions, 3, 9, &ApiVersionsRequest::default());

@@ -1,7 +1,10 @@
-//! Test harness: a real Tansu broker and the real `switchyard` binary, each a
-//! child process on free loopback ports, killed when the handle drops.
+//! Test harness: real brokers (Apache Kafka in KRaft mode, Tansu) and the real
+//! `switchyard` binary, each a child process on free loopback ports, stopped
+//! when the handle drops.
 //!
-//! Tansu comes from `scripts/setup.sh` (`.tools/bin/tansu`) or `$TANSU_BIN`.
+//! Tansu comes from `scripts/setup.sh` (`.tools/bin/tansu`) or `$TANSU_BIN`;
+//! Apache Kafka from the same script (`.tools/kafka/libs`), started through
+//! the suite's harness `tests/kafka_cluster.py` (one KRaft node).
 
 #![allow(dead_code)]
 
@@ -124,6 +127,119 @@ impl Tansu {
     }
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// The broker kinds a test runs on: both, unless `SWITCHYARD_BROKERS`
+/// (e.g. `kafka`) narrows them.
+pub fn broker_kinds() -> Vec<BrokerKind> {
+    let only = std::env::var("SWITCHYARD_BROKERS").unwrap_or_default();
+    [BrokerKind::Kafka, BrokerKind::Tansu]
+        .into_iter()
+        .filter(|k| only.is_empty() || only.split(',').any(|o| o == k.name()))
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Kafka,
+    Tansu,
+}
+
+impl BrokerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Kafka => "kafka",
+            BrokerKind::Tansu => "tansu",
+        }
+    }
+}
+
+/// A started single-node cluster of either kind.
+pub enum Broker {
+    Kafka(Kafka),
+    Tansu(Tansu),
+}
+
+impl Broker {
+    pub fn start(kind: BrokerKind) -> Broker {
+        match kind {
+            BrokerKind::Kafka => Broker::Kafka(Kafka::start()),
+            BrokerKind::Tansu => Broker::Tansu(Tansu::start()),
+        }
+    }
+    pub fn addr(&self) -> String {
+        match self {
+            Broker::Kafka(k) => k.addr(),
+            Broker::Tansu(t) => t.addr(),
+        }
+    }
+    pub fn kind(&self) -> BrokerKind {
+        match self {
+            Broker::Kafka(_) => BrokerKind::Kafka,
+            Broker::Tansu(_) => BrokerKind::Tansu,
+        }
+    }
+}
+
+/// One Apache Kafka KRaft node (combined broker and controller), run by
+/// `tests/kafka_cluster.py`; its storage is removed when the handle drops.
+pub struct Kafka {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Kafka {
+    pub fn start() -> Kafka {
+        use std::io::BufRead;
+
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let port = free_port();
+        let dir = tempdir();
+        let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+            .arg(root.join("tests/kafka_cluster.py"))
+            .args(["--nodes", "1", "--kill-on-exit", "--port", &port.to_string(), "--dir"])
+            .arg(dir.join("kafka"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("harness.log")).expect("log file"))
+            .spawn()
+            .expect("start tests/kafka_cluster.py (python3)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready ") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let k = Kafka { child, port, dir };
+        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            let log = std::fs::read_to_string(k.dir.join("harness.log")).unwrap_or_default();
+            panic!("Apache Kafka did not start within 120 s:\n{log}");
+        }
+        k
+    }
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        // SIGTERM: the harness kills its JVM before exiting (a SIGKILL of
+        // the harness would leave the JVM, which runs in its own session).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
