@@ -86,6 +86,15 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The process's own temp dir (config, log) goes with it, unless a
+        // failing test may want to read the log.
+        if let Some(dir) = self.log.parent() {
+            if std::thread::panicking() {
+                eprintln!("logs are kept in {}", dir.display());
+            } else if dir.starts_with(std::env::temp_dir()) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }
 
@@ -239,7 +248,11 @@ impl Drop for Kafka {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("Kafka's logs are kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
