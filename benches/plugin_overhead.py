@@ -38,20 +38,22 @@ class PluginStack(sbs.Stack):
     """Switchyard with a route over the benchmark topics running plugins."""
 
     def __init__(self, config: str, tmp: Path):
+        # A fresh Tansu per run; stopped with the proxy.
+        self.tansu = sbs.TansuBroker(tmp).start()
+        self.broker_port = self.tansu.port
+        try:
+            self._start(config, tmp)
+        except BaseException:
+            self.tansu.close()
+            raise
+
+    def _start(self, config: str, tmp: Path):
         if not config.startswith("switchyard+"):
-            super().__init__(config, tmp)
+            super().__init__(config, tmp, self.tansu)
             return
         which = config.split("+", 1)[1]
-        base = sbs.free_port_run(8)
+        base = sbs.free_port_run(6)
         self.config = config
-        self.broker_port = base
-        url = f"tcp://127.0.0.1:{base}"
-        self.tansu = sbs.Proc(
-            [str(sbs.TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            tmp / f"tansu-{base}.log",
-        )
-        sbs.wait_until(lambda: sbs.accepts(base), 20, "tansu")
         if which == "keep-all":
             plugins = f"  - {{name: p, path: '{DIST / 'keep-all.wasm'}'}}\n"
             chains = "{produce: [p], fetch: [p]}"
@@ -61,8 +63,8 @@ class PluginStack(sbs.Stack):
             chains = "{produce: [p]}"
         cfg = tmp / f"switchyard-{base}.yaml"
         cfg.write_text(
-            f"cluster_id: bench\nlisten:\n  bind: 127.0.0.1:{base + 1}\n  virtual_nodes: 1\n"
-            f"sites:\n  - name: local\n    bootstrap: [\"127.0.0.1:{base}\"]\n"
+            f"cluster_id: bench\nlisten:\n  bind: 127.0.0.1:{base}\n  virtual_nodes: 1\n"
+            f"sites:\n  - name: local\n    bootstrap: [\"{self.tansu.bootstrap}\"]\n"
             f"routes:\n  - name: bench\n    topics: {{prefix: bench-}}\n    site: local\n"
             f"    plugins: {chains}\n"
             f"plugins:\n{plugins}"
@@ -70,7 +72,14 @@ class PluginStack(sbs.Stack):
         )
         self.proxy = sbs.Proc([str(sbs.SWITCHYARD), "run", "--config", str(cfg)], tmp / f"switchyard-{base}.log")
         sbs.wait_until(lambda: sbs.http_ok(f"http://127.0.0.1:{base + 5}/readyz"), 20, "switchyard ready")
-        self.bootstrap = f"127.0.0.1:{base + 1}"
+        self.bootstrap = f"127.0.0.1:{base}"
+
+    def stop(self):
+        try:
+            if getattr(self, "proxy", None):
+                self.proxy.stop()
+        finally:
+            self.tansu.close()
 
 
 def one_run(config: str, mode: str, size: int, records: int, tmp: Path) -> dict:

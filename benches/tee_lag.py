@@ -2,9 +2,12 @@
 """Tee lag benchmark: how far an async tee trails a steady producer, and how
 fast it catches up after the link to its target was cut.
 
-Two Tansu brokers (source site `store1`, target site `hub`; the hub behind a
-userspace relay, tests/relay.py, that is also the hub's advertised listener,
-so every connection to the hub crosses it) and Switchyard with one route:
+Two sites (source `store1`, target `hub`), each an Apache Kafka cluster
+(--broker kafka, the default; KRaft, 1 node or --nodes 3, see
+tests/kafka_cluster.py) or a Tansu broker (--broker tansu, in-memory). Every
+hub broker is behind a userspace relay, tests/relay.py, that is also its
+advertised listener, so every connection to the hub crosses it. Switchyard
+has one route:
 topic `orders` (6 partitions) on store1, teed async to hub as
 `{topic}-{site}` = `orders-store1`, with Switchyard's default tee settings
 unless --poll-interval-ms etc. are given.
@@ -23,13 +26,14 @@ unless --poll-interval-ms etc. are given.
    errors (must be 0: the ack only waits for store1).
 3. Check: after the producer stops, the hub holds exactly the records the
    producer got acks for (counted from Fetch high watermarks; Tansu's
-   ListOffsets(latest) is not usable for that).
+   ListOffsets(latest) is not usable for that). Kafka's storage is in the
+   temporary directory, deleted at the end.
 
 Producer and hub consumer run in their own processes (spawn), so the relay
 thread in this process does not compete with them for the GIL.
 
     cargo build --release -p switchyard   # and scripts/setup.sh for Tansu + .venv
-    .venv/bin/python benches/tee_lag.py [--rate 20000] [--out tee-lag.md]
+    .venv/bin/python benches/tee_lag.py [--broker kafka|tansu] [--nodes 1|3] [--rate 20000] [--out tee-lag.md]
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ PARTITIONS = 6
 TARGET_TOPIC = f"{TOPIC}-store1"
 
 sys.path.insert(0, str(ROOT / "tests"))  # relay.py, helpers.py (stdlib at import time)
+sys.path.insert(0, str(ROOT / "benches"))  # brokers.py
 
 
 # --------------------------------------------------------------------------
@@ -280,30 +285,40 @@ class Bench:
         self.tmp = tmp
         self.procs: list[Proc] = []
         self.children: list = []
-        self.relay = None
+        self.relays = []
+        self.brokers = []  # KafkaBroker / TansuBroker, stopped by close()
         self.samples: list[dict] = []  # every status sample of the run
 
     # -- setup ---------------------------------------------------------------
 
     def start(self):
         self.loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
-        from helpers import allocate_ports, create_topic, tcp_accepts
+        from brokers import KafkaBroker, TansuBroker
+        from helpers import allocate_ports, create_topic
         from relay import Relay
 
         a = self.args
-        store_port = allocate_ports(1)
-        hub_port = allocate_ports(1)
-        self.relay = Relay(("127.0.0.1", hub_port), allocate_ports(1), name="hub-link").start()
-        for name, port, adv in (("store1", store_port, store_port), ("hub", hub_port, self.relay.port)):
-            p = Proc(f"tansu-{name}", [str(TANSU), "broker", "--cluster-id", f"tee-lag-{name}",
-                                       "--listener-url", f"tcp://127.0.0.1:{port}",
-                                       "--advertised-listener-url", f"tcp://127.0.0.1:{adv}",
-                                       "--storage-engine", "memory://tansu/"], self.tmp / f"tansu-{name}.log")
-            self.procs.append(p)
-            wait_until(lambda: tcp_accepts("127.0.0.1", port) or _died(p), 30,
-                       f"tansu {name} on {port}")
-        self.store = f"127.0.0.1:{store_port}"
-        self.hub = self.relay.bootstrap  # everything to the hub crosses the link
+        n = a.nodes
+        hub_ports = [allocate_ports(1) for _ in range(n)]
+        self.relays = [Relay(("127.0.0.1", p), allocate_ports(1), name=f"hub-link-{i + 1}").start()
+                       for i, p in enumerate(hub_ports)]
+        adv = [r.port for r in self.relays]
+        if a.broker == "kafka":
+            store = KafkaBroker(self.tmp, n, allocate=allocate_ports, name="store1")
+            self.brokers.append(store)
+            store.start()
+            hub = KafkaBroker(self.tmp, n, ports=hub_ports, advertise_ports=adv, allocate=allocate_ports, name="hub")
+            self.brokers.append(hub)
+            hub.start()
+        else:
+            store = TansuBroker(self.tmp, allocate_ports(1), cluster_id="tee-lag-store1")
+            self.brokers.append(store)
+            store.start()
+            hub = TansuBroker(self.tmp, hub_ports[0], adv[0], cluster_id="tee-lag-hub")
+            self.brokers.append(hub)
+            hub.start()
+        self.store = store.bootstrap
+        self.hub = ",".join(r.bootstrap for r in self.relays)  # everything to the hub crosses the links
         vnodes = 3
         listen = allocate_ports(vnodes + 1)
         admin = allocate_ports(1)
@@ -316,9 +331,9 @@ listen:
   virtual_nodes: {vnodes}
 sites:
   - name: store1
-    bootstrap: ["{self.store}"]
+    bootstrap: [{_yaml_list(self.store)}]
   - name: hub
-    bootstrap: ["{self.hub}"]
+    bootstrap: [{_yaml_list(self.hub)}]
 default_site: store1
 routes:
   - name: orders
@@ -337,7 +352,15 @@ log:
         self.sy = sy
         wait_until(lambda: http_ok(self.admin + "/readyz") or _died(sy), 30,
                    lambda: f"switchyard /readyz; log:\n{sy.tail()}")
-        create_topic(self.bootstrap, TOPIC, partitions=PARTITIONS, timeout=30)
+        if a.broker == "kafka":
+            # On store1 directly, with the cluster's default replication factor.
+            from brokers import create_topic as create_on
+            from helpers import wait_for_topic
+
+            create_on(self.store, TOPIC, PARTITIONS)
+            wait_for_topic(self.bootstrap, TOPIC, PARTITIONS, timeout=30)
+        else:
+            create_topic(self.bootstrap, TOPIC, partitions=PARTITIONS, timeout=30)
 
     # -- helpers -------------------------------------------------------------
 
@@ -378,6 +401,9 @@ log:
         for ch in self.children:
             if ch.exitcode not in (None, 0):
                 raise Died(f"{ch.name} exited with {ch.exitcode}")
+        for b in self.brokers:
+            if not b.running():
+                raise Died(f"a {b.kind} broker exited; {b.tail() if b.kind == 'kafka' else ''}")
 
     # -- phases --------------------------------------------------------------
 
@@ -410,6 +436,9 @@ log:
         print(f"steady: {a.steady:.0f} s", flush=True)
         seq0, acked0, t0 = self.counters[0], self.counters[1], time.monotonic()
         pids = {p.name: p.p.pid for p in self.procs}
+        for b, site in zip(self.brokers, ("store1", "hub")):
+            for i, pid in enumerate(b.pids):
+                pids[f"{b.kind} {site}" + (f" node {i + 1}" if len(b.pids) > 1 else "")] = pid
         pids.update({"producer (Python)": producer.pid, "hub consumer (Python)": consumer.pid,
                      "relay + sampler (Python)": os.getpid()})
         cpu0 = {k: _cpu(v) for k, v in pids.items()}
@@ -428,11 +457,13 @@ log:
         # 2. Outage and catch-up.
         print(f"outage: cutting the hub link for {a.outage:.0f} s", flush=True)
         err_cut = self.counters[2]
-        self.relay.cut("reset")
+        for r in self.relays:
+            r.cut("reset")
         t_cut = time.monotonic()
         self.sample_for(a.outage, "outage")
         at_restore = self.sample("outage")
-        self.relay.restore()
+        for r in self.relays:
+            r.restore()
         t_restore = time.monotonic()
         print("restored; waiting for the tee to catch up", flush=True)
         first_progress = None
@@ -504,9 +535,11 @@ log:
                     ch.join(5)
         for p in reversed(self.procs):
             p.stop()
-        if self.relay is not None:
+        for b in reversed(self.brokers):
+            b.close()
+        for r in self.relays:
             try:
-                self.relay.close()
+                r.close()
             except Exception as e:  # noqa: BLE001 - best effort at exit
                 print(f"relay close: {e!r}", file=sys.stderr)
 
@@ -519,10 +552,23 @@ def tee_settings(a) -> str:
     return "tee:\n" + "".join(f"  {k}: {v}\n" for k, v in kv.items()) if kv else ""
 
 
+def broker_text(a) -> str:
+    if a.broker == "tansu":
+        return "two Tansu, in-memory"
+    from brokers import kafka_version
+
+    return (f"two Apache Kafka {kafka_version()} clusters of {a.nodes} KRaft node{'s' if a.nodes > 1 else ''}"
+            + (", replication factor 3, min.insync.replicas 2" if a.nodes > 1 else ""))
+
+
 def tee_settings_text(a) -> str:
     kv = [f"{k} {getattr(a, k)}" for k in ("poll_interval_ms", "max_fetch_bytes", "retry_backoff_ms",
                                              "max_retry_backoff_ms") if getattr(a, k, None) is not None]
     return ", ".join(kv) + " (others: Switchyard defaults)" if kv else "Switchyard defaults"
+
+
+def _yaml_list(bootstrap: str) -> str:
+    return ", ".join(f'"{b}"' for b in bootstrap.split(","))
 
 
 def _died(p: Proc):
@@ -602,7 +648,7 @@ def report(args, r: dict, samples: list[dict], cmd: str) -> str:
     L = [
         "# Tee lag",
         "",
-        f"Machine: {machine()}. Brokers (two Tansu, in-memory), Switchyard, the relay (Python) and the clients "
+        f"Machine: {machine()}. Brokers ({broker_text(args)}), Switchyard, the relay (Python) and the clients "
         "(confluent-kafka, own processes) share these cores.",
         "",
         f"Command: `{cmd}`; {build_info(args.switchyard)}.",
@@ -611,7 +657,7 @@ def report(args, r: dict, samples: list[dict], cmd: str) -> str:
         "skews these numbers).",
         "",
         f"Route `orders` ({PARTITIONS} partitions) on `store1`, tee async to `hub` as `orders-store1`; the hub is "
-        f"reached through a userspace relay. Tee settings: "
+        f"reached through a userspace relay{' per broker' if args.nodes > 1 else ''}. Tee settings: "
         f"{tee_settings_text(args)}. Producer: "
         f"acks=all, idempotent, linger 5 ms, keyed, {args.size} B values, target {args.rate} records/s.",
         "",
@@ -676,6 +722,10 @@ def report(args, r: dict, samples: list[dict], cmd: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                    help="both sites on Apache Kafka (default) or Tansu")
+    ap.add_argument("--nodes", type=int, choices=(1, 3), default=1,
+                    help="Kafka brokers per site (3: replication factor 3, min ISR 2)")
     ap.add_argument("--rate", type=int, default=20000, help="records/s (default 20000)")
     ap.add_argument("--size", type=int, default=1024, help="value bytes (default 1024)")
     ap.add_argument("--warmup", type=float, default=5, help="seconds of load before measuring (default 5)")
@@ -698,8 +748,10 @@ def main() -> int:
     ap.add_argument("--keep-logs", action="store_true", help="keep the process logs (path printed)")
     args = ap.parse_args()
     for b, how in ((args.switchyard, "cargo build --release -p switchyard"), (TANSU, "scripts/setup.sh")):
-        if not b.exists():
+        if not b.exists() and (b != TANSU or args.broker == "tansu"):
             sys.exit(f"{b} missing: run {how}")
+    if args.broker == "tansu" and args.nodes != 1:
+        sys.exit("--nodes is for --broker kafka")
     cmd = ".venv/bin/python benches/tee_lag.py " + " ".join(sys.argv[1:])
 
     def on_term(signum, frame):
