@@ -38,6 +38,9 @@ SITE_START_TIMEOUT=240    # s, per site start (first JVM start on 2 busy cores i
 SY_READY_TIMEOUT=60       # s, Switchyard until /readyz answers 200
 STOP_TIMEOUT=45           # s, each process at Ctrl-C before SIGKILL
 declare -A SITE_PORT=([dc1]=19092 [dc2]=19093)
+# Replication and KRaft quorum listeners (port, port+1), fixed so that no
+# site can take a port the other one is about to bind.
+declare -A SITE_INTERNAL_PORT=([dc1]=19192 [dc2]=19292)
 declare -A WRAPPER=() JVM=() DOWN_REPORTED=()
 SY_PID="" TAIL_PID="" DATA=""
 
@@ -45,8 +48,10 @@ log() { printf '==> %s\n' "$*"; }
 die() { printf 'demo.sh: error: %s\n' "$*" >&2; exit 1; }
 
 # Every port the demo binds, with what it is for; all on 127.0.0.1.
-PORTS=(19092 19093 9092 9093 9094 9095 9644)
+PORTS=(19092 19093 19192 19193 19292 19293 9092 9093 9094 9095 9644)
 declare -A PORT_ROLE=([19092]="Kafka site dc1, the primary" [19093]="Kafka site dc2, the standby"
+    [19192]="dc1 replication listener" [19193]="dc1 KRaft controller" [19292]="dc2 replication listener"
+    [19293]="dc2 KRaft controller"
     [9092]="Switchyard bootstrap" [9093]="Switchyard virtual broker 0" [9094]="Switchyard virtual broker 1"
     [9095]="Switchyard virtual broker 2" [9644]="Switchyard admin HTTP")
 check_ports() {
@@ -116,6 +121,7 @@ cleanup() {
 start_site() { # name: starts tests/kafka_cluster.py for it (storage kept across restarts)
     local s="$1"
     "$PYTHON" tests/kafka_cluster.py --nodes 1 --dir "$DATA/$s" --port "${SITE_PORT[$s]}" \
+        --internal-port "${SITE_INTERNAL_PORT[$s]}" \
         >"$DATA/$s.out" 2>&1 &
     WRAPPER[$s]=$!
     JVM[$s]=""

@@ -694,6 +694,15 @@ def _consume_kafka_python(a: dict, emit: _Events) -> int:
         request_timeout_ms=20000,
         fetch_max_wait_ms=100,
     )
+    # kafka-python 3.0.12 can stop making progress for good when its first
+    # generation was assigned nothing because it had no metadata for the
+    # topic yet: after the second generation's SyncGroup answer (received
+    # with the partitions) it never applies the assignment. Tansu's slow
+    # joins hid it; Kafka's immediate ones show it. Knowing the topic's
+    # partitions before subscribing avoids that first, empty generation.
+    known_by = time.monotonic() + 30
+    while not c.partitions_for_topic(a["topic"]) and time.monotonic() < known_by:
+        time.sleep(0.1)  # poll for metadata with a deadline (not synchronisation)
     c.subscribe([a["topic"]], listener=Listener())
     deadline = time.monotonic() + a.get("max_seconds", 600)
     try:
@@ -790,6 +799,12 @@ def _main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     emit = _Events(args["events"])
     emit("start", pid=os.getpid(), kind=kind, lib=args.get("lib"))
+    # kafka-python's group membership steps (join, sync, heartbeat failures)
+    # go to the worker's log, which a failed test attaches.
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka.coordinator").setLevel(logging.INFO)
     if kind == "consume":
         fn = _consume_confluent if args["lib"] == "confluent" else _consume_kafka_python
         return fn(args, emit)

@@ -236,8 +236,10 @@ def create_topic(bootstrap: str, name: str, partitions: int = 3, timeout: float 
     from confluent_kafka.admin import NewTopic
 
     admin = admin_client(bootstrap)
+    # -1: the cluster's default.replication.factor (3 on a 3-broker Kafka
+    # site of the harness, 1 on a single node and on Tansu).
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        [NewTopic(name, num_partitions=partitions, replication_factor=-1)],
         operation_timeout=timeout,
         request_timeout=timeout,
     )

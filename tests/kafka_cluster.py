@@ -385,6 +385,8 @@ class KafkaCluster:
 
     `advertise_ports`: per node, the port put in the CLIENT advertised
     listener (e.g. a fault relay's), default the node's own port.
+    `internal_ports`: per node p, INTERNAL on p and CONTROLLER on p+1
+    (default: allocated), for callers that must know every port in advance.
     `allocate(count) -> base`: where ports come from (the test suite passes
     its own allocator so ports are never reused within a session).
     `properties`: extra server.properties entries for every node."""
@@ -397,6 +399,7 @@ class KafkaCluster:
         cluster_id: Optional[str] = None,
         heap: str = "512m",
         ports: Optional[Sequence[int]] = None,
+        internal_ports: Optional[Sequence[int]] = None,
         advertise_ports: Optional[Sequence[Optional[int]]] = None,
         allocate: Callable[[int], int] = default_allocate,
         properties: Optional[dict[str, str]] = None,
@@ -421,7 +424,7 @@ class KafkaCluster:
         self.nodes: list[KafkaNode] = []
         for i in range(nodes):
             port = ports[i] if ports else allocate(1)
-            internal = allocate(2)
+            internal = internal_ports[i] if internal_ports else allocate(2)
             adv = advertise_ports[i] if advertise_ports and advertise_ports[i] else port
             self.nodes.append(KafkaNode(self, i + 1, port, internal, internal + 1, adv))
 
@@ -572,6 +575,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--dir", required=True, help="storage and logs (created; reused if formatted)")
     ap.add_argument("--port", type=int, action="append", help="CLIENT port of node i (repeat per node)")
+    ap.add_argument("--internal-port", type=int, action="append",
+                    help="INTERNAL port of node i, CONTROLLER on the next one (repeat per node; default: free ports)")
     ap.add_argument("--heap", default="512m")
     ap.add_argument("--full-jit", action="store_true", help="C2 compiler too (for benchmarks)")
     ap.add_argument("--property", action="append", default=[], help="extra server property key=value")
@@ -580,8 +585,8 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     props = dict(p.split("=", 1) for p in a.property)
     try:
-        cluster = KafkaCluster(Path(a.dir), a.nodes, heap=a.heap, ports=a.port, properties=props,
-                               quick_jit=not a.full_jit)
+        cluster = KafkaCluster(Path(a.dir), a.nodes, heap=a.heap, ports=a.port, internal_ports=a.internal_port,
+                               properties=props, quick_jit=not a.full_jit)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())

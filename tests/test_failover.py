@@ -254,7 +254,19 @@ def test_planned_failover_exactly_once(broker_kind, site, switchyard, workers):
 
 @pytest.mark.timeout(300, method="signal")
 def test_unplanned_failover_sigkill(broker_kind, site, switchyard, workers):
-    primary, standby = site(), site()
+    unplanned_sigkill(broker_kind, site, switchyard, workers, nodes=1)
+
+
+@pytest.mark.brokers("kafka")
+@pytest.mark.timeout(300, method="signal")
+def test_unplanned_failover_sigkill_of_a_three_broker_site(broker_kind, site, switchyard, workers):
+    """Both sites 3-broker Kafka clusters (replication factor 3,
+    min.insync.replicas=2); every process of the primary is SIGKILLed."""
+    unplanned_sigkill(broker_kind, site, switchyard, workers, nodes=3)
+
+
+def unplanned_sigkill(broker_kind, site, switchyard, workers, nodes: int) -> None:
+    primary, standby = site(nodes=nodes), site(nodes=nodes)
     sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
     topic = unique_name("fo-kill")
     create_topic(sy.bootstrap, topic, partitions=PARTITIONS)
@@ -269,7 +281,8 @@ def test_unplanned_failover_sigkill(broker_kind, site, switchyard, workers):
     ok = settle(groups, acked)
 
     in_flight = in_flight_at(sent, acked, fault_t)
-    rep = summarize(broker_kind, "unplanned-sigkill", fault_t, acked, sent,
+    scenario = "unplanned-sigkill" if nodes == 1 else f"unplanned-sigkill-{nodes}-brokers"
+    rep = summarize(broker_kind, scenario, fault_t, acked, sent,
                     {lib: consumed(w) for lib, w in groups.items()}, errors_of(groups), in_flight)
     print("\n" + rep.line())
     assert ok and rep.lost == 0, f"acked records lost: {rep.line()}\n" + "\n".join(map(worker_problems, groups.values()))

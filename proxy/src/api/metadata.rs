@@ -50,10 +50,16 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let mut per_site: BTreeMap<usize, Option<Vec<MetadataRequestTopic>>> = BTreeMap::new();
     match &body.topics {
         None => {
-            // Every topic: ask every site that can hold a visible topic.
+            // Every topic: ask every site that can hold a visible topic now:
+            // the default site (topics no route selects) and the site each
+            // route serves from (its standby after a failover). A site that
+            // does not answer is left out of the listing (below).
             per_site.insert(router.default_site(), None);
-            for r in router.routes() {
-                per_site.insert(r.site, None);
+            per_site.insert(router.home_site(), None);
+            for i in 0..router.routes().len() {
+                if let Some((site, _, _)) = router.serving(i) {
+                    per_site.insert(site, None);
+                }
             }
         }
         Some(topics) => {
@@ -68,8 +74,9 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                 }
             }
             if per_site.is_empty() {
-                // No topics asked: brokers and cluster only.
-                per_site.insert(router.default_site(), Some(Vec::new()));
+                // No topics asked: brokers and cluster only, from the site
+                // that serves the default route now.
+                per_site.insert(router.home_site(), Some(Vec::new()));
             }
         }
     }

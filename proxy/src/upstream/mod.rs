@@ -68,6 +68,8 @@ pub struct Site {
     /// runs even inside `MIN_REFRESH_GAP`.
     stale: AtomicBool,
     coordinators: Mutex<HashMap<(i8, String), i32>>,
+    /// Brokers a connection to failed, and when (see `note_broker_down`).
+    down: Mutex<HashMap<i32, Instant>>,
     pub conn_gauge: IntGauge,
     metrics: Arc<Metrics>,
     /// Told about failures seen on live traffic (site health's passive signal).
@@ -119,6 +121,7 @@ impl Site {
             refresh_queued: AtomicBool::new(false),
             stale: AtomicBool::new(false),
             coordinators: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
             conn_gauge: metrics.upstream_connections.with_label_values(&[name]),
             metrics,
             failure_hook: std::sync::OnceLock::new(),
@@ -463,23 +466,66 @@ impl Site {
         leader
     }
 
-    /// Some broker of the cluster, for requests any broker can answer.
+    /// Some broker of the cluster, for requests any broker can answer; one
+    /// that refused a connection lately only when no other is known.
     pub async fn any_broker(&self) -> Result<i32, UpstreamError> {
-        if let Some(b) = self.view.load().any_broker() {
+        if let Some(b) = self.live_broker() {
             return Ok(b);
         }
         self.refresh().await?;
-        self.view
-            .load()
-            .any_broker()
+        self.live_broker()
             .ok_or_else(|| UpstreamError::NoBroker(self.name.clone()))
+    }
+
+    fn live_broker(&self) -> Option<i32> {
+        let view = self.view.load();
+        match view.any_broker() {
+            Some(b) if !self.is_down(b) => Some(b),
+            first => view
+                .brokers
+                .keys()
+                .copied()
+                .filter(|b| !self.is_down(*b))
+                .min()
+                .or(first),
+        }
+    }
+
+    /// A connection to `broker` could not be opened (refused, timed out):
+    /// until a connection to it works again or `BROKER_DOWN_FOR` passed,
+    /// requests any broker can answer go elsewhere and coordinators it held
+    /// are asked for again; the view is refreshed (Kafka lists a dead
+    /// broker, and it stays leader, until its session times out).
+    pub fn note_broker_down(self: &Arc<Self>, broker: i32) {
+        if let Ok(mut down) = self.down.lock() {
+            down.insert(broker, Instant::now());
+        }
+        if let Ok(mut map) = self.coordinators.lock() {
+            map.retain(|_, b| *b != broker);
+        }
+        self.mark_stale();
+        self.refresh_soon();
+    }
+
+    fn note_broker_up(&self, broker: i32) {
+        if let Ok(mut down) = self.down.lock() {
+            down.remove(&broker);
+        }
+    }
+
+    fn is_down(&self, broker: i32) -> bool {
+        self.down
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&broker).map(|t| t.elapsed() < BROKER_DOWN_FOR))
+            .unwrap_or(false)
     }
 
     /// The upstream coordinator for a group (`key_type` 0) or transactional id (1).
     pub async fn coordinator(&self, key_type: i8, key: &str) -> Result<Coordinator, UpstreamError> {
         if let Ok(map) = self.coordinators.lock() {
             if let Some(b) = map.get(&(key_type, key.to_string())) {
-                if self.view.load().brokers.contains_key(b) {
+                if self.view.load().brokers.contains_key(b) && !self.is_down(*b) {
                     return Ok(Coordinator::Broker(*b));
                 }
             }
@@ -605,9 +651,11 @@ impl BrokerPool {
             Ok(c) => c,
             Err(e) => {
                 self.site.note_failure();
+                self.site.note_broker_down(broker);
                 return Err(e);
             }
         };
+        self.site.note_broker_up(broker);
         self.conns.insert(broker, c.clone());
         Ok(c)
     }
@@ -687,6 +735,10 @@ fn protocol_err(addr: &str, e: impl std::fmt::Display) -> UpstreamError {
         reason: e.to_string(),
     }
 }
+
+/// How long a broker that refused a connection is passed over by
+/// `any_broker` and cached coordinators (a connection that works ends it).
+const BROKER_DOWN_FOR: Duration = Duration::from_secs(10);
 
 const INIT_PID_BACKOFF_MIN: Duration = Duration::from_millis(20);
 const INIT_PID_BACKOFF_MAX: Duration = Duration::from_millis(500);
