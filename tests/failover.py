@@ -694,15 +694,23 @@ def _consume_kafka_python(a: dict, emit: _Events) -> int:
         request_timeout_ms=20000,
         fetch_max_wait_ms=100,
     )
-    # kafka-python 3.0.12 can stop making progress for good when its first
-    # generation was assigned nothing because it had no metadata for the
-    # topic yet: after the second generation's SyncGroup answer (received
-    # with the partitions) it never applies the assignment. Tansu's slow
-    # joins hid it; Kafka's immediate ones show it. Knowing the topic's
-    # partitions before subscribing avoids that first, empty generation.
-    known_by = time.monotonic() + 30
-    while not c.partitions_for_topic(a["topic"]) and time.monotonic() < known_by:
-        time.sleep(0.1)  # poll for metadata with a deadline (not synchronisation)
+    # kafka-python 3.0.12 can stop making progress for good when it rejoins
+    # right after a join because the topic's metadata changed under it (first
+    # generation assigned nothing, the topic not known yet; or a new topic's
+    # partitions still without leaders): the second generation's SyncGroup
+    # answer arrives with the partitions and is never applied (seen with
+    # debug logs, on Kafka directly as through Switchyard). Tansu's slow
+    # joins hid it; Kafka's immediate ones show it. So the worker waits until
+    # every partition of the topic has a leader before it subscribes.
+    def settled() -> bool:
+        parts = c.partitions_for_topic(a["topic"])
+        cluster = getattr(getattr(c, "_client", None), "cluster", None)
+        led = cluster.available_partitions_for_topic(a["topic"]) if cluster is not None else parts
+        return bool(parts) and led == parts
+
+    settled_by = time.monotonic() + 30
+    while not settled() and time.monotonic() < settled_by:
+        time.sleep(0.1)  # poll metadata with a deadline (not synchronisation)
     c.subscribe([a["topic"]], listener=Listener())
     deadline = time.monotonic() + a.get("max_seconds", 600)
     try:

@@ -63,7 +63,7 @@ from failover import (
     worker_problems,
     write_checkpoints,
 )
-from helpers import create_topic, read_partitions, unique_name, wait_until
+from helpers import admin_client, create_topic, read_partitions, unique_name, wait_until
 
 PARTITIONS = 3
 RATE = 100  # records/s of the steady producer
@@ -297,6 +297,11 @@ def unplanned_sigkill(broker_kind, site, switchyard, workers, nodes: int) -> Non
     print(f"automatic transition: reason={lt.get('reason')!r} took_ms={lt.get('took_ms')}")
     h = site_health(sy, "primary")
     assert h["healthy"] is False and h["consecutive_failures"] >= 3 and h["last_error"], h
+    # A listing of all topics comes from the standby now (it used to go to
+    # the dead primary and have the client's connection closed).
+    listed = admin_client(sy.bootstrap).list_topics(timeout=15)
+    assert topic in listed.topics and len(listed.topics[topic].partitions) == PARTITIONS, (
+        f"{topic} not listed through Switchyard after the failover: {sorted(listed.topics)}")
     print_metrics(sy)
     assert metric(sy, "switchyard_shadow_commits_total", route=ROUTE) >= 1
     assert_transition(sy, "primary", "standby")
