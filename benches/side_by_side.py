@@ -492,7 +492,8 @@ def render(results, failed, configs, workloads, args, half, idle_before, idle_af
         [f"--broker {args.broker}"] + ([f"--nodes {args.nodes}"] if args.nodes != 1 else [])
         + [f"--rounds {args.rounds}", f"--records-1k {args.records_1k}", f"--records-100 {args.records_100}"]
         + ([f"--records-java {args.records_java}"] if kafka else [])
-        + ([f"--workloads {args.workloads}"] if args.workloads else []) + ["--out BENCHMARKS.md"])
+        + ([f"--workloads {args.workloads}"] if args.workloads else [])
+        + ([f"--timeout {args.timeout:g}"] if args.timeout != 300 else []) + ["--out BENCHMARKS.md"])
     cmd = "cargo build --release -p switchyard -p switchyard-bench && " + cmd
     if kafka:
         version = kafka_version()
