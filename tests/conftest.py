@@ -83,6 +83,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "brokers(*kinds): broker kinds (kafka, tansu) the test runs on; default both"
     )
+    config.addinivalue_line(
+        "markers",
+        "shared_site: switchyard() without upstreams may use the session's shared Kafka node "
+        "(the test only uses topics and groups of its own)",
+    )
     if not config.pluginmanager.hasplugin("timeout"):
         raise pytest.UsageError(
             "pytest-timeout is required (every test here must be time-bounded); "
@@ -520,6 +525,22 @@ def kafka(request, tmp_path) -> Callable[..., KafkaCluster]:
         c.kill()
 
 
+@pytest.fixture(scope="session")
+def shared_kafka(tmp_path_factory) -> KafkaCluster:
+    """One single-node Kafka cluster for the whole session, started on first
+    use, for tests marked ``shared_site``: they only create topics and
+    groups of their own (unique names) and never stop, freeze or reconfigure
+    the broker, so they need no cluster of their own (saves a JVM start per
+    test)."""
+    try:
+        cluster = KafkaCluster(tmp_path_factory.mktemp("shared-kafka"), 1, allocate=allocate_ports, name="shared")
+        cluster.start()
+    except KafkaError as e:
+        pytest.fail(str(e))
+    yield cluster
+    cluster.kill()
+
+
 @pytest.fixture
 def broker_kind(request) -> str:
     """The broker kind this run of the test uses (see pytest_generate_tests)."""
@@ -811,7 +832,7 @@ def switchyard_bin() -> Path:
 
 
 @pytest.fixture
-def switchyard(request, tmp_path, site, switchyard_bin) -> Callable[..., Switchyard]:
+def switchyard(request, tmp_path, site, broker_kind, switchyard_bin) -> Callable[..., Switchyard]:
     """Factory:
 
         switchyard(upstreams=None, *, cluster_id="switchyard-test",
@@ -843,7 +864,14 @@ def switchyard(request, tmp_path, site, switchyard_bin) -> Callable[..., Switchy
         config_text: Optional[str] = None,
     ) -> Switchyard:
         if upstreams is None:
-            upstreams = [site()]
+            if broker_kind == "kafka" and request.node.get_closest_marker("shared_site"):
+                shared = request.getfixturevalue("shared_kafka")
+                assert all(n.running() for n in shared.nodes), f"the shared Kafka node died:\n{shared.tail()}"
+                for n in shared.nodes:
+                    _register(request, _NodeLog(shared, n))
+                upstreams = [shared]
+            else:
+                upstreams = [site()]
         upstreams = list(upstreams)
         config: dict = {
             "cluster_id": cluster_id,

@@ -28,6 +28,9 @@ from helpers import (
     wait_until,
 )
 
+# Topics and groups of their own only: the session's shared Kafka node will do.
+pytestmark = pytest.mark.shared_site
+
 FAST_REFRESH = {"metadata": {"refresh_interval_ms": 500}}
 
 

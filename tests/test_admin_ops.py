@@ -33,6 +33,9 @@ from helpers import (
     wait_until,
 )
 
+# Topics and groups of their own only: the session's shared Kafka node will do.
+pytestmark = pytest.mark.shared_site
+
 PARTITIONS = 3
 # Records per partition, each produced as its own batch (flush after every
 # record) so that Tansu's "latest" offset equals the real log end offset.

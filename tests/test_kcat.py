@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from helpers import (
@@ -20,6 +21,9 @@ from helpers import (
     create_topic,
     unique_name,
 )
+
+# Topics and groups of their own only: the session's shared Kafka node will do.
+pytestmark = pytest.mark.shared_site
 
 PARTITIONS = 3
 RECORDS = 300

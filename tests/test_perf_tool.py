@@ -12,6 +12,9 @@ import pytest
 
 from helpers import unique_name
 
+# Topics and groups of their own only: the session's shared Kafka node will do.
+pytestmark = pytest.mark.shared_site
+
 ROOT = Path(__file__).resolve().parent.parent
 PERF = Path(os.environ.get("SWITCHYARD_PERF_BIN", ROOT / "target/debug/switchyard-perf"))
 

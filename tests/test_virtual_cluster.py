@@ -24,6 +24,9 @@ from helpers import (
     verify_exactly_once,
 )
 
+# Topics and groups of their own only: the session's shared Kafka node will do.
+pytestmark = pytest.mark.shared_site
+
 PARTITIONS = 3
 
 
