@@ -88,9 +88,9 @@ def test_split_and_merge_across_upstream_brokers(switchyard):
     per_partition = {p: sum(1 for g in got if g.partition == p) for p in range(PARTITIONS)}
     assert {tp.partition: tp.offset for tp in committed} == per_partition
 
-    # ListOffsets through two proxies answers what Tansu answers directly
-    # (Tansu's "latest" is the last batch's base offset + 1, not the log end:
-    # a proxy must pass that through, not paper over it).
+    # ListOffsets through two proxies answers what the broker answers directly
+    # (Kafka: the log end; Tansu's "latest" is the last batch's base offset +
+    # 1, not the log end: a proxy must pass that through, not paper over it).
     via_front = Consumer(confluent_consumer_conf(front.bootstrap))
     direct = Consumer(confluent_consumer_conf(back.broker.bootstrap))
     for p in range(PARTITIONS):
@@ -98,6 +98,8 @@ def test_split_and_merge_across_upstream_brokers(switchyard):
         assert via_front.get_watermark_offsets(tp, timeout=10) == direct.get_watermark_offsets(tp, timeout=10)
         lo, hi = via_front.get_watermark_offsets(tp, timeout=10)
         assert lo == 0 and 0 < hi <= per_partition[p], (p, lo, hi)
+        if back.broker.kind == "kafka":
+            assert hi == per_partition[p], f"Kafka's latest offset is the log end: partition {p} {hi}"
     via_front.close()
     direct.close()
 
