@@ -208,7 +208,14 @@ impl Kafka {
         let dir = tempdir();
         let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
             .arg(root.join("tests/kafka_cluster.py"))
-            .args(["--nodes", "1", "--kill-on-exit", "--port", &port.to_string(), "--dir"])
+            .args([
+                "--nodes",
+                "1",
+                "--kill-on-exit",
+                "--port",
+                &port.to_string(),
+                "--dir",
+            ])
             .arg(dir.join("kafka"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("harness.log")).expect("log file"))
@@ -217,7 +224,10 @@ impl Kafka {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if line.starts_with("ready ") {
                     let _ = tx.send(());
                 }
