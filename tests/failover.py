@@ -670,51 +670,80 @@ def _consume_confluent(a: dict, emit: _Events) -> int:
     return 0
 
 
+# kafka-python 3.0.12 can stop making progress for good when it rejoins right
+# after a join (the topic's metadata changed under it: first generation
+# assigned nothing because the topic was not known yet, or partitions moved):
+# the second generation's SyncGroup answer arrives, with the partitions, and is
+# never applied; the consumer loops in poll() without fetching or heartbeating
+# (seen with its debug logs through Switchyard: every answer was delivered, in
+# order). Tansu's slow joins hid it; Kafka's immediate ones show it. A
+# rebalance that has not ended after this long (several session timeouts; a
+# failover's rejoin takes seconds) is reported as an error and the consumer is
+# replaced: as at-least-once as a restarted application, and visible.
+KAFKA_PYTHON_STALL_S = 20.0
+
+
 def _consume_kafka_python(a: dict, emit: _Events) -> int:
     from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
+    # Since a revocation with no assignment after it (None: assigned).
+    rebalancing = {"since": None}
+
     class Listener(ConsumerRebalanceListener):
         def on_partitions_assigned(self, assigned):
+            rebalancing["since"] = None
             emit("assigned", parts=sorted(tp.partition for tp in assigned))
 
         def on_partitions_revoked(self, revoked):
+            rebalancing["since"] = time.monotonic()
             emit("revoked", parts=sorted(tp.partition for tp in revoked))
 
-    c = KafkaConsumer(
-        bootstrap_servers=a["bootstrap"],
-        group_id=a["group"],
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-        metadata_max_age_ms=2000,
-        reconnect_backoff_max_ms=1000,
-        request_timeout_ms=20000,
-        fetch_max_wait_ms=100,
-    )
-    # kafka-python 3.0.12 can stop making progress for good when it rejoins
-    # right after a join because the topic's metadata changed under it (first
-    # generation assigned nothing, the topic not known yet; or a new topic's
-    # partitions still without leaders): the second generation's SyncGroup
-    # answer arrives with the partitions and is never applied (seen with
-    # debug logs, on Kafka directly as through Switchyard). Tansu's slow
-    # joins hid it; Kafka's immediate ones show it. So the worker waits until
-    # every partition of the topic has a leader before it subscribes.
-    def settled() -> bool:
-        parts = c.partitions_for_topic(a["topic"])
-        cluster = getattr(getattr(c, "_client", None), "cluster", None)
-        led = cluster.available_partitions_for_topic(a["topic"]) if cluster is not None else parts
-        return bool(parts) and led == parts
+    def subscribed() -> Any:
+        c = KafkaConsumer(
+            bootstrap_servers=a["bootstrap"],
+            group_id=a["group"],
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+            metadata_max_age_ms=2000,
+            reconnect_backoff_max_ms=1000,
+            request_timeout_ms=20000,
+            fetch_max_wait_ms=100,
+        )
 
-    settled_by = time.monotonic() + 30
-    while not settled() and time.monotonic() < settled_by:
-        time.sleep(0.1)  # poll metadata with a deadline (not synchronisation)
-    c.subscribe([a["topic"]], listener=Listener())
+        # Subscribe once every partition of the topic has a leader: fewer
+        # rejoins right after the first join (see KAFKA_PYTHON_STALL_S).
+        def settled() -> bool:
+            parts = c.partitions_for_topic(a["topic"])
+            cluster = getattr(getattr(c, "_client", None), "cluster", None)
+            led = cluster.available_partitions_for_topic(a["topic"]) if cluster is not None else parts
+            return bool(parts) and led == parts
+
+        settled_by = time.monotonic() + 30
+        while not settled() and time.monotonic() < settled_by:
+            time.sleep(0.1)  # poll metadata with a deadline (not synchronisation)
+        c.subscribe([a["topic"]], listener=Listener())
+        return c
+
+    c = subscribed()
     deadline = time.monotonic() + a.get("max_seconds", 600)
     try:
         while not _stop and time.monotonic() < deadline:
+            since = rebalancing["since"]
+            if since is not None and time.monotonic() - since > KAFKA_PYTHON_STALL_S:
+                # Reported as an error of the group (FAILOVER/MULTIBROKER lines
+                # count them), then a new consumer joins in its place.
+                emit("err", err=f"kafka-python stalled in a rebalance for {KAFKA_PYTHON_STALL_S}s; consumer recreated")
+                try:
+                    c.close(timeout_ms=5000)
+                except TypeError:
+                    c.close()
+                rebalancing["since"] = None
+                c = subscribed()
+                continue
             try:
                 batch = c.poll(timeout_ms=200, max_records=100)
             except Exception as e:  # noqa: BLE001 - reported, the loop goes on
