@@ -163,10 +163,39 @@ def pytest_sessionstart(session):
         tr.write_line(f"built {DEFAULT_SWITCHYARD_BIN} in {time.monotonic() - started:.1f}s")
 
 
+# Lines the drills print with their figures (FAILOVER ..., MULTIBROKER ...,
+# each followed by indented per-client lines); collected from every test's
+# captured output and repeated in the session's summary, so a CI log shows
+# them without -s.
+FIGURE_PREFIXES = ("FAILOVER ", "MULTIBROKER ")
+_figures: list[str] = []
+
+
+def _collect_figures(nodeid: str, text: str) -> None:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(FIGURE_PREFIXES):
+            block = [line]
+            for more in lines[i + 1:]:
+                if not more.startswith("  "):
+                    break
+                block.append(more)
+            _figures.append(f"{nodeid}\n  " + "\n  ".join(block))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _figures:
+        terminalreporter.section("failover and multi-broker figures (broker kind in brackets)")
+        for f in _figures:
+            terminalreporter.write_line(f)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    if rep.when == "call":
+        _collect_figures(item.nodeid, rep.capstdout)
     if rep.failed:
         for proc in getattr(item, "_managed_processes", []):
             rep.sections.append((f"{proc.name} log tail ({proc.log_path})", proc.tail(60)))
