@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TANSU = ROOT / ".tools/bin/tansu"
 
 sys.path.insert(0, str(ROOT / "tests"))  # kafka_cluster.py (stdlib only)
-from kafka_cluster import KafkaCluster, java_bin, kafka_libs, kafka_version  # noqa: E402
+from kafka_cluster import KafkaCluster, java_bin, kafka_call, kafka_libs, kafka_version  # noqa: E402
 
 KAFKA_HEAP = "1g"
 # Deleted topics' files go at once (the default waits a minute), so a cluster
@@ -64,26 +64,11 @@ def _str(s: str) -> bytes:
     return struct.pack(">h", len(b)) + b
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    return bytes(buf)
-
-
 def _call(bootstrap: str, api_key: int, version: int, body: bytes, timeout: float) -> bytes:
     """One request to the first broker of `bootstrap`; the response body
     (after the correlation id)."""
     host, port = bootstrap.split(",")[0].rsplit(":", 1)
-    frame = struct.pack(">hhi", api_key, version, 1) + _str("switchyard-bench") + body
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.settimeout(timeout)
-        s.sendall(struct.pack(">i", len(frame)) + frame)
-        (size,) = struct.unpack(">i", _recv_exact(s, 4))
-        return _recv_exact(s, size)[4:]
+    return kafka_call(host, int(port), api_key, version, body, timeout, client_id="switchyard-bench")
 
 
 class _Reader:

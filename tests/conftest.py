@@ -503,8 +503,6 @@ class _NodeLog:
         return self.node.tail(lines)
 
 
-KafkaCluster.kind = "kafka"
-
 
 @pytest.fixture
 def kafka(request, tmp_path) -> Callable[..., KafkaCluster]:

@@ -33,6 +33,7 @@ As a command (used by scripts/demo.sh and the benchmarks):
 
 from __future__ import annotations
 
+import atexit
 import base64
 import os
 import random
@@ -138,7 +139,8 @@ def tcp_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> boo
 
 
 # --------------------------------------------------------------------------
-# A minimal Metadata request, to know when brokers serve clients
+# Raw requests: a Metadata request to know when brokers serve clients, and
+# the framing the benchmarks' and tests' own few requests share
 # --------------------------------------------------------------------------
 
 
@@ -152,20 +154,26 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def metadata_brokers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> list[tuple[int, str, int]]:
-    """The (node id, host, port) list of a Metadata v1 answer from host:port.
-    Kafka lists only brokers that are registered and unfenced, so this is
-    what a client would be sent to."""
-    client_id = b"switchyard-tests"
-    body = struct.pack(">i", 0)  # topics: an empty array (no topic metadata)
-    header = struct.pack(">hhih", 3, 1, 1, len(client_id)) + client_id
-    frame = header + body
+def kafka_call(host: str, port: int, api_key: int, version: int, body: bytes, timeout: float = 2.0,
+               client_id: str = "switchyard-tests") -> bytes:
+    """Sends one request (request header v1: not for flexible versions) and
+    returns its response after the correlation id."""
+    cid = client_id.encode()
+    frame = struct.pack(">hhih", api_key, version, 1, len(cid)) + cid + body
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.settimeout(timeout)
         s.sendall(struct.pack(">i", len(frame)) + frame)
         (size,) = struct.unpack(">i", _recv_exact(s, 4))
-        data = _recv_exact(s, size)
-    pos = 4  # correlation id
+        return _recv_exact(s, size)[4:]
+
+
+def metadata_brokers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> list[tuple[int, str, int]]:
+    """The (node id, host, port) list of a Metadata v1 answer from host:port.
+    Kafka lists only brokers that are registered and unfenced, so this is
+    what a client would be sent to."""
+    # topics: an empty array (no topic metadata)
+    data = kafka_call(host, port, 3, 1, struct.pack(">i", 0), timeout)
+    pos = 0
     (count,) = struct.unpack_from(">i", data, pos)
     pos += 4
     out = []
@@ -391,6 +399,8 @@ class KafkaCluster:
     its own allocator so ports are never reused within a session).
     `properties`: extra server.properties entries for every node."""
 
+    kind = "kafka"  # as the tests' sites say which broker they are
+
     def __init__(
         self,
         workdir: Path,
@@ -549,18 +559,13 @@ def run_tool(main_class: str, *args: str, timeout: float = 60.0, heap: str = "25
 
 # Last resort: nodes of a test run that died without its finalizers.
 _live: set[KafkaNode] = set()
-_live_lock = threading.Lock()
 
 
+@atexit.register
 def _kill_live() -> None:
     for n in list(_live):
         n.signal(signal.SIGCONT)
         n.signal(signal.SIGKILL)
-
-
-import atexit  # noqa: E402
-
-atexit.register(_kill_live)
 
 
 # --------------------------------------------------------------------------

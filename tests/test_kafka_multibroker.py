@@ -26,7 +26,6 @@ was measured (the longest gap between acks is reported, not asserted).
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import time
 
@@ -55,7 +54,7 @@ from helpers import (
     verify_exactly_once,
     wait_until,
 )
-from kafka_cluster import run_tool
+from kafka_cluster import kafka_call, run_tool
 
 pytestmark = pytest.mark.brokers("kafka")
 
@@ -286,12 +285,17 @@ def test_reassignment_and_preferred_leader_election_under_load(kafka, switchyard
     plan_file = tmp_path / "reassign.json"
     plan_file.write_text(json.dumps(plan))
     tool = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
-    run_tool(tool, "--bootstrap-server", cluster.bootstrap, "--reassignment-json-file", str(plan_file), "--execute")
-    wait_until(lambda: "is completed" in run_tool(tool, "--bootstrap-server", cluster.bootstrap,
-                                                   "--reassignment-json-file", str(plan_file), "--verify")
-               and "still in progress" not in run_tool(tool, "--bootstrap-server", cluster.bootstrap,
-                                                       "--reassignment-json-file", str(plan_file), "--verify"),
-               90, "reassignment did not complete", interval=1.0)
+
+    def reassign(action: str) -> str:
+        return run_tool(tool, "--bootstrap-server", cluster.bootstrap, "--reassignment-json-file", str(plan_file),
+                        action)
+
+    def completed() -> bool:
+        out = reassign("--verify")
+        return "is completed" in out and "still in progress" not in out
+
+    reassign("--execute")
+    wait_until(completed, 90, "reassignment did not complete", interval=1.0)
     moved = leaders(cluster, topic)
     assert all(moved[p] != before[p] for p in before), f"leaders did not move: {before} -> {moved}"
     wait_acks_after(prod, time.time(), n=RATE)
@@ -303,10 +307,8 @@ def test_reassignment_and_preferred_leader_election_under_load(kafka, switchyard
         {"topic": topic, "partition": x["partition"], "replicas": list(reversed(x["replicas"]))}
         for x in plan["partitions"]]}
     plan_file.write_text(json.dumps(plan2))
-    run_tool(tool, "--bootstrap-server", cluster.bootstrap, "--reassignment-json-file", str(plan_file), "--execute")
-    wait_until(lambda: "still in progress" not in run_tool(tool, "--bootstrap-server", cluster.bootstrap,
-                                                           "--reassignment-json-file", str(plan_file), "--verify"),
-               90, "reorder did not complete", interval=1.0)
+    reassign("--execute")
+    wait_until(completed, 90, "reorder did not complete", interval=1.0)
     elect_file = tmp_path / "elect.json"
     elect_file.write_text(json.dumps({"partitions": [{"topic": topic, "partition": x["partition"]}
                                                      for x in plan2["partitions"]]}))
@@ -330,18 +332,10 @@ def test_reassignment_and_preferred_leader_election_under_load(kafka, switchyard
 def api_versions(bootstrap: str) -> set[int]:
     """The API keys of an ApiVersions v0 answer from `bootstrap`."""
     host, port = bootstrap.split(",")[0].rsplit(":", 1)
-    cid = b"mb-test"
-    req = struct.pack(">hhih", 18, 0, 1, len(cid)) + cid
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(struct.pack(">i", len(req)) + req)
-        buf = b""
-        while len(buf) < 4 or len(buf) < 4 + struct.unpack(">i", buf[:4])[0]:
-            chunk = s.recv(65536)
-            assert chunk, "connection closed before the ApiVersions answer"
-            buf += chunk
-    error, n = struct.unpack_from(">hi", buf, 8)
+    data = kafka_call(host, int(port), 18, 0, b"", timeout=10)
+    error, n = struct.unpack_from(">hi", data, 0)
     assert error == 0, f"ApiVersions error {error}"
-    return {struct.unpack_from(">h", buf, 14 + 6 * i)[0] for i in range(n)}
+    return {struct.unpack_from(">h", data, 6 + 6 * i)[0] for i in range(n)}
 
 
 def group_coordinator(cluster, group: str) -> int:

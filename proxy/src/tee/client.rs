@@ -1,6 +1,7 @@
 //! The tee's own Kafka client toward one site: the few requests it needs
-//! (Fetch, Produce, ListOffsets, CreateTopics, InitProducerId), each split by
-//! partition leader, over the tee's own connections (never a client's).
+//! (Fetch, Produce, ListOffsets, CreateTopics), each split by partition
+//! leader, over the tee's own connections (never a client's); producer ids
+//! come from the site itself (`Site::init_producer_id`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,9 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::{
     create_topics_request, fetch_request, list_offsets_request, produce_request, ApiKey,
-    CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
-    ProduceResponse, TopicName,
+    CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -455,50 +455,16 @@ impl SiteClient {
         Ok(resp.topics.first().map(|t| t.error_code).unwrap_or(0))
     }
 
-    /// A fresh idempotent producer id and epoch on this site.
+    /// A fresh idempotent producer id and epoch on this site (the site's own
+    /// allocation, which retries while a fresh Kafka broker has no block of
+    /// producer ids yet).
     pub async fn init_producer_id(&mut self) -> Result<(i64, i16), String> {
-        let broker = self.site.any_broker().await.map_err(|e| e.to_string())?;
-        let version = self
-            .site
-            .version_for(ApiKey::InitProducerId, (0, 4))
+        self.site
+            .init_producer_id()
             .await
-            .map_err(|e| e.to_string())?;
-        let mut req = InitProducerIdRequest::default();
-        req.transactional_id = None;
-        req.transaction_timeout_ms = -1;
-        req.producer_id = kafka_protocol::messages::ProducerId(-1);
-        req.producer_epoch = -1;
-        // A fresh Kafka broker answers COORDINATOR_LOAD_IN_PROGRESS until it
-        // holds a block of producer ids: a few quick retries here, so that
-        // the tee does not log a failure and back off for what is routine.
-        let mut backoff = std::time::Duration::from_millis(20);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let pending = self
-                .send(broker, ApiKey::InitProducerId, version, &req)
-                .await
-                .map_err(|e| e.to_string())?;
-            let resp: InitProducerIdResponse = self
-                .wait(pending, ApiKey::InitProducerId, version)
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.error_code == 0 {
-                return Ok((resp.producer_id.0, resp.producer_epoch));
-            }
-            if attempt >= INIT_PID_ATTEMPTS
-                || !crate::upstream::is_retriable_init_pid_error(resp.error_code)
-            {
-                return Err(format!("InitProducerId error {}", resp.error_code));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
-        }
+            .map_err(|e| e.to_string())
     }
 }
-
-/// InitProducerId tries before the tee reports a failure (about 3 s of backoff).
-const INIT_PID_ATTEMPTS: u32 = 10;
 
 /// A group's committed offset for one partition (physical topic name).
 #[derive(Debug, Clone, PartialEq, Eq)]

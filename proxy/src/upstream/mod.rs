@@ -746,7 +746,7 @@ const INIT_PID_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// InitProducerId errors a client retries: REQUEST_TIMED_OUT,
 /// COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR,
 /// CONCURRENT_TRANSACTIONS.
-pub fn is_retriable_init_pid_error(code: i16) -> bool {
+fn is_retriable_init_pid_error(code: i16) -> bool {
     matches!(code, 7 | 14 | 15 | 16 | 51)
 }
 
