@@ -23,10 +23,74 @@ pub struct Metrics {
     pub tee: TeeMetrics,
     pub failover: FailoverMetrics,
     pub plugins: PluginMetrics,
+    pub upstream: UpstreamMetrics,
     request_counters: Vec<Vec<OnceLock<IntCounter>>>,
 }
 
-/// Error kinds counted in `switchyard_errors_total{kind}`.
+/// How upstream brokers fail and what Switchyard did about it.
+pub struct UpstreamMetrics {
+    /// `site`, `broker`, `reason` (`connect`, `timeout`, `closed`).
+    pub broker_failures: IntCounterVec,
+    /// 1 while a broker is considered down (`site`, `broker`).
+    pub broker_down: IntGaugeVec,
+    /// `site`, `cause` (`periodic`, `stale_answer`, `broker_down`,
+    /// `unknown_broker`, `routing_miss`, `coordinator`, `unreachable`).
+    pub metadata_refreshes: IntCounterVec,
+    /// Requests (or parts of them) answered with a retriable error on an
+    /// unreachable broker's behalf: `api`, `error` (Kafka error name).
+    pub retriable_answers: IntCounterVec,
+    /// Client connections Switchyard closed, by `reason`.
+    pub client_closed: IntCounterVec,
+}
+
+impl UpstreamMetrics {
+    fn register(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let m = UpstreamMetrics {
+            broker_failures: counter(
+                "switchyard_upstream_broker_failures_total",
+                "Failed connects, request timeouts and dropped connections per upstream broker",
+                &["site", "broker", "reason"],
+            ),
+            broker_down: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_upstream_broker_down",
+                    "1 while an upstream broker is considered down (requests for it are answered with retriable errors)",
+                ),
+                &["site", "broker"],
+            )
+            .expect("static metric definition"),
+            metadata_refreshes: counter(
+                "switchyard_metadata_refreshes_total",
+                "Metadata refreshes of an upstream site, by what caused them",
+                &["site", "cause"],
+            ),
+            retriable_answers: counter(
+                "switchyard_retriable_answers_total",
+                "Requests or partitions answered with a retriable error on an unreachable broker's behalf",
+                &["api", "error"],
+            ),
+            client_closed: counter(
+                "switchyard_client_connections_closed_total",
+                "Client connections closed by Switchyard, by reason (never for a broker's fault)",
+                &["reason"],
+            ),
+        };
+        for c in [
+            Box::new(m.broker_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.broker_down.clone()),
+            Box::new(m.metadata_refreshes.clone()),
+            Box::new(m.retriable_answers.clone()),
+            Box::new(m.client_closed.clone()),
+        ] {
+            registry.register(c).expect("static metric definition");
+        }
+        m
+    }
+}
+
 /// Tee metrics, labelled `route`, `target` (site) and `topic` (source topic).
 pub struct TeeMetrics {
     pub lag_records: IntGaugeVec,
@@ -383,7 +447,9 @@ impl Metrics {
         let tee = TeeMetrics::register(&registry);
         let failover = FailoverMetrics::register(&registry);
         let plugins = PluginMetrics::register(&registry);
+        let upstream = UpstreamMetrics::register(&registry);
         Metrics {
+            upstream,
             tee,
             failover,
             plugins,
@@ -435,6 +501,14 @@ impl Metrics {
 
     pub fn error(&self, kind: &str) {
         self.errors_total.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a client connection Switchyard closes (`kind` as for errors).
+    pub fn client_closed(&self, reason: &str) {
+        self.upstream
+            .client_closed
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Prometheus text exposition.

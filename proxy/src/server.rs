@@ -87,7 +87,7 @@ impl Proxy {
             .sites
             .iter()
             .map(|s| {
-                Arc::new(Site::new(
+                Site::new(
                     &s.name,
                     s.bootstrap.clone(),
                     SiteSettings {
@@ -96,7 +96,7 @@ impl Proxy {
                         max_frame_bytes: c.limits.max_frame_bytes,
                     },
                     metrics.clone(),
-                ))
+                )
             })
             .collect();
         let site = sites[cfg.active_site].clone();

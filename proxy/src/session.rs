@@ -8,8 +8,10 @@
 //! * responses leave in request order, whatever order upstreams answer in;
 //! * at most `max_inflight_per_connection` requests are in flight; past that
 //!   the reader stops reading and TCP pushes back on the client;
-//! * a bad frame, an unsupported API or a failed upstream closes *this*
-//!   connection only, after responses already queued have been written.
+//! * a bad frame or an unsupported API closes *this* connection only, after
+//!   responses already queued have been written;
+//! * a failed upstream (refused, reset, frozen) never does: the request is
+//!   answered with the retriable error its client handles (`api::unavailable`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +31,9 @@ use crate::upstream::Pools;
 
 enum Slot {
     Ready(Reply),
-    Later(Respond),
+    /// An answer to come; with the request, to answer it on the upstream's
+    /// behalf if the upstream fails (see `api::unavailable`).
+    Later(Respond, Option<RequestFrame>),
 }
 
 /// Serves one client connection until it closes, fails, idles out or the
@@ -47,7 +51,13 @@ pub async fn serve(
     let max_frame = limits.max_frame_bytes;
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let (tx, rx) = mpsc::channel::<Slot>(limits.max_inflight_per_connection as usize);
-    let mut writer = tokio::spawn(write_loop(proxy.clone(), wr, rx, peer));
+    let mut writer = tokio::spawn(write_loop(
+        proxy.clone(),
+        wr,
+        rx,
+        peer,
+        listener.identity.clone(),
+    ));
     let mut pools = Pools::new(&proxy.sites);
 
     loop {
@@ -60,6 +70,7 @@ pub async fn serve(
         let frame = match frame {
             Err(_) => {
                 proxy.metrics.error(kind::IDLE_TIMEOUT);
+                proxy.metrics.client_closed(kind::IDLE_TIMEOUT);
                 tracing::info!(client = %peer, idle_ms = idle.as_millis() as u64,
                     "closing idle client connection");
                 break;
@@ -78,6 +89,7 @@ pub async fn serve(
                     _ => kind::BAD_FRAME,
                 };
                 proxy.metrics.error(k);
+                proxy.metrics.client_closed(k);
                 tracing::warn!(client = %peer, reason = %e, "closing client connection: bad frame");
                 break;
             }
@@ -123,6 +135,7 @@ async fn handle(
                 RequestError::BadHeader { .. } => kind::MALFORMED_REQUEST,
             };
             proxy.metrics.error(k);
+            proxy.metrics.client_closed(k);
             tracing::warn!(client = %peer, reason = %e, "closing client connection: bad request");
             return None;
         }
@@ -139,6 +152,7 @@ async fn handle(
         && !table.supports(req.api_key, req.api_version)
     {
         proxy.metrics.error(kind::UNSUPPORTED_VERSION);
+        proxy.metrics.client_closed(kind::UNSUPPORTED_VERSION);
         tracing::warn!(client = %peer, client_id, api = api::name(req.api_key), version = req.api_version,
             "closing client connection: API version not supported (not advertised in ApiVersions)");
         return None;
@@ -150,6 +164,10 @@ async fn handle(
         c.inc();
     }
     let (api_key, version) = (req.api_key, req.api_version);
+    // Kept (a reference count, not a copy) to answer for a failed upstream.
+    // Produce answers its own partitions' failures (and holding its records
+    // until the answer would keep them in memory a round trip longer).
+    let kept = req.clone();
     let mut ctx = Ctx {
         proxy,
         pools,
@@ -159,14 +177,28 @@ async fn handle(
     match api::route(&mut ctx, req).await {
         Ok(Outcome::NoResponse) => Some(None),
         Ok(Outcome::Ready(r)) => Some(Some(Slot::Ready(r))),
-        Ok(Outcome::Later(f)) => Some(Some(Slot::Later(f))),
+        Ok(Outcome::Later(f)) => {
+            let keep = (api_key != kafka_protocol::messages::ApiKey::Produce).then_some(kept);
+            Some(Some(Slot::Later(f, keep)))
+        }
         Err(e) => {
+            if let Some(u) = e.downcast_ref::<crate::upstream::UpstreamError>() {
+                if let Some(frame) =
+                    api::unavailable::answer(&kept, &listener.identity, &proxy.metrics)
+                {
+                    proxy.metrics.error(kind::UPSTREAM);
+                    tracing::debug!(client = %peer, client_id, api = api::name(api_key), version,
+                        reason = %u, "answered with a retriable error: upstream failed");
+                    return Some(Some(Slot::Ready(Reply::Frame(frame))));
+                }
+            }
             let k = if e.downcast_ref::<crate::upstream::UpstreamError>().is_some() {
                 kind::UPSTREAM
             } else {
                 kind::MALFORMED_REQUEST
             };
             proxy.metrics.error(k);
+            proxy.metrics.client_closed(k);
             tracing::warn!(client = %peer, client_id, api = api::name(api_key), version,
                 reason = %format!("{e:#}"), "closing client connection: request failed");
             None
@@ -191,6 +223,7 @@ async fn write_loop(
     wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Slot>,
     peer: SocketAddr,
+    identity: Arc<crate::identity::Identity>,
 ) {
     // The buffer is created on the first response, so idle connections
     // (thousands of them, for some deployments) cost no buffer memory; large
@@ -206,7 +239,7 @@ async fn write_loop(
     } {
         let reply = match slot {
             Slot::Ready(r) => r,
-            Slot::Later(mut f) => match match poll_once(&mut f).await {
+            Slot::Later(mut f, kept) => match match poll_once(&mut f).await {
                 Some(ready) => ready,
                 None => {
                     // This answer is not in yet: send what is buffered first.
@@ -221,15 +254,29 @@ async fn write_loop(
             } {
                 Ok(r) => r,
                 Err(e) => {
-                    let k = match e.downcast_ref::<crate::upstream::UpstreamError>() {
+                    let upstream = e.downcast_ref::<crate::upstream::UpstreamError>();
+                    let k = match upstream {
                         Some(crate::upstream::UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
                         Some(_) => kind::UPSTREAM,
                         None => kind::MALFORMED_REQUEST,
                     };
                     proxy.metrics.error(k);
-                    tracing::warn!(client = %peer, reason = %format!("{e:#}"),
-                        "closing client connection: no response from upstream");
-                    break;
+                    let answered = upstream
+                        .and(kept.as_ref())
+                        .and_then(|req| api::unavailable::answer(req, &identity, &proxy.metrics));
+                    match answered {
+                        Some(frame) => {
+                            tracing::debug!(client = %peer, reason = %format!("{e:#}"),
+                                "answered with a retriable error: upstream failed");
+                            Reply::Frame(frame)
+                        }
+                        None => {
+                            proxy.metrics.client_closed(k);
+                            tracing::warn!(client = %peer, reason = %format!("{e:#}"),
+                                "closing client connection: no response from upstream");
+                            break;
+                        }
+                    }
                 }
             },
         };

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use kafka_protocol::messages::fetch_response::{
@@ -26,11 +27,14 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::names::Names;
-use super::{error_code, rewrite_or_pass, scatter, split, Ctx, Outcome, Reply};
+use super::{error_code, rewrite_or_pass, scatter_partitioned, split, Ctx, Outcome, Reply};
 use crate::codec::{self, fetch_patch, RequestFrame};
 use crate::failover::{Epochs, Failover};
 use crate::identity::Identity;
 use crate::upstream::{ClusterView, Site};
+
+/// How long past its `max_wait_ms` a fetch's broker may take to answer.
+const FETCH_GRACE: Duration = Duration::from_secs(3);
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let mut body: FetchRequest = req.decode()?;
@@ -99,6 +103,14 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
 
     let version = req.api_version;
     let chains = fetch_chains(ctx, &names);
+    // A fetch long-polls for at most max_wait_ms; a broker that has not
+    // answered well after that is frozen or gone. Giving up then (rather
+    // than at the request timeout) keeps its partitions from holding up
+    // every answer queued behind this one on the client's connection.
+    let timeout = ctx
+        .proxy
+        .request_timeout()
+        .min(Duration::from_millis(body.max_wait_ms.max(0) as u64) + FETCH_GRACE);
     // Everything on one broker: patch the answer in place, records untouched.
     // Before v13 the answer carries names, which cannot be renamed in place.
     let single =
@@ -113,7 +125,6 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         let view = views.get(target.0).cloned().unwrap_or_else(|| site.view());
         let frame = codec::encode_request(req.api_key, version, req.client_id.clone(), &body)?;
         let pending = ctx.pools.call(target, req.api_key, frame).await?;
-        let timeout = ctx.proxy.request_timeout();
         let (api, corr) = (req.api_key, req.correlation_id);
         return Ok(Outcome::Later(Box::pin(async move {
             let frame = pending.wait(timeout).await?;
@@ -170,11 +181,12 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
 
     let parts = split::split(&body, &plan);
     let proxy = ctx.proxy.clone();
-    scatter(
+    scatter_partitioned(
         ctx,
         &req,
         parts,
-        move |resps: Vec<(usize, FetchResponse)>| {
+        timeout,
+        move |resps: Vec<(usize, FetchResponse)>, failed| {
             let mut out = FetchResponse::default();
             let moved = routed.moved();
             for (site, mut r) in resps {
@@ -198,6 +210,15 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                 }
             }
             out.session_id = 0;
+            for (site, name, partition, code) in failed {
+                let virt = names.virt(site, &name);
+                let id = if by_id {
+                    identity.topic_id(virt.0.as_str())
+                } else {
+                    Uuid::nil()
+                };
+                errors.push((virt, id, partition, code));
+            }
             for (topic, topic_id, partition, code) in errors {
                 let mut p = PartitionData::default();
                 p.partition_index = partition;

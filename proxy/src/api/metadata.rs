@@ -19,14 +19,13 @@ use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataRespon
 use kafka_protocol::protocol::StrBytes;
 
 use super::names::Names;
-use super::{forward_rewriting, Ctx, Outcome, Reply};
+use super::{rewrite_or_pass, Ctx, Outcome, Reply};
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
 use crate::upstream::PendingResponse;
 
-/// LEADER_NOT_AVAILABLE: retriable; the answer for topics of a site that is
-/// unreachable right now.
-const LEADER_NOT_AVAILABLE: i16 = 5;
+/// Retriable; the answer for topics of a site that is unreachable right now.
+use super::error_code::LEADER_NOT_AVAILABLE;
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let mut body: MetadataRequest = req.decode()?;
@@ -86,25 +85,31 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     if per_site.len() == 1 && !names.renamed() && router.is_identity() {
         if let Some((&si, _)) = per_site.iter().next() {
             let site = ctx.site(si);
-            let broker = site.any_broker().await?;
             let frame = codec::encode_request(
                 ApiKey::Metadata,
                 req.api_version,
                 req.client_id.clone(),
                 &body,
             )?;
-            return forward_rewriting(
-                ctx,
-                (si, broker),
-                &req,
-                frame,
-                move |resp: &mut MetadataResponse| {
+            let pending = call_any(ctx, si, frame.clone()).await?;
+            let timeout = site.control_timeout();
+            let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+            return Ok(Outcome::Later(Box::pin(async move {
+                let answer = match pending.wait(timeout).await {
+                    Ok(f) => f,
+                    // Any broker can answer: ask another one (the control
+                    // connection avoids brokers that failed lately).
+                    Err(e) => {
+                        tracing::debug!(site = %site.name, error = %e, "metadata retried on another broker");
+                        site.control_forward(api, frame).await?
+                    }
+                };
+                rewrite_or_pass(api, version, corr, answer, |resp: &mut MetadataResponse| {
                     site.absorb_metadata(resp);
                     virtualise(&identity, resp);
                     true
-                },
-            )
-            .await;
+                })
+            })));
         }
     }
 
@@ -118,21 +123,18 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         let mut sub = body.clone();
         sub.topics = topics;
         let sent = async {
-            let site = ctx.site(si);
-            let broker = site.any_broker().await?;
             let frame = codec::encode_request(
                 ApiKey::Metadata,
                 req.api_version,
                 req.client_id.clone(),
                 &sub,
             )?;
-            anyhow::Ok(ctx.pools.call((si, broker), req.api_key, frame).await?)
+            anyhow::Ok(call_any(ctx, si, frame).await?)
         }
         .await
         .map_err(|e| format!("{e:#}"));
         pending.push((si, sent, asked));
     }
-    let timeout = proxy.request_timeout();
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
     Ok(Outcome::Later(Box::pin(async move {
         let who = crate::route::Who {
@@ -143,7 +145,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         for (si, sent, asked) in pending {
             let site = &proxy.sites[si];
             let resp = match sent {
-                Ok(p) => match p.wait(timeout).await {
+                Ok(p) => match p.wait(site.control_timeout()).await {
                     Ok(frame) => {
                         codec::decode_response_body::<MetadataResponse>(api, version, &frame)
                             .map_err(|e| format!("{e:#}"))
@@ -190,6 +192,30 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             api, version, corr, &out,
         )?))
     })))
+}
+
+/// Sends a request any broker can answer to a live broker of site `si`,
+/// trying another when a connect fails.
+async fn call_any(
+    ctx: &mut Ctx<'_>,
+    si: usize,
+    frame: bytes::Bytes,
+) -> Result<PendingResponse, crate::upstream::UpstreamError> {
+    let site = ctx.site(si);
+    let mut last = None;
+    for _ in 0..3 {
+        let broker = site.any_broker().await?;
+        match ctx
+            .pools
+            .call((si, broker), ApiKey::Metadata, frame.clone())
+            .await
+        {
+            Ok(p) => return Ok(p),
+            // The failed broker is now down: `any_broker` passes it over.
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| crate::upstream::UpstreamError::NoBroker(site.name.clone())))
 }
 
 /// Replaces every upstream identity in a Metadata response with the virtual one.

@@ -11,9 +11,11 @@
 //! 2. **Respond** (a future the session's writer awaits in request order): wait
 //!    for the upstream response(s), merge and rewrite them for the client.
 //!
-//! Upstream failures surface as errors from the respond phase; the session then
-//! closes the client connection, which every Kafka client treats like a broker
-//! disconnect: reconnect, refresh metadata, retry.
+//! Upstream failures (refused, reset, timed out) surface as `UpstreamError`s
+//! from either phase; the session answers them with the request's retriable
+//! error (`unavailable`) and keeps the client's connection. Requests split
+//! over several brokers answer a failed part's partitions themselves, so the
+//! parts that worked still count.
 
 pub mod admin;
 pub mod cluster;
@@ -26,6 +28,7 @@ pub mod partitions;
 pub mod plugins;
 pub mod produce;
 pub mod split;
+pub mod unavailable;
 pub mod versions;
 
 use std::collections::BTreeMap;
@@ -261,6 +264,65 @@ where
     })))
 }
 
+/// `scatter` for requests addressed by partition: a broker that cannot be
+/// reached or fails before answering does not fail the request; its
+/// partitions come to `merge` as `failed` (NOT_LEADER_OR_FOLLOWER, so their
+/// clients refresh metadata and retry them) beside the other brokers' answers.
+pub async fn scatter_partitioned<Req, Resp, M>(
+    ctx: &mut Ctx<'_>,
+    req: &RequestFrame,
+    parts: BTreeMap<Target, Req>,
+    timeout: std::time::Duration,
+    merge: M,
+) -> anyhow::Result<Outcome>
+where
+    Req: Encodable + split::Partitioned,
+    Resp: Decodable + Encodable + Send + 'static,
+    M: FnOnce(Vec<(usize, Resp)>, Vec<split::Unroutable>) -> anyhow::Result<Resp> + Send + 'static,
+{
+    let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    let metrics = ctx.proxy.metrics.clone();
+    let mut failed: Vec<split::Unroutable> = Vec::new();
+    let fail = move |failed: &mut Vec<split::Unroutable>,
+                     site: usize,
+                     slots: split::Slots,
+                     e: &crate::upstream::UpstreamError| {
+        tracing::debug!(api = name(api), error = %e, partitions = slots.len(),
+            "partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
+        unavailable::count(&metrics, api, error_code::NOT_LEADER_OR_FOLLOWER);
+        failed.extend(
+            slots
+                .into_iter()
+                .map(|(t, p)| (site, t, p, error_code::NOT_LEADER_OR_FOLLOWER)),
+        );
+    };
+    let mut pending = Vec::with_capacity(parts.len());
+    for (target, sub) in parts {
+        let frame = codec::encode_request(api, version, req.client_id.clone(), &sub)?;
+        let slots = split::partitions_of(&sub);
+        match ctx.pools.call(target, api, frame).await {
+            Ok(p) => pending.push((target.0, p, slots)),
+            Err(e) => fail(&mut failed, target.0, slots, &e),
+        }
+    }
+    Ok(Outcome::Later(Box::pin(async move {
+        let mut resps = Vec::with_capacity(pending.len());
+        for (site, p, slots) in pending {
+            match p.wait(timeout).await {
+                Ok(frame) => resps.push((
+                    site,
+                    codec::decode_response_body::<Resp>(api, version, &frame)?,
+                )),
+                Err(e) => fail(&mut failed, site, slots, &e),
+            }
+        }
+        let merged = merge(resps, failed)?;
+        Ok(Reply::Frame(codec::encode_response(
+            api, version, corr, &merged,
+        )?))
+    })))
+}
+
 /// A static name per API, for logs and metric labels.
 pub fn name(api: ApiKey) -> &'static str {
     static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
@@ -278,6 +340,8 @@ pub fn name(api: ApiKey) -> &'static str {
 /// Kafka error codes used by the handlers.
 pub mod error_code {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_CONTROLLER: i16 = 41;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     pub const NOT_COORDINATOR: i16 = 16;

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{
 };
 
 use super::names::Names;
-use super::{scatter, split, Ctx, Outcome};
+use super::{scatter_partitioned, split, Ctx, Outcome};
 use crate::codec::RequestFrame;
 
 pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
@@ -29,11 +29,13 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
     let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
     let parts = split::split(&body, &plan);
     let proxy = ctx.proxy.clone();
-    scatter(
+    let timeout = proxy.request_timeout();
+    scatter_partitioned(
         ctx,
         &req,
         parts,
-        move |resps: Vec<(usize, ListOffsetsResponse)>| {
+        timeout,
+        move |resps: Vec<(usize, ListOffsetsResponse)>, failed| {
             let mut out = ListOffsetsResponse::default();
             let mut push = |t: ListOffsetsTopicResponse| match out
                 .topics
@@ -56,7 +58,7 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
                     push(t);
                 }
             }
-            for (site, name, partition, code) in missing {
+            for (site, name, partition, code) in missing.into_iter().chain(failed) {
                 let mut p = ListOffsetsPartitionResponse::default();
                 p.partition_index = partition;
                 p.error_code = code;
@@ -86,11 +88,13 @@ pub async fn delete_records(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &[]);
     let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
     let parts = split::split(&body, &plan);
-    scatter(
+    let timeout = ctx.proxy.request_timeout();
+    scatter_partitioned(
         ctx,
         &req,
         parts,
-        move |resps: Vec<(usize, DeleteRecordsResponse)>| {
+        timeout,
+        move |resps: Vec<(usize, DeleteRecordsResponse)>, failed| {
             let mut out = DeleteRecordsResponse::default();
             let mut push = |t: DeleteRecordsTopicResult| match out
                 .topics
@@ -108,7 +112,7 @@ pub async fn delete_records(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
                     push(t);
                 }
             }
-            for (site, name, partition, code) in missing {
+            for (site, name, partition, code) in missing.into_iter().chain(failed) {
                 let mut p = DeleteRecordsPartitionResult::default();
                 p.partition_index = partition;
                 p.error_code = code;

@@ -30,7 +30,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::names::Names;
 use super::plugins::{self, ProduceHook};
-use super::{forward_rewriting, split, Ctx, Outcome, Reply};
+use super::{error_code, rewrite_or_pass, split, unavailable, Ctx, Outcome, Reply};
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
 use crate::upstream::{PendingResponse, Site};
@@ -78,26 +78,41 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     {
         if let Some(&target) = plan.keys().next() {
             if acks == 0 {
-                ctx.pools
-                    .send(target, req.api_key, req.frame.clone(), false)
-                    .await?;
+                send_unacked(ctx, target, &req, req.frame.clone()).await;
                 return Ok(Outcome::NoResponse);
             }
             let site = ctx.site(target.0);
             // Counted until answered: a failover drains these first.
             let in_flight = site.write_started();
-            return forward_rewriting(
-                ctx,
-                target,
-                &req,
-                req.frame.clone(),
-                move |r: &mut ProduceResponse| {
-                    drop(in_flight);
-                    note_errors(&site, r);
-                    virtualise(&identity, r)
-                },
-            )
-            .await;
+            let pending = match ctx.pools.call(target, req.api_key, req.frame.clone()).await {
+                Ok(p) => p,
+                Err(e) => return Ok(Outcome::Ready(unreachable(ctx, &req, &body, &e)?)),
+            };
+            // The answer if the broker fails before answering (names copied:
+            // borrowed ones would keep the records' buffer alive).
+            let fallback = detached(unavailable::produce(&body));
+            let proxy = ctx.proxy.clone();
+            let timeout = proxy.request_timeout();
+            let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+            return Ok(Outcome::Later(Box::pin(async move {
+                let frame = pending.wait(timeout).await;
+                drop(in_flight);
+                match frame {
+                    Ok(frame) => {
+                        rewrite_or_pass(api, version, corr, frame, |r: &mut ProduceResponse| {
+                            note_errors(&site, r);
+                            virtualise(&identity, r)
+                        })
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "produce answered NOT_LEADER_OR_FOLLOWER for a failed broker");
+                        unavailable::count(&proxy.metrics, api, error_code::NOT_LEADER_OR_FOLLOWER);
+                        Ok(Reply::Frame(codec::encode_response(
+                            api, version, corr, &fallback,
+                        )?))
+                    }
+                }
+            })));
         }
     }
 
@@ -106,7 +121,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         for (target, sub) in parts {
             let frame =
                 codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
-            ctx.pools.send(target, req.api_key, frame, false).await?;
+            send_unacked(ctx, target, &req, frame).await;
         }
         if !missing.is_empty() {
             tracing::debug!(
@@ -116,13 +131,34 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         }
         return Ok(Outcome::NoResponse);
     }
-    let mut pending: Vec<(usize, PendingResponse)> = Vec::with_capacity(parts.len());
+    let mut missing = missing;
+    // Per broker: its answer to come, and its partitions to answer
+    // NOT_LEADER_OR_FOLLOWER for if it fails.
+    let mut pending: Vec<(usize, PendingResponse, split::Slots)> = Vec::with_capacity(parts.len());
     let mut in_flight = Vec::with_capacity(parts.len());
     for (target, sub) in parts {
         let frame =
             codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
-        in_flight.push(ctx.site(target.0).write_started());
-        pending.push((target.0, ctx.pools.call(target, req.api_key, frame).await?));
+        let slots = split::partitions_of(&sub);
+        match ctx.pools.call(target, req.api_key, frame).await {
+            Ok(p) => {
+                in_flight.push(ctx.site(target.0).write_started());
+                pending.push((target.0, p, slots));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "produce partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
+                unavailable::count(
+                    &ctx.proxy.metrics,
+                    req.api_key,
+                    error_code::NOT_LEADER_OR_FOLLOWER,
+                );
+                missing.extend(
+                    slots
+                        .into_iter()
+                        .map(|(t, p)| (target.0, t, p, error_code::NOT_LEADER_OR_FOLLOWER)),
+                );
+            }
+        }
     }
     let proxy = ctx.proxy.clone();
     let timeout = proxy.request_timeout();
@@ -136,10 +172,22 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     Ok(Outcome::Later(Box::pin(async move {
         let mut out = ProduceResponse::default();
         let mut in_flight = in_flight.into_iter();
-        for (site, p) in pending {
+        for (site, p, slots) in pending {
             let frame = p.wait(timeout).await;
             drop(in_flight.next());
-            let frame = frame?;
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(error = %e, "produce partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
+                    unavailable::count(&proxy.metrics, api, error_code::NOT_LEADER_OR_FOLLOWER);
+                    missing.extend(
+                        slots
+                            .into_iter()
+                            .map(|(t, p)| (site, t, p, error_code::NOT_LEADER_OR_FOLLOWER)),
+                    );
+                    continue;
+                }
+            };
             let r: ProduceResponse = codec::decode_response_body(api, version, &frame)?;
             // Upstream answers only: our own "no leader" answers must not
             // count, or a client hammering a missing topic defeats the
@@ -417,6 +465,50 @@ async fn await_sync(
             p.error_message = Some(StrBytes::from_string(msg));
         }
     }
+}
+
+/// Sends an acks=0 request; a failed broker loses it, as it would for a
+/// client connected directly (nothing is answered either way).
+async fn send_unacked(
+    ctx: &mut Ctx<'_>,
+    target: crate::upstream::Target,
+    req: &RequestFrame,
+    frame: bytes::Bytes,
+) {
+    if let Err(e) = ctx.pools.send(target, req.api_key, frame, false).await {
+        tracing::debug!(error = %e, "acks=0 produce to a failed broker dropped");
+    }
+}
+
+/// The whole request answered NOT_LEADER_OR_FOLLOWER: its one broker failed.
+fn unreachable(
+    ctx: &Ctx<'_>,
+    req: &RequestFrame,
+    body: &ProduceRequest,
+    e: &crate::upstream::UpstreamError,
+) -> anyhow::Result<Reply> {
+    tracing::debug!(error = %e, "produce answered NOT_LEADER_OR_FOLLOWER for a failed broker");
+    unavailable::count(
+        &ctx.proxy.metrics,
+        req.api_key,
+        error_code::NOT_LEADER_OR_FOLLOWER,
+    );
+    // Only the one-broker path comes here, which runs under the client's
+    // own names.
+    Ok(Reply::Frame(codec::encode_response(
+        req.api_key,
+        req.api_version,
+        req.correlation_id,
+        &unavailable::produce(body),
+    )?))
+}
+
+/// Copies topic names out of the request's buffer.
+fn detached(mut r: ProduceResponse) -> ProduceResponse {
+    for t in &mut r.responses {
+        t.name = TopicName(StrBytes::from_string(t.name.0.to_string()));
+    }
+    r
 }
 
 fn note_errors(site: &Arc<Site>, r: &ProduceResponse) {

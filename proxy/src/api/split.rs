@@ -185,6 +185,24 @@ pub async fn plan<R: Partitioned>(
     (plan, missing)
 }
 
+/// Partitions by (physical) topic name and index.
+pub type Slots = Vec<(TopicName, i32)>;
+
+/// The partitions of a (sub-)request, names copied out of the request's
+/// buffer: what to answer for if its broker fails.
+pub fn partitions_of<R: Partitioned>(req: &R) -> Slots {
+    let mut out = Vec::new();
+    for t in req.topics() {
+        let name = TopicName(kafka_protocol::protocol::StrBytes::from_string(
+            R::topic_name(t).0.to_string(),
+        ));
+        for p in R::partitions(t) {
+            out.push((name.clone(), R::partition_index(p)));
+        }
+    }
+    out
+}
+
 /// One sub-request per (site, broker) with only its partitions.
 pub fn split<R: Partitioned>(req: &R, plan: &Plan) -> BTreeMap<Target, R> {
     plan.iter()

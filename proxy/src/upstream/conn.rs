@@ -10,6 +10,11 @@
 //! A writer task batches queued requests into one flush; a reader task routes
 //! responses. When either side fails, every waiting caller gets an error and the
 //! connection is marked closed so its owner reconnects.
+//!
+//! A request that times out retires its connection at once, as Kafka's own
+//! clients do: the broker is stuck or gone, and a late answer must never meet
+//! a FIFO that has moved on. Closing stops the reader too, so nothing read
+//! after the close is taken for a protocol error.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +25,7 @@ use bytes::Bytes;
 use prometheus::{Histogram, IntGauge};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{read_frame, FrameError};
 
@@ -39,6 +44,47 @@ pub enum UpstreamError {
     Protocol { addr: String, reason: String },
     #[error("no upstream broker known for {0}")]
     NoBroker(String),
+    /// A connect to the broker failed lately; it is not retried before its
+    /// backoff ends (requests for it get retriable errors meanwhile).
+    #[error("broker {0} is down (backing off)")]
+    Down(String),
+}
+
+impl UpstreamError {
+    /// A short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Closed(_) => "closed",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::NoBroker(_) => "no_broker",
+            UpstreamError::Down(_) => "down",
+        }
+    }
+}
+
+/// What a connection tells its owner about the broker behind it.
+pub struct ConnHooks {
+    /// Once, when the connection fails under traffic (`timeout`, `closed`:
+    /// the broker reset or closed it with requests waiting, or answered
+    /// garbage).
+    pub failed: Box<dyn Fn(&'static str) + Send + Sync>,
+    /// Once, on the first answer (the broker is alive, not merely accepting
+    /// connections, which a frozen process still does).
+    pub answered: Box<dyn Fn() + Send + Sync>,
+}
+
+/// How a connection is opened and what may cut it.
+pub struct ConnOptions {
+    pub connect_timeout: Duration,
+    pub max_frame_bytes: u32,
+    pub open_gauge: IntGauge,
+    /// Cuts the connection when it changes (a site fenced by failover).
+    pub site_cut: Option<watch::Receiver<u64>>,
+    /// Cuts the connection when it changes (its broker left the cluster).
+    pub broker_cut: Option<watch::Receiver<u64>>,
+    pub hooks: Option<Arc<ConnHooks>>,
 }
 
 struct Outgoing {
@@ -73,22 +119,32 @@ const UNANSWERED_MEMORY: usize = 4096;
 pub struct UpstreamConn {
     addr: Arc<str>,
     tx: mpsc::Sender<Outgoing>,
-    closed: Arc<AtomicBool>,
+    guard: Arc<CloseGuard>,
 }
 
 /// A response that will arrive later.
 pub struct PendingResponse {
     rx: oneshot::Receiver<Bytes>,
     addr: Arc<str>,
+    guard: Arc<CloseGuard>,
 }
 
 impl PendingResponse {
-    /// Waits for the response frame (correlation id first, as read off the wire).
+    /// Waits for the response frame (correlation id first, as read off the
+    /// wire). On timeout the connection is retired: its other waiters fail
+    /// at once and its owner reconnects.
     pub async fn wait(self, timeout: Duration) -> Result<Bytes, UpstreamError> {
         match tokio::time::timeout(timeout, self.rx).await {
             Ok(Ok(frame)) => Ok(frame),
             Ok(Err(_)) => Err(UpstreamError::Closed(self.addr.to_string())),
-            Err(_) => Err(UpstreamError::Timeout(self.addr.to_string())),
+            Err(_) => {
+                if !self.guard.closed.load(Ordering::Acquire) {
+                    tracing::info!(upstream = %self.addr, timeout_ms = timeout.as_millis() as u64,
+                        "upstream request timed out; connection retired");
+                    self.guard.fail("timeout");
+                }
+                Err(UpstreamError::Timeout(self.addr.to_string()))
+            }
         }
     }
 }
@@ -100,22 +156,27 @@ impl UpstreamConn {
         max_frame_bytes: u32,
         open_gauge: IntGauge,
     ) -> Result<Self, UpstreamError> {
-        Self::connect_severable(addr, connect_timeout, max_frame_bytes, open_gauge, None).await
+        Self::open(
+            addr,
+            ConnOptions {
+                connect_timeout,
+                max_frame_bytes,
+                open_gauge,
+                site_cut: None,
+                broker_cut: None,
+                hooks: None,
+            },
+        )
+        .await
     }
 
-    /// `connect`, and the connection is reset (unsent requests dropped) when
-    /// `sever` changes.
-    pub async fn connect_severable(
-        addr: &str,
-        connect_timeout: Duration,
-        max_frame_bytes: u32,
-        open_gauge: IntGauge,
-        sever: Option<tokio::sync::watch::Receiver<u64>>,
-    ) -> Result<Self, UpstreamError> {
+    /// Opens a connection with everything that may cut it.
+    pub async fn open(addr: &str, o: ConnOptions) -> Result<Self, UpstreamError> {
         let err = |reason: String| UpstreamError::Connect {
             addr: addr.to_string(),
             reason,
         };
+        let connect_timeout = o.connect_timeout;
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| err(format!("timed out after {connect_timeout:?}")))?
@@ -125,25 +186,26 @@ impl UpstreamConn {
         let (rd, wr) = stream.into_split();
         let addr: Arc<str> = Arc::from(addr);
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
-        let closed = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(Mutex::new(InFlight::default()));
-        open_gauge.inc();
+        o.open_gauge.inc();
         let guard = Arc::new(CloseGuard {
-            closed: closed.clone(),
+            closed: AtomicBool::new(false),
             waiting: waiting.clone(),
-            gauge: open_gauge,
-            shut: tokio::sync::Notify::new(),
+            gauge: o.open_gauge,
+            stop: watch::Sender::new(false),
+            hooks: o.hooks,
+            answered: AtomicBool::new(false),
         });
         tokio::spawn(write_loop(wr, rx, waiting.clone(), guard.clone()));
         tokio::spawn(read_loop(
             rd,
             addr.clone(),
-            max_frame_bytes,
+            o.max_frame_bytes,
             waiting,
-            guard,
-            sever,
+            guard.clone(),
+            [o.site_cut, o.broker_cut],
         ));
-        Ok(UpstreamConn { addr, tx, closed })
+        Ok(UpstreamConn { addr, tx, guard })
     }
 
     pub fn addr(&self) -> &str {
@@ -151,7 +213,7 @@ impl UpstreamConn {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.tx.is_closed()
+        self.guard.closed.load(Ordering::Acquire) || self.tx.is_closed()
     }
 
     /// Queues a request frame (header + body, no length prefix; the correlation
@@ -176,6 +238,7 @@ impl UpstreamConn {
                     Some(PendingResponse {
                         rx,
                         addr: self.addr.clone(),
+                        guard: self.guard.clone(),
                     }),
                 )
             }
@@ -189,14 +252,16 @@ impl UpstreamConn {
     }
 }
 
-/// Fails every waiting caller and marks the connection closed when the last of
-/// the reader and writer tasks ends.
+/// Fails every waiting caller, marks the connection closed and stops both
+/// tasks, once.
 struct CloseGuard {
-    closed: Arc<AtomicBool>,
+    closed: AtomicBool,
     waiting: Arc<Mutex<InFlight>>,
     gauge: IntGauge,
-    /// Wakes the writer so it lets go of the socket.
-    shut: tokio::sync::Notify,
+    /// Set on close: the writer lets go of the socket, the reader stops.
+    stop: watch::Sender<bool>,
+    hooks: Option<Arc<ConnHooks>>,
+    answered: AtomicBool,
 }
 
 impl CloseGuard {
@@ -204,11 +269,39 @@ impl CloseGuard {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.gauge.dec();
         }
-        self.shut.notify_one();
+        self.stop.send_replace(true);
         // Dropping the senders wakes every caller with `Closed`.
         if let Ok(mut w) = self.waiting.lock() {
             w.waiting.clear();
         }
+    }
+
+    /// Closes because the broker failed (not because we let go of it).
+    fn fail(&self, reason: &'static str) {
+        let first = !self.closed.load(Ordering::Acquire);
+        self.close();
+        if first {
+            if let Some(h) = &self.hooks {
+                (h.failed)(reason);
+            }
+        }
+    }
+
+    fn answered(&self) {
+        if !self.answered.swap(true, Ordering::AcqRel) {
+            if let Some(h) = &self.hooks {
+                (h.answered)();
+            }
+        }
+    }
+
+    /// Whether requests are waiting for answers (a peer close then is a
+    /// failure, not an idle connection being reaped).
+    fn busy(&self) -> bool {
+        self.waiting
+            .lock()
+            .map(|w| !w.waiting.is_empty())
+            .unwrap_or(false)
     }
 }
 
@@ -220,10 +313,11 @@ async fn write_loop(
 ) {
     let mut w = BufWriter::with_capacity(16 * 1024, wr);
     let mut next_id: i32 = 0;
+    let mut stop = guard.stop.subscribe();
     'outer: loop {
         let first = tokio::select! {
             m = rx.recv() => m,
-            _ = guard.shut.notified() => None,
+            _ = stop.wait_for(|s| *s) => None,
         };
         let Some(first) = first else { break };
         let mut item = Some(first);
@@ -247,11 +341,13 @@ async fn write_loop(
             }
             .await;
             if ok.is_err() {
+                guard.fail("closed");
                 break 'outer;
             }
             item = rx.try_recv().ok();
         }
         if w.flush().await.is_err() {
+            guard.fail("closed");
             break;
         }
     }
@@ -292,24 +388,27 @@ async fn read_loop(
     max_frame_bytes: u32,
     waiting: Arc<Mutex<InFlight>>,
     guard: Arc<CloseGuard>,
-    mut sever: Option<tokio::sync::watch::Receiver<u64>>,
+    cuts: [Option<watch::Receiver<u64>>; 2],
 ) {
+    let mut stop = guard.stop.subscribe();
+    let [mut site_cut, mut broker_cut] = cuts;
     loop {
-        let severed = async {
-            match sever.as_mut() {
-                Some(s) => {
-                    let _ = s.changed().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         let frame = tokio::select! {
             f = read_frame(&mut rd, max_frame_bytes) => f,
-            _ = severed => {
+            // Closed by us (dropped, timed out, writer failed): whatever the
+            // broker still sends belongs to requests nobody waits for.
+            _ = stop.wait_for(|s| *s) => break,
+            _ = changed(&mut site_cut) => {
                 // Reset, not FIN: the kernel must drop what is still unsent
                 // rather than deliver it once the network heals.
                 let _ = rd.as_ref().set_zero_linger();
                 tracing::info!(upstream = %addr, "connection cut (site fenced by failover)");
+                break;
+            }
+            _ = changed(&mut broker_cut) => {
+                let _ = rd.as_ref().set_zero_linger();
+                tracing::debug!(upstream = %addr, "connection cut (broker left the cluster)");
+                guard.fail("closed");
                 break;
             }
         };
@@ -317,15 +416,20 @@ async fn read_loop(
             Ok(f) => f,
             Err(FrameError::Closed) => {
                 tracing::debug!(upstream = %addr, "upstream closed the connection");
+                if guard.busy() {
+                    guard.fail("closed");
+                }
                 break;
             }
             Err(e) => {
                 tracing::warn!(upstream = %addr, error = %e, "upstream read failed");
+                guard.fail("closed");
                 break;
             }
         };
         if frame.len() < 4 {
-            tracing::warn!(upstream = %addr, "upstream sent a frame without correlation id");
+            tracing::warn!(upstream = %addr, "upstream sent a frame without correlation id; connection dropped");
+            guard.fail("closed");
             break;
         }
         let corr = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
@@ -337,6 +441,7 @@ async fn read_loop(
                 drop(q);
                 w.latency.observe(w.started.elapsed().as_secs_f64());
                 let _ = w.reply.send(frame);
+                guard.answered();
             }
             continue;
         }
@@ -348,9 +453,128 @@ async fn read_loop(
         }
         let expected = q.waiting.front().map(|w| w.correlation_id);
         drop(q);
+        if guard.closed.load(Ordering::Acquire) {
+            break;
+        }
         tracing::warn!(upstream = %addr, ?expected, got = corr,
-            "unexpected upstream response (out of order or unsolicited); closing connection");
+            "unexpected upstream response (out of order or unsolicited); connection dropped");
+        guard.fail("closed");
         break;
     }
     guard.close();
+}
+
+/// Resolves when `cut` changes; never without one (or once its sender is gone).
+async fn changed(cut: &mut Option<watch::Receiver<u64>>) {
+    match cut.as_mut() {
+        Some(c) => {
+            if c.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A broker that reads one request and answers only when told: a frozen
+    /// (SIGSTOPped) broker that wakes up later.
+    async fn frozen_broker() -> (
+        String,
+        tokio::task::JoinHandle<Vec<&'static str>>,
+        oneshot::Sender<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (wake, woken) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.expect("length");
+            let mut req = vec![0u8; i32::from_be_bytes(len) as usize];
+            s.read_exact(&mut req).await.expect("request");
+            let _ = woken.await;
+            // The late answer, correlation id as sent.
+            let answer = [&4i32.to_be_bytes()[..], &req[4..8]].concat();
+            let _ = s.write_all(&answer).await;
+            // What the proxy does with the connection now: closed means EOF.
+            let mut rest = [0u8; 64];
+            let eof = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await;
+            seen.push(match eof {
+                Ok(Ok(0)) | Ok(Err(_)) => "closed",
+                Ok(Ok(_)) => "more data",
+                Err(_) => "left open",
+            });
+            seen
+        });
+        (addr, task, wake)
+    }
+
+    fn request() -> Bytes {
+        // ApiVersions v0 header: key, version, correlation id, client id (null).
+        Bytes::from_static(&[0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff])
+    }
+
+    /// Regression: a request that timed out left its connection open; the
+    /// broker's late answer then met a FIFO that had moved on (or been
+    /// cleared) and was logged as "unexpected upstream response", closing a
+    /// connection other requests were using. The timeout must retire the
+    /// connection at once, and the late answer must be dropped quietly.
+    #[tokio::test]
+    async fn timed_out_request_retires_its_connection() {
+        let (addr, broker, wake) = frozen_broker().await;
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let f = failures.clone();
+        let conn = UpstreamConn::open(
+            &addr,
+            ConnOptions {
+                connect_timeout: Duration::from_secs(5),
+                max_frame_bytes: 1 << 20,
+                open_gauge: IntGauge::new("test_open", "test").expect("gauge"),
+                site_cut: None,
+                broker_cut: None,
+                hooks: Some(Arc::new(ConnHooks {
+                    failed: Box::new(move |r| f.lock().expect("lock").push(r)),
+                    answered: Box::new(|| {}),
+                })),
+            },
+        )
+        .await
+        .expect("connect");
+        let latency = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
+            .expect("histogram");
+        let pending = conn
+            .send(request(), Some(latency))
+            .await
+            .expect("send")
+            .expect("a response is expected");
+        let waited = pending.wait(Duration::from_millis(200)).await;
+        assert!(
+            matches!(waited, Err(UpstreamError::Timeout(_))),
+            "{:?}",
+            waited.err()
+        );
+        assert!(
+            conn.is_closed(),
+            "a timed-out request must retire its connection"
+        );
+        let _ = wake.send(());
+        let seen = broker.await.expect("broker task");
+        assert_eq!(
+            seen,
+            vec!["closed"],
+            "the broker must see the connection closed"
+        );
+        assert_eq!(
+            *failures.lock().expect("lock"),
+            vec!["timeout"],
+            "one failure, the timeout"
+        );
+    }
 }

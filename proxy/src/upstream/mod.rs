@@ -15,7 +15,7 @@ pub mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -28,7 +28,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::Mutex as AsyncMutex;
 
-pub use conn::{PendingResponse, UpstreamConn, UpstreamError};
+pub use conn::{ConnHooks, ConnOptions, PendingResponse, UpstreamConn, UpstreamError};
 pub use view::{BrokerAddr, ClusterView};
 
 use crate::codec;
@@ -68,8 +68,15 @@ pub struct Site {
     /// runs even inside `MIN_REFRESH_GAP`.
     stale: AtomicBool,
     coordinators: Mutex<HashMap<(i8, String), i32>>,
-    /// Brokers a connection to failed, and when (see `note_broker_down`).
-    down: Mutex<HashMap<i32, Instant>>,
+    /// Brokers that failed lately (see `note_broker_down`); `any_down` keeps
+    /// the lock off the hot path while every broker is fine.
+    down: Mutex<HashMap<i32, Down>>,
+    any_down: AtomicBool,
+    /// Per broker: bumped to cut every connection to it (it left the cluster).
+    broker_cuts: Mutex<HashMap<i32, tokio::sync::watch::Sender<u64>>>,
+    /// The broker the control connection is open to, when known.
+    control_broker: Mutex<Option<i32>>,
+    me: Weak<Site>,
     pub conn_gauge: IntGauge,
     metrics: Arc<Metrics>,
     /// Told about failures seen on live traffic (site health's passive signal).
@@ -80,6 +87,14 @@ pub struct Site {
     writes_done: tokio::sync::Notify,
     /// Bumped to cut every connection to the site at once (failover fence).
     sever: tokio::sync::watch::Sender<u64>,
+}
+
+/// A broker that failed lately.
+struct Down {
+    since: Instant,
+    /// No new connection is tried before this.
+    retry_at: Instant,
+    failures: u32,
 }
 
 /// Counts one produce request in flight to a site until dropped.
@@ -107,8 +122,12 @@ impl Site {
         bootstrap: Vec<String>,
         settings: SiteSettings,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Site {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Site {
+            me: me.clone(),
+            any_down: AtomicBool::new(false),
+            broker_cuts: Mutex::new(HashMap::new()),
+            control_broker: Mutex::new(None),
             name: name.to_string(),
             bootstrap,
             settings,
@@ -128,7 +147,7 @@ impl Site {
             writes_in_flight: std::sync::atomic::AtomicI64::new(0),
             writes_done: tokio::sync::Notify::new(),
             sever: tokio::sync::watch::Sender::new(0),
-        }
+        })
     }
 
     /// Installs the passive-failure hook (once, by site health).
@@ -185,16 +204,56 @@ impl Site {
         self.sever.subscribe()
     }
 
-    /// Opens a connection to one of this site's brokers, cut by `sever`.
-    pub async fn connect(&self, addr: &str) -> Result<UpstreamConn, UpstreamError> {
-        UpstreamConn::connect_severable(
+    /// Opens a connection to one of this site's brokers (`broker` when its
+    /// id is known), cut by `sever` and by the broker leaving the cluster;
+    /// its failures and first answer update the broker's down state.
+    pub async fn connect(
+        &self,
+        broker: Option<i32>,
+        addr: &str,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let hooks = broker.map(|b| {
+            let (failed, answered) = (self.me.clone(), self.me.clone());
+            Arc::new(ConnHooks {
+                failed: Box::new(move |reason| {
+                    if let Some(s) = failed.upgrade() {
+                        s.note_broker_down(b, reason);
+                    }
+                }),
+                answered: Box::new(move || {
+                    if let Some(s) = answered.upgrade() {
+                        s.note_broker_up(b);
+                    }
+                }),
+            })
+        });
+        let broker_cut = broker.map(|b| self.broker_cut(b));
+        let opened = UpstreamConn::open(
             addr,
-            self.settings.connect_timeout,
-            self.settings.max_frame_bytes,
-            self.conn_gauge.clone(),
-            Some(self.sever_signal()),
+            ConnOptions {
+                connect_timeout: self.settings.connect_timeout,
+                max_frame_bytes: self.settings.max_frame_bytes,
+                open_gauge: self.conn_gauge.clone(),
+                site_cut: Some(self.sever_signal()),
+                broker_cut,
+                hooks,
+            },
         )
-        .await
+        .await;
+        if let (Err(e), Some(b)) = (&opened, broker) {
+            self.note_broker_down(b, e.reason());
+        }
+        opened
+    }
+
+    fn broker_cut(&self, broker: i32) -> tokio::sync::watch::Receiver<u64> {
+        match self.broker_cuts.lock() {
+            Ok(mut cuts) => cuts
+                .entry(broker)
+                .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+                .subscribe(),
+            Err(_) => tokio::sync::watch::Sender::new(0).subscribe(),
+        }
     }
 
     pub fn view(&self) -> Arc<ClusterView> {
@@ -222,8 +281,29 @@ impl Site {
     }
 
     fn store_view(&self, v: ClusterView) {
-        self.view.store(Arc::new(v));
+        let old = self.view.swap(Arc::new(v));
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // A broker the cluster no longer lists (KRaft leaves fenced brokers
+        // out: crashed, frozen, shut down) serves nothing any more. Requests
+        // still waiting on it would hold every answer queued behind them on
+        // a client's connection until they time out; cut them now, so their
+        // partitions are answered with a retriable error and retried on the
+        // new leaders.
+        if old.brokers.is_empty() {
+            return;
+        }
+        let new = self.view.load();
+        if new.brokers.is_empty() {
+            return;
+        }
+        for b in old.brokers.keys().filter(|b| !new.brokers.contains_key(b)) {
+            tracing::info!(site = %self.name, broker = b, "broker left the cluster's metadata; its connections are cut");
+            if let Ok(cuts) = self.broker_cuts.lock() {
+                if let Some(c) = cuts.get(b) {
+                    c.send_modify(|g| *g += 1);
+                }
+            }
+        }
     }
 
     /// Folds a Metadata response seen on a client's behalf into the view.
@@ -247,16 +327,24 @@ impl Site {
             self.reachable.store(false, Ordering::Release);
         }
         // Known brokers first (the cluster may have moved away from the
-        // bootstrap hosts), then the configured bootstrap list.
+        // bootstrap hosts), those that failed lately last, then the
+        // configured bootstrap list.
         let view = self.view();
-        let mut candidates: Vec<String> = view.brokers.values().map(BrokerAddr::addr).collect();
+        let mut candidates: Vec<(bool, Option<i32>, String)> = view
+            .brokers
+            .values()
+            .map(|b| (self.is_down(b.node_id), Some(b.node_id), b.addr()))
+            .collect();
         candidates.sort();
-        candidates.extend(self.bootstrap.iter().cloned());
+        candidates.extend(self.bootstrap.iter().map(|a| (true, None, a.clone())));
         let mut last = UpstreamError::NoBroker(self.name.clone());
-        for addr in candidates {
-            match self.connect(&addr).await {
+        for (_, broker, addr) in candidates {
+            match self.connect(broker, &addr).await {
                 Ok(c) => {
                     *guard = Some(c.clone());
+                    if let Ok(mut cb) = self.control_broker.lock() {
+                        *cb = broker;
+                    }
                     return Ok(c);
                 }
                 Err(e) => last = e,
@@ -272,19 +360,32 @@ impl Site {
         version: i16,
         req: &Req,
     ) -> Result<Resp, UpstreamError> {
-        let conn = self.control_conn().await?;
+        // A broker that dies or freezes under the control connection costs
+        // one short timeout, then the request goes to another broker.
+        match self.control_call_once(api, version, req).await {
+            Err(UpstreamError::Timeout(_) | UpstreamError::Closed(_)) => {
+                *self.control.lock().await = None;
+                self.control_call_once(api, version, req).await
+            }
+            other => other,
+        }
+    }
+
+    async fn control_call_once<Req: Encodable, Resp: Decodable>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Result<Resp, UpstreamError> {
         let frame = codec::encode_request(
             api,
             version,
             Some(StrBytes::from_static_str(CONTROL_CLIENT_ID)),
             req,
         )
-        .map_err(|e| protocol_err(conn.addr(), e))?;
-        let pending = conn
-            .send(frame, Some(self.latency(api)))
-            .await?
-            .ok_or_else(|| protocol_err(conn.addr(), "no response slot"))?;
-        let resp = pending.wait(self.settings.request_timeout).await?;
+        .map_err(|e| protocol_err(&self.name, e))?;
+        let (resp, addr) = self.control_raw(api, frame).await?;
+        let conn_addr = addr.as_str();
         // ApiVersions answers in a v0 body when it does not like our version.
         let resp_version = if api == ApiKey::ApiVersions && api_versions_unsupported(&resp) {
             0
@@ -292,7 +393,46 @@ impl Site {
             version
         };
         codec::decode_response_body::<Resp>(api, resp_version, &resp)
-            .map_err(|e| protocol_err(conn.addr(), e))
+            .map_err(|e| protocol_err(conn_addr, e))
+    }
+
+    /// Sends a request frame over the control connection; the answer and
+    /// the address it came from.
+    async fn control_raw(
+        &self,
+        api: ApiKey,
+        frame: Bytes,
+    ) -> Result<(Bytes, String), UpstreamError> {
+        let conn = self.control_conn().await?;
+        let pending = conn
+            .send(frame, Some(self.latency(api)))
+            .await?
+            .ok_or_else(|| protocol_err(conn.addr(), "no response slot"))?;
+        Ok((
+            pending.wait(self.control_timeout()).await?,
+            conn.addr().to_string(),
+        ))
+    }
+
+    /// Sends a client's request (one any broker can answer) over the control
+    /// connection, trying a second broker if the first fails: the retry for
+    /// a request whose broker failed after it was sent.
+    pub async fn control_forward(&self, api: ApiKey, frame: Bytes) -> Result<Bytes, UpstreamError> {
+        match self.control_raw(api, frame.clone()).await {
+            Err(UpstreamError::Timeout(_) | UpstreamError::Closed(_)) => {
+                *self.control.lock().await = None;
+                Ok(self.control_raw(api, frame).await?.0)
+            }
+            other => Ok(other?.0),
+        }
+    }
+
+    /// Bound for Switchyard's own requests (Metadata, ApiVersions,
+    /// FindCoordinator, InitProducerId): any live broker answers them in
+    /// milliseconds, so a stuck one is given up on long before a client's
+    /// request timeout.
+    pub fn control_timeout(&self) -> Duration {
+        self.settings.request_timeout.min(CONTROL_TIMEOUT)
     }
 
     async fn fetch_versions(&self) -> Result<Arc<ApiRanges>, UpstreamError> {
@@ -379,6 +519,11 @@ impl Site {
     /// Refreshes the cluster view. Concurrent callers share one refresh: a
     /// caller that waited while another refresh completed returns at once.
     pub async fn refresh(&self) -> Result<(), UpstreamError> {
+        self.refresh_for("on_demand").await
+    }
+
+    /// `refresh`, counted under `cause` when it actually asks the cluster.
+    pub async fn refresh_for(&self, cause: &'static str) -> Result<(), UpstreamError> {
         let asked = Instant::now();
         let mut last = self.refresh_gate.lock().await;
         if let Some(t) = *last {
@@ -389,6 +534,11 @@ impl Site {
         }
         // Cleared before fetching: a mark arriving during the fetch survives.
         self.stale.store(false, Ordering::Release);
+        self.metrics
+            .upstream
+            .metadata_refreshes
+            .with_label_values(&[self.name.as_str(), cause])
+            .inc();
         let result = self.refresh_now().await;
         *last = Some(Instant::now());
         match &result {
@@ -427,14 +577,14 @@ impl Site {
     /// when an upstream answer says the view is stale (the leader moved, the
     /// topic is gone); the client retries on its own, and by then the route
     /// points to the new leader.
-    pub fn refresh_soon(self: &Arc<Self>) {
+    pub fn refresh_soon(self: &Arc<Self>, cause: &'static str) {
         if self.refresh_queued.swap(true, Ordering::AcqRel) {
             return;
         }
         let site = self.clone();
         tokio::spawn(async move {
             site.refresh_queued.store(false, Ordering::Release);
-            let _ = site.refresh().await;
+            let _ = site.refresh_for(cause).await;
         });
     }
 
@@ -448,7 +598,7 @@ impl Site {
     pub fn note_partition_error(self: &Arc<Self>, code: i16) {
         if is_stale_metadata_error(code) {
             self.mark_stale();
-            self.refresh_soon();
+            self.refresh_soon("stale_answer");
         }
     }
 
@@ -457,7 +607,7 @@ impl Site {
         if let Some(l) = self.view.load().leader(topic, partition) {
             return Some(l);
         }
-        let refreshed = self.refresh().await;
+        let refreshed = self.refresh_for("routing_miss").await;
         let leader = self.view.load().leader(topic, partition);
         if leader.is_none() {
             tracing::debug!(site = %self.name, topic, partition, refreshed = refreshed.is_ok(),
@@ -472,7 +622,7 @@ impl Site {
         if let Some(b) = self.live_broker() {
             return Ok(b);
         }
-        self.refresh().await?;
+        self.refresh_for("no_live_broker").await?;
         self.live_broker()
             .ok_or_else(|| UpstreamError::NoBroker(self.name.clone()))
     }
@@ -491,34 +641,95 @@ impl Site {
         }
     }
 
-    /// A connection to `broker` could not be opened (refused, timed out):
-    /// until a connection to it works again or `BROKER_DOWN_FOR` passed,
-    /// requests any broker can answer go elsewhere and coordinators it held
-    /// are asked for again; the view is refreshed (Kafka lists a dead
-    /// broker, and it stays leader, until its session times out).
-    pub fn note_broker_down(self: &Arc<Self>, broker: i32) {
+    /// A connection to `broker` could not be opened, a request to it timed
+    /// out, or it dropped a connection with requests waiting. Until its
+    /// backoff ends no new connection to it is tried: requests for its
+    /// partitions are answered with retriable errors at once, requests any
+    /// broker can answer go elsewhere, coordinators it held are asked for
+    /// again, and the view is refreshed (Kafka lists a dead broker, and it
+    /// stays leader, until its session times out). One log line when it
+    /// goes down, one when it answers again.
+    pub fn note_broker_down(&self, broker: i32, reason: &'static str) {
+        let b = broker.to_string();
+        self.metrics
+            .upstream
+            .broker_failures
+            .with_label_values(&[self.name.as_str(), b.as_str(), reason])
+            .inc();
+        let now = Instant::now();
         if let Ok(mut down) = self.down.lock() {
-            down.insert(broker, Instant::now());
+            let first = !down.contains_key(&broker);
+            let d = down.entry(broker).or_insert(Down {
+                since: now,
+                retry_at: now,
+                failures: 0,
+            });
+            // Failures while a backoff runs (requests already in flight) do
+            // not lengthen it; a failed retry after it does.
+            if now >= d.retry_at {
+                d.failures = d.failures.saturating_add(1);
+                let backoff = BROKER_BACKOFF_MIN
+                    .saturating_mul(1u32 << d.failures.saturating_sub(1).min(8))
+                    .min(BROKER_BACKOFF_MAX);
+                d.retry_at = now + backoff;
+            }
+            self.any_down.store(true, Ordering::Release);
+            if first {
+                tracing::warn!(site = %self.name, broker, addr = self.broker_addr(broker).unwrap_or_default(),
+                    reason, "upstream broker down; its requests get retriable errors until it answers again");
+                self.metrics
+                    .upstream
+                    .broker_down
+                    .with_label_values(&[self.name.as_str(), b.as_str()])
+                    .set(1);
+            }
         }
         if let Ok(mut map) = self.coordinators.lock() {
-            map.retain(|_, b| *b != broker);
+            map.retain(|_, c| *c != broker);
         }
         self.mark_stale();
-        self.refresh_soon();
+        if let Some(me) = self.me.upgrade() {
+            me.refresh_soon("broker_down");
+        }
     }
 
     fn note_broker_up(&self, broker: i32) {
+        if !self.any_down.load(Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut down) = self.down.lock() {
-            down.remove(&broker);
+            if let Some(d) = down.remove(&broker) {
+                tracing::info!(site = %self.name, broker, down_ms = d.since.elapsed().as_millis() as u64,
+                    "upstream broker answers again");
+                self.metrics
+                    .upstream
+                    .broker_down
+                    .with_label_values(&[self.name.as_str(), broker.to_string().as_str()])
+                    .set(0);
+            }
+            self.any_down.store(!down.is_empty(), Ordering::Release);
         }
     }
 
+    /// Failed lately (preferred last for requests any broker can answer).
     fn is_down(&self, broker: i32) -> bool {
-        self.down
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&broker).map(|t| t.elapsed() < BROKER_DOWN_FOR))
-            .unwrap_or(false)
+        self.any_down.load(Ordering::Acquire)
+            && self
+                .down
+                .lock()
+                .ok()
+                .is_some_and(|d| d.contains_key(&broker))
+    }
+
+    /// In its backoff: no connection to it is tried now.
+    pub fn backing_off(&self, broker: i32) -> bool {
+        self.any_down.load(Ordering::Acquire)
+            && self
+                .down
+                .lock()
+                .ok()
+                .and_then(|d| d.get(&broker).map(|d| Instant::now() < d.retry_at))
+                .unwrap_or(false)
     }
 
     /// The upstream coordinator for a group (`key_type` 0) or transactional id (1).
@@ -555,7 +766,7 @@ impl Site {
             return Ok(Coordinator::Error(err, msg.map(|m| m.to_string())));
         }
         if !self.view.load().brokers.contains_key(&node) {
-            let _ = self.refresh().await;
+            let _ = self.refresh_for("coordinator").await;
         }
         if let Ok(mut map) = self.coordinators.lock() {
             if map.len() > 100_000 {
@@ -583,7 +794,7 @@ impl Site {
         let mut next = Instant::now();
         loop {
             if Instant::now() >= next {
-                let ok = self.refresh().await.is_ok();
+                let ok = self.refresh_for("periodic").await.is_ok();
                 next = Instant::now()
                     + if ok {
                         interval
@@ -628,7 +839,8 @@ impl BrokerPool {
         &self.site
     }
 
-    /// The connection to an upstream broker, (re)connecting as needed.
+    /// The connection to an upstream broker, (re)connecting as needed; a
+    /// broker in its backoff after failing is not tried (`Down`).
     pub async fn conn(&mut self, broker: i32) -> Result<UpstreamConn, UpstreamError> {
         if let Some(c) = self.conns.get(&broker) {
             if !c.is_closed() {
@@ -638,24 +850,28 @@ impl BrokerPool {
             self.site.note_failure();
             self.conns.remove(&broker);
         }
+        if self.site.backing_off(broker) {
+            return Err(UpstreamError::Down(format!(
+                "{} of site {}",
+                broker, self.site.name
+            )));
+        }
         let addr = match self.site.broker_addr(broker) {
             Some(a) => a,
             None => {
-                let _ = self.site.refresh().await;
+                let _ = self.site.refresh_for("unknown_broker").await;
                 self.site
                     .broker_addr(broker)
                     .ok_or_else(|| UpstreamError::NoBroker(format!("broker {broker}")))?
             }
         };
-        let c = match self.site.connect(&addr).await {
+        let c = match self.site.connect(Some(broker), &addr).await {
             Ok(c) => c,
             Err(e) => {
                 self.site.note_failure();
-                self.site.note_broker_down(broker);
                 return Err(e);
             }
         };
-        self.site.note_broker_up(broker);
         self.conns.insert(broker, c.clone());
         Ok(c)
     }
@@ -736,9 +952,13 @@ fn protocol_err(addr: &str, e: impl std::fmt::Display) -> UpstreamError {
     }
 }
 
-/// How long a broker that refused a connection is passed over by
-/// `any_broker` and cached coordinators (a connection that works ends it).
-const BROKER_DOWN_FOR: Duration = Duration::from_secs(10);
+/// Backoff before a failed broker is tried again: doubles per failed retry
+/// from the minimum to the maximum (an answer ends it).
+const BROKER_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BROKER_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// See `Site::control_timeout`.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 const INIT_PID_BACKOFF_MIN: Duration = Duration::from_millis(20);
 const INIT_PID_BACKOFF_MAX: Duration = Duration::from_millis(500);

@@ -1,0 +1,426 @@
+//! Answers on behalf of an upstream broker that cannot be reached, froze, or
+//! dropped the connection: the one place that maps "the broker failed" to
+//! what goes on the wire.
+//!
+//! A client that loses its connection reconnects, re-bootstraps and loses
+//! every request in flight on it; a client that gets a retriable error
+//! refreshes its metadata and retries just that request. So a broker's fault
+//! is answered, never turned into a closed client connection: every slot of
+//! the request (partition, group, topic, resource) gets the error the
+//! client already handles for "ask again, maybe elsewhere":
+//!
+//! | requests | error |
+//! |---|---|
+//! | Produce, Fetch, ListOffsets, DeleteRecords (by partition leader) | NOT_LEADER_OR_FOLLOWER |
+//! | group and transaction APIs (by coordinator) | NOT_COORDINATOR |
+//! | FindCoordinator, ListGroups | COORDINATOR_NOT_AVAILABLE |
+//! | CreateTopics, DeleteTopics, CreatePartitions (by controller) | NOT_CONTROLLER |
+//! | DescribeConfigs, AlterConfigs, IncrementalAlterConfigs | REQUEST_TIMED_OUT |
+//! | Metadata (after a retry on another broker) | LEADER_NOT_AVAILABLE per topic asked |
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use super::error_code::{
+    COORDINATOR_NOT_AVAILABLE, LEADER_NOT_AVAILABLE, NOT_CONTROLLER, NOT_COORDINATOR,
+    NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT,
+};
+use crate::codec::{self, RequestFrame};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+
+/// The answer to `req` when its upstream failed, or `None` for an API that
+/// has none (never reached with an upstream error; the session then closes).
+pub fn answer(req: &RequestFrame, identity: &Identity, metrics: &Metrics) -> Option<Bytes> {
+    let (code, frame) = build(req, identity).ok()??;
+    count(metrics, req.api_key, code);
+    Some(frame)
+}
+
+/// Counts an answer given on a broker's behalf.
+pub fn count(metrics: &Metrics, api: ApiKey, code: i16) {
+    metrics
+        .upstream
+        .retriable_answers
+        .with_label_values(&[super::name(api), error_name(code)])
+        .inc();
+}
+
+fn error_name(code: i16) -> &'static str {
+    match code {
+        LEADER_NOT_AVAILABLE => "LEADER_NOT_AVAILABLE",
+        NOT_LEADER_OR_FOLLOWER => "NOT_LEADER_OR_FOLLOWER",
+        REQUEST_TIMED_OUT => "REQUEST_TIMED_OUT",
+        COORDINATOR_NOT_AVAILABLE => "COORDINATOR_NOT_AVAILABLE",
+        NOT_COORDINATOR => "NOT_COORDINATOR",
+        NOT_CONTROLLER => "NOT_CONTROLLER",
+        _ => "OTHER",
+    }
+}
+
+fn encode<R: Encodable>(
+    req: &RequestFrame,
+    code: i16,
+    resp: &R,
+) -> anyhow::Result<Option<(i16, Bytes)>> {
+    let frame = codec::encode_response(req.api_key, req.api_version, req.correlation_id, resp)?;
+    Ok(Some((code, frame)))
+}
+
+fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16, Bytes)>> {
+    match req.api_key {
+        ApiKey::Produce => {
+            let body: ProduceRequest = req.decode()?;
+            encode(req, NOT_LEADER_OR_FOLLOWER, &produce(&body))
+        }
+        ApiKey::Fetch => {
+            let body: FetchRequest = req.decode()?;
+            let mut resp = FetchResponse::default();
+            for t in &body.topics {
+                let mut rt = fetch_response::FetchableTopicResponse::default();
+                rt.topic = t.topic.clone();
+                rt.topic_id = t.topic_id;
+                for p in &t.partitions {
+                    let mut rp = fetch_response::PartitionData::default();
+                    rp.partition_index = p.partition;
+                    rp.error_code = NOT_LEADER_OR_FOLLOWER;
+                    rp.high_watermark = -1;
+                    rp.last_stable_offset = -1;
+                    rp.log_start_offset = -1;
+                    rp.records = Some(Bytes::new());
+                    rt.partitions.push(rp);
+                }
+                resp.responses.push(rt);
+            }
+            encode(req, NOT_LEADER_OR_FOLLOWER, &resp)
+        }
+        ApiKey::ListOffsets => {
+            let body: ListOffsetsRequest = req.decode()?;
+            let mut resp = ListOffsetsResponse::default();
+            for t in &body.topics {
+                let mut rt = list_offsets_response::ListOffsetsTopicResponse::default();
+                rt.name = t.name.clone();
+                for p in &t.partitions {
+                    let mut rp = list_offsets_response::ListOffsetsPartitionResponse::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = NOT_LEADER_OR_FOLLOWER;
+                    rp.offset = -1;
+                    rp.timestamp = -1;
+                    rt.partitions.push(rp);
+                }
+                resp.topics.push(rt);
+            }
+            encode(req, NOT_LEADER_OR_FOLLOWER, &resp)
+        }
+        ApiKey::DeleteRecords => {
+            let body: DeleteRecordsRequest = req.decode()?;
+            let mut resp = DeleteRecordsResponse::default();
+            for t in &body.topics {
+                let mut rt = delete_records_response::DeleteRecordsTopicResult::default();
+                rt.name = t.name.clone();
+                for p in &t.partitions {
+                    let mut rp = delete_records_response::DeleteRecordsPartitionResult::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = NOT_LEADER_OR_FOLLOWER;
+                    rp.low_watermark = -1;
+                    rt.partitions.push(rp);
+                }
+                resp.topics.push(rt);
+            }
+            encode(req, NOT_LEADER_OR_FOLLOWER, &resp)
+        }
+        ApiKey::Metadata => {
+            let body: MetadataRequest = req.decode()?;
+            let mut resp = MetadataResponse::default();
+            for t in body.topics.iter().flatten() {
+                let mut rt = metadata_response::MetadataResponseTopic::default();
+                rt.name = t.name.clone();
+                rt.topic_id = t.topic_id;
+                rt.error_code = LEADER_NOT_AVAILABLE;
+                resp.topics.push(rt);
+            }
+            super::metadata::virtualise(identity, &mut resp);
+            encode(req, LEADER_NOT_AVAILABLE, &resp)
+        }
+        ApiKey::FindCoordinator => {
+            let body: FindCoordinatorRequest = req.decode()?;
+            let mut resp = FindCoordinatorResponse::default();
+            resp.error_code = COORDINATOR_NOT_AVAILABLE;
+            resp.node_id = BrokerId(-1);
+            resp.port = -1;
+            for key in &body.coordinator_keys {
+                let mut c = find_coordinator_response::Coordinator::default();
+                c.key = key.clone();
+                c.node_id = BrokerId(-1);
+                c.port = -1;
+                c.error_code = COORDINATOR_NOT_AVAILABLE;
+                resp.coordinators.push(c);
+            }
+            encode(req, COORDINATOR_NOT_AVAILABLE, &resp)
+        }
+        ApiKey::JoinGroup => {
+            let mut resp = JoinGroupResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            resp.generation_id = -1;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::SyncGroup => {
+            let mut resp = SyncGroupResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::Heartbeat => {
+            let mut resp = HeartbeatResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::LeaveGroup => {
+            let mut resp = LeaveGroupResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::OffsetDelete => {
+            let mut resp = OffsetDeleteResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::InitProducerId => {
+            let mut resp = InitProducerIdResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            resp.producer_id = ProducerId(-1);
+            resp.producer_epoch = -1;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let mut resp = AddOffsetsToTxnResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::EndTxn => {
+            let mut resp = EndTxnResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            resp.producer_id = ProducerId(-1);
+            resp.producer_epoch = -1;
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::ListGroups => {
+            let mut resp = ListGroupsResponse::default();
+            resp.error_code = COORDINATOR_NOT_AVAILABLE;
+            encode(req, COORDINATOR_NOT_AVAILABLE, &resp)
+        }
+        ApiKey::OffsetCommit => {
+            let body: OffsetCommitRequest = req.decode()?;
+            let mut resp = OffsetCommitResponse::default();
+            for t in &body.topics {
+                let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
+                rt.name = t.name.clone();
+                rt.topic_id = t.topic_id;
+                for p in &t.partitions {
+                    let mut rp = offset_commit_response::OffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = NOT_COORDINATOR;
+                    rt.partitions.push(rp);
+                }
+                resp.topics.push(rt);
+            }
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::TxnOffsetCommit => {
+            let body: TxnOffsetCommitRequest = req.decode()?;
+            let mut resp = TxnOffsetCommitResponse::default();
+            for t in &body.topics {
+                let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
+                rt.name = t.name.clone();
+                for p in &t.partitions {
+                    let mut rp =
+                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
+                    rp.partition_index = p.partition_index;
+                    rp.error_code = NOT_COORDINATOR;
+                    rt.partitions.push(rp);
+                }
+                resp.topics.push(rt);
+            }
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::OffsetFetch => {
+            let body: OffsetFetchRequest = req.decode()?;
+            let mut resp = OffsetFetchResponse::default();
+            resp.error_code = NOT_COORDINATOR;
+            for g in &body.groups {
+                let mut rg = offset_fetch_response::OffsetFetchResponseGroup::default();
+                rg.group_id = g.group_id.clone();
+                rg.error_code = NOT_COORDINATOR;
+                resp.groups.push(rg);
+            }
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::DescribeGroups => {
+            let body: DescribeGroupsRequest = req.decode()?;
+            let mut resp = DescribeGroupsResponse::default();
+            for g in &body.groups {
+                let mut rg = describe_groups_response::DescribedGroup::default();
+                rg.group_id = g.clone();
+                rg.error_code = NOT_COORDINATOR;
+                resp.groups.push(rg);
+            }
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::DeleteGroups => {
+            let body: DeleteGroupsRequest = req.decode()?;
+            let mut resp = DeleteGroupsResponse::default();
+            for g in &body.groups_names {
+                let mut rg = delete_groups_response::DeletableGroupResult::default();
+                rg.group_id = g.clone();
+                rg.error_code = NOT_COORDINATOR;
+                resp.results.push(rg);
+            }
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::AddPartitionsToTxn => {
+            let body: AddPartitionsToTxnRequest = req.decode()?;
+            let mut resp = AddPartitionsToTxnResponse::default();
+            let topics = |ts: &[add_partitions_to_txn_request::AddPartitionsToTxnTopic]| {
+                ts.iter()
+                    .map(|t| {
+                        let mut rt =
+                            add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default();
+                        rt.name = t.name.clone();
+                        rt.results_by_partition = t
+                            .partitions
+                            .iter()
+                            .map(|&p| {
+                                let mut rp = add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default();
+                                rp.partition_index = p;
+                                rp.partition_error_code = NOT_COORDINATOR;
+                                rp
+                            })
+                            .collect();
+                        rt
+                    })
+                    .collect::<Vec<_>>()
+            };
+            if req.api_version <= 3 {
+                resp.results_by_topic_v3_and_below = topics(&body.v3_and_below_topics);
+            } else {
+                resp.error_code = NOT_COORDINATOR;
+                for t in &body.transactions {
+                    let mut rt =
+                        add_partitions_to_txn_response::AddPartitionsToTxnResult::default();
+                    rt.transactional_id = t.transactional_id.clone();
+                    rt.topic_results = topics(&t.topics);
+                    resp.results_by_transaction.push(rt);
+                }
+            }
+            encode(req, NOT_COORDINATOR, &resp)
+        }
+        ApiKey::CreateTopics => {
+            let body: CreateTopicsRequest = req.decode()?;
+            let mut resp = CreateTopicsResponse::default();
+            for t in &body.topics {
+                let mut rt = create_topics_response::CreatableTopicResult::default();
+                rt.name = t.name.clone();
+                rt.error_code = NOT_CONTROLLER;
+                rt.num_partitions = -1;
+                rt.replication_factor = -1;
+                resp.topics.push(rt);
+            }
+            encode(req, NOT_CONTROLLER, &resp)
+        }
+        ApiKey::DeleteTopics => {
+            let body: DeleteTopicsRequest = req.decode()?;
+            let mut resp = DeleteTopicsResponse::default();
+            let named = body
+                .topic_names
+                .iter()
+                .map(|n| (Some(n.clone()), uuid::Uuid::nil()));
+            let by_state = body.topics.iter().map(|t| (t.name.clone(), t.topic_id));
+            for (name, id) in named.chain(by_state) {
+                let mut rt = delete_topics_response::DeletableTopicResult::default();
+                rt.name = name;
+                rt.topic_id = id;
+                rt.error_code = NOT_CONTROLLER;
+                resp.responses.push(rt);
+            }
+            encode(req, NOT_CONTROLLER, &resp)
+        }
+        ApiKey::CreatePartitions => {
+            let body: CreatePartitionsRequest = req.decode()?;
+            let mut resp = CreatePartitionsResponse::default();
+            for t in &body.topics {
+                let mut rt = create_partitions_response::CreatePartitionsTopicResult::default();
+                rt.name = t.name.clone();
+                rt.error_code = NOT_CONTROLLER;
+                resp.results.push(rt);
+            }
+            encode(req, NOT_CONTROLLER, &resp)
+        }
+        ApiKey::DescribeConfigs => {
+            let body: DescribeConfigsRequest = req.decode()?;
+            let mut resp = DescribeConfigsResponse::default();
+            for r in &body.resources {
+                let mut rr = describe_configs_response::DescribeConfigsResult::default();
+                rr.resource_type = r.resource_type;
+                rr.resource_name = r.resource_name.clone();
+                rr.error_code = REQUEST_TIMED_OUT;
+                rr.error_message = Some(unreachable_msg());
+                resp.results.push(rr);
+            }
+            encode(req, REQUEST_TIMED_OUT, &resp)
+        }
+        ApiKey::AlterConfigs => {
+            let body: AlterConfigsRequest = req.decode()?;
+            let mut resp = AlterConfigsResponse::default();
+            for r in &body.resources {
+                let mut rr = alter_configs_response::AlterConfigsResourceResponse::default();
+                rr.resource_type = r.resource_type;
+                rr.resource_name = r.resource_name.clone();
+                rr.error_code = REQUEST_TIMED_OUT;
+                rr.error_message = Some(unreachable_msg());
+                resp.responses.push(rr);
+            }
+            encode(req, REQUEST_TIMED_OUT, &resp)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let body: IncrementalAlterConfigsRequest = req.decode()?;
+            let mut resp = IncrementalAlterConfigsResponse::default();
+            for r in &body.resources {
+                let mut rr =
+                    incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+                rr.resource_type = r.resource_type;
+                rr.resource_name = r.resource_name.clone();
+                rr.error_code = REQUEST_TIMED_OUT;
+                rr.error_message = Some(unreachable_msg());
+                resp.responses.push(rr);
+            }
+            encode(req, REQUEST_TIMED_OUT, &resp)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn unreachable_msg() -> StrBytes {
+    StrBytes::from_static_str("the upstream broker did not answer through Switchyard; retry")
+}
+
+/// Every partition of a Produce request answered NOT_LEADER_OR_FOLLOWER
+/// (names and ids as the client sent them).
+pub fn produce(body: &ProduceRequest) -> ProduceResponse {
+    let mut resp = ProduceResponse::default();
+    for t in &body.topic_data {
+        let mut rt = produce_response::TopicProduceResponse::default();
+        rt.name = t.name.clone();
+        rt.topic_id = t.topic_id;
+        for p in &t.partition_data {
+            let mut rp = produce_response::PartitionProduceResponse::default();
+            rp.index = p.index;
+            rp.error_code = NOT_LEADER_OR_FOLLOWER;
+            rp.base_offset = -1;
+            rp.log_append_time_ms = -1;
+            rp.log_start_offset = -1;
+            rt.partition_responses.push(rp);
+        }
+        resp.responses.push(rt);
+    }
+    resp
+}
