@@ -146,9 +146,11 @@ fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16,
         ApiKey::FindCoordinator => {
             let body: FindCoordinatorRequest = req.decode()?;
             let mut resp = FindCoordinatorResponse::default();
-            resp.error_code = COORDINATOR_NOT_AVAILABLE;
-            resp.node_id = BrokerId(-1);
-            resp.port = -1;
+            if req.api_version < 4 {
+                resp.error_code = COORDINATOR_NOT_AVAILABLE;
+                resp.node_id = BrokerId(-1);
+                resp.port = -1;
+            }
             for key in &body.coordinator_keys {
                 let mut c = find_coordinator_response::Coordinator::default();
                 c.key = key.clone();
@@ -188,8 +190,6 @@ fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16,
         ApiKey::InitProducerId => {
             let mut resp = InitProducerIdResponse::default();
             resp.error_code = NOT_COORDINATOR;
-            resp.producer_id = ProducerId(-1);
-            resp.producer_epoch = -1;
             encode(req, NOT_COORDINATOR, &resp)
         }
         ApiKey::AddOffsetsToTxn => {
@@ -200,8 +200,6 @@ fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16,
         ApiKey::EndTxn => {
             let mut resp = EndTxnResponse::default();
             resp.error_code = NOT_COORDINATOR;
-            resp.producer_id = ProducerId(-1);
-            resp.producer_epoch = -1;
             encode(req, NOT_COORDINATOR, &resp)
         }
         ApiKey::ListGroups => {
@@ -246,7 +244,25 @@ fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16,
         ApiKey::OffsetFetch => {
             let body: OffsetFetchRequest = req.decode()?;
             let mut resp = OffsetFetchResponse::default();
-            resp.error_code = NOT_COORDINATOR;
+            if (2..8).contains(&req.api_version) {
+                resp.error_code = NOT_COORDINATOR;
+            }
+            // Before v2 there is no top-level error: an answer without the
+            // partitions asked for would read as "nothing committed" (and
+            // reset the consumer); each partition carries the error.
+            for t in body.topics.iter().flatten() {
+                let mut rt = offset_fetch_response::OffsetFetchResponseTopic::default();
+                rt.name = t.name.clone();
+                for &p in &t.partition_indexes {
+                    let mut rp = offset_fetch_response::OffsetFetchResponsePartition::default();
+                    rp.partition_index = p;
+                    rp.committed_offset = -1;
+                    rp.committed_leader_epoch = -1;
+                    rp.error_code = NOT_COORDINATOR;
+                    rt.partitions.push(rp);
+                }
+                resp.topics.push(rt);
+            }
             for g in &body.groups {
                 let mut rg = offset_fetch_response::OffsetFetchResponseGroup::default();
                 rg.group_id = g.group_id.clone();
@@ -423,4 +439,177 @@ pub fn produce(body: &ProduceRequest) -> ProduceResponse {
         resp.responses.push(rt);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+
+    fn frame<R: Encodable>(api: ApiKey, version: i16, body: &R) -> RequestFrame {
+        let f = codec::encode_request(api, version, Some(StrBytes::from_static_str("t")), body)
+            .expect("encode");
+        RequestFrame::parse(f).expect("parse")
+    }
+
+    fn answered<R: Decodable>(req: &RequestFrame) -> R {
+        let id = Identity::new(
+            "c",
+            "127.0.0.1:9092".parse().expect("addr"),
+            "localhost",
+            3,
+            None,
+        );
+        let (_, f) = build(req, &id).expect("build").expect("an answer");
+        // The frame starts with the correlation id, as an upstream's would.
+        codec::decode_response_body(req.api_key, req.api_version, &f).expect("decode")
+    }
+
+    fn topic(n: &str) -> TopicName {
+        TopicName(StrBytes::from_string(n.to_string()))
+    }
+
+    #[test]
+    fn every_partition_of_a_produce_gets_not_leader() {
+        let mut body = ProduceRequest::default();
+        body.acks = -1;
+        for name in ["a", "b"] {
+            let mut t = produce_request::TopicProduceData::default();
+            t.name = topic(name);
+            for i in 0..3 {
+                let mut p = produce_request::PartitionProduceData::default();
+                p.index = i;
+                t.partition_data.push(p);
+            }
+            body.topic_data.push(t);
+        }
+        for v in [3, 9, 11] {
+            let r: ProduceResponse = answered(&frame(ApiKey::Produce, v, &body));
+            let got: Vec<(String, i32, i16)> = r
+                .responses
+                .iter()
+                .flat_map(|t| {
+                    t.partition_responses
+                        .iter()
+                        .map(move |p| (t.name.0.to_string(), p.index, p.error_code))
+                })
+                .collect();
+            assert_eq!(got.len(), 6, "v{v}: {got:?}");
+            assert!(
+                got.iter().all(|g| g.2 == NOT_LEADER_OR_FOLLOWER),
+                "v{v}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn offset_fetch_answers_each_partition_in_old_versions_and_each_group_in_new() {
+        let mut old = OffsetFetchRequest::default();
+        old.group_id = GroupId(StrBytes::from_static_str("g"));
+        let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+        t.name = topic("a");
+        t.partition_indexes = vec![0, 1];
+        old.topics = Some(vec![t]);
+        for v in [1, 5, 7] {
+            let r: OffsetFetchResponse = answered(&frame(ApiKey::OffsetFetch, v, &old));
+            let parts: Vec<i16> = r
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+                .collect();
+            assert_eq!(parts, vec![NOT_COORDINATOR; 2], "v{v}");
+        }
+        let mut new = OffsetFetchRequest::default();
+        let mut g = offset_fetch_request::OffsetFetchRequestGroup::default();
+        g.group_id = GroupId(StrBytes::from_static_str("g"));
+        new.groups.push(g);
+        let r: OffsetFetchResponse = answered(&frame(ApiKey::OffsetFetch, 8, &new));
+        assert_eq!(r.groups.len(), 1);
+        assert_eq!(r.groups[0].error_code, NOT_COORDINATOR);
+    }
+
+    #[test]
+    fn coordinator_apis_get_not_coordinator() {
+        let r: JoinGroupResponse =
+            answered(&frame(ApiKey::JoinGroup, 5, &JoinGroupRequest::default()));
+        assert_eq!(r.error_code, NOT_COORDINATOR);
+        let r: HeartbeatResponse =
+            answered(&frame(ApiKey::Heartbeat, 4, &HeartbeatRequest::default()));
+        assert_eq!(r.error_code, NOT_COORDINATOR);
+        let mut fc = FindCoordinatorRequest::default();
+        fc.coordinator_keys = vec![StrBytes::from_static_str("g")];
+        let r: FindCoordinatorResponse = answered(&frame(ApiKey::FindCoordinator, 4, &fc));
+        assert_eq!(r.coordinators.len(), 1);
+        assert_eq!(r.coordinators[0].error_code, COORDINATOR_NOT_AVAILABLE);
+        let r: FindCoordinatorResponse = answered(&frame(
+            ApiKey::FindCoordinator,
+            1,
+            &FindCoordinatorRequest::default(),
+        ));
+        assert_eq!(r.error_code, COORDINATOR_NOT_AVAILABLE);
+    }
+
+    #[test]
+    fn fetch_partitions_get_not_leader_and_no_records() {
+        let mut body = FetchRequest::default();
+        let mut t = fetch_request::FetchTopic::default();
+        t.topic = topic("a");
+        let mut p = fetch_request::FetchPartition::default();
+        p.partition = 2;
+        t.partitions.push(p);
+        body.topics.push(t);
+        let r: FetchResponse = answered(&frame(ApiKey::Fetch, 11, &body));
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(
+            (p.partition_index, p.error_code),
+            (2, NOT_LEADER_OR_FOLLOWER)
+        );
+    }
+
+    /// Every API with an answer, at every version the crate speaks: the
+    /// answer encodes (a field set outside its versions would fail here, and
+    /// the client would lose its connection instead).
+    #[test]
+    fn every_answer_encodes_at_every_version() {
+        macro_rules! check {
+            ($($api:ident => $req:ty),* $(,)?) => {$(
+                let range = <$req as kafka_protocol::protocol::Message>::VERSIONS;
+                for v in range.min..=range.max {
+                    let req = frame(ApiKey::$api, v, &<$req>::default());
+                    let id = Identity::new("c", "127.0.0.1:9092".parse().expect("addr"), "localhost", 3, None);
+                    let built = build(&req, &id);
+                    assert!(matches!(built, Ok(Some(_))), "{:?} v{v}: {:?}", ApiKey::$api, built.err());
+                }
+            )*};
+        }
+        check!(
+            Produce => ProduceRequest,
+            Fetch => FetchRequest,
+            ListOffsets => ListOffsetsRequest,
+            DeleteRecords => DeleteRecordsRequest,
+            Metadata => MetadataRequest,
+            FindCoordinator => FindCoordinatorRequest,
+            JoinGroup => JoinGroupRequest,
+            SyncGroup => SyncGroupRequest,
+            Heartbeat => HeartbeatRequest,
+            LeaveGroup => LeaveGroupRequest,
+            OffsetDelete => OffsetDeleteRequest,
+            InitProducerId => InitProducerIdRequest,
+            AddOffsetsToTxn => AddOffsetsToTxnRequest,
+            EndTxn => EndTxnRequest,
+            ListGroups => ListGroupsRequest,
+            OffsetCommit => OffsetCommitRequest,
+            TxnOffsetCommit => TxnOffsetCommitRequest,
+            OffsetFetch => OffsetFetchRequest,
+            DescribeGroups => DescribeGroupsRequest,
+            DeleteGroups => DeleteGroupsRequest,
+            AddPartitionsToTxn => AddPartitionsToTxnRequest,
+            CreateTopics => CreateTopicsRequest,
+            DeleteTopics => DeleteTopicsRequest,
+            CreatePartitions => CreatePartitionsRequest,
+            DescribeConfigs => DescribeConfigsRequest,
+            AlterConfigs => AlterConfigsRequest,
+            IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
+        );
+    }
 }
