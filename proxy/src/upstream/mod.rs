@@ -304,6 +304,24 @@ impl Site {
                 }
             }
         }
+        // Nothing routes to a broker the cluster does not list: its down
+        // mark ends here (it is a new broker to us when it comes back).
+        if self.any_down.load(Ordering::Acquire) {
+            if let Ok(mut down) = self.down.lock() {
+                down.retain(|b, _| {
+                    let keep = new.brokers.contains_key(b);
+                    if !keep {
+                        self.metrics
+                            .upstream
+                            .broker_down
+                            .with_label_values(&[self.name.as_str(), b.to_string().as_str()])
+                            .set(0);
+                    }
+                    keep
+                });
+                self.any_down.store(!down.is_empty(), Ordering::Release);
+            }
+        }
     }
 
     /// Folds a Metadata response seen on a client's behalf into the view.
@@ -793,8 +811,17 @@ impl Site {
     ) {
         let mut next = Instant::now();
         loop {
+            // While a broker is down, refresh every second: the cluster moves
+            // its leaders (and drops it from the metadata) within its session
+            // timeout, and requests for them are answered with retriable
+            // errors until Switchyard sees the move.
+            let hurry = self.any_down.load(Ordering::Acquire);
+            if hurry {
+                next = next.min(Instant::now() + Duration::from_secs(1));
+            }
             if Instant::now() >= next {
-                let ok = self.refresh_for("periodic").await.is_ok();
+                let cause = if hurry { "broker_down" } else { "periodic" };
+                let ok = self.refresh_for(cause).await.is_ok();
                 next = Instant::now()
                     + if ok {
                         interval
