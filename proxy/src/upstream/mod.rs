@@ -980,9 +980,11 @@ fn protocol_err(addr: &str, e: impl std::fmt::Display) -> UpstreamError {
 }
 
 /// Backoff before a failed broker is tried again: doubles per failed retry
-/// from the minimum to the maximum (an answer ends it).
-const BROKER_BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BROKER_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// from the minimum to the maximum (an answer ends it). Kafka's clients use
+/// 50 ms to 1 s (`reconnect.backoff.ms`, `reconnect.backoff.max.ms`); a
+/// longer one would keep answering for a broker that is back already.
+const BROKER_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BROKER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// See `Site::control_timeout`.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
