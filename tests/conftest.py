@@ -36,12 +36,10 @@ Environment:
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -53,12 +51,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import helpers  # noqa: E402
-from helpers import allocate_ports, http_get, http_get_json, parse_prometheus, tcp_accepts  # noqa: E402
+from helpers import (  # noqa: E402
+    DEFAULT_SWITCHYARD_BIN,
+    SWITCHYARD_READY_TIMEOUT,
+    TEARDOWN_GRACE,
+    ManagedProcess,
+    Switchyard,
+    allocate_ports,
+    start_switchyard,
+    switchyard_bin_path,
+    tcp_accepts,
+)
+from helpers import to_yaml  # noqa: E402,F401 - test_plugins imports it from here
 from kafka_cluster import KafkaCluster, KafkaError, KafkaNode  # noqa: E402
 from relay import Relay  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SWITCHYARD_BIN = ROOT / "target" / "debug" / "switchyard"
 TANSU_SHA256 = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 
 # Upper bound for one test (fixtures included) unless the test sets its own
@@ -67,8 +75,6 @@ TANSU_SHA256 = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723
 DEFAULT_TEST_TIMEOUT = 150
 CARGO_BUILD_TIMEOUT = 1800
 TANSU_START_TIMEOUT = 15.0
-SWITCHYARD_READY_TIMEOUT = 30.0
-TEARDOWN_GRACE = 5.0
 
 
 # --------------------------------------------------------------------------
@@ -204,89 +210,6 @@ def pytest_runtest_makereport(item, call):
 # --------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------
-
-_live: list["ManagedProcess"] = []
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for p in list(_live):
-        p.kill()
-
-
-class ManagedProcess:
-    """A child process whose stdout+stderr go to a log file."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Optional[dict] = None):
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self._log.write(f"$ {' '.join(self.argv)}\n".encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C on pytest doesn't hit it; finalizers stop it
-        )
-        _live.append(self)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 60) -> str:
-        try:
-            data = self.log_path.read_bytes()
-        except OSError as e:
-            return f"<cannot read {self.log_path}: {e}>"
-        text = data.decode("utf-8", "replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def send_signal(self, sig: int) -> None:
-        if self.running():
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> Optional[int]:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        if self.running():
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._close()
-
-    def terminate(self, grace: float = TEARDOWN_GRACE) -> Optional[int]:
-        """SIGTERM, then SIGKILL after `grace` seconds. Returns the exit code."""
-        if self.running():
-            self.proc.send_signal(signal.SIGTERM)
-            if self.wait(grace) is None:
-                self.kill()
-        self._close()
-        return self.proc.returncode
-
-    def _close(self) -> None:
-        if self.proc.poll() is not None:
-            if self in _live:
-                _live.remove(self)
-            if not self._log.closed:
-                self._log.close()
-
 
 def _register(request, proc: ManagedProcess) -> None:
     procs = getattr(request.node, "_managed_processes", None)
@@ -700,156 +623,6 @@ def restart_site(tansu) -> Callable[..., Site]:
     return restart
 
 
-def bootstrap_list(upstream: Any) -> list[str]:
-    """The bootstrap addresses of a site object or "host:port[,host:port]" string."""
-    text = upstream if isinstance(upstream, str) else upstream.bootstrap
-    return [a for a in str(text).split(",") if a]
-
-
-# --------------------------------------------------------------------------
-# Switchyard
-# --------------------------------------------------------------------------
-
-
-def _yaml_scalar(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, dict):
-        assert not v
-        return "{}"
-    if isinstance(v, list):
-        assert not v
-        return "[]"
-    import json
-
-    return json.dumps(str(v))  # a JSON string is a valid YAML double-quoted scalar
-
-
-def _yaml_lines(obj: Any, indent: int):
-    pad = "  " * indent
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(v, (dict, list)) and v:
-                yield f"{pad}{k}:"
-                yield from _yaml_lines(v, indent + 1)
-            else:
-                yield f"{pad}{k}: {_yaml_scalar(v)}"
-    elif isinstance(obj, list):
-        for item in obj:
-            if isinstance(item, (dict, list)) and item:
-                sub = list(_yaml_lines(item, indent + 1))
-                yield f"{pad}- {sub[0].lstrip()}"
-                yield from sub[1:]
-            else:
-                yield f"{pad}- {_yaml_scalar(item)}"
-    else:
-        yield f"{pad}{_yaml_scalar(obj)}"
-
-
-def to_yaml(obj: dict) -> str:
-    """Minimal block-style YAML writer for the config dicts used here."""
-    return "\n".join(_yaml_lines(obj, 0)) + "\n"
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def switchyard_bin_path() -> Path:
-    env_bin = os.environ.get("SWITCHYARD_BIN")
-    return Path(env_bin) if env_bin else DEFAULT_SWITCHYARD_BIN
-
-
-class Switchyard:
-    def __init__(
-        self,
-        proc: ManagedProcess,
-        config: dict,
-        config_path: Path,
-        upstreams: list,
-    ):
-        self.process = proc
-        self.proc = proc.proc
-        self.log_path = proc.log_path
-        self.config = config
-        self.config_path = config_path
-        self.upstreams = upstreams
-        self.cluster_id = config["cluster_id"]
-        bind_host, bind_port = config["listen"]["bind"].rsplit(":", 1)
-        self.host = bind_host
-        self.port = int(bind_port)
-        self.bootstrap = f"{bind_host}:{self.port}"
-        self.virtual_nodes = int(config["listen"].get("virtual_nodes", 3))
-        self.advertised_host = config["listen"].get("advertised_host") or bind_host
-        self.node_ports = {i: self.port + 1 + i for i in range(self.virtual_nodes)}
-        self.advertised = {i: f"{self.advertised_host}:{p}" for i, p in self.node_ports.items()}
-        admin_bind = config.get("admin", {}).get("bind", "127.0.0.1:9644")
-        self.admin_bind = admin_bind
-        self.admin = f"http://{admin_bind}"
-
-    @property
-    def broker(self) -> Site:
-        """The site the fixture started (or the first upstream given)."""
-        b = self.upstreams[0]
-        assert not isinstance(b, str), "the first upstream is an address, not a site started by the fixture"
-        return b
-
-    @property
-    def tansu(self) -> TansuBroker:
-        t = self.upstreams[0]
-        assert isinstance(t, TansuBroker), "first upstream is not a Tansu started by the fixture"
-        return t
-
-    # admin API
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        return http_get(self.admin + path, timeout)
-
-    def status(self) -> dict:
-        return http_get_json(self.admin + "/api/v1/status")
-
-    def metrics(self):
-        status, body = self.get("/metrics")
-        assert status == 200, f"/metrics returned {status}: {body[:300]}"
-        return parse_prometheus(body)
-
-    # process control
-    def running(self) -> bool:
-        return self.process.running()
-
-    def send_signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
-        """Sends SIGTERM (or `sig`) and waits for exit; returns the exit code.
-        Raises AssertionError (after SIGKILL) if it does not exit in time."""
-        assert self.running(), f"switchyard already exited with {self.proc.returncode}"
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout)
-        if code is None:
-            self.process.kill()
-            raise AssertionError(
-                f"switchyard did not exit within {timeout}s after signal {sig}:\n{self.process.tail()}"
-            )
-        self.process._close()
-        return code
-
-    def kill(self) -> None:
-        self.process.kill()
-
-    def __repr__(self) -> str:
-        return f"<Switchyard {self.bootstrap} admin={self.admin} pid={self.proc.pid}>"
-
-
 @pytest.fixture(scope="session")
 def switchyard_bin() -> Path:
     path = switchyard_bin_path()
@@ -900,65 +673,17 @@ def switchyard(request, tmp_path, site, broker_kind, switchyard_bin) -> Callable
             else:
                 upstreams = [site()]
         upstreams = list(upstreams)
-        config: dict = {
-            "cluster_id": cluster_id,
-            "listen": {"bind": None, "virtual_nodes": virtual_nodes},
-            "sites": [
-                {
-                    "name": "local",
-                    "bootstrap": [a for u in upstreams for a in bootstrap_list(u)],
-                }
-            ],
-            "admin": {"bind": None},
-            "log": {"format": "human", "level": os.environ.get("SWITCHYARD_LOG_LEVEL", "info")},
-        }
-        config = deep_merge(config, overrides or {})
-        n = int(config["listen"]["virtual_nodes"])
-        if config["listen"]["bind"] is None:
-            base = allocate_ports(n + 1)
-            config["listen"]["bind"] = f"127.0.0.1:{base}"
-        if config["admin"]["bind"] is None:
-            config["admin"]["bind"] = f"127.0.0.1:{allocate_ports(1)}"
-
         counter[0] += 1
-        config_path = tmp_path / f"switchyard-{counter[0]}.yaml"
-        config_path.write_text(to_yaml(config) if config_text is None else config_text)
-        log_path = tmp_path / f"switchyard-{counter[0]}.log"
-        env = dict(os.environ, RUST_BACKTRACE="1")
-        proc = ManagedProcess(
-            f"switchyard#{counter[0]}",
-            [str(switchyard_bin), "run", "--config", str(config_path)],
-            log_path,
-            env=env,
-        )
-        _register(request, proc)
-        sy = Switchyard(proc, config, config_path, upstreams)
-        started.append(sy)
 
-        path = "/readyz" if wait_ready else "/healthz"
-        deadline = time.monotonic() + ready_timeout
-        last = "no answer"
-        while True:
-            if not proc.running():
-                raise AssertionError(
-                    f"switchyard exited with {proc.proc.returncode} during startup; config:\n"
-                    f"{config_path.read_text()}\nlog:\n{proc.tail()}"
-                )
-            try:
-                code, body = http_get(sy.admin + path, timeout=2)
-                if code == 200:
-                    break
-                last = f"{code} {body[:200]!r}"
-            except OSError as e:
-                last = repr(e)
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"GET {sy.admin}{path} not 200 within {ready_timeout}s (last: {last}); log:\n{proc.tail()}"
-                )
-            time.sleep(0.1)
-        if wait_ready:
-            assert tcp_accepts(sy.host, sy.port), f"/readyz is 200 but {sy.bootstrap} does not accept TCP"
-        return sy
+        def launched(sy: Switchyard) -> None:
+            _register(request, sy.process)
+            started.append(sy)
+
+        return start_switchyard(
+            switchyard_bin, tmp_path, upstreams, index=counter[0], cluster_id=cluster_id,
+            virtual_nodes=virtual_nodes, overrides=overrides, wait_ready=wait_ready,
+            ready_timeout=ready_timeout, config_text=config_text, launched=launched,
+        )
 
     yield start
     for sy in reversed(started):
