@@ -9,6 +9,7 @@ scripts/setup.sh copies the jars of tests/kafka/pom.xml into
     cluster.bootstrap              # "127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3"
     cluster.kill_node(1)           # SIGKILL one node (a crash)
     cluster.start_node(1)          # the same node again, same storage and ports
+    cluster.add_broker()           # node 4, broker only, on the running cluster
     cluster.close()                # SIGKILL everything
 
 Every node is a combined broker+controller (`process.roles=broker,controller`)
@@ -197,9 +198,11 @@ class KafkaNode:
     """One combined broker+controller process of a KafkaCluster."""
 
     def __init__(self, cluster: "KafkaCluster", node_id: int, port: int, internal_port: int,
-                 controller_port: int, advertise_port: int):
+                 controller_port: int, advertise_port: int, controller: bool = True):
         self.cluster = cluster
         self.node_id = node_id
+        # False: a broker-only node (KafkaCluster.add_broker), not a voter.
+        self.controller = controller
         self.host = "127.0.0.1"
         self.port = port
         self.internal_port = internal_port
@@ -220,16 +223,21 @@ class KafkaNode:
 
     def properties(self) -> dict[str, str]:
         c = self.cluster
-        n = len(c.nodes)
-        voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in c.nodes)
+        # The quorum is the nodes the cluster started with (combined
+        # broker+controller); brokers added later only join as brokers.
+        quorum = [x for x in c.nodes if x.controller]
+        n = len(quorum)
+        voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in quorum)
         rf = str(min(3, n))
         isr = "2" if n >= 3 else "1"
+        listeners = f"CLIENT://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{self.internal_port}"
+        if self.controller:
+            listeners += f",CONTROLLER://127.0.0.1:{self.controller_port}"
         props = {
-            "process.roles": "broker,controller",
+            "process.roles": "broker,controller" if self.controller else "broker",
             "node.id": str(self.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"CLIENT://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{self.internal_port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "listeners": listeners,
             "advertised.listeners": f"CLIENT://127.0.0.1:{self.advertise_port},"
             f"INTERNAL://127.0.0.1:{self.internal_port}",
             "listener.security.protocol.map": "CLIENT:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -295,6 +303,8 @@ class KafkaNode:
         if self.running():
             raise KafkaError(f"kafka node {self.node_id} is already running (pid {self.proc.pid})")
         for p in (self.port, self.internal_port, self.controller_port):
+            if p == self.controller_port and not self.controller:
+                continue
             if not _free(p, reuse=True):
                 raise KafkaError(f"kafka node {self.node_id}: port {p} is taken by another process")
         self._log = open(self.log_path, "ab")
@@ -431,6 +441,7 @@ class KafkaCluster:
         # what the test suite waits for; benchmarks pass quick_jit=False to
         # measure a fully compiled broker.
         self.jvm_flags = ["-XX:TieredStopAtLevel=1"] if quick_jit else []
+        self.allocate = allocate
         self.nodes: list[KafkaNode] = []
         for i in range(nodes):
             port = ports[i] if ports else allocate(1)
@@ -495,6 +506,32 @@ class KafkaCluster:
         n.write_config()
         n.launch()
         n.wait_serving(timeout)
+        return n
+
+    def add_broker(self, timeout: float = START_TIMEOUT) -> KafkaNode:
+        """Starts one more node, broker only (the quorum stays the nodes the
+        cluster started with), with the next node id and free ports, on a
+        running cluster: formats its storage with the cluster's id and
+        returns once every running node lists it. Partitions move onto it
+        only by a reassignment, as in a real cluster. The node is in
+        `nodes` from here on (restart(), kill() and tail() include it)."""
+        node_id = max(n.node_id for n in self.nodes) + 1
+        port, internal = self.allocate(1), self.allocate(2)
+        n = KafkaNode(self, node_id, port, internal, internal + 1, port, controller=False)
+        self.nodes.append(n)
+        n.write_config()
+        p = n.format()
+        try:
+            code = p.wait(timeout=FORMAT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise KafkaError(f"formatting storage of kafka node {node_id} took over {FORMAT_TIMEOUT:.0f}s")
+        if code != 0:
+            out = (n.dir / "format.log").read_text(errors="replace")[-3000:]
+            raise KafkaError(f"formatting storage of kafka node {node_id} failed (exit {code}):\n{out}")
+        n.launch()
+        brokers = sum(1 for x in self.nodes if x.running())
+        n.wait_serving(timeout, want_brokers=brokers)
         return n
 
     def kill_node(self, node_id: int) -> KafkaNode:
