@@ -693,10 +693,18 @@ def switchyard(request, tmp_path, site, broker_kind, switchyard_bin) -> Callable
 @pytest.fixture
 def workers(request, tmp_path):
     """Factory: workers(kind, name, **args) -> failover.Worker, a producer
-    ("produce") or consumer ("consume", lib confluent or kafka-python) in its
-    own process that logs every send, ack, delivery and commit as events;
-    all are killed at teardown, and their logs are attached to a failure
-    report."""
+    ("produce") or consumer ("consume") in its own process that logs every
+    send, ack, delivery and commit as events; all are killed at teardown
+    (with a Java client they run), and their logs are attached to a failure
+    report. `lib` picks the client library, for both kinds:
+
+    * ``confluent`` (librdkafka; the producer's default),
+    * ``kafka-python``,
+    * ``java``: Kafka's VerifiableProducer / VerifiableConsumer (the Java
+      client, from .tools/kafka/libs) run by the worker, their JSON lines
+      turned into the same events; the producer's record ids are its values
+      "<prefix>.<n>" and its "sent" times are estimated (see failover.py);
+      consumers take `group_protocol` "classic" (default) or "consumer"."""
     from failover import Worker
 
     started: list = []

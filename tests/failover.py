@@ -5,11 +5,14 @@
   on the primary, tees to the standby and fails over to it.
 * admin calls: ``failover``, ``failback``, ``route_status``, ``site_health``,
   ``metric``.
-* worker processes (``Worker``): consumer-group members (confluent-kafka or
-  kafka-python) and a steady producer, each a separate Python process that
-  writes one JSON object per line to an events file, so a stuck client can
-  be killed without hanging pytest. The same file is the worker's program:
-  ``python tests/failover.py consume|produce '<json args>'``.
+* worker processes (``Worker``): consumer-group members and steady
+  producers of confluent-kafka, kafka-python or the Java client (``lib``),
+  each a separate process that writes one JSON object per line to an events
+  file, so a stuck client can be killed without hanging pytest. The same
+  file is the worker's program: ``python tests/failover.py consume|produce
+  '<json args>'``. The Java workers run Kafka's VerifiableProducer /
+  VerifiableConsumer (kafka-tools) as their child and translate its JSON
+  lines into the same events.
 * ``summarize`` -- lost records, duplicates and RTO from those events.
 * MirrorMaker 2 checkpoint records (``checkpoint_key`` / ``checkpoint_value``
   / ``write_checkpoints``), as MirrorCheckpointTask writes them to
@@ -17,7 +20,10 @@
 
 Record ids: every record the tests produce carries its id (a unique string)
 as its value, so the consumers report what they got by id; times are wall
-clock (time.time()) so that events of different processes compare.
+clock (time.time()) so that events of different processes compare. The
+Python producers' ids are ``<tag>-<seq>``; the Java producer's are
+VerifiableProducer's values, ``<prefix>.<seq>`` (an integer prefix derived
+from the tag).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -376,6 +383,7 @@ class Worker:
         self.events_path = directory / f"{name}.events.jsonl"
         self.log_path = directory / f"{name}.log"
         self.args["events"] = str(self.events_path)
+        self._terminated = False
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE), kind, json.dumps(self.args)],
@@ -408,25 +416,36 @@ class Worker:
             return f"<{e}>"
         return "\n".join(text[-lines:])
 
-    def stop(self, grace: float = 30.0) -> Optional[int]:
-        """SIGTERM (the worker finishes: the producer flushes, consumers
-        close), SIGKILL after `grace` s. Returns the exit code."""
-        if self.running():
+    def terminate(self) -> None:
+        """SIGTERM, once (the worker finishes: the producer flushes,
+        consumers close); stop() waits for it. A second SIGTERM could reach
+        a worker already past its handler, on its way out."""
+        if self.running() and not self._terminated:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, grace: float = 30.0) -> Optional[int]:
+        """terminate(), SIGKILL after `grace` s. Returns the exit code."""
+        if self.running():
+            self.terminate()
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
-                self.kill()
-        self._close()
+                pass
+        self.kill()  # after the grace, or whatever of its group is left
         return self.proc.returncode
 
     def kill(self) -> None:
-        if self.running():
-            self.proc.kill()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
+        """SIGKILL to the worker's process group: the worker and a Java
+        client it runs (which would outlive its parent otherwise)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
         self._close()
 
     def _close(self) -> None:
@@ -614,11 +633,15 @@ def _on_term(signum, frame):
 class _Events:
     def __init__(self, path: str):
         self.f = open(path, "a", buffering=1)
+        # kafka-python calls delivery callbacks on its sender thread.
+        self.lock = threading.Lock()
 
     def __call__(self, ev: str, **fields: Any) -> None:
         fields["ev"] = ev
         fields.setdefault("t", time.time())
-        self.f.write(json.dumps(fields) + "\n")
+        line = json.dumps(fields) + "\n"
+        with self.lock:
+            self.f.write(line)
 
 
 def _consume_confluent(a: dict, emit: _Events) -> int:
@@ -745,7 +768,7 @@ def _consume_kafka_python(a: dict, emit: _Events) -> int:
                 c = subscribed()
                 continue
             try:
-                batch = c.poll(timeout_ms=200, max_records=100)
+                batch = c.poll(timeout_ms=200, max_records=a.get("max_records", 100))
             except Exception as e:  # noqa: BLE001 - reported, the loop goes on
                 emit("err", err=repr(e))
                 time.sleep(0.2)  # back off a failing poll (not synchronisation)
@@ -831,6 +854,300 @@ def _producer_conf(a: dict) -> dict:
     }
 
 
+def _produce_kafka_python(a: dict, emit: _Events) -> int:
+    """`_produce` with kafka-python: idempotent, acks=all, the same ids,
+    keys and events. A send that cannot be handed over (buffer full, no
+    metadata within max_block_ms) is retried on the next turn."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
+
+    if a.get("ts_base") is not None:
+        raise SystemExit("the kafka-python producer worker takes no ts_base")
+    p = KafkaProducer(
+        bootstrap_servers=a["bootstrap"],
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        delivery_timeout_ms=a.get("message_timeout_ms", 120000),
+        metadata_max_age_ms=2000,
+        reconnect_backoff_max_ms=1000,
+        max_block_ms=5000,
+    )
+    done = {"ack": 0, "fail": 0}
+
+    def acked(rid):
+        def cb(md):
+            done["ack"] += 1
+            emit("ack", id=rid, p=md.partition, o=md.offset)
+        return cb
+
+    def failed(rid):
+        def cb(exc):
+            done["fail"] += 1
+            emit("fail", id=rid, err=repr(exc))
+        return cb
+
+    rate = float(a.get("rate", 100))
+    count = a.get("count")
+    tag = a["tag"]
+    deadline = time.monotonic() + a.get("max_seconds", 600)
+    t0 = time.monotonic()
+    seq = 0
+    while not _stop and time.monotonic() < deadline and (count is None or seq < count):
+        due = int((time.monotonic() - t0) * rate) + 1
+        while seq < due and (count is None or seq < count) and not _stop:
+            rid = f"{tag}-{seq:07d}"
+            try:
+                fut = p.send(a["topic"], key=key_of(rid), value=rid.encode())
+            except KafkaTimeoutError as e:
+                emit("err", err=repr(e))
+                break
+            fut.add_callback(acked(rid))
+            fut.add_errback(failed(rid))
+            emit("sent", id=rid)
+            seq += 1
+        time.sleep(0.01)  # pacing (the rate), not synchronisation
+    fatal = []
+    try:
+        p.flush(timeout=a.get("flush_seconds", 60))
+    except KafkaTimeoutError as e:
+        fatal.append(f"flush: {e!r}")
+    undelivered = seq - done["ack"] - done["fail"]
+    try:
+        p.close(timeout=5)
+    except Exception as e:  # noqa: BLE001 - reported
+        emit("err", err=f"close: {e!r}")
+    emit("done", sent=seq, undelivered=undelivered, fatal=fatal)
+    return 3 if fatal else 0
+
+
+# --------------------------------------------------------------------------
+# Java client workers: Kafka's own VerifiableProducer / VerifiableConsumer
+# (kafka-tools, on the classpath scripts/setup.sh installs) run as a child of
+# the worker process; their JSON lines on stdout become the same events as
+# the Python workers' (time-stamped as they are read; the tools flush each
+# line). Other output (log4j) goes to the worker's log.
+# --------------------------------------------------------------------------
+
+JAVA_CLIENT_HEAP = "128m"
+
+
+def java_value_prefix(tag: str) -> int:
+    """VerifiableProducer's values are "<prefix>.<n>" with an integer prefix
+    (--value-prefix); the Java producer's record ids are those values, the
+    prefix derived from the worker's tag."""
+    import zlib
+
+    return zlib.crc32(tag.encode()) % 1_000_000_000
+
+
+def _java_argv(main_class: str, props: dict, props_path: Path, *args: str) -> list[str]:
+    from kafka_cluster import LOG4J_CONFIG, java_bin, kafka_libs
+
+    props_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return [java_bin(), f"-Xmx{JAVA_CLIENT_HEAP}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-cp", f"{kafka_libs()}/*", main_class, "--command-config", str(props_path), *args]
+
+
+def _run_java(argv: list[str], on_event, emit: _Events, *, stop_grace: float,
+              max_seconds: float) -> Optional[int]:
+    """Runs a Java tool, calling on_event(name, obj, t) per JSON line. On
+    SIGTERM of this worker (or after max_seconds) the tool gets SIGTERM (its
+    shutdown hook closes the client) and `stop_grace` s to finish, then
+    SIGKILL. Returns its exit code (None: killed; 0 for the JVM's 143 after
+    our SIGTERM)."""
+    import queue
+
+    sys.stdout.write(f"$ {' '.join(argv)}\n")
+    sys.stdout.flush()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    emit("java_start", pid=proc.pid)
+    lines: "queue.Queue[Optional[bytes]]" = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + max_seconds
+    stop_by = None
+    killed = False
+    while True:
+        if stop_by is None and (_stop or time.monotonic() > deadline):
+            proc.send_signal(signal.SIGTERM)
+            stop_by = time.monotonic() + stop_grace
+        if stop_by is not None and not killed and time.monotonic() > stop_by:
+            emit("err", err=f"java tool did not stop within {stop_grace}s of SIGTERM; killed")
+            proc.kill()
+            killed = True
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        t = time.time()
+        text = line.decode("utf-8", "replace").rstrip("\n")
+        if text.startswith("{"):
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict) and "name" in obj:
+                on_event(obj["name"], obj, t)
+                continue
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    code = proc.wait()
+    if killed:
+        return None
+    # 143: the JVM's exit after the SIGTERM we sent (its shutdown hook ran).
+    return 0 if stop_by is not None and code == 128 + signal.SIGTERM else code
+
+
+def _produce_java(a: dict, emit: _Events) -> int:
+    """org.apache.kafka.tools.VerifiableProducer: the Java producer with the
+    client's defaults (idempotent, acks=all, retries until
+    delivery.timeout.ms), `--throughput` = rate, keys "0".."96"
+    (--repeating-keys 97), values "<prefix>.<n>" (the record ids). The tool
+    reports completions only, so a record's "sent" event is estimated when
+    its completion is read: the tool's throttle hands record n over at about
+    start + n/rate (`est: true`; later if the producer blocked)."""
+    if a.get("ts_base") is not None:
+        raise SystemExit("the Java producer worker takes no ts_base")
+    rate = float(a.get("rate", 100))
+    prefix = int(a.get("value_prefix", java_value_prefix(a["tag"])))
+    events_dir = Path(a["events"]).parent
+    props = {
+        # VerifiableProducer sets retries=0 ("no producer retries"), which
+        # also turns idempotence off; its --command-config file is applied
+        # after that, so the client's defaults come back here.
+        "retries": 2147483647,
+        "enable.idempotence": "true",
+        "acks": "all",
+        "delivery.timeout.ms": a.get("message_timeout_ms", 120000),
+        "metadata.max.age.ms": 2000,
+        "reconnect.backoff.max.ms": 1000,
+    }
+    args = ["--bootstrap-server", a["bootstrap"], "--topic", a["topic"], "--throughput", str(int(rate)),
+            "--value-prefix", str(prefix), "--repeating-keys", "97"]
+    if a.get("count") is not None:
+        args += ["--max-messages", str(a["count"])]
+    argv = _java_argv("org.apache.kafka.tools.VerifiableProducer", props,
+                      events_dir / f"{Path(a['events']).stem}.producer.properties", *args)
+    st = {"start": None, "sent_ids": set(), "acked": 0, "failed": 0, "tool": None, "max_n": -1}
+
+    def sent(rid: str, t: float) -> None:
+        if rid in st["sent_ids"]:
+            return
+        st["sent_ids"].add(rid)
+        n = int(rid.rsplit(".", 1)[1])
+        st["max_n"] = max(st["max_n"], n)
+        start = st["start"] if st["start"] is not None else t
+        emit("sent", id=rid, t=min(t, start + n / rate), est=True)
+
+    def on_event(name: str, o: dict, t: float) -> None:
+        if name == "startup_complete":
+            st["start"] = t
+        elif name == "producer_send_success":
+            sent(o["value"], t)
+            st["acked"] += 1
+            emit("ack", id=o["value"], p=o["partition"], o=o["offset"], t=t)
+        elif name == "producer_send_error":
+            sent(o["value"], t)
+            st["failed"] += 1
+            emit("fail", id=o["value"], err=f"{o.get('exception')}: {o.get('message')}", t=t)
+        elif name == "tool_data":
+            st["tool"] = o
+        elif name == "shutdown_complete":
+            emit("closed", t=t)
+
+    code = _run_java(argv, on_event, emit, stop_grace=float(a.get("flush_seconds", 60)),
+                     max_seconds=a.get("max_seconds", 600))
+    tool = st["tool"]
+    total = int(tool["sent"]) if tool else st["max_n"] + 1
+    # Records handed over that never completed (the tool was killed): sent
+    # events at their estimated time, so the producer's records are complete.
+    if st["start"] is not None:
+        for n in range(total):
+            rid = f"{prefix}.{n}"
+            if rid not in st["sent_ids"]:
+                st["sent_ids"].add(rid)
+                emit("sent", id=rid, t=st["start"] + n / rate, est=True)
+    fatal = [] if (code == 0 and tool) else [f"java producer exit {code}; tool_data {tool}"]
+    emit("done", sent=total, undelivered=total - st["acked"] - st["failed"], fatal=fatal)
+    return 3 if fatal else 0
+
+
+def _consume_java(a: dict, emit: _Events) -> int:
+    """org.apache.kafka.tools.VerifiableConsumer: the Java consumer in a
+    group (`group_protocol` classic, the default, or consumer), `--verbose`
+    for one record_data line per record, auto-commit off (the tool's
+    default): the tool commits synchronously after each poll's batch, and a
+    commit's offsets become one "commit" event per record it covers."""
+    protocol = a.get("group_protocol", "classic")
+    events_dir = Path(a["events"]).parent
+    props: dict[str, Any] = {
+        "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+        "metadata.max.age.ms": 2000,
+        "reconnect.backoff.max.ms": 1000,
+        "fetch.max.wait.ms": 100,
+        "request.timeout.ms": 20000,
+    }
+    args = ["--bootstrap-server", a["bootstrap"], "--topic", a["topic"], "--group-id", a["group"],
+            "--group-protocol", protocol, "--verbose", "--reset-policy", "earliest", "--close-timeout", "5000"]
+    if protocol == "classic":
+        # The consumer protocol sets these on the broker side (and refuses them here).
+        props["heartbeat.interval.ms"] = HEARTBEAT_INTERVAL_MS
+        args += ["--session-timeout", str(SESSION_TIMEOUT_MS)]
+    argv = _java_argv("org.apache.kafka.tools.VerifiableConsumer", props,
+                      events_dir / f"{Path(a['events']).stem}.consumer.properties", *args)
+    pending: dict[int, list[tuple[int, str]]] = {}
+
+    def parts(o: dict) -> list[int]:
+        return sorted(x["partition"] for x in o.get("partitions", []))
+
+    def on_event(name: str, o: dict, t: float) -> None:
+        if name == "record_data":
+            rid = o.get("value") or ""
+            emit("rec", id=rid, p=o["partition"], o=o["offset"], t=t)
+            pending.setdefault(o["partition"], []).append((o["offset"], rid))
+        elif name == "offsets_committed":
+            for x in o.get("offsets", []):
+                p, off = x["partition"], x["offset"]
+                if o.get("success"):
+                    recs = pending.get(p, [])
+                    for ro, rid in recs:
+                        if ro < off:
+                            emit("commit", id=rid, p=p, o=ro + 1, t=t)
+                    pending[p] = [r for r in recs if r[0] >= off]
+                else:
+                    emit("commit_err", err=str(o.get("error")), p=p, o=off, t=t)
+        elif name == "partitions_assigned":
+            emit("assigned", parts=parts(o), t=t)
+        elif name == "partitions_revoked":
+            emit("revoked", parts=parts(o), t=t)
+            for p in parts(o):
+                pending.pop(p, None)
+        elif name == "partitions_lost":
+            emit("lost", parts=parts(o), t=t)
+        elif name == "shutdown_complete":
+            emit("closed", t=t)
+
+    # The tool ends on any exception from poll() ("terminating consumer
+    # process"); like a replaced application instance, a new one joins (the
+    # exit is reported as an error of the group).
+    deadline = time.monotonic() + a.get("max_seconds", 600)
+    while True:
+        code = _run_java(argv, on_event, emit, stop_grace=30.0, max_seconds=max(1.0, deadline - time.monotonic()))
+        if _stop or time.monotonic() >= deadline:
+            return 0 if code == 0 else 2
+        emit("err", err=f"java consumer exited by itself (exit {code}); started again")
+        pending.clear()
+
+
 def _main(argv: list[str]) -> int:
     kind, args = argv[0], json.loads(argv[1])
     signal.signal(signal.SIGTERM, _on_term)
@@ -842,12 +1159,18 @@ def _main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka.coordinator").setLevel(logging.INFO)
-    if kind == "consume":
-        fn = _consume_confluent if args["lib"] == "confluent" else _consume_kafka_python
-        return fn(args, emit)
-    if kind == "produce":
-        return _produce(args, emit)
-    raise SystemExit(f"unknown worker kind {kind!r}")
+    fns = {
+        ("consume", "confluent"): _consume_confluent,
+        ("consume", "kafka-python"): _consume_kafka_python,
+        ("consume", "java"): _consume_java,
+        ("produce", "confluent"): _produce,
+        ("produce", "kafka-python"): _produce_kafka_python,
+        ("produce", "java"): _produce_java,
+    }
+    lib = args.get("lib", "confluent")
+    if (kind, lib) not in fns:
+        raise SystemExit(f"unknown worker {kind!r} lib {lib!r}")
+    return fns[(kind, lib)](args, emit)
 
 
 if __name__ == "__main__":
