@@ -75,15 +75,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     let site_of = split::resolve(&mut body, &mut names, &router, ctx.who(&req), &skip);
     fence(ctx, &req, &mut names);
     let (plan, missing) = split::plan(&ctx.proxy.sites, &body, &site_of, &names).await;
-    for (site, name, partition, code) in missing {
-        let virt = names.virt(site, &name);
-        let id = if by_id {
-            identity.topic_id(virt.0.as_str())
-        } else {
-            Uuid::nil()
-        };
-        errors.push((virt, id, partition, code));
-    }
+    errors.extend(client_errors(&names, &identity, by_id, missing));
     body.session_id = 0;
     body.session_epoch = -1;
     body.forgotten_topics_data.clear();
@@ -210,15 +202,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                 }
             }
             out.session_id = 0;
-            for (site, name, partition, code) in failed {
-                let virt = names.virt(site, &name);
-                let id = if by_id {
-                    identity.topic_id(virt.0.as_str())
-                } else {
-                    Uuid::nil()
-                };
-                errors.push((virt, id, partition, code));
-            }
+            errors.extend(client_errors(&names, &identity, by_id, failed));
             for (topic, topic_id, partition, code) in errors {
                 let mut p = PartitionData::default();
                 p.partition_index = partition;
@@ -261,6 +245,27 @@ fn rename_topic(
         t.topic = virt.clone();
     }
     virt.0.to_string()
+}
+
+/// Partition errors (physical names) under the client's topic names and,
+/// from v13, virtual topic ids.
+fn client_errors<'a>(
+    names: &'a Names,
+    identity: &'a Identity,
+    by_id: bool,
+    errors: Vec<split::Unroutable>,
+) -> impl Iterator<Item = (TopicName, Uuid, i32, i16)> + 'a {
+    errors
+        .into_iter()
+        .map(move |(site, name, partition, code)| {
+            let virt = names.virt(site, &name);
+            let id = if by_id {
+                identity.topic_id(virt.0.as_str())
+            } else {
+                Uuid::nil()
+            };
+            (virt, id, partition, code)
+        })
 }
 
 fn push_topic(out: &mut Vec<FetchableTopicResponse>, t: FetchableTopicResponse) {

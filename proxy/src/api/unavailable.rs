@@ -69,6 +69,13 @@ fn encode<R: Encodable>(
 }
 
 fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16, Bytes)>> {
+    macro_rules! top_level {
+        ($resp:ty, $code:expr) => {{
+            let mut resp = <$resp>::default();
+            resp.error_code = $code;
+            encode(req, $code, &resp)
+        }};
+    }
     match req.api_key {
         ApiKey::Produce => {
             let body: ProduceRequest = req.decode()?;
@@ -161,52 +168,16 @@ fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16,
             }
             encode(req, COORDINATOR_NOT_AVAILABLE, &resp)
         }
-        ApiKey::JoinGroup => {
-            let mut resp = JoinGroupResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            resp.generation_id = -1;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::SyncGroup => {
-            let mut resp = SyncGroupResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::Heartbeat => {
-            let mut resp = HeartbeatResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::LeaveGroup => {
-            let mut resp = LeaveGroupResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::OffsetDelete => {
-            let mut resp = OffsetDeleteResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::InitProducerId => {
-            let mut resp = InitProducerIdResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::AddOffsetsToTxn => {
-            let mut resp = AddOffsetsToTxnResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::EndTxn => {
-            let mut resp = EndTxnResponse::default();
-            resp.error_code = NOT_COORDINATOR;
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::ListGroups => {
-            let mut resp = ListGroupsResponse::default();
-            resp.error_code = COORDINATOR_NOT_AVAILABLE;
-            encode(req, COORDINATOR_NOT_AVAILABLE, &resp)
-        }
+        // One error code for the whole request.
+        ApiKey::JoinGroup => top_level!(JoinGroupResponse, NOT_COORDINATOR),
+        ApiKey::SyncGroup => top_level!(SyncGroupResponse, NOT_COORDINATOR),
+        ApiKey::Heartbeat => top_level!(HeartbeatResponse, NOT_COORDINATOR),
+        ApiKey::LeaveGroup => top_level!(LeaveGroupResponse, NOT_COORDINATOR),
+        ApiKey::OffsetDelete => top_level!(OffsetDeleteResponse, NOT_COORDINATOR),
+        ApiKey::InitProducerId => top_level!(InitProducerIdResponse, NOT_COORDINATOR),
+        ApiKey::AddOffsetsToTxn => top_level!(AddOffsetsToTxnResponse, NOT_COORDINATOR),
+        ApiKey::EndTxn => top_level!(EndTxnResponse, NOT_COORDINATOR),
+        ApiKey::ListGroups => top_level!(ListGroupsResponse, COORDINATOR_NOT_AVAILABLE),
         ApiKey::OffsetCommit => {
             let body: OffsetCommitRequest = req.decode()?;
             let mut resp = OffsetCommitResponse::default();
