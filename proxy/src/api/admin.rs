@@ -215,7 +215,7 @@ where
     let mut touched = Vec::new();
     for (si, its) in by_site {
         let site = ctx.site(si);
-        let broker = site.any_broker().await?;
+        let broker = ctx.pools.any_live(si).await?;
         let mut sub = body.clone();
         *items(&mut sub) = its;
         parts.insert((si, broker), sub);

@@ -194,28 +194,14 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     })))
 }
 
-/// Sends a request any broker can answer to a live broker of site `si`,
-/// trying another when a connect fails.
+/// Sends a request any broker can answer to a live broker of site `si`.
 async fn call_any(
     ctx: &mut Ctx<'_>,
     si: usize,
     frame: bytes::Bytes,
 ) -> Result<PendingResponse, crate::upstream::UpstreamError> {
-    let site = ctx.site(si);
-    let mut last = None;
-    for _ in 0..3 {
-        let broker = site.any_broker().await?;
-        match ctx
-            .pools
-            .call((si, broker), ApiKey::Metadata, frame.clone())
-            .await
-        {
-            Ok(p) => return Ok(p),
-            // The failed broker is now down: `any_broker` passes it over.
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| crate::upstream::UpstreamError::NoBroker(site.name.clone())))
+    let broker = ctx.pools.any_live(si).await?;
+    ctx.pools.call((si, broker), ApiKey::Metadata, frame).await
 }
 
 /// Replaces every upstream identity in a Metadata response with the virtual one.

@@ -44,6 +44,10 @@ const CONTROL_CLIENT_ID: &str = "switchyard";
 /// hammering a missing topic cannot turn into a metadata storm upstream.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(200);
 
+/// Refreshes for a stale view (a broker down, leaders moved) are at most
+/// this frequent.
+const MIN_STALE_REFRESH_GAP: Duration = Duration::from_millis(100);
+
 pub struct SiteSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -549,6 +553,12 @@ impl Site {
             if t >= asked || recent && !self.stale.load(Ordering::Acquire) {
                 return Ok(());
             }
+            // Stale: refresh, but not more often than this, however many
+            // answers say so (a rate limit, holding the gate: concurrent
+            // callers then share this refresh).
+            if let Some(wait) = MIN_STALE_REFRESH_GAP.checked_sub(t.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
         }
         // Cleared before fetching: a mark arriving during the fetch survives.
         self.stale.store(false, Ordering::Release);
@@ -948,6 +958,22 @@ impl Pools {
         self.pools
             .get_mut(site)
             .ok_or_else(|| UpstreamError::NoBroker(format!("site #{site}")))
+    }
+
+    /// A broker of site `site` that any request can go to, connected: the
+    /// live one `Site::any_broker` picks, another if the connect fails.
+    pub async fn any_live(&mut self, site: usize) -> Result<i32, UpstreamError> {
+        let pool = self.pool(site)?;
+        let mut last = None;
+        for _ in 0..3 {
+            let broker = pool.site.any_broker().await?;
+            // A failed connect marks the broker down: the next pick skips it.
+            match pool.conn(broker).await {
+                Ok(_) => return Ok(broker),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| UpstreamError::NoBroker(pool.site.name.clone())))
     }
 
     pub async fn send(
