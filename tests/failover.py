@@ -645,6 +645,10 @@ class _Events:
 
 
 def _consume_confluent(a: dict, emit: _Events) -> int:
+    """A group member committing synchronously what it consumed: each
+    record (`commit` "record", the default), or each poll's records at once
+    (`commit` "batch": consume() of up to `max_records`, as the Java
+    worker's tool does)."""
     from confluent_kafka import Consumer, KafkaException
 
     def on_assign(c, parts):
@@ -670,27 +674,62 @@ def _consume_confluent(a: dict, emit: _Events) -> int:
     })
     c.subscribe([a["topic"]], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
     deadline = time.monotonic() + a.get("max_seconds", 600)
+    batch = a.get("commit", "record") == "batch"
     try:
         while not _stop and time.monotonic() < deadline:
-            m = c.poll(0.2)
-            if m is None:
-                continue
-            err = m.error()
-            if err is not None:
-                emit("err", err=str(err), fatal=err.fatal())
-                if err.fatal():
-                    return 2
-                continue
-            emit("rec", id=(m.value() or b"").decode("utf-8", "replace"), p=m.partition(), o=m.offset())
-            try:
-                c.commit(message=m, asynchronous=False)
-                emit("commit", id=(m.value() or b"").decode("utf-8", "replace"), p=m.partition(), o=m.offset() + 1)
-            except KafkaException as e:
-                emit("commit_err", err=str(e.args[0]), p=m.partition(), o=m.offset() + 1)
+            if batch:
+                msgs = c.consume(num_messages=a.get("max_records", 500), timeout=0.2)
+            else:
+                m = c.poll(0.2)
+                msgs = [] if m is None else [m]
+            got: list[tuple[str, int, int]] = []
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    emit("err", err=str(err), fatal=err.fatal())
+                    if err.fatal():
+                        return 2
+                    continue
+                rid = (m.value() or b"").decode("utf-8", "replace")
+                emit("rec", id=rid, p=m.partition(), o=m.offset())
+                if batch:
+                    got.append((rid, m.partition(), m.offset()))
+                    continue
+                try:
+                    c.commit(message=m, asynchronous=False)
+                    emit("commit", id=rid, p=m.partition(), o=m.offset() + 1)
+                except KafkaException as e:
+                    emit("commit_err", err=str(e.args[0]), p=m.partition(), o=m.offset() + 1)
+            if got:
+                _commit_batch_confluent(c, a["topic"], got, emit)
     finally:
         c.close()
         emit("closed")
     return 0
+
+
+def _commit_batch_confluent(c, topic: str, got: list[tuple[str, int, int]], emit: _Events) -> None:
+    """One synchronous commit of a poll's records (id, partition, offset):
+    a "commit" event per record of a partition committed, a "commit_err"
+    per partition that was not."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    last: dict[int, int] = {}
+    for _, p, o in got:
+        last[p] = max(last.get(p, -1), o)
+    failed: dict[int, str] = {}
+    try:
+        for tp in c.commit(offsets=[TopicPartition(topic, p, o + 1) for p, o in last.items()],
+                           asynchronous=False) or []:
+            if tp.error is not None:
+                failed[tp.partition] = str(tp.error)
+    except KafkaException as e:
+        failed = {p: str(e.args[0]) for p in last}
+    for p, err in failed.items():
+        emit("commit_err", err=err, p=p, o=last[p] + 1)
+    for rid, p, o in got:
+        if p not in failed:
+            emit("commit", id=rid, p=p, o=o + 1)
 
 
 # kafka-python 3.0.12 can stop making progress for good when it rejoins right
@@ -707,6 +746,8 @@ KAFKA_PYTHON_STALL_S = 20.0
 
 
 def _consume_kafka_python(a: dict, emit: _Events) -> int:
+    """As _consume_confluent (`commit` "record" or "batch"; `max_records`
+    per poll, 100 by default), plus the stall guard above."""
     from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
@@ -753,6 +794,7 @@ def _consume_kafka_python(a: dict, emit: _Events) -> int:
 
     c = subscribed()
     deadline = time.monotonic() + a.get("max_seconds", 600)
+    per_batch = a.get("commit", "record") == "batch"
     try:
         while not _stop and time.monotonic() < deadline:
             since = rebalancing["since"]
@@ -773,16 +815,33 @@ def _consume_kafka_python(a: dict, emit: _Events) -> int:
                 emit("err", err=repr(e))
                 time.sleep(0.2)  # back off a failing poll (not synchronisation)
                 continue
+            got: list[tuple[str, int, int]] = []
             for tp, msgs in batch.items():
                 for m in msgs:
                     rid = (m.value or b"").decode("utf-8", "replace")
                     emit("rec", id=rid, p=m.partition, o=m.offset)
+                    if per_batch:
+                        got.append((rid, m.partition, m.offset))
+                        continue
                     try:
                         c.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(m.offset + 1, "", -1)},
                                  timeout_ms=15000)
                         emit("commit", id=rid, p=m.partition, o=m.offset + 1)
                     except Exception as e:  # noqa: BLE001 - CommitFailedError etc.
                         emit("commit_err", err=repr(e), p=m.partition, o=m.offset + 1)
+            if got:
+                last: dict[int, int] = {}
+                for _, p, o in got:
+                    last[p] = max(last.get(p, -1), o)
+                try:
+                    c.commit({TopicPartition(a["topic"], p): OffsetAndMetadata(o + 1, "", -1) for p, o in last.items()},
+                             timeout_ms=15000)
+                except Exception as e:  # noqa: BLE001 - CommitFailedError etc.
+                    for p, o in last.items():
+                        emit("commit_err", err=repr(e), p=p, o=o + 1)
+                else:
+                    for rid, p, o in got:
+                        emit("commit", id=rid, p=p, o=o + 1)
     finally:
         try:
             c.close(timeout_ms=5000)
