@@ -170,10 +170,10 @@ def pytest_sessionstart(session):
 
 
 # Lines the drills print with their figures (FAILOVER ..., MULTIBROKER ...,
-# each followed by indented per-client lines); collected from every test's
-# captured output and repeated in the session's summary, so a CI log shows
-# them without -s.
-FIGURE_PREFIXES = ("FAILOVER ", "MULTIBROKER ")
+# CHURN ..., each followed by indented per-client lines); collected from
+# every test's captured output and repeated in the session's summary, so a CI
+# log shows them without -s.
+FIGURE_PREFIXES = ("FAILOVER ", "MULTIBROKER ", "CHURN ")
 _figures: list[str] = []
 
 
@@ -191,7 +191,7 @@ def _collect_figures(nodeid: str, text: str) -> None:
 
 def pytest_terminal_summary(terminalreporter):
     if _figures:
-        terminalreporter.section("failover and multi-broker figures (broker kind in brackets)")
+        terminalreporter.section("failover, multi-broker and broker-churn figures (broker kind in brackets)")
         for f in _figures:
             terminalreporter.write_line(f)
 
