@@ -78,6 +78,12 @@ impl UpstreamMetrics {
                 &["reason"],
             ),
         };
+        // Present at 0 from the start: "no client connection closed for an
+        // upstream's fault" must be a sample an alert or test can read, not
+        // a missing series.
+        for reason in ["upstream", "upstream_timeout"] {
+            m.client_closed.with_label_values(&[reason]);
+        }
         for c in [
             Box::new(m.broker_failures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.broker_down.clone()),
@@ -365,6 +371,8 @@ impl PluginMetrics {
     }
 }
 
+/// Error kinds counted in `switchyard_errors_total{kind}` (and, for those
+/// that close a client's connection, `switchyard_client_connections_closed_total{reason}`).
 pub mod kind {
     pub const FRAME_TOO_LARGE: &str = "frame_too_large";
     pub const BAD_FRAME: &str = "bad_frame";
