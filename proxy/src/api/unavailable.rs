@@ -79,6 +79,11 @@ fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16,
     match req.api_key {
         ApiKey::Produce => {
             let body: ProduceRequest = req.decode()?;
+            // acks=0 has no answer: one here would be read as the answer
+            // to the client's next request.
+            if body.acks == 0 {
+                return Ok(None);
+            }
             encode(req, NOT_LEADER_OR_FOLLOWER, &produce(&body))
         }
         ApiKey::Fetch => {
@@ -474,6 +479,21 @@ mod tests {
     }
 
     #[test]
+    fn acks_zero_produce_gets_no_answer() {
+        let mut body = ProduceRequest::default();
+        body.acks = 0;
+        let id = Identity::new(
+            "c",
+            "127.0.0.1:9092".parse().expect("addr"),
+            "localhost",
+            3,
+            None,
+        );
+        let built = build(&frame(ApiKey::Produce, 9, &body), &id).expect("build");
+        assert!(built.is_none());
+    }
+
+    #[test]
     fn offset_fetch_answers_each_partition_in_old_versions_and_each_group_in_new() {
         let mut old = OffsetFetchRequest::default();
         old.group_id = GroupId(StrBytes::from_static_str("g"));
@@ -553,8 +573,25 @@ mod tests {
                 }
             )*};
         }
+        let mut produce = ProduceRequest::default();
+        produce.acks = -1;
+        let range = <ProduceRequest as kafka_protocol::protocol::Message>::VERSIONS;
+        for v in range.min..=range.max {
+            let id = Identity::new(
+                "c",
+                "127.0.0.1:9092".parse().expect("addr"),
+                "localhost",
+                3,
+                None,
+            );
+            let built = build(&frame(ApiKey::Produce, v, &produce), &id);
+            assert!(
+                matches!(built, Ok(Some(_))),
+                "Produce v{v}: {:?}",
+                built.err()
+            );
+        }
         check!(
-            Produce => ProduceRequest,
             Fetch => FetchRequest,
             ListOffsets => ListOffsetsRequest,
             DeleteRecords => DeleteRecordsRequest,
