@@ -195,6 +195,7 @@ impl UpstreamConn {
             stop: watch::Sender::new(false),
             hooks: o.hooks,
             answered: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
         });
         tokio::spawn(write_loop(wr, rx, waiting.clone(), guard.clone()));
         tokio::spawn(read_loop(
@@ -262,6 +263,11 @@ struct CloseGuard {
     stop: watch::Sender<bool>,
     hooks: Option<Arc<ConnHooks>>,
     answered: AtomicBool,
+    /// Closed because the broker failed: the socket is reset, not shut
+    /// down, so requests still unsent in the kernel's buffer are dropped,
+    /// never delivered once the network heals (after a failover has moved
+    /// the writes elsewhere).
+    failed: AtomicBool,
 }
 
 impl CloseGuard {
@@ -279,6 +285,7 @@ impl CloseGuard {
     /// Closes because the broker failed (not because we let go of it).
     fn fail(&self, reason: &'static str) {
         let first = !self.closed.load(Ordering::Acquire);
+        self.failed.store(true, Ordering::Release);
         self.close();
         if first {
             if let Some(h) = &self.hooks {
@@ -352,7 +359,9 @@ async fn write_loop(
         }
     }
     guard.close();
-    let _ = w.shutdown().await;
+    if !guard.failed.load(Ordering::Acquire) {
+        let _ = w.shutdown().await;
+    }
 }
 
 /// Records a request about to be written: a waiter when an answer is
@@ -397,7 +406,12 @@ async fn read_loop(
             f = read_frame(&mut rd, max_frame_bytes) => f,
             // Closed by us (dropped, timed out, writer failed): whatever the
             // broker still sends belongs to requests nobody waits for.
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s) => {
+                if guard.failed.load(Ordering::Acquire) {
+                    let _ = rd.as_ref().set_zero_linger();
+                }
+                break;
+            }
             _ = changed(&mut site_cut) => {
                 // Reset, not FIN: the kernel must drop what is still unsent
                 // rather than deliver it once the network heals.
