@@ -119,6 +119,7 @@ from helpers import (  # noqa: E402
     start_switchyard,
     switchyard_bin_path,
     unique_name,
+    wait_led_through,
     wait_until,
 )
 from kafka_cluster import KafkaCluster, run_tool  # noqa: E402
@@ -376,7 +377,7 @@ class Drill:
             fut.result(timeout=60)
         wait_until(self._all_led, 60, "not every partition of the drill's topics has a leader")
         for lib in self.libs:
-            self._wait_led_through(self.proxies[lib], self.topics[("switchyard", lib)])
+            wait_led_through(self.proxies[lib], self.topics[("switchyard", lib)], PARTITIONS, timeout=60)
         self.log(f"[{self.event}] topics ready; starting {2 * len(self.topics)} workers")
         for (side, lib), topic in self.topics.items():
             bootstrap = self.cluster.bootstrap if side == "direct" else self.proxies[lib].bootstrap
@@ -400,21 +401,6 @@ class Drill:
             if tm is None or len(tm.partitions) != PARTITIONS or any(p.leader < 0 for p in tm.partitions.values()):
                 return False
         return True
-
-    def _wait_led_through(self, sy, topic: str) -> None:
-        """Until Switchyard answers ListOffsets for every partition (the new
-        leaders have made themselves leader)."""
-        from confluent_kafka import TopicPartition
-        from confluent_kafka.admin import OffsetSpec
-
-        admin = admin_client(sy.bootstrap)
-
-        def ok():
-            futs = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in range(PARTITIONS)},
-                                      request_timeout=10)
-            return all(f.result(timeout=15).offset >= 0 for f in futs.values())
-
-        wait_until(ok, 60, f"ListOffsets of {topic} through Switchyard")
 
     # ---- cluster views (asked of the cluster directly) ----------------
 

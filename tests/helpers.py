@@ -223,6 +223,22 @@ def metric_sum(samples: Iterable[Sample], name: str, **labels: str) -> float:
 # --------------------------------------------------------------------------
 
 
+def wait_led_through(sy, topic: str, partitions: int, timeout: float = 30.0) -> None:
+    """Waits until Switchyard answers ListOffsets for every partition of
+    `topic` (the new leaders have made themselves leader)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    admin = admin_client(sy.bootstrap)
+
+    def ok():
+        futs = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)},
+                                  request_timeout=10)
+        return all(f.result(timeout=15).offset >= 0 for f in futs.values())
+
+    wait_until(ok, timeout, f"ListOffsets of {topic} through Switchyard")
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

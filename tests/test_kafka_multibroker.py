@@ -52,6 +52,7 @@ from helpers import (
     make_records,
     unique_name,
     verify_exactly_once,
+    wait_led_through,
     wait_until,
 )
 from kafka_cluster import kafka_call, run_tool
@@ -101,19 +102,6 @@ def create_direct(cluster, topic: str, partitions: int, assignment=None) -> None
     admin.create_topics([nt], operation_timeout=30)[topic].result(timeout=30)
     wait_until(lambda: len(leaders(cluster, topic)) == partitions and min(leaders(cluster, topic).values()) >= 0,
                30, f"{topic}: not every partition led")
-
-
-def wait_led_through(sy, topic: str, partitions: int) -> None:
-    """Waits until Switchyard can answer ListOffsets for every partition
-    (the new leaders have made themselves leader)."""
-    admin = admin_client(sy.bootstrap)
-
-    def ok():
-        futs = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)},
-                                  request_timeout=10)
-        return all(f.result(timeout=15).offset >= 0 for f in futs.values())
-
-    wait_until(ok, 30, f"ListOffsets of {topic} through Switchyard")
 
 
 def start_groups(workers, bootstrap: str, topic: str):

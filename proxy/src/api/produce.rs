@@ -84,10 +84,12 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             let site = ctx.site(target.0);
             // Counted until answered: a failover drains these first.
             let in_flight = site.write_started();
-            let pending = match ctx.pools.call(target, req.api_key, req.frame.clone()).await {
-                Ok(p) => p,
-                Err(e) => return Ok(Outcome::Ready(unreachable(ctx, &req, &body, &e)?)),
-            };
+            // A broker that cannot be reached: the session answers the whole
+            // request for it (`unavailable`), as for every API.
+            let pending = ctx
+                .pools
+                .call(target, req.api_key, req.frame.clone())
+                .await?;
             // The answer if the broker fails before answering (names copied:
             // borrowed ones would keep the records' buffer alive).
             let fallback = detached(unavailable::produce(&body));
@@ -478,29 +480,6 @@ async fn send_unacked(
     if let Err(e) = ctx.pools.send(target, req.api_key, frame, false).await {
         tracing::debug!(error = %e, "acks=0 produce to a failed broker dropped");
     }
-}
-
-/// The whole request answered NOT_LEADER_OR_FOLLOWER: its one broker failed.
-fn unreachable(
-    ctx: &Ctx<'_>,
-    req: &RequestFrame,
-    body: &ProduceRequest,
-    e: &crate::upstream::UpstreamError,
-) -> anyhow::Result<Reply> {
-    tracing::debug!(error = %e, "produce answered NOT_LEADER_OR_FOLLOWER for a failed broker");
-    unavailable::count(
-        &ctx.proxy.metrics,
-        req.api_key,
-        error_code::NOT_LEADER_OR_FOLLOWER,
-    );
-    // Only the one-broker path comes here, which runs under the client's
-    // own names.
-    Ok(Reply::Frame(codec::encode_response(
-        req.api_key,
-        req.api_version,
-        req.correlation_id,
-        &unavailable::produce(body),
-    )?))
 }
 
 /// Copies topic names out of the request's buffer.
