@@ -2,12 +2,16 @@
 //!
 //! The reader (this task) takes frames off the socket one at a time, checks
 //! them, and runs each request's route phase in order (see `api`). What the
-//! route phase returns goes into a bounded queue; the writer task takes the
-//! queue in order, awaits each response and writes it. So:
+//! route phase returns goes to the writer task, which awaits every pending
+//! answer at once and writes them in request order. So:
 //!
 //! * responses leave in request order, whatever order upstreams answer in;
-//! * at most `max_inflight_per_connection` requests are in flight; past that
-//!   the reader stops reading and TCP pushes back on the client;
+//! * one slow answer (a frozen broker's, waiting out its timeout) delays the
+//!   answers behind it only until it is in: their own timeouts run meanwhile,
+//!   not one after the other;
+//! * at most `max_inflight_per_connection` requests are in flight (read and
+//!   not yet answered); past that the reader stops reading and TCP pushes
+//!   back on the client;
 //! * a bad frame or an unsupported API closes *this* connection only, after
 //!   responses already queued have been written;
 //! * a failed upstream (refused, reset, frozen) never does: the request is
@@ -17,11 +21,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
+use futures_util::future::Either;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, Ctx, Outcome, Reply, Respond};
 use crate::codec::{read_frame, FrameError, RequestError, RequestFrame};
@@ -50,7 +58,11 @@ pub async fn serve(
     let limits = &proxy.cfg.config.limits;
     let max_frame = limits.max_frame_bytes;
     let idle = Duration::from_millis(limits.idle_timeout_ms);
-    let (tx, rx) = mpsc::channel::<Slot>(limits.max_inflight_per_connection as usize);
+    let max_inflight = limits.max_inflight_per_connection as usize;
+    // A permit per request read and not yet answered; the channel never
+    // fills (it holds no more than the permits).
+    let inflight = Arc::new(Semaphore::new(max_inflight));
+    let (tx, rx) = mpsc::channel::<(Slot, OwnedSemaphorePermit)>(max_inflight);
     let mut writer = tokio::spawn(write_loop(
         proxy.clone(),
         wr,
@@ -61,11 +73,18 @@ pub async fn serve(
     let mut pools = Pools::new(&proxy.sites);
 
     loop {
-        let frame = tokio::select! {
+        let (permit, frame) = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
             _ = &mut writer => return, // the writer failed and already logged why
-            r = tokio::time::timeout(idle, read_frame(&mut rd, max_frame)) => r,
+            r = async {
+                // Waiting for a permit is backpressure, not idleness.
+                let permit = inflight.clone().acquire_owned().await;
+                (permit, tokio::time::timeout(idle, read_frame(&mut rd, max_frame)).await)
+            } => r,
+        };
+        let Ok(permit) = permit else {
+            break;
         };
         let frame = match frame {
             Err(_) => {
@@ -103,7 +122,7 @@ pub async fn serve(
             break;
         };
         if let Some(slot) = slot {
-            if tx.send(slot).await.is_err() {
+            if tx.send((slot, permit)).await.is_err() {
                 break;
             }
         }
@@ -218,10 +237,39 @@ async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Outpu
     .await
 }
 
+/// An answer being awaited: ready at once, or still to come.
+type Answer = Either<std::future::Ready<anyhow::Result<Reply>>, Respond>;
+
+/// The answers of one connection not yet written. All of them are polled
+/// (their upstream waits and timeouts run) while the first is awaited; they
+/// come out in request order. With each, what the writer keeps until it is
+/// written: the request (to answer on a failed upstream's behalf) and its
+/// in-flight permit.
+#[derive(Default)]
+struct InOrder {
+    answers: FuturesOrdered<Answer>,
+    kept: VecDeque<(Option<RequestFrame>, OwnedSemaphorePermit)>,
+}
+
+impl InOrder {
+    fn push(&mut self, (slot, permit): (Slot, OwnedSemaphorePermit)) {
+        let (answer, kept) = match slot {
+            Slot::Ready(r) => (Either::Left(std::future::ready(Ok(r))), None),
+            Slot::Later(f, kept) => (Either::Right(f), kept),
+        };
+        self.answers.push_back(answer);
+        self.kept.push_back((kept, permit));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+}
+
 async fn write_loop(
     proxy: Arc<Proxy>,
     wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Slot>,
+    mut rx: mpsc::Receiver<(Slot, OwnedSemaphorePermit)>,
     peer: SocketAddr,
     identity: Arc<crate::identity::Identity>,
 ) {
@@ -232,53 +280,75 @@ async fn write_loop(
         return;
     };
     let mut w = BufWriter::with_capacity(16 * 1024, wr);
-    let mut next = Some(first);
-    while let Some(slot) = match next.take() {
-        Some(s) => Some(s),
-        None => rx.recv().await,
-    } {
-        let reply = match slot {
-            Slot::Ready(r) => r,
-            Slot::Later(mut f, kept) => match match poll_once(&mut f).await {
-                Some(ready) => ready,
-                None => {
-                    // This answer is not in yet: send what is buffered first.
-                    // Holding a finished Produce ack until the next pipelined
-                    // request's upstream round trip completed added tens of
-                    // milliseconds to p99 latency.
-                    if !w.buffer().is_empty() && w.flush().await.is_err() {
-                        return;
-                    }
-                    f.await
+    let mut pending = InOrder::default();
+    pending.push(first);
+    let mut reading = true;
+    loop {
+        while reading {
+            match rx.try_recv() {
+                Ok(q) => pending.push(q),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => reading = false,
+            }
+        }
+        let result = match poll_once(&mut pending.answers.next()).await.flatten() {
+            Some(r) => r,
+            None => {
+                // The next answer is not in yet: send what is buffered first.
+                // Holding a finished Produce ack until the next pipelined
+                // request's upstream round trip completed added tens of
+                // milliseconds to p99 latency.
+                if !w.buffer().is_empty() && w.flush().await.is_err() {
+                    return;
                 }
-            } {
-                Ok(r) => r,
-                Err(e) => {
-                    let upstream = e.downcast_ref::<crate::upstream::UpstreamError>();
-                    let k = match upstream {
-                        Some(crate::upstream::UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
-                        Some(_) => kind::UPSTREAM,
-                        None => kind::MALFORMED_REQUEST,
-                    };
-                    proxy.metrics.error(k);
-                    let answered = upstream
-                        .and(kept.as_ref())
-                        .and_then(|req| api::unavailable::answer(req, &identity, &proxy.metrics));
-                    match answered {
-                        Some(frame) => {
-                            tracing::debug!(client = %peer, reason = %format!("{e:#}"),
-                                "answered with a retriable error: upstream failed");
-                            Reply::Frame(frame)
+                let busy = !pending.is_empty();
+                tokio::select! {
+                    r = pending.answers.next(), if busy => match r {
+                        Some(r) => r,
+                        None => continue,
+                    },
+                    q = rx.recv(), if reading => {
+                        match q {
+                            Some(q) => pending.push(q),
+                            None => reading = false,
                         }
-                        None => {
-                            proxy.metrics.client_closed(k);
-                            tracing::warn!(client = %peer, reason = %format!("{e:#}"),
-                                "closing client connection: no response from upstream");
-                            break;
-                        }
+                        continue;
+                    }
+                    else => break,
+                }
+            }
+        };
+        // Released (the permit) once the answer is written.
+        let Some((kept, _permit)) = pending.kept.pop_front() else {
+            break;
+        };
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let upstream = e.downcast_ref::<crate::upstream::UpstreamError>();
+                let k = match upstream {
+                    Some(crate::upstream::UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
+                    Some(_) => kind::UPSTREAM,
+                    None => kind::MALFORMED_REQUEST,
+                };
+                proxy.metrics.error(k);
+                let answered = upstream
+                    .and(kept.as_ref())
+                    .and_then(|req| api::unavailable::answer(req, &identity, &proxy.metrics));
+                match answered {
+                    Some(frame) => {
+                        tracing::debug!(client = %peer, reason = %format!("{e:#}"),
+                            "answered with a retriable error: upstream failed");
+                        Reply::Frame(frame)
+                    }
+                    None => {
+                        proxy.metrics.client_closed(k);
+                        tracing::warn!(client = %peer, reason = %format!("{e:#}"),
+                            "closing client connection: no response from upstream");
+                        break;
                     }
                 }
-            },
+            }
         };
         let written = match &reply {
             Reply::Frame(f) => {
@@ -309,10 +379,70 @@ async fn write_loop(
                 return;
             }
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            return;
-        }
     }
     let _ = w.flush().await;
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: &'static str) -> Reply {
+        Reply::Frame(Bytes::from_static(tag.as_bytes()))
+    }
+
+    /// An answer that comes in after `ms` (an upstream wait, its timeout).
+    fn later(ms: u64, tag: &'static str) -> Slot {
+        Slot::Later(
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(frame(tag))
+            }),
+            None,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_wait_together_and_leave_in_request_order() {
+        let permits = Arc::new(Semaphore::new(4));
+        let mut pending = InOrder::default();
+        let slots = [
+            later(5_000, "a"),
+            Slot::Ready(frame("b")),
+            later(5_000, "c"),
+            later(10, "d"),
+        ];
+        for slot in slots {
+            let permit = permits
+                .clone()
+                .try_acquire_owned()
+                .expect("a permit per request");
+            pending.push((slot, permit));
+        }
+        assert_eq!(permits.available_permits(), 0, "a fifth request would wait");
+
+        let start = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        while let Some(answer) = pending.answers.next().await {
+            let Ok(Reply::Frame(f)) = answer else {
+                panic!("unexpected answer");
+            };
+            out.push(f);
+            // Written: its permit goes back.
+            pending.kept.pop_front();
+        }
+        assert_eq!(
+            out,
+            ["a", "b", "c", "d"].map(|t| Bytes::from_static(t.as_bytes()))
+        );
+        // The waits behind the first ran while it was awaited (virtual time:
+        // one 5 s wait, not two after each other).
+        assert!(
+            start.elapsed() < Duration::from_millis(10_000),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(permits.available_permits(), 4);
+    }
 }

@@ -45,11 +45,7 @@ pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
     let identity = ctx.identity();
     let mut entries = Vec::with_capacity(keys.len());
     for key in keys {
-        let site = ctx.site(
-            ctx.proxy
-                .router
-                .coordinator_site(ctx.who(&req), key.as_str()),
-        );
+        let site = ctx.site(coordinator_site(ctx, ctx.who(&req), key.as_str())?);
         // A client asks again after NOT_COORDINATOR: always look up afresh.
         site.forget_coordinator(body.key_type, key.as_str());
         let mut e = CoordinatorEntry::default();
@@ -83,6 +79,24 @@ pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
     Ok(Outcome::Ready(Reply::Frame(frame)))
 }
 
+/// The site whose coordinator serves `key`. While the key's route switches
+/// sites neither may: the request gets the retriable error its client waits
+/// out (`api::unavailable`), instead of a lookup on a site being failed away
+/// from (a dead one holds it for the whole control timeout).
+fn coordinator_site(
+    ctx: &Ctx<'_>,
+    who: Who<'_>,
+    key: &str,
+) -> Result<usize, crate::upstream::UpstreamError> {
+    let router = &ctx.proxy.router;
+    match router.group_route(who, key) {
+        Some(r) if router.side(r).held() => Err(crate::upstream::UpstreamError::Switching(
+            router.routes()[r].name.clone(),
+        )),
+        _ => Ok(router.coordinator_site(who, key)),
+    }
+}
+
 /// The (site, upstream broker) coordinating `key`, or an error the client can act on.
 async fn coordinator(
     ctx: &Ctx<'_>,
@@ -90,7 +104,7 @@ async fn coordinator(
     key_type: i8,
     key: &str,
 ) -> anyhow::Result<Target> {
-    let si = ctx.proxy.router.coordinator_site(who, key);
+    let si = coordinator_site(ctx, who, key)?;
     match ctx.site(si).coordinator(key_type, key).await? {
         Coordinator::Broker(b) => Ok((si, b)),
         Coordinator::Error(code, msg) => anyhow::bail!(

@@ -44,9 +44,13 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         }
     }
 
-    // Which sites to ask, and for which (physical) topics.
+    // Which sites to ask, and for which (physical) topics. Topics of a route
+    // switching sites are asked nowhere: neither site may serve them until
+    // the switch completes (a dead old site would hold the answer for the
+    // whole control timeout), so they get a retriable error now.
     let mut names = Names::default();
     let mut per_site: BTreeMap<usize, Option<Vec<MetadataRequestTopic>>> = BTreeMap::new();
+    let mut held: Vec<TopicName> = Vec::new();
     match &body.topics {
         None => {
             // Every topic: ask every site that can hold a visible topic now:
@@ -65,6 +69,10 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             for t in topics {
                 let Some(virt) = &t.name else { continue };
                 let (site, phys) = names.resolve(&router, ctx.who(&req), virt);
+                if names.is_held(site, phys.0.as_str()) {
+                    held.push(virt.clone());
+                    continue;
+                }
                 let mut sub = t.clone();
                 sub.name = Some(phys);
                 per_site.entry(site).or_insert_with(|| Some(Vec::new()));
@@ -72,17 +80,30 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                     list.push(sub);
                 }
             }
-            if per_site.is_empty() {
-                // No topics asked: brokers and cluster only, from the site
-                // that serves the default route now.
-                per_site.insert(router.home_site(), Some(Vec::new()));
+            // No topic to ask for: brokers and cluster only, from the site
+            // that serves the default route now (none while it switches:
+            // the brokers are Switchyard's own, the answer needs no site).
+            let home = router.home_site();
+            if per_site.is_empty() && held.is_empty() && !router.site_held(home) {
+                per_site.insert(home, Some(Vec::new()));
             }
         }
     }
 
     let identity = ctx.identity();
+    if per_site.is_empty() {
+        let mut out = MetadataResponse::default();
+        out.topics = held.into_iter().map(unavailable_topic).collect();
+        virtualise(&identity, &mut out);
+        return Ok(Outcome::Ready(Reply::Frame(codec::encode_response(
+            req.api_key,
+            req.api_version,
+            req.correlation_id,
+            &out,
+        )?)));
+    }
     // One site under the client's own names: forward as is and rewrite.
-    if per_site.len() == 1 && !names.renamed() && router.is_identity() {
+    if per_site.len() == 1 && held.is_empty() && !names.renamed() && router.is_identity() {
         if let Some((&si, _)) = per_site.iter().next() {
             let site = ctx.site(si);
             let frame = codec::encode_request(
@@ -142,6 +163,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             client_id: &client_id,
         };
         let mut out = MetadataResponse::default();
+        out.topics.extend(held.into_iter().map(unavailable_topic));
         for (si, sent, asked) in pending {
             let site = &proxy.sites[si];
             let resp = match sent {
@@ -161,12 +183,11 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                     // topics: its asked-for topics get a retriable error,
                     // a listing simply lacks them.
                     tracing::warn!(site = %site.name, error = %e, "metadata from site failed");
-                    for phys in asked {
-                        let mut t = MetadataResponseTopic::default();
-                        t.name = Some(names.virt(si, &phys));
-                        t.error_code = LEADER_NOT_AVAILABLE;
-                        out.topics.push(t);
-                    }
+                    out.topics.extend(
+                        asked
+                            .iter()
+                            .map(|phys| unavailable_topic(names.virt(si, phys))),
+                    );
                     continue;
                 }
             };
@@ -192,6 +213,15 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
             api, version, corr, &out,
         )?))
     })))
+}
+
+/// A topic its site cannot answer for right now (unreachable, or its route
+/// switching sites): retriable, the client asks again shortly.
+fn unavailable_topic(name: TopicName) -> MetadataResponseTopic {
+    let mut t = MetadataResponseTopic::default();
+    t.name = Some(name);
+    t.error_code = LEADER_NOT_AVAILABLE;
+    t
 }
 
 /// Sends a request any broker can answer to a live broker of site `si`.

@@ -309,6 +309,11 @@ impl Router {
         self.default_site
     }
 
+    /// Whether a route serving from `site` is switching sites right now.
+    pub fn site_held(&self, site: usize) -> bool {
+        (0..self.routes.len()).any(|i| matches!(self.serving(i), Some((s, _, true)) if s == site))
+    }
+
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
@@ -1024,6 +1029,29 @@ plugins:
 ",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_switching_route_holds_its_sites() {
+        let r = router(
+            "  - name: main
+    topics: {regex: '.*'}
+    groups: {regex: '.*'}
+    site: a
+    tee: [{site: b, mode: sync}]
+    failover: {standby: b}
+",
+        )
+        .unwrap();
+        let serving = |r: &Router| (r.home_site(), r.site_held(0), r.site_held(1));
+        assert_eq!(serving(&r), (0, false, false));
+        r.set_side(0, Side::FailingOver);
+        // Still the old site, held: requests for it wait for the switch.
+        assert_eq!(serving(&r), (0, true, false));
+        r.set_side(0, Side::Standby);
+        assert_eq!(serving(&r), (1, false, false));
+        r.set_side(0, Side::FailingBack);
+        assert_eq!(serving(&r), (1, false, true));
     }
 
     #[test]

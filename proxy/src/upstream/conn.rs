@@ -46,8 +46,12 @@ pub enum UpstreamError {
     NoBroker(String),
     /// A connect to the broker failed lately; it is not retried before its
     /// backoff ends (requests for it get retriable errors meanwhile).
-    #[error("broker {0} is down (backing off)")]
+    #[error("{0} down (backing off)")]
     Down(String),
+    /// The route is switching sites (failover): neither site may serve it
+    /// until the switch completes, so nothing is sent anywhere meanwhile.
+    #[error("route {0} is switching sites")]
+    Switching(String),
 }
 
 impl UpstreamError {
@@ -60,6 +64,7 @@ impl UpstreamError {
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::NoBroker(_) => "no_broker",
             UpstreamError::Down(_) => "down",
+            UpstreamError::Switching(_) => "switching",
         }
     }
 }

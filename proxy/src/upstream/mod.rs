@@ -385,8 +385,11 @@ impl Site {
         // A broker that dies or freezes under the control connection costs
         // one short timeout, then the request goes to another broker.
         match self.control_call_once(api, version, req).await {
-            Err(UpstreamError::Timeout(_) | UpstreamError::Closed(_)) => {
+            Err(e @ (UpstreamError::Timeout(_) | UpstreamError::Closed(_))) => {
                 *self.control.lock().await = None;
+                if !self.has_live_broker() {
+                    return Err(e);
+                }
                 self.control_call_once(api, version, req).await
             }
             other => other,
@@ -440,6 +443,15 @@ impl Site {
     /// connection, trying a second broker if the first fails: the retry for
     /// a request whose broker failed after it was sent.
     pub async fn control_forward(&self, api: ApiKey, frame: Bytes) -> Result<Bytes, UpstreamError> {
+        // With every broker failed lately the retry would only wait out
+        // another timeout (answers behind it on the client's connection with
+        // it); the client's own retry after a retriable answer comes sooner.
+        if !self.has_live_broker() {
+            return Err(UpstreamError::Down(format!(
+                "every broker of site {} is",
+                self.name
+            )));
+        }
         match self.control_raw(api, frame.clone()).await {
             Err(UpstreamError::Timeout(_) | UpstreamError::Closed(_)) => {
                 *self.control.lock().await = None;
@@ -653,6 +665,12 @@ impl Site {
         self.refresh_for("no_live_broker").await?;
         self.live_broker()
             .ok_or_else(|| UpstreamError::NoBroker(self.name.clone()))
+    }
+
+    /// Whether some broker of the site has not failed lately (a retry
+    /// after a failure can go there).
+    fn has_live_broker(&self) -> bool {
+        self.live_broker().is_some_and(|b| !self.is_down(b))
     }
 
     fn live_broker(&self) -> Option<i32> {
@@ -889,7 +907,7 @@ impl BrokerPool {
         }
         if self.site.backing_off(broker) {
             return Err(UpstreamError::Down(format!(
-                "{} of site {}",
+                "broker {} of site {} is",
                 broker, self.site.name
             )));
         }
