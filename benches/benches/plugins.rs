@@ -20,17 +20,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use switchyard::api::plugins::{fetch_records, Fetched};
+use switchyard::codec::batch::{self, BatchParams, Compression, WireRecord};
 use switchyard::metrics::Metrics;
 use switchyard::plugin::conflict::Conflicts;
 use switchyard::plugin::registry::Registry;
 use switchyard::plugin::{records, BatchMeta, FailurePolicy, Host, Limits, Site, Stage};
-use switchyard::tee::batch::{self, BatchParams, Compression, TeeRecord};
 
 const RECORDS: usize = 1000;
 
 fn kafka_batch() -> Bytes {
-    let recs: Vec<TeeRecord> = (0..RECORDS)
-        .map(|i| TeeRecord {
+    let recs: Vec<WireRecord> = (0..RECORDS)
+        .map(|i| WireRecord {
             offset: i as i64,
             timestamp: 1_700_000_000_000 + i as i64,
             key: Some(Bytes::from(format!("key-{i:08}"))),

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::Proxy;
+use crate::shared::Proxy;
 
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let app = Router::new()
@@ -220,7 +220,7 @@ async fn plugin_delete(State(p): State<Arc<Proxy>>, Path(name): Path<String>) ->
 /// change at run time (plugins and the routes' plugin chains); anything
 /// else that changed is reported as needing a restart and not applied.
 async fn reload(State(p): State<Arc<Proxy>>) -> Response {
-    match crate::server::reload(&p).await {
+    match crate::shared::reload(&p).await {
         Ok(r) => (StatusCode::OK, Json(r)).into_response(),
         Err(r) => (StatusCode::BAD_REQUEST, Json(r)).into_response(),
     }

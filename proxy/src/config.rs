@@ -92,6 +92,42 @@ pub struct Config {
     pub plugin_state: PluginStateConfig,
 }
 
+/// What the data path does with a batch when its plugin fails (trap,
+/// deadline, memory, an error it returned, malformed decisions, crashed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The batch passes as if the plugin were not there.
+    FailOpen,
+    /// The batch's partition gets a Kafka error; the connection stays.
+    FailClosed,
+}
+
+impl FailurePolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "fail-open",
+            FailurePolicy::FailClosed => "fail-closed",
+        }
+    }
+}
+
+/// Largest plugin accepted (a component is typically 30-300 KiB).
+pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
+
+/// Largest memory cap a plugin may ask for (the plugin host's pooling
+/// allocator reserves address space for this much per instance slot).
+pub const MAX_PLUGIN_MEMORY_BYTES: usize = 256 << 20;
+
+/// 1-64 of `a-z A-Z 0-9 . _ -` (it appears in URLs and metric labels).
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
@@ -105,7 +141,7 @@ pub struct PluginConfig {
     /// `fail-open` (default: the batch passes unchanged when the plugin
     /// fails) or `fail-closed` (the partition gets an error).
     #[serde(default = "default_failure")]
-    pub failure: crate::plugin::FailurePolicy,
+    pub failure: FailurePolicy,
     /// CPU time one call may take.
     #[serde(default = "default_plugin_timeout_ms")]
     pub timeout_ms: u64,
@@ -117,8 +153,8 @@ pub struct PluginConfig {
     pub crash_cap: u32,
 }
 
-fn default_failure() -> crate::plugin::FailurePolicy {
-    crate::plugin::FailurePolicy::FailOpen
+fn default_failure() -> FailurePolicy {
+    FailurePolicy::FailOpen
 }
 fn default_plugin_timeout_ms() -> u64 {
     10
@@ -137,15 +173,6 @@ impl PluginConfig {
             None => String::new(),
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
-        }
-    }
-
-    pub fn limits(&self) -> crate::plugin::Limits {
-        crate::plugin::Limits {
-            call_timeout: std::time::Duration::from_millis(self.timeout_ms),
-            memory_bytes: usize::try_from(self.memory_mb.saturating_mul(1 << 20))
-                .unwrap_or(usize::MAX),
-            crash_cap: self.crash_cap,
         }
     }
 }
@@ -552,7 +579,6 @@ pub struct Validated {
     pub active_site: usize,
     /// Every listener, the main one (`listen`) first.
     pub listeners: Vec<ListenerSpec>,
-    pub router: std::sync::Arc<crate::route::Router>,
     /// The file it was read from (`load`), for reloads.
     pub path: Option<std::path::PathBuf>,
     /// The text it was parsed from.
@@ -565,28 +591,34 @@ impl Validated {
     }
 }
 
+/// Checks of what other modules build from a config (the routes:
+/// `route::check`), given the config and the index of its default site.
+/// They run with the config's own checks, so one round reports every
+/// problem; config itself stays plain data that does not know them.
+pub type Check = fn(&Config, usize) -> Vec<ConfigError>;
+
 /// Reads, parses and validates a config file.
-pub fn load(path: &Path) -> Result<Validated, ConfigErrors> {
+pub fn load(path: &Path, check: Check) -> Result<Validated, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             key: String::new(),
             reason: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    let mut v = parse_at(&text, path.parent())?;
+    let mut v = parse_at(&text, path.parent(), check)?;
     v.path = Some(path.to_path_buf());
     Ok(v)
 }
 
 /// Parses and validates config text.
-pub fn parse(text: &str) -> Result<Validated, ConfigErrors> {
-    parse_at(text, None)
+pub fn parse(text: &str, check: Check) -> Result<Validated, ConfigErrors> {
+    parse_at(text, None, check)
 }
 
 /// Parses and validates config text read from a file in `dir`: relative
 /// `plugins[].path`s are relative to that directory (a config and its
 /// plugins ship together), else to the working directory.
-fn parse_at(text: &str, dir: Option<&Path>) -> Result<Validated, ConfigErrors> {
+fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, ConfigErrors> {
     let de = serde_norway::Deserializer::from_str(text);
     let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -609,7 +641,7 @@ fn parse_at(text: &str, dir: Option<&Path>) -> Result<Validated, ConfigErrors> {
             }
         }
     }
-    let mut v = validate(config)?;
+    let mut v = validate(config, check)?;
     v.text = text.to_string();
     Ok(v)
 }
@@ -652,7 +684,7 @@ pub fn restart_needed(old: &str, new: &str) -> Vec<String> {
     keys
 }
 
-fn validate(config: Config) -> Result<Validated, ConfigErrors> {
+fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
     let mut errs = Vec::new();
     let mut err = |key: &str, reason: String| {
         errs.push(ConfigError {
@@ -873,13 +905,7 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         }
     }
 
-    let router = match crate::route::Router::build(&config, active_site) {
-        Ok(r) => Some(r),
-        Err(route_errs) => {
-            errs.extend(route_errs);
-            None
-        }
-    };
+    errs.extend(check(&config, active_site));
     let t = &config.tee;
     if t.poll_interval_ms == 0 {
         errs.push(ConfigError {
@@ -961,9 +987,7 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         return Err(ConfigErrors(errs));
     }
     // Both are Some when no error was recorded above.
-    let (Some(bootstrap_bind), Some(admin_bind), Some(router)) =
-        (bootstrap_bind, admin_bind, router)
-    else {
+    let (Some(bootstrap_bind), Some(admin_bind)) = (bootstrap_bind, admin_bind) else {
         return Err(ConfigErrors(vec![ConfigError {
             key: String::new(),
             reason: "internal: address missing".into(),
@@ -981,7 +1005,6 @@ fn validate(config: Config) -> Result<Validated, ConfigErrors> {
         advertised_host,
         active_site,
         listeners,
-        router: std::sync::Arc::new(router),
         path: None,
         text: String::new(),
     })
@@ -1006,7 +1029,7 @@ fn validate_plugins(config: &Config) -> Vec<ConfigError> {
     let mut err = |key: String, reason: String| errs.push(ConfigError { key, reason });
     let mut names = HashSet::new();
     for (i, p) in config.plugins.iter().enumerate() {
-        if !crate::plugin::registry::valid_name(&p.name) {
+        if !valid_plugin_name(&p.name) {
             err(
                 format!("plugins[{i}].name"),
                 format!(
@@ -1025,13 +1048,13 @@ fn validate_plugins(config: &Config) -> Vec<ConfigError> {
                 format!("plugins[{i}].path"),
                 format!("`{}` is not a file", p.path),
             ),
-            Ok(m) if m.len() > crate::plugin::registry::MAX_PLUGIN_BYTES as u64 => err(
+            Ok(m) if m.len() > MAX_PLUGIN_BYTES as u64 => err(
                 format!("plugins[{i}].path"),
                 format!(
                     "`{}` is {} bytes; plugins may be at most {}",
                     p.path,
                     m.len(),
-                    crate::plugin::registry::MAX_PLUGIN_BYTES
+                    MAX_PLUGIN_BYTES
                 ),
             ),
             Ok(_) => {}
@@ -1046,7 +1069,7 @@ fn validate_plugins(config: &Config) -> Vec<ConfigError> {
                 "must be between 1 and 10000".into(),
             );
         }
-        let max_mb = (crate::plugin::MAX_MEMORY_BYTES >> 20) as u64;
+        let max_mb = (MAX_PLUGIN_MEMORY_BYTES >> 20) as u64;
         if p.memory_mb == 0 || p.memory_mb > max_mb {
             err(
                 format!("plugins[{i}].memory_mb"),
@@ -1086,6 +1109,13 @@ fn validate_plugins(config: &Config) -> Vec<ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::Router;
+    use crate::shared::Loaded;
+
+    /// With the routes checked too, as `switchyard check` does.
+    fn parse(text: &str) -> Result<Validated, ConfigErrors> {
+        super::parse(text, Router::check)
+    }
 
     const GOOD: &str = "
 cluster_id: c1
@@ -1177,7 +1207,7 @@ limits:
         files.sort();
         assert!(!files.is_empty(), "no config/*.yaml in {}", dir.display());
         for f in &files {
-            if let Err(e) = load(f) {
+            if let Err(e) = Loaded::file(f) {
                 panic!("{}: {e}", f.display());
             }
         }
@@ -1188,7 +1218,7 @@ limits:
             "hub-and-spoke-edge.yaml",
             "observer.yaml",
         ] {
-            let v = load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let v = Loaded::file(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(
                 v.router.routes().iter().any(|r| !r.tee.is_empty()),
                 "{name}: no route with a tee"

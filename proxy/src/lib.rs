@@ -11,7 +11,23 @@
 //!
 //! Side paths: [`tee`] copies what routes write to their target sites by
 //! following the source logs (a sync produce waits for it), recording offset
-//! runs with [`offsets`]; [`admin`] serves health, metrics and status.
+//! runs with [`offsets`]; [`failover`] switches routes between sites;
+//! [`admin`] serves health, metrics and status.
+//!
+//! Modules form layers, and code only reaches down (checked by
+//! `tests/layers.rs`), bottom to top:
+//!
+//! ```text
+//! server                          listeners, shutdown: composes the rest
+//! session, admin                  client connections; the admin HTTP API
+//! api                             request handlers
+//! shared                          state every connection reads (Proxy), config loading, reload
+//! failover                        route switching, fencing, offset hand-over
+//! tee                             copies between sites
+//! offsets, plugin                 offset translation; the WASM plugin host
+//! upstream, route                 sites (connections, views, own client); routes
+//! codec, metrics, config, identity  protocol, record batches, API versions; plain config data
+//! ```
 
 pub mod admin;
 pub mod api;
@@ -25,5 +41,6 @@ pub mod plugin;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod tee;
 pub mod upstream;

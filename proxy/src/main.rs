@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::config::{self, LogFormat};
+use switchyard::config::LogFormat;
+use switchyard::shared::Loaded;
 
 /// jemalloc keeps freed pages for reuse (10 s dirty decay). With glibc's
 /// allocator every multi-megabyte Produce request or Fetch response was a fresh
@@ -44,7 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::load(&config) {
+        Command::Check { config } => match Loaded::file(&config) {
             Ok(_) => {
                 println!("{}: config OK", config.display());
                 ExitCode::SUCCESS
@@ -57,8 +58,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let cfg = match config::load(&config) {
-                Ok(c) => c,
+            let loaded = match Loaded::file(&config) {
+                Ok(l) => l,
                 Err(errs) => {
                     for e in &errs.0 {
                         eprintln!("{}: {e}", config.display());
@@ -67,7 +68,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(cfg.config.log.format, &cfg.config.log.level);
+            init_logging(loaded.cfg.config.log.format, &loaded.cfg.config.log.level);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(switchyard::server::run(cfg)) {
+            match rt.block_on(switchyard::server::run(loaded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "switchyard failed");

@@ -32,9 +32,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, Ctx, Outcome, Reply, Respond};
-use crate::codec::{read_frame, FrameError, RequestError, RequestFrame};
+use crate::codec::{self, read_frame, FrameError, RequestError, RequestFrame};
 use crate::metrics::kind;
-use crate::server::{Listener, Proxy};
+use crate::shared::{Listener, Proxy};
 use crate::upstream::Pools;
 
 enum Slot {
@@ -172,7 +172,7 @@ async fn handle(
     {
         proxy.metrics.error(kind::UNSUPPORTED_VERSION);
         proxy.metrics.client_closed(kind::UNSUPPORTED_VERSION);
-        tracing::warn!(client = %peer, client_id, api = api::name(req.api_key), version = req.api_version,
+        tracing::warn!(client = %peer, client_id, api = codec::api_name(req.api_key), version = req.api_version,
             "closing client connection: API version not supported (not advertised in ApiVersions)");
         return None;
     }
@@ -206,7 +206,7 @@ async fn handle(
                     api::unavailable::answer(&kept, &listener.identity, &proxy.metrics)
                 {
                     proxy.metrics.error(kind::UPSTREAM);
-                    tracing::debug!(client = %peer, client_id, api = api::name(api_key), version,
+                    tracing::debug!(client = %peer, client_id, api = codec::api_name(api_key), version,
                         reason = %u, "answered with a retriable error: upstream failed");
                     return Some(Some(Slot::Ready(Reply::Frame(frame))));
                 }
@@ -218,7 +218,7 @@ async fn handle(
             };
             proxy.metrics.error(k);
             proxy.metrics.client_closed(k);
-            tracing::warn!(client = %peer, client_id, api = api::name(api_key), version,
+            tracing::warn!(client = %peer, client_id, api = codec::api_name(api_key), version,
                 reason = %format!("{e:#}"), "closing client connection: request failed");
             None
         }

@@ -89,7 +89,7 @@ pub fn txn_fenced(ctx: &Ctx<'_>, req: &RequestFrame, txn: &str) -> anyhow::Resul
     fo.count_fenced(route, "transaction");
     tracing::info!(
         transactional_id = txn,
-        api = super::name(req.api_key),
+        api = crate::codec::api_name(req.api_key),
         "fenced a transactional producer from before the failover"
     );
     let (api, v, corr) = (req.api_key, req.api_version, req.correlation_id);

@@ -470,7 +470,7 @@ fn fetch_chains(ctx: &Ctx<'_>, names: &Names) -> Vec<FetchChain> {
 
 /// Runs the fetch chains over one site's answer (physical names, real ids).
 fn run_chains(
-    proxy: &Arc<crate::server::Proxy>,
+    proxy: &Arc<crate::shared::Proxy>,
     chains: &[FetchChain],
     site: usize,
     view: &ClusterView,

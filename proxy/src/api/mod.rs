@@ -29,12 +29,11 @@ pub mod plugins;
 pub mod produce;
 pub mod split;
 pub mod unavailable;
-pub mod versions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -43,7 +42,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
 use crate::route::Who;
-use crate::server::{Listener, Proxy};
+use crate::shared::{Listener, Proxy};
 use crate::upstream::{PendingResponse, Pools, Site, Target};
 
 /// A response for the client.
@@ -111,7 +110,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     match req.api_key {
         ApiKey::ApiVersions => {
             let table = ctx.proxy.version_table().await;
-            let frame = versions::respond(&table, req.api_version, req.correlation_id)?;
+            let frame = codec::versions::respond(&table, req.api_version, req.correlation_id)?;
             Ok(Outcome::Ready(Reply::Frame(frame)))
         }
         ApiKey::Metadata => metadata::route(ctx, req).await,
@@ -287,7 +286,7 @@ where
                      site: usize,
                      slots: split::Slots,
                      e: &crate::upstream::UpstreamError| {
-        tracing::debug!(api = name(api), error = %e, partitions = slots.len(),
+        tracing::debug!(api = codec::api_name(api), error = %e, partitions = slots.len(),
             "partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
         unavailable::count(&metrics, api, error_code::NOT_LEADER_OR_FOLLOWER);
         failed.extend(
@@ -321,20 +320,6 @@ where
             api, version, corr, &merged,
         )?))
     })))
-}
-
-/// A static name per API, for logs and metric labels.
-pub fn name(api: ApiKey) -> &'static str {
-    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
-    let names = NAMES.get_or_init(|| {
-        (0..128)
-            .map(|k| match ApiKey::try_from(k) {
-                Ok(api) => &*Box::leak(format!("{api:?}").into_boxed_str()),
-                Err(()) => "Unknown",
-            })
-            .collect()
-    });
-    names.get(api as usize).copied().unwrap_or("Unknown")
 }
 
 /// Kafka error codes used by the handlers.

@@ -19,11 +19,11 @@ use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::Ctx;
+use crate::codec::batch::{self, Layout, WireRecord};
 use crate::codec::RequestFrame;
 use crate::plugin::chain::{self, Scope};
 use crate::plugin::registry::{Registry, Which};
 use crate::plugin::{BatchMeta, Loaded, Stage};
-use crate::tee::batch::{self, Layout, TeeRecord};
 
 /// Kafka's POLICY_VIOLATION: the answer for a batch a fail-closed plugin
 /// could not process (not retriable: the producer reports it instead of
@@ -314,7 +314,7 @@ async fn run_produce(
         base_offset: 0,
         ..first.layout()
     };
-    let encode = |recs: &[TeeRecord]| batch::encode_as(recs, &layout);
+    let encode = |recs: &[WireRecord]| batch::encode_as(recs, &layout);
     let kept = if a.kept.is_empty() {
         None
     } else {

@@ -416,7 +416,7 @@ fn sync_waits(ctx: &Ctx<'_>, names: &Names, body: &ProduceRequest) -> Vec<SyncWa
 /// into that error (the records are on the source: an idempotent client's
 /// retry is deduplicated there and waits for the tee again).
 async fn await_sync(
-    proxy: &Arc<crate::server::Proxy>,
+    proxy: &Arc<crate::shared::Proxy>,
     sync: &[SyncWait],
     topic: &str,
     parts: &mut [PartitionProduceResponse],
@@ -576,11 +576,11 @@ pub fn virtualise(id: &Identity, r: &mut ProduceResponse) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tee::batch::{self, BatchParams, Compression, TeeRecord};
+    use crate::codec::batch::{self, BatchParams, Compression, WireRecord};
 
     #[test]
     fn producer_rewrite_keeps_the_batch_valid() {
-        let rec = TeeRecord {
+        let rec = WireRecord {
             offset: 0,
             timestamp: 1_700_000_000_000,
             key: Some(bytes::Bytes::from_static(b"k")),

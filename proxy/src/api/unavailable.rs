@@ -43,7 +43,7 @@ pub fn count(metrics: &Metrics, api: ApiKey, code: i16) {
     metrics
         .upstream
         .retriable_answers
-        .with_label_values(&[super::name(api), error_name(code)])
+        .with_label_values(&[crate::codec::api_name(api), error_name(code)])
         .inc();
 }
 

@@ -5,9 +5,13 @@
 //! the configured limit *before* any buffer is allocated, so a hostile length
 //! prefix costs nothing. Bodies are decoded with the `kafka-protocol` crate from
 //! `Bytes`, which keeps strings and record batches as zero-copy slices of the
-//! frame: record batches are forwarded as opaque bytes and never parsed.
+//! frame: record batches are forwarded as opaque bytes and never parsed on
+//! the hot path. Where records must be read or written (tee, plugins, offset
+//! translation), [`batch`] walks them.
 
+pub mod batch;
 pub mod fetch_patch;
+pub mod versions;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -208,6 +212,20 @@ pub fn decode_response_body<T: Decodable>(
     ResponseHeader::decode(&mut buf, api_key.response_header_version(version))?;
     let body = T::decode(&mut buf, version)?;
     Ok(body)
+}
+
+/// A static name per API, for logs and metric labels.
+pub fn api_name(api: ApiKey) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (0..128)
+            .map(|k| match ApiKey::try_from(k) {
+                Ok(api) => &*Box::leak(format!("{api:?}").into_boxed_str()),
+                Err(()) => "Unknown",
+            })
+            .collect()
+    });
+    names.get(api as usize).copied().unwrap_or("Unknown")
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::offsets::mm2::{self, CheckpointStore};
 use crate::offsets::timestamp;
-use crate::tee::client::{GroupOffset, SiteClient};
+use crate::upstream::client::{GroupOffset, SiteClient};
 use crate::upstream::Site;
 
 /// How long one translation step (a timestamp lookup, a checkpoint read)

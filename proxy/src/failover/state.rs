@@ -15,8 +15,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::RouteState;
-use crate::tee::batch::{self, BatchParams, TeeRecord};
-use crate::tee::client::SiteClient;
+use crate::codec::batch::{self, BatchParams, WireRecord};
+use crate::upstream::client::SiteClient;
 use crate::upstream::Site;
 
 pub const STATE_TOPIC: &str = "__switchyard_failover";
@@ -67,7 +67,7 @@ pub async fn save(sites: &[Arc<Site>], rs: &RouteState, saved: &Saved) {
 
 async fn write(c: &mut SiteClient, route: &str, json: &[u8]) -> Result<(), String> {
     c.ensure_compacted(STATE_TOPIC).await?;
-    let rec = TeeRecord {
+    let rec = WireRecord {
         offset: 0,
         timestamp: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::tee::batch::{batches, decode as decode_batch, BatchRef};
-use crate::tee::client::{SiteClient, NETWORK};
+use crate::codec::batch::{batches, decode as decode_batch, BatchRef};
+use crate::upstream::client::{SiteClient, NETWORK};
 
 /// The only checkpoint value version MM2 writes (and that this code reads).
 pub const CHECKPOINT_VERSION: i16 = 0;
@@ -495,7 +495,7 @@ fn read_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tee::batch::{encode as encode_batch, BatchParams, Compression, TeeRecord};
+    use crate::codec::batch::{encode as encode_batch, BatchParams, Compression, WireRecord};
     use bytes::BytesMut;
 
     fn cp(group: &str, topic: &str, partition: i32, up: i64, down: i64) -> Checkpoint {
@@ -673,11 +673,11 @@ mod tests {
     /// A batch of checkpoints at `base`, optionally transactional for `pid`
     /// or a control batch.
     fn batch_of(base: i64, cps: &[Checkpoint], pid: i64, attributes: i16) -> BytesMut {
-        let records: Vec<TeeRecord> = cps
+        let records: Vec<WireRecord> = cps
             .iter()
             .map(|c| {
                 let (k, v) = encode(c);
-                TeeRecord {
+                WireRecord {
                     offset: 0,
                     timestamp: 1,
                     key: Some(k.into()),

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::tee::batch::{batches, decode, BatchRef, TeeRecord};
-use crate::tee::client::{SiteClient, NETWORK};
+use crate::codec::batch::{batches, decode, BatchRef, WireRecord};
+use crate::upstream::client::{SiteClient, NETWORK};
 
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const LEADER_NOT_AVAILABLE: i16 = 5;
@@ -225,7 +225,7 @@ impl Search {
 
 /// The data record at exactly `offset` among fetched batches; `None` when
 /// no batch covers it, it is in a control batch, or compaction removed it.
-pub fn record_at(found: &[BatchRef], offset: i64) -> Result<Option<TeeRecord>, String> {
+pub fn record_at(found: &[BatchRef], offset: i64) -> Result<Option<WireRecord>, String> {
     let Some(b) = found
         .iter()
         .find(|b| b.base_offset <= offset && offset <= b.last_offset)
@@ -240,7 +240,7 @@ pub fn record_at(found: &[BatchRef], offset: i64) -> Result<Option<TeeRecord>, S
 }
 
 /// The first data record at or after `offset` among fetched batches.
-pub fn first_record_from(found: &[BatchRef], offset: i64) -> Result<Option<TeeRecord>, String> {
+pub fn first_record_from(found: &[BatchRef], offset: i64) -> Result<Option<WireRecord>, String> {
     for b in found
         .iter()
         .filter(|b| !b.is_control && b.last_offset >= offset)
@@ -257,7 +257,7 @@ pub fn first_record_from(found: &[BatchRef], offset: i64) -> Result<Option<TeeRe
 /// covers `offset - 1` is among `found` (a fetch from `offset - 1` returns
 /// it first) and holds a data record before `offset`; otherwise `None`,
 /// since the record could be in an earlier batch not fetched.
-pub fn record_before(found: &[BatchRef], offset: i64) -> Result<Option<TeeRecord>, String> {
+pub fn record_before(found: &[BatchRef], offset: i64) -> Result<Option<WireRecord>, String> {
     let prev = offset.saturating_sub(1);
     let Some(b) = found
         .iter()
@@ -506,7 +506,7 @@ async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tee::batch::{encode, BatchParams, Compression};
+    use crate::codec::batch::{encode, BatchParams, Compression};
     use bytes::BytesMut;
     use proptest::prelude::*;
 
@@ -703,9 +703,9 @@ mod tests {
     /// `last_offset_delta` widened by `extra` (records compacted away at
     /// the end) and the given attributes.
     fn batch(base: i64, timestamps: &[i64], extra: i32, attributes: i16) -> BytesMut {
-        let records: Vec<TeeRecord> = timestamps
+        let records: Vec<WireRecord> = timestamps
             .iter()
-            .map(|&timestamp| TeeRecord {
+            .map(|&timestamp| WireRecord {
                 offset: 0,
                 timestamp,
                 key: None,
@@ -745,7 +745,7 @@ mod tests {
             batch(15, &[0], 0, 0x30),
             batch(16, &[103, 104], 0, 0),
         ]);
-        let ts = |r: Result<Option<TeeRecord>, String>| r.unwrap().map(|r| r.timestamp);
+        let ts = |r: Result<Option<WireRecord>, String>| r.unwrap().map(|r| r.timestamp);
         assert_eq!(ts(record_at(&found, 10)), Some(100));
         assert_eq!(ts(record_at(&found, 12)), Some(102));
         assert_eq!(ts(record_at(&found, 13)), None); // compacted

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use super::conflict::{Conflicts, MAX_STATE_BYTES};
 use super::records::{self, Applied};
 use super::{BatchMeta, CallError, Conflict, FailurePolicy, Loaded, Resolution, Stage, Version};
-use crate::tee::batch::{BatchRef, TeeRecord};
+use crate::codec::batch::{BatchRef, WireRecord};
 
 /// What a chain did to a batch.
 #[derive(Debug, Default)]
@@ -59,7 +59,7 @@ pub enum Input<'a> {
     /// A Kafka batch not decoded yet: decoded only if a plugin changes
     /// something (keep-all costs no per-record allocation).
     Batch(&'a BatchRef),
-    Records(Vec<TeeRecord>),
+    Records(Vec<WireRecord>),
 }
 
 impl Input<'_> {
@@ -86,9 +86,9 @@ impl Input<'_> {
 
     /// The records; `None` for a Kafka batch that does not decode, which
     /// then passes as it is (the broker or consumer reports what is wrong).
-    fn into_records(self, meta: &BatchMeta) -> Option<Vec<TeeRecord>> {
+    fn into_records(self, meta: &BatchMeta) -> Option<Vec<WireRecord>> {
         match self {
-            Input::Batch(b) => match crate::tee::batch::decode(b) {
+            Input::Batch(b) => match crate::codec::batch::decode(b) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::debug!(topic = %meta.topic, partition = meta.partition, error = %e,
@@ -235,9 +235,9 @@ fn failed(p: &Loaded, meta: &BatchMeta, e: CallError) -> Option<String> {
     }
 }
 
-type StepError = (CallError, Vec<TeeRecord>);
+type StepError = (CallError, Vec<WireRecord>);
 
-type Resolved = (Vec<TeeRecord>, usize, bool, Vec<(Bytes, Version)>);
+type Resolved = (Vec<WireRecord>, usize, bool, Vec<(Bytes, Version)>);
 
 /// Resolves the keyed records against the stored versions. A key that
 /// occurs several times in the batch is resolved in rounds, so each
@@ -247,7 +247,7 @@ fn resolve_step(
     p: &Loaded,
     meta: &BatchMeta,
     scope: Scope<'_>,
-    records: Vec<TeeRecord>,
+    records: Vec<WireRecord>,
 ) -> Result<Resolved, StepError> {
     let batch = match records::to_batch(meta.clone(), &records) {
         Ok(b) => b,

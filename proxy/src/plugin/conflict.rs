@@ -28,8 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::Version;
-use crate::tee::batch::{self, BatchParams, TeeRecord};
-use crate::tee::client::SiteClient;
+use crate::codec::batch::{self, BatchParams, WireRecord};
+use crate::upstream::client::SiteClient;
 use crate::upstream::Site;
 
 pub const STATE_TOPIC: &str = "__switchyard_plugin_state";
@@ -103,7 +103,7 @@ impl Conflicts {
     }
 
     /// The incoming version of a record written by `origin`.
-    pub fn incoming(&self, r: &TeeRecord, origin: u16) -> Version {
+    pub fn incoming(&self, r: &WireRecord, origin: u16) -> Version {
         Version {
             timestamp_ms: r.timestamp,
             site: origin,
@@ -207,9 +207,9 @@ impl Conflicts {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let records: Vec<TeeRecord> = entries
+        let records: Vec<WireRecord> = entries
             .iter()
-            .map(|(k, v)| TeeRecord {
+            .map(|(k, v)| WireRecord {
                 offset: 0,
                 timestamp: now,
                 key: Some(encode_key(topic, k)),

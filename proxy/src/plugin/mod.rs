@@ -65,7 +65,7 @@ const TICKS_PER_SEC: u64 = 1000;
 const MAX_IDLE: usize = 16;
 /// Largest memory cap an upload may ask for (the pooling allocator reserves
 /// address space for this much per instance slot).
-pub const MAX_MEMORY_BYTES: usize = 256 << 20;
+pub use crate::config::MAX_PLUGIN_MEMORY_BYTES as MAX_MEMORY_BYTES;
 /// Instance slots of the pooling allocator (all plugins, all versions).
 const POOL_INSTANCES: u32 = 512;
 /// `topic-name` answers cached per version.
@@ -88,6 +88,18 @@ pub struct Limits {
     pub crash_cap: u32,
 }
 
+impl Limits {
+    /// The limits a plugin's config entry sets.
+    pub fn of(p: &crate::config::PluginConfig) -> Limits {
+        Limits {
+            call_timeout: Duration::from_millis(p.timeout_ms),
+            memory_bytes: usize::try_from(p.memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            crash_cap: p.crash_cap,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -98,25 +110,7 @@ impl Default for Limits {
     }
 }
 
-/// What the data path does with a batch when its plugin fails (trap,
-/// deadline, memory, an error it returned, malformed decisions, crashed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailurePolicy {
-    /// The batch passes as if the plugin were not there.
-    FailOpen,
-    /// The batch's partition gets a Kafka error; the connection stays.
-    FailClosed,
-}
-
-impl FailurePolicy {
-    pub fn name(self) -> &'static str {
-        match self {
-            FailurePolicy::FailOpen => "fail-open",
-            FailurePolicy::FailClosed => "fail-closed",
-        }
-    }
-}
+pub use crate::config::FailurePolicy;
 
 /// Per-store state: the memory cap and the plugin's name for its logs.
 pub struct HostState {

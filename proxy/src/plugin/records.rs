@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::{Batch, BatchMeta, CallError, Decision, Route, Stage};
-use crate::tee::batch::{self, BatchRef, TeeRecord};
+use crate::codec::batch::{self, BatchRef, WireRecord};
 
 /// Words per record in `batch.records` (layout in `wit/plugin.wit`).
 pub const RECORD_WORDS: usize = 8;
@@ -91,7 +91,7 @@ impl Tables {
 
 /// Builds the batch a plugin sees from decoded records (offset deltas from
 /// the first record).
-pub fn to_batch(meta: BatchMeta, records: &[TeeRecord]) -> Result<Batch, CallError> {
+pub fn to_batch(meta: BatchMeta, records: &[WireRecord]) -> Result<Batch, CallError> {
     let bytes: usize = records
         .iter()
         .map(|r| {
@@ -142,11 +142,11 @@ pub fn to_batch_raw(meta: BatchMeta, b: &BatchRef) -> Result<Batch, CallError> {
 pub struct Applied {
     /// Records staying on the batch's topic-partition, in order (values
     /// possibly replaced).
-    pub kept: Vec<TeeRecord>,
+    pub kept: Vec<WireRecord>,
     /// Records for other destinations (produce stage only), grouped by
     /// `(site id, virtual topic)` in order of first appearance; `None` site:
     /// wherever the topic's route puts it.
-    pub moved: Vec<(Option<u16>, String, Vec<TeeRecord>)>,
+    pub moved: Vec<(Option<u16>, String, Vec<WireRecord>)>,
     pub dropped: usize,
     /// Anything but "keep all".
     pub changed: bool,
@@ -183,7 +183,7 @@ pub fn check(decisions: &[Decision], meta: &BatchMeta) -> Result<(), CallError> 
 
 /// Applies one decision per record (`decisions` empty: keep all), which
 /// [`check`] accepted.
-pub fn apply(records: Vec<TeeRecord>, decisions: Vec<Decision>, meta: &BatchMeta) -> Applied {
+pub fn apply(records: Vec<WireRecord>, decisions: Vec<Decision>, meta: &BatchMeta) -> Applied {
     if decisions.is_empty() {
         return Applied {
             kept: records,
@@ -241,8 +241,8 @@ mod tests {
         key: Option<&str>,
         value: Option<&str>,
         headers: &[(&str, Option<&str>)],
-    ) -> TeeRecord {
-        TeeRecord {
+    ) -> WireRecord {
+        WireRecord {
             offset,
             timestamp: 1_700_000_000_123 + offset,
             key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),

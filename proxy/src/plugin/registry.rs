@@ -20,17 +20,7 @@ use super::conflict::Conflicts;
 use super::{FailurePolicy, Host, Limits, LoadError, Loaded, Site};
 use crate::config::{PluginConfig, RouteConfig};
 
-/// Largest plugin accepted (a component is typically 30-300 KiB).
-pub const MAX_PLUGIN_BYTES: usize = 16 << 20;
-
-/// 1-64 of `a-z A-Z 0-9 . _ -` (it appears in URLs and metric labels).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
+pub use crate::config::{valid_plugin_name as valid_name, MAX_PLUGIN_BYTES};
 
 /// Plugin names per route and stage, in run order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -318,7 +308,7 @@ impl Registry {
                     bytes.clone(),
                     p.init_config(),
                     p.failure,
-                    p.limits(),
+                    Limits::of(p),
                 )
                 .await
             {

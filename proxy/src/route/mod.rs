@@ -416,6 +416,14 @@ impl Router {
             .position(|r| r.groups.as_ref().is_some_and(|g| g.matches(key)) && r.applies_to(who))
     }
 
+    /// The problems with a config's routes, each with its key (run with the
+    /// config's own checks: `config::load`).
+    pub fn check(config: &Config, default_site: usize) -> Vec<ConfigError> {
+        Router::build(config, default_site)
+            .err()
+            .unwrap_or_default()
+    }
+
     /// Builds and checks the routes of a config. `default_site` indexes `config.sites`.
     pub fn build(config: &Config, default_site: usize) -> Result<Router, Vec<ConfigError>> {
         let mut errs = Vec::new();
@@ -775,7 +783,7 @@ fn overlap(a: &Route, b: &Route) -> Result<Option<String>, MatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::shared::Loaded;
 
     const BASE: &str = "
 cluster_id: c1
@@ -795,7 +803,7 @@ default_site: a
 ";
 
     fn router(routes: &str) -> Result<std::sync::Arc<Router>, String> {
-        parse(&format!("{BASE}routes:\n{routes}"))
+        Loaded::text(&format!("{BASE}routes:\n{routes}"))
             .map(|v| v.router)
             .map_err(|e| e.to_string())
     }

@@ -24,8 +24,6 @@
 //!   progress passes the acked offsets (`wait_synced`), waking the worker so
 //!   it does not wait for its poll interval.
 
-pub mod batch;
-pub mod client;
 mod worker;
 
 use std::collections::HashMap;
@@ -38,6 +36,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::{TeeConfig, TeeMode, TeeStart, Validated};
 use crate::metrics::Metrics;
 use crate::route::{Naming, Router, TopicMatch};
+use crate::upstream::client::SiteClient;
 use crate::upstream::Site;
 
 /// What a sync produce gets when a target did not take the records in time:
@@ -188,8 +187,12 @@ pub struct Tee {
 }
 
 impl Tee {
-    pub fn new(cfg: &Validated, sites: &[Arc<Site>], metrics: Arc<Metrics>) -> Arc<Self> {
-        let router: &Router = &cfg.router;
+    pub fn new(
+        cfg: &Validated,
+        router: &Router,
+        sites: &[Arc<Site>],
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let mut links = Vec::new();
         let link =
             |ri: usize,
@@ -335,7 +338,7 @@ impl Tee {
             .iter()
             .filter(|l| l.route == route && Arc::ptr_eq(&l.source, source) && l.is_active())
             .collect();
-        let mut client = client::SiteClient::new(source.clone());
+        let mut client = SiteClient::new(source.clone());
         source.mark_stale();
         let _ = source.refresh().await;
         for l in links {

@@ -28,15 +28,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::batch::{self, BatchParams, Compression, TeeRecord};
-use super::client::{SiteClient, Written, NETWORK};
 use super::{Link, Stats, Tee, TopicTee};
+use crate::codec::batch::{self, BatchParams, Compression, WireRecord};
 use crate::config::TeeStart;
 use crate::offsets::runs::{PartitionRuns, Run};
 use crate::offsets::sync_topic::{
     SlotCounter, SyncRecord, OFFSET_SYNCS_PARTITIONS, OFFSET_SYNCS_TOPIC,
     OFFSET_SYNCS_TOPIC_CONFIGS,
 };
+use crate::upstream::client::{SiteClient, Written, NETWORK};
 
 /// Runs kept in memory per partition (older ones thinned; the persisted
 /// topic keeps its own thinned history).
@@ -777,7 +777,7 @@ impl Worker {
         let (pid, epoch) = self.producer.unwrap_or((-1, -1));
         let part = &mut self.parts[i];
         let batches = batch::batches(records).map_err(|e| e.to_string())?;
-        let mut kept: Vec<TeeRecord> = Vec::new();
+        let mut kept: Vec<WireRecord> = Vec::new();
         let mut size = 0usize;
         let mut end = part.next;
         let mut compression = Compression::None;
@@ -1093,7 +1093,7 @@ impl Worker {
                     now,
                 );
                 for key in [s.key(), s.head_key()] {
-                    records.push(TeeRecord {
+                    records.push(WireRecord {
                         offset: records.len() as i64,
                         timestamp: now,
                         key: Some(Bytes::from(key)),

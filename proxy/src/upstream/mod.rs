@@ -9,6 +9,7 @@
 //! own requests (metadata refresh, coordinator lookup, ApiVersions) go over a
 //! separate control connection per site.
 
+pub mod client;
 pub mod conn;
 pub mod producer_ids;
 pub mod view;
@@ -35,7 +36,7 @@ use crate::codec;
 use crate::metrics::Metrics;
 
 /// Supported version range per API key, as advertised by an upstream cluster.
-pub type ApiRanges = HashMap<i16, (i16, i16)>;
+pub use crate::codec::versions::ApiRanges;
 
 /// Client id Switchyard uses for its own upstream requests.
 const CONTROL_CLIENT_ID: &str = "switchyard";
@@ -277,7 +278,7 @@ impl Site {
     pub fn latency(&self, api: ApiKey) -> Histogram {
         self.metrics
             .upstream_request_duration
-            .with_label_values(&[self.name.as_str(), crate::api::name(api)])
+            .with_label_values(&[self.name.as_str(), crate::codec::api_name(api)])
     }
 
     pub fn generation(&self) -> u64 {

@@ -1,8 +1,9 @@
 //! Kafka record batches (magic v2), read and written record by record.
 //!
-//! The tee copies records from a source partition's log (the record set of a
-//! Fetch response) to a target cluster (a Produce request). Each record must
-//! arrive as it was written: key, value, timestamp and every header, including
+//! Read and written wherever Switchyard looks inside records: the tee copying
+//! a source partition's log (the record set of a Fetch response) to a target
+//! cluster (a Produce request), plugins, offset translation by timestamp and
+//! MM2 checkpoints, failover state. Each record must arrive as it was written: key, value, timestamp and every header, including
 //! repeated header keys and the difference between a null and an empty value.
 //! The batch around the records does change: the tee writes as its own
 //! idempotent producer, and it marks each record with [`ORIGIN_HEADER`] so that
@@ -164,7 +165,7 @@ pub struct BatchRef {
 /// A record, faithful to the wire: repeated header keys are kept in order,
 /// and a null key, value or header value differs from an empty one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TeeRecord {
+pub struct WireRecord {
     /// Absolute offset in the source partition.
     pub offset: i64,
     /// Absolute; for LogAppendTime batches the batch's max timestamp, as
@@ -175,7 +176,7 @@ pub struct TeeRecord {
     pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
-impl TeeRecord {
+impl WireRecord {
     /// The value of the record's first [`ORIGIN_HEADER`], if it has one; a
     /// null value reads as empty, because the header's presence is what marks
     /// a teed record.
@@ -300,11 +301,11 @@ fn parse_header(offset: i64, batch: Bytes) -> Result<BatchRef, BatchError> {
 ///
 /// Control batches (transaction markers) hold no records to copy and are an
 /// error here; the caller skips them.
-pub fn decode(batch: &BatchRef) -> Result<Vec<TeeRecord>, BatchError> {
+pub fn decode(batch: &BatchRef) -> Result<Vec<WireRecord>, BatchError> {
     let mut records = Vec::with_capacity(usize::try_from(batch.records_count).unwrap_or(0));
     visit(batch, |data, raw| {
         let share = |s: &[u8]| data.slice_ref(s);
-        records.push(TeeRecord {
+        records.push(WireRecord {
             offset: raw.offset,
             timestamp: raw.timestamp,
             key: raw.key.map(share),
@@ -323,7 +324,7 @@ pub fn decode(batch: &BatchRef) -> Result<Vec<TeeRecord>, BatchError> {
 #[derive(Debug)]
 pub struct RawRecord<'a> {
     pub offset: i64,
-    /// As [`TeeRecord::timestamp`].
+    /// As [`WireRecord::timestamp`].
     pub timestamp: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
@@ -438,7 +439,7 @@ fn read_record<'a>(
 /// offset 0, offset deltas 0..n, CreateTime with deltas from the first
 /// record's timestamp, not transactional, partition leader epoch -1, and the
 /// producer fields and codec of `params`.
-pub fn encode(records: &[TeeRecord], params: &BatchParams) -> Result<Bytes, BatchError> {
+pub fn encode(records: &[WireRecord], params: &BatchParams) -> Result<Bytes, BatchError> {
     encode_as(
         records,
         &Layout {
@@ -496,7 +497,7 @@ impl BatchRef {
 /// Encodes `records` as one v2 batch framed by `layout`. With offsets kept
 /// (`layout.last_offset_delta`), a batch may be empty: Kafka's log cleaner
 /// leaves such batches too, and consumers step over them.
-pub fn encode_as(records: &[TeeRecord], layout: &Layout) -> Result<Bytes, BatchError> {
+pub fn encode_as(records: &[WireRecord], layout: &Layout) -> Result<Bytes, BatchError> {
     if records.is_empty() && layout.last_offset_delta.is_none() {
         return Err(BatchError::Empty);
     }
@@ -607,7 +608,7 @@ pub fn encode_as(records: &[TeeRecord], layout: &Layout) -> Result<Bytes, BatchE
 
 /// LogAppendTime batches carry no meaningful record timestamps (the broker's
 /// time applies to all): deltas are written as 0.
-fn record_timestamp_delta(record: &TeeRecord, layout: &Layout, base_timestamp: i64) -> i64 {
+fn record_timestamp_delta(record: &WireRecord, layout: &Layout, base_timestamp: i64) -> i64 {
     if layout.log_append_time.is_some() {
         0
     } else {
@@ -618,7 +619,7 @@ fn record_timestamp_delta(record: &TeeRecord, layout: &Layout, base_timestamp: i
 /// The record's length without its own length prefix, after checking that
 /// every length and delta fits the 32-bit fields `put_record` writes.
 fn body_len(
-    record: &TeeRecord,
+    record: &WireRecord,
     offset_delta: i32,
     timestamp_delta: i64,
 ) -> Result<usize, BatchError> {
@@ -652,7 +653,7 @@ fn body_len(
 /// Writes a record whose length and deltas `body_len` computed and checked.
 fn put_record(
     buf: &mut BytesMut,
-    record: &TeeRecord,
+    record: &WireRecord,
     len: usize,
     offset_delta: i32,
     timestamp_delta: i64,
@@ -683,11 +684,11 @@ fn put_record(
 /// `ORIGIN_HEADER: origin` to each, after its own headers. Returns them, with
 /// their source offsets, and how many were dropped because a tee had already
 /// copied them here.
-pub fn for_tee(records: Vec<TeeRecord>, origin: &str) -> (Vec<TeeRecord>, usize) {
+pub fn for_tee(records: Vec<WireRecord>, origin: &str) -> (Vec<WireRecord>, usize) {
     let total = records.len();
     let name = Bytes::from_static(ORIGIN_HEADER.as_bytes());
     let origin = Bytes::copy_from_slice(origin.as_bytes());
-    let kept: Vec<TeeRecord> = records
+    let kept: Vec<WireRecord> = records
         .into_iter()
         .filter(|r| r.origin().is_none())
         .map(|mut r| {
@@ -1037,8 +1038,8 @@ mod tests {
         }
     }
 
-    fn rec(timestamp: i64, headers: &[(&[u8], Option<&[u8]>)]) -> TeeRecord {
-        TeeRecord {
+    fn rec(timestamp: i64, headers: &[(&[u8], Option<&[u8]>)]) -> WireRecord {
+        WireRecord {
             offset: 0,
             timestamp,
             key: Some(b(b"k")),
@@ -1191,21 +1192,21 @@ mod tests {
     #[test]
     fn crate_decodes_our_batches_with_every_codec() {
         let records = vec![
-            TeeRecord {
+            WireRecord {
                 offset: 500,
                 timestamp: 1_000,
                 key: None,
                 value: Some(big_value()),
                 headers: vec![(b(b"h"), None), (b(b"i"), Some(Bytes::new()))],
             },
-            TeeRecord {
+            WireRecord {
                 offset: 501,
                 timestamp: 900,
                 key: Some(Bytes::new()),
                 value: None,
                 headers: vec![],
             },
-            TeeRecord {
+            WireRecord {
                 offset: 502,
                 timestamp: 5_000,
                 key: Some(b(b"key")),
@@ -1245,7 +1246,7 @@ mod tests {
     #[test]
     fn duplicate_header_keys_and_null_values_survive() {
         let records = vec![
-            TeeRecord {
+            WireRecord {
                 offset: 10,
                 timestamp: 42,
                 key: Some(Bytes::new()),
@@ -1258,7 +1259,7 @@ mod tests {
                     (b(b"a"), Some(b(b"2"))),
                 ],
             },
-            TeeRecord {
+            WireRecord {
                 offset: 11,
                 timestamp: 41,
                 key: None,
@@ -1270,10 +1271,10 @@ mod tests {
             let batch = encode(&records, &params(codec)).unwrap();
             let walked = batches(&batch).unwrap();
             let decoded = decode(&walked[0]).unwrap();
-            let renumbered: Vec<TeeRecord> = records
+            let renumbered: Vec<WireRecord> = records
                 .iter()
                 .zip(0..)
-                .map(|(r, offset)| TeeRecord {
+                .map(|(r, offset)| WireRecord {
                     offset,
                     ..r.clone()
                 })
@@ -1288,19 +1289,19 @@ mod tests {
     #[test]
     fn for_tee_drops_teed_records_and_marks_the_rest() {
         let records = vec![
-            TeeRecord {
+            WireRecord {
                 offset: 1,
                 ..rec(1, &[(b"x", Some(b"1"))])
             },
-            TeeRecord {
+            WireRecord {
                 offset: 2,
                 ..rec(2, &[(b"x", None), (b"switchyard-origin", Some(b"eu"))])
             },
-            TeeRecord {
+            WireRecord {
                 offset: 3,
                 ..rec(3, &[])
             },
-            TeeRecord {
+            WireRecord {
                 offset: 4,
                 ..rec(4, &[(b"switchyard-origin", None)])
             },
@@ -1391,7 +1392,7 @@ mod tests {
 
     #[test]
     fn corrupt_records_are_errors() {
-        let long = TeeRecord {
+        let long = WireRecord {
             value: Some(b(&[b'v'; 30])),
             ..rec(1, &[])
         };
@@ -1538,7 +1539,7 @@ mod tests {
         refused(b(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x00]));
         // Real data passes the check, including highly compressible data.
         for value in [Bytes::from(vec![0u8; 200_000]), big_value()] {
-            let records = [TeeRecord {
+            let records = [WireRecord {
                 value: Some(value),
                 ..rec(1, &[])
             }];
@@ -1552,7 +1553,7 @@ mod tests {
         proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
     }
 
-    fn tee_record() -> impl Strategy<Value = TeeRecord> {
+    fn tee_record() -> impl Strategy<Value = WireRecord> {
         let header = (
             prop::sample::select(vec![&b"a"[..], b"b", b"", b"switchyard-origin"]).prop_map(b),
             prop::option::of(bytes_of(8)),
@@ -1563,7 +1564,7 @@ mod tests {
             prop::option::of(bytes_of(64)),
             proptest::collection::vec(header, 0..5),
         )
-            .prop_map(|(timestamp, key, value, headers)| TeeRecord {
+            .prop_map(|(timestamp, key, value, headers)| WireRecord {
                 offset: 0,
                 timestamp,
                 key,
@@ -1608,10 +1609,10 @@ mod tests {
             let walked = batches(&batch).unwrap();
             prop_assert_eq!(walked.len(), 1);
             let decoded = decode(&walked[0]).unwrap();
-            let renumbered: Vec<TeeRecord> = records
+            let renumbered: Vec<WireRecord> = records
                 .into_iter()
                 .zip(0..)
-                .map(|(r, offset)| TeeRecord { offset, ..r })
+                .map(|(r, offset)| WireRecord { offset, ..r })
                 .collect();
             prop_assert_eq!(decoded, renumbered);
         }

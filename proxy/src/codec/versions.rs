@@ -1,4 +1,5 @@
-//! ApiVersions, answered by Switchyard itself.
+//! The APIs and versions Switchyard serves, and ApiVersions, answered by
+//! Switchyard itself.
 //!
 //! What a client may use is the intersection of three things: what Switchyard
 //! knows how to route and rewrite (the table below), what the `kafka-protocol`
@@ -12,7 +13,10 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 use crate::codec;
-use crate::upstream::ApiRanges;
+
+/// The version range of each API key an upstream cluster supports (from its
+/// ApiVersions answer).
+pub type ApiRanges = std::collections::HashMap<i16, (i16, i16)>;
 
 /// How a request is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,8 @@
-//! The tee's own Kafka client toward one site: the few requests it needs
-//! (Fetch, Produce, ListOffsets, CreateTopics), each split by partition
-//! leader, over the tee's own connections (never a client's); producer ids
-//! come from the site itself (`Site::init_producer_id`).
+//! Switchyard's own Kafka client toward one site, for the tee, offset
+//! translation, failover state and plugin conflict state: the few requests
+//! they need (Fetch, Produce, ListOffsets, CreateTopics), each split by
+//! partition leader, over connections of its own (never a client's);
+//! producer ids come from the site itself (`Site::init_producer_id`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -338,9 +339,9 @@ impl SiteClient {
         from: i64,
         to: i64,
         max_bytes: i32,
-        mut f: impl FnMut(&crate::tee::batch::TeeRecord),
+        mut f: impl FnMut(&crate::codec::batch::WireRecord),
     ) -> Result<(), String> {
-        use crate::tee::batch;
+        use crate::codec::batch;
         let mut at = from;
         while at < to {
             let fetched = self.fetch(topic, &[(partition, at)], max_bytes, 1).await;
@@ -381,7 +382,7 @@ impl SiteClient {
     pub async fn read_state_topic(
         &mut self,
         name: &str,
-        f: impl FnMut(&crate::tee::batch::TeeRecord),
+        f: impl FnMut(&crate::codec::batch::WireRecord),
     ) -> Result<(), String> {
         if self.partitions(name).await.is_none() {
             return Ok(());
