@@ -5,10 +5,9 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, Outcome, Reply};
+// UNSUPPORTED_ENDPOINT_TYPE: Switchyard has brokers, no controllers.
+use crate::codec::errors::UNSUPPORTED_ENDPOINT_TYPE;
 use crate::codec::{self, RequestFrame};
-
-/// Kafka's UNSUPPORTED_ENDPOINT_TYPE: Switchyard has brokers, no controllers.
-const UNSUPPORTED_ENDPOINT_TYPE: i16 = 119;
 
 pub fn describe(ctx: &mut Ctx<'_>, req: &RequestFrame) -> anyhow::Result<Outcome> {
     let body: DescribeClusterRequest = req.decode()?;

@@ -11,10 +11,8 @@ use kafka_protocol::messages::{
 };
 
 use super::{Ctx, Outcome, Reply};
+use crate::codec::errors::{INVALID_PRODUCER_EPOCH, UNKNOWN_MEMBER_ID};
 use crate::codec::{self, RequestFrame};
-
-pub const UNKNOWN_MEMBER_ID: i16 = 25;
-pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 
 /// After a failover, a member that joined on the old site gets
 /// UNKNOWN_MEMBER_ID from here (not from the new site's coordinator, whose
@@ -69,8 +67,6 @@ pub fn fenced(
     };
     Ok(Some(Outcome::Ready(Reply::Frame(frame))))
 }
-
-const INVALID_PRODUCER_EPOCH: i16 = 47;
 
 /// A transactional producer from before a switch: its producer id and open
 /// transaction live in the old site's coordinator, and the new site cannot

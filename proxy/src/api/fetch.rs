@@ -27,7 +27,8 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::names::Names;
-use super::{error_code, rewrite_or_pass, scatter_partitioned, split, Ctx, Outcome, Reply};
+use super::{rewrite_or_pass, scatter_partitioned, split, Ctx, Outcome, Reply};
+use crate::codec::errors;
 use crate::codec::{self, fetch_patch, RequestFrame};
 use crate::failover::{Epochs, Failover};
 use crate::identity::Identity;
@@ -56,7 +57,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                             t.topic.clone(),
                             t.topic_id,
                             p.partition,
-                            error_code::UNKNOWN_TOPIC_ID,
+                            errors::UNKNOWN_TOPIC_ID,
                         ));
                     }
                 }
@@ -399,7 +400,7 @@ impl Routed {
             };
             self.failover.count_fenced(route, "fetch_answer");
             for p in &mut t.partitions {
-                p.error_code = error_code::NOT_LEADER_OR_FOLLOWER;
+                p.error_code = errors::NOT_LEADER_OR_FOLLOWER;
                 p.records = Some(bytes::Bytes::new());
                 p.high_watermark = -1;
                 p.last_stable_offset = -1;
@@ -477,7 +478,8 @@ fn run_chains(
     version: i16,
     r: &mut FetchResponse,
 ) {
-    use super::plugins::{fetch_records, Fetched, KAFKA_STORAGE_ERROR};
+    use super::plugins::{fetch_records, Fetched};
+    use crate::codec::errors::KAFKA_STORAGE_ERROR;
     let Some(reg) = proxy.plugins.as_ref() else {
         return;
     };

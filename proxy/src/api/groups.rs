@@ -25,9 +25,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::fence::{fenced, txn_fenced, COORDINATOR_LOAD_IN_PROGRESS, UNKNOWN_MEMBER_ID};
+use super::fence::{fenced, txn_fenced};
 use super::names::Names;
-use super::{error_code, forward, forward_frame, forward_rewriting, scatter, Ctx, Outcome, Reply};
+use super::{forward, forward_frame, forward_rewriting, scatter, Ctx, Outcome, Reply};
+use crate::codec::errors;
+use crate::codec::errors::{COORDINATOR_LOAD_IN_PROGRESS, UNKNOWN_MEMBER_ID};
 use crate::codec::{self, RequestFrame};
 use crate::route::Who;
 use crate::upstream::{Coordinator, Target};
@@ -326,7 +328,7 @@ async fn offset_commit(
     for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
         p.committed_leader_epoch = -1;
     }
-    let refused = commit_answer(&foreign, error_code::UNKNOWN_TOPIC_OR_PARTITION);
+    let refused = commit_answer(&foreign, errors::UNKNOWN_TOPIC_OR_PARTITION);
     let empty = b.topics.is_empty();
     // What this commit asks for, by the client's names: the shadow committer
     // translates the ones that succeed to the other site.
@@ -419,7 +421,7 @@ async fn txn_offset_commit(
     for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
         p.committed_leader_epoch = -1;
     }
-    let refused = txn_commit_answer(&foreign, error_code::UNKNOWN_TOPIC_OR_PARTITION);
+    let refused = txn_commit_answer(&foreign, errors::UNKNOWN_TOPIC_OR_PARTITION);
     let empty = b.topics.is_empty();
     finish_offsets(
         ctx,
@@ -464,7 +466,7 @@ async fn offset_delete(
                 .map(|p| {
                     let mut rp = offset_delete_response::OffsetDeleteResponsePartition::default();
                     rp.partition_index = p.partition_index;
-                    rp.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                    rp.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
                     rp
                 })
                 .collect();
@@ -597,7 +599,7 @@ pub async fn offset_fetch(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
                                 offset_fetch_response::OffsetFetchResponsePartition::default();
                             p.partition_index = i;
                             p.committed_offset = -1;
-                            p.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                            p.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
                             p
                         })
                         .collect();
@@ -639,7 +641,7 @@ pub async fn offset_fetch(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
                         let mut p = offset_fetch_response::OffsetFetchResponsePartitions::default();
                         p.partition_index = i;
                         p.committed_offset = -1;
-                        p.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                        p.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
                         p
                     }).collect();
                             rt
@@ -966,7 +968,7 @@ async fn add_partitions_to_txn(
     if !foreign.is_empty() {
         // All or nothing, as Kafka does: one bad partition fails the rest
         // with OPERATION_NOT_ATTEMPTED.
-        const OPERATION_NOT_ATTEMPTED: i16 = 55;
+        use crate::codec::errors::OPERATION_NOT_ATTEMPTED;
         let all = b
             .v3_and_below_topics
             .iter()
@@ -981,7 +983,7 @@ async fn add_partitions_to_txn(
                 (
                     t.name.clone(),
                     &t.partitions,
-                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    errors::UNKNOWN_TOPIC_OR_PARTITION,
                 )
             }));
         let r = add_partitions_answer(all);

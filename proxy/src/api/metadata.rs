@@ -25,7 +25,7 @@ use crate::identity::Identity;
 use crate::upstream::PendingResponse;
 
 /// Retriable; the answer for topics of a site that is unreachable right now.
-use super::error_code::LEADER_NOT_AVAILABLE;
+use crate::codec::errors::LEADER_NOT_AVAILABLE;
 
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
     let mut body: MetadataRequest = req.decode()?;

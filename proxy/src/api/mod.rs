@@ -39,7 +39,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use crate::codec::{self, RequestFrame};
+use crate::codec::{self, errors, RequestFrame};
 use crate::identity::Identity;
 use crate::route::Who;
 use crate::shared::{Listener, Proxy};
@@ -288,11 +288,11 @@ where
                      e: &crate::upstream::UpstreamError| {
         tracing::debug!(api = codec::api_name(api), error = %e, partitions = slots.len(),
             "partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
-        unavailable::count(&metrics, api, error_code::NOT_LEADER_OR_FOLLOWER);
+        unavailable::count(&metrics, api, errors::NOT_LEADER_OR_FOLLOWER);
         failed.extend(
             slots
                 .into_iter()
-                .map(|(t, p)| (site, t, p, error_code::NOT_LEADER_OR_FOLLOWER)),
+                .map(|(t, p)| (site, t, p, errors::NOT_LEADER_OR_FOLLOWER)),
         );
     };
     let mut pending = Vec::with_capacity(parts.len());
@@ -320,17 +320,4 @@ where
             api, version, corr, &merged,
         )?))
     })))
-}
-
-/// Kafka error codes used by the handlers.
-pub mod error_code {
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const LEADER_NOT_AVAILABLE: i16 = 5;
-    pub const NOT_CONTROLLER: i16 = 41;
-    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const NOT_COORDINATOR: i16 = 16;
-    pub const REQUEST_TIMED_OUT: i16 = 7;
-    pub const INVALID_REQUEST: i16 = 42;
-    pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }

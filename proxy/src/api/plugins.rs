@@ -25,14 +25,11 @@ use crate::plugin::chain::{self, Scope};
 use crate::plugin::registry::{Registry, Which};
 use crate::plugin::{BatchMeta, Loaded, Stage};
 
-/// Kafka's POLICY_VIOLATION: the answer for a batch a fail-closed plugin
-/// could not process (not retriable: the producer reports it instead of
-/// retrying until its delivery timeout).
-pub const POLICY_VIOLATION: i16 = 44;
-/// KAFKA_STORAGE_ERROR: what a consumer gets for a partition whose records
-/// a fail-closed plugin could not process (retriable: the consumer retries
-/// and carries on once the plugin works again).
-pub const KAFKA_STORAGE_ERROR: i16 = 56;
+// What a batch a fail-closed plugin could not process is answered with:
+// to a producer POLICY_VIOLATION (not retriable: the producer reports it
+// instead of retrying until its delivery timeout), to a consumer
+// KAFKA_STORAGE_ERROR (retriable: it carries on once the plugin works again).
+use crate::codec::errors::POLICY_VIOLATION;
 
 /// What the produce hook did to a request.
 #[derive(Debug, Default)]

@@ -30,12 +30,12 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::names::Names;
 use super::plugins::{self, ProduceHook};
-use super::{error_code, rewrite_or_pass, split, unavailable, Ctx, Outcome, Reply};
+use super::{rewrite_or_pass, split, unavailable, Ctx, Outcome, Reply};
+use crate::codec::errors;
+use crate::codec::errors::DUPLICATE_SEQUENCE_NUMBER;
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
 use crate::upstream::{PendingResponse, Site};
-
-const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 
 /// A partition whose ack must also wait for its route's sync tee targets.
 struct SyncWait {
@@ -108,7 +108,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "produce answered NOT_LEADER_OR_FOLLOWER for a failed broker");
-                        unavailable::count(&proxy.metrics, api, error_code::NOT_LEADER_OR_FOLLOWER);
+                        unavailable::count(&proxy.metrics, api, errors::NOT_LEADER_OR_FOLLOWER);
                         Ok(Reply::Frame(codec::encode_response(
                             api, version, corr, &fallback,
                         )?))
@@ -152,12 +152,12 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                 unavailable::count(
                     &ctx.proxy.metrics,
                     req.api_key,
-                    error_code::NOT_LEADER_OR_FOLLOWER,
+                    errors::NOT_LEADER_OR_FOLLOWER,
                 );
                 missing.extend(
                     slots
                         .into_iter()
-                        .map(|(t, p)| (target.0, t, p, error_code::NOT_LEADER_OR_FOLLOWER)),
+                        .map(|(t, p)| (target.0, t, p, errors::NOT_LEADER_OR_FOLLOWER)),
                 );
             }
         }
@@ -181,11 +181,11 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
                 Ok(f) => f,
                 Err(e) => {
                     tracing::debug!(error = %e, "produce partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
-                    unavailable::count(&proxy.metrics, api, error_code::NOT_LEADER_OR_FOLLOWER);
+                    unavailable::count(&proxy.metrics, api, errors::NOT_LEADER_OR_FOLLOWER);
                     missing.extend(
                         slots
                             .into_iter()
-                            .map(|(t, p)| (site, t, p, error_code::NOT_LEADER_OR_FOLLOWER)),
+                            .map(|(t, p)| (site, t, p, errors::NOT_LEADER_OR_FOLLOWER)),
                     );
                     continue;
                 }

@@ -14,8 +14,8 @@ use kafka_protocol::messages::{
     DeleteRecordsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
 };
 
-use super::error_code;
 use super::names::Names;
+use crate::codec::errors;
 use crate::route::{Router, Who};
 use crate::upstream::{Site, Target};
 
@@ -160,7 +160,7 @@ pub async fn plan<R: Partitioned>(
                     si,
                     name.clone(),
                     R::partition_index(p),
-                    error_code::NOT_LEADER_OR_FOLLOWER,
+                    errors::NOT_LEADER_OR_FOLLOWER,
                 ));
             }
             continue;
@@ -173,9 +173,9 @@ pub async fn plan<R: Partitioned>(
                     // NOT_LEADER_OR_FOLLOWER is retriable and makes the client
                     // refresh metadata; for a topic that does not exist, say so.
                     let code = if site.view().topics.contains_key(name.0.as_str()) {
-                        error_code::NOT_LEADER_OR_FOLLOWER
+                        errors::NOT_LEADER_OR_FOLLOWER
                     } else {
-                        error_code::UNKNOWN_TOPIC_OR_PARTITION
+                        errors::UNKNOWN_TOPIC_OR_PARTITION
                     };
                     missing.push((si, name.clone(), index, code));
                 }

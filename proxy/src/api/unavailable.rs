@@ -22,7 +22,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
-use super::error_code::{
+use crate::codec::errors::{
     COORDINATOR_NOT_AVAILABLE, LEADER_NOT_AVAILABLE, NOT_CONTROLLER, NOT_COORDINATOR,
     NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT,
 };
@@ -43,20 +43,11 @@ pub fn count(metrics: &Metrics, api: ApiKey, code: i16) {
     metrics
         .upstream
         .retriable_answers
-        .with_label_values(&[crate::codec::api_name(api), error_name(code)])
+        .with_label_values(&[
+            crate::codec::api_name(api),
+            crate::codec::errors::name(code),
+        ])
         .inc();
-}
-
-fn error_name(code: i16) -> &'static str {
-    match code {
-        LEADER_NOT_AVAILABLE => "LEADER_NOT_AVAILABLE",
-        NOT_LEADER_OR_FOLLOWER => "NOT_LEADER_OR_FOLLOWER",
-        REQUEST_TIMED_OUT => "REQUEST_TIMED_OUT",
-        COORDINATOR_NOT_AVAILABLE => "COORDINATOR_NOT_AVAILABLE",
-        NOT_COORDINATOR => "NOT_COORDINATOR",
-        NOT_CONTROLLER => "NOT_CONTROLLER",
-        _ => "OTHER",
-    }
 }
 
 fn encode<R: Encodable>(

@@ -10,6 +10,7 @@
 //! translation), [`batch`] walks them.
 
 pub mod batch;
+pub mod errors;
 pub mod fetch_patch;
 pub mod versions;
 

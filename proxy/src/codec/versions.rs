@@ -136,7 +136,7 @@ pub fn respond(table: &VersionTable, version: i16, correlation_id: i32) -> anyho
     let mut resp = ApiVersionsResponse::default();
     resp.api_keys = table.advertised.clone();
     let body_version = if version > ours || version < 0 {
-        resp.error_code = 35;
+        resp.error_code = codec::errors::UNSUPPORTED_VERSION;
         0
     } else {
         version

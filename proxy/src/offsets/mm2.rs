@@ -36,17 +36,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::codec::batch::{batches, decode as decode_batch, BatchRef};
-use crate::upstream::client::{SiteClient, NETWORK};
+use crate::upstream::client::SiteClient;
 
 /// The only checkpoint value version MM2 writes (and that this code reads).
 pub const CHECKPOINT_VERSION: i16 = 0;
 
-/// Kafka error codes the reader tells apart.
-const OFFSET_OUT_OF_RANGE: i16 = 1;
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-const LEADER_NOT_AVAILABLE: i16 = 5;
-const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-const REQUEST_TIMED_OUT: i16 = 7;
+// Kafka error codes the reader tells apart.
+use crate::codec::errors::{
+    LEADER_NOT_AVAILABLE, NETWORK_EXCEPTION, NOT_LEADER_OR_FOLLOWER, OFFSET_OUT_OF_RANGE,
+    REQUEST_TIMED_OUT, UNKNOWN_TOPIC_OR_PARTITION,
+};
 
 /// First fetch size; grown when one batch does not fit (Kafka always returns
 /// a whole first batch, other brokers may cut it off).
@@ -422,7 +421,10 @@ pub async fn read_checkpoints(
                 at = start;
                 continue;
             }
-            NETWORK | LEADER_NOT_AVAILABLE | NOT_LEADER_OR_FOLLOWER | REQUEST_TIMED_OUT => {
+            NETWORK_EXCEPTION
+            | LEADER_NOT_AVAILABLE
+            | NOT_LEADER_OR_FOLLOWER
+            | REQUEST_TIMED_OUT => {
                 // Retriable: the client has noted the error (and refreshes
                 // leaders); try again shortly.
                 idle += 1;

@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::codec::batch::{batches, decode, BatchRef, WireRecord};
-use crate::upstream::client::{SiteClient, NETWORK};
-
-const OFFSET_OUT_OF_RANGE: i16 = 1;
-const LEADER_NOT_AVAILABLE: i16 = 5;
-const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-const REQUEST_TIMED_OUT: i16 = 7;
+use crate::codec::errors::{
+    LEADER_NOT_AVAILABLE, NETWORK_EXCEPTION, NOT_LEADER_OR_FOLLOWER, OFFSET_OUT_OF_RANGE,
+    REQUEST_TIMED_OUT,
+};
+use crate::upstream::client::SiteClient;
 
 /// First fetch size when reading single records. Kafka returns a whole first
 /// batch whatever the limit; for brokers that cut it off, the limit grows
@@ -306,7 +305,10 @@ async fn fetch_from(
         match got.error {
             0 => {}
             OFFSET_OUT_OF_RANGE => return Ok(Err(Missing::OutOfRange)),
-            NETWORK | LEADER_NOT_AVAILABLE | NOT_LEADER_OR_FOLLOWER | REQUEST_TIMED_OUT => {
+            NETWORK_EXCEPTION
+            | LEADER_NOT_AVAILABLE
+            | NOT_LEADER_OR_FOLLOWER
+            | REQUEST_TIMED_OUT => {
                 // Retriable; the client has noted it and refreshes leaders.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

@@ -39,11 +39,11 @@ use crate::route::{Naming, Router, TopicMatch};
 use crate::upstream::client::SiteClient;
 use crate::upstream::Site;
 
-/// What a sync produce gets when a target did not take the records in time:
-/// Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND, which says exactly that (written
-/// on the leader, not on enough copies) and is retriable: the client retries,
-/// an idempotent client is deduplicated on the source.
-const NOT_SYNCED: i16 = 20;
+// What a sync produce gets when a target did not take the records in time:
+// NOT_ENOUGH_REPLICAS_AFTER_APPEND, which says exactly that (written on the
+// leader, not on enough copies) and is retriable: the client retries, an
+// idempotent client is deduplicated on the source.
+use crate::codec::errors::NOT_ENOUGH_REPLICAS_AFTER_APPEND as NOT_SYNCED;
 
 /// One route's copy to one target site.
 pub struct Link {

@@ -30,13 +30,19 @@ use tokio::sync::watch;
 
 use super::{Link, Stats, Tee, TopicTee};
 use crate::codec::batch::{self, BatchParams, Compression, WireRecord};
+use crate::codec::errors::{
+    self, CORRUPT_MESSAGE, INVALID_PRODUCER_EPOCH, INVALID_RECORD, INVALID_TIMESTAMP,
+    MESSAGE_TOO_LARGE, NETWORK_EXCEPTION, NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    OUT_OF_ORDER_SEQUENCE_NUMBER, POLICY_VIOLATION, RECORD_LIST_TOO_LARGE, REQUEST_TIMED_OUT,
+    UNKNOWN_PRODUCER_ID,
+};
 use crate::config::TeeStart;
 use crate::offsets::runs::{PartitionRuns, Run};
 use crate::offsets::sync_topic::{
     SlotCounter, SyncRecord, OFFSET_SYNCS_PARTITIONS, OFFSET_SYNCS_TOPIC,
     OFFSET_SYNCS_TOPIC_CONFIGS,
 };
-use crate::upstream::client::{SiteClient, Written, NETWORK};
+use crate::upstream::client::{SiteClient, Written};
 
 /// Runs kept in memory per partition (older ones thinned; the persisted
 /// topic keeps its own thinned history).
@@ -643,7 +649,7 @@ impl Worker {
                         moved = true;
                     }
                 } else {
-                    let name = error_name(f.error);
+                    let name = errors::name(f.error);
                     self.failed(
                         &format!("source_{name}"),
                         &format!("fetching from the source: {} {name}", f.error),
@@ -923,7 +929,7 @@ impl Worker {
             });
             return false;
         }
-        let name = error_name(w.error);
+        let name = errors::name(w.error);
         let why = match &w.message {
             Some(msg) => format!("{} {name}: {msg}", w.error),
             None => format!("{} {name}", w.error),
@@ -937,7 +943,12 @@ impl Worker {
         self.stats(|s| s.retries += 1);
         match w.error {
             // Record-level rejections: isolate, then skip after the attempts.
-            2 | 10 | 18 | 32 | 44 | 87 => {
+            CORRUPT_MESSAGE
+            | MESSAGE_TOO_LARGE
+            | RECORD_LIST_TOO_LARGE
+            | INVALID_TIMESTAMP
+            | POLICY_VIOLATION
+            | INVALID_RECORD => {
                 self.failed(name, &why);
                 let part = &mut self.parts[i];
                 if p.offsets.len() > 1 {
@@ -975,7 +986,12 @@ impl Worker {
             }
             // Our producer state on the target is gone or fenced, or no
             // answer: the batch may be there. Re-check and start over.
-            NETWORK | 7 | 20 | 45 | 47 | 59 => {
+            NETWORK_EXCEPTION
+            | REQUEST_TIMED_OUT
+            | NOT_ENOUGH_REPLICAS_AFTER_APPEND
+            | OUT_OF_ORDER_SEQUENCE_NUMBER
+            | INVALID_PRODUCER_EPOCH
+            | UNKNOWN_PRODUCER_ID => {
                 self.failed(name, &why);
                 self.backoff(i);
                 true
@@ -1175,30 +1191,5 @@ impl Worker {
             pr.rejected.resize(n, None);
             pr.failing.resize(n, None);
         });
-    }
-}
-
-/// Names of the Kafka errors the tee reports, for logs and metric labels.
-fn error_name(code: i16) -> &'static str {
-    match code {
-        NETWORK => "NETWORK_EXCEPTION",
-        2 => "CORRUPT_MESSAGE",
-        3 => "UNKNOWN_TOPIC_OR_PARTITION",
-        5 => "LEADER_NOT_AVAILABLE",
-        6 => "NOT_LEADER_OR_FOLLOWER",
-        7 => "REQUEST_TIMED_OUT",
-        10 => "MESSAGE_TOO_LARGE",
-        18 => "RECORD_LIST_TOO_LARGE",
-        19 => "NOT_ENOUGH_REPLICAS",
-        20 => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
-        29 => "TOPIC_AUTHORIZATION_FAILED",
-        31 => "CLUSTER_AUTHORIZATION_FAILED",
-        32 => "INVALID_TIMESTAMP",
-        44 => "POLICY_VIOLATION",
-        45 => "OUT_OF_ORDER_SEQUENCE_NUMBER",
-        47 => "INVALID_PRODUCER_EPOCH",
-        59 => "UNKNOWN_PRODUCER_ID",
-        87 => "INVALID_RECORD",
-        _ => "UNKNOWN",
     }
 }

@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::codec;
+use crate::codec::errors::{COORDINATOR_NOT_AVAILABLE, NETWORK_EXCEPTION, NOT_COORDINATOR};
 use crate::upstream::{BrokerPool, PendingResponse, Site, UpstreamError};
 
 const CLIENT_ID: &str = "switchyard-tee";
@@ -25,7 +26,7 @@ const CLIENT_ID: &str = "switchyard-tee";
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub partition: i32,
-    /// Kafka error code; `NETWORK` when the broker could not be reached.
+    /// Kafka error code; `NETWORK_EXCEPTION` when the broker could not be reached.
     pub error: i16,
     pub high_watermark: i64,
     /// End of the committed records (read_committed); -1 when unknown.
@@ -34,10 +35,6 @@ pub struct Fetched {
     /// `(producer id, first offset)` of aborted transactions in the range.
     pub aborted: Vec<(i64, i64)>,
 }
-
-/// Stand-in error code for "no answer from the broker" (Kafka's
-/// NETWORK_EXCEPTION, retriable).
-pub const NETWORK: i16 = 13;
 
 /// Outcome of one partition's write.
 #[derive(Debug, Clone)]
@@ -545,7 +542,7 @@ impl SiteClient {
         let mut out = Vec::new();
         for t in resp.topics {
             for p in t.partitions {
-                if p.error_code == 16 || p.error_code == 15 {
+                if p.error_code == NOT_COORDINATOR || p.error_code == COORDINATOR_NOT_AVAILABLE {
                     self.site.forget_coordinator(0, group);
                 }
                 out.push((t.name.0.to_string(), p.partition_index, p.error_code));
@@ -644,7 +641,7 @@ impl SiteClient {
             .await
             .map_err(|e| e.to_string())?;
         if resp.error_code != 0 {
-            if resp.error_code == 16 || resp.error_code == 15 {
+            if resp.error_code == NOT_COORDINATOR || resp.error_code == COORDINATOR_NOT_AVAILABLE {
                 self.site.forget_coordinator(0, group);
             }
             return Err(format!("OffsetFetch error {}", resp.error_code));
@@ -671,7 +668,7 @@ fn network(parts: &[i32]) -> Vec<Fetched> {
         .iter()
         .map(|&p| Fetched {
             partition: p,
-            error: NETWORK,
+            error: NETWORK_EXCEPTION,
             high_watermark: -1,
             ..Fetched::default()
         })
@@ -683,7 +680,7 @@ fn failed(parts: &[i32], why: &str) -> Vec<Written> {
         .iter()
         .map(|&p| Written {
             partition: p,
-            error: NETWORK,
+            error: NETWORK_EXCEPTION,
             base_offset: -1,
             message: Some(why.to_string()),
         })

@@ -478,7 +478,7 @@ impl Site {
         req.client_software_name = StrBytes::from_static_str("switchyard");
         req.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
         let mut resp: ApiVersionsResponse = self.control_call(ApiKey::ApiVersions, 3, &req).await?;
-        if resp.error_code == 35 {
+        if resp.error_code == crate::codec::errors::UNSUPPORTED_VERSION {
             resp = self.control_call(ApiKey::ApiVersions, 0, &req).await?;
         }
         if resp.error_code != 0 {

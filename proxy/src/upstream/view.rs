@@ -105,7 +105,7 @@ impl ClusterView {
             let Some(name) = &t.name else { continue };
             let name = name.0.to_string();
             // 3 = UNKNOWN_TOPIC_OR_PARTITION: the topic is gone.
-            if t.error_code == 3 {
+            if t.error_code == crate::codec::errors::UNKNOWN_TOPIC_OR_PARTITION {
                 if let Some(old) = self.topics.remove(&name) {
                     self.names_by_id.remove(&old.id);
                 }
