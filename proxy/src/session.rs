@@ -201,26 +201,20 @@ async fn handle(
             Some(Some(Slot::Later(f, keep)))
         }
         Err(e) => {
-            if let Some(u) = e.downcast_ref::<crate::upstream::UpstreamError>() {
-                if let Some(frame) =
-                    api::unavailable::answer(&kept, &listener.identity, &proxy.metrics)
-                {
-                    proxy.metrics.error(kind::UPSTREAM);
+            let settled =
+                api::unavailable::settle(&e, Some(&kept), &listener.identity, &proxy.metrics);
+            match settled.answer {
+                Some(frame) => {
                     tracing::debug!(client = %peer, client_id, api = codec::api_name(api_key), version,
-                        reason = %u, "answered with a retriable error: upstream failed");
-                    return Some(Some(Slot::Ready(Reply::Frame(frame))));
+                        reason = %format!("{e:#}"), "answered with a retriable error: upstream failed");
+                    Some(Some(Slot::Ready(Reply::Frame(frame))))
+                }
+                None => {
+                    tracing::warn!(client = %peer, client_id, api = codec::api_name(api_key), version,
+                        kind = settled.kind, reason = %format!("{e:#}"), "closing client connection: request failed");
+                    None
                 }
             }
-            let k = if e.downcast_ref::<crate::upstream::UpstreamError>().is_some() {
-                kind::UPSTREAM
-            } else {
-                kind::MALFORMED_REQUEST
-            };
-            proxy.metrics.error(k);
-            proxy.metrics.client_closed(k);
-            tracing::warn!(client = %peer, client_id, api = codec::api_name(api_key), version,
-                reason = %format!("{e:#}"), "closing client connection: request failed");
-            None
         }
     }
 }
@@ -325,29 +319,16 @@ async fn write_loop(
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
-                let upstream = e.downcast_ref::<crate::upstream::UpstreamError>();
-                let k = match upstream {
-                    Some(crate::upstream::UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
-                    Some(_) => kind::UPSTREAM,
-                    None => kind::MALFORMED_REQUEST,
+                let settled =
+                    api::unavailable::settle(&e, kept.as_ref(), &identity, &proxy.metrics);
+                let Some(frame) = settled.answer else {
+                    tracing::warn!(client = %peer, kind = settled.kind, reason = %format!("{e:#}"),
+                        "closing client connection: no answer to give");
+                    break;
                 };
-                proxy.metrics.error(k);
-                let answered = upstream
-                    .and(kept.as_ref())
-                    .and_then(|req| api::unavailable::answer(req, &identity, &proxy.metrics));
-                match answered {
-                    Some(frame) => {
-                        tracing::debug!(client = %peer, reason = %format!("{e:#}"),
-                            "answered with a retriable error: upstream failed");
-                        Reply::Frame(frame)
-                    }
-                    None => {
-                        proxy.metrics.client_closed(k);
-                        tracing::warn!(client = %peer, reason = %format!("{e:#}"),
-                            "closing client connection: no response from upstream");
-                        break;
-                    }
-                }
+                tracing::debug!(client = %peer, reason = %format!("{e:#}"),
+                    "answered with a retriable error: upstream failed");
+                Reply::Frame(frame)
             }
         };
         let written = match &reply {

@@ -28,7 +28,42 @@ use crate::codec::errors::{
 };
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::metrics::{kind, Metrics};
+use crate::upstream::UpstreamError;
+
+/// How a request that failed ends. Every failure of the data path, in the
+/// route phase or while its answer was awaited, is settled here: counted
+/// under its metric kind, then answered for (an upstream's fault, see the
+/// table above) or, for anything else, the connection closes (a request
+/// Switchyard cannot make sense of leaves nothing safe to answer).
+pub struct Settled {
+    /// The `switchyard_errors_total` kind it was counted under.
+    pub kind: &'static str,
+    /// The answer to write; `None`: close the client connection.
+    pub answer: Option<Bytes>,
+}
+
+/// Settles `error`, the failure of `req` (`None`: a request that keeps no
+/// copy, Produce, which answers its own partitions' failures).
+pub fn settle(
+    error: &anyhow::Error,
+    req: Option<&RequestFrame>,
+    identity: &Identity,
+    metrics: &Metrics,
+) -> Settled {
+    let upstream = error.downcast_ref::<UpstreamError>();
+    let kind = match upstream {
+        Some(UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
+        Some(_) => kind::UPSTREAM,
+        None => kind::MALFORMED_REQUEST,
+    };
+    metrics.error(kind);
+    let answer = upstream.and(req).and_then(|r| answer(r, identity, metrics));
+    if answer.is_none() {
+        metrics.client_closed(kind);
+    }
+    Settled { kind, answer }
+}
 
 /// The answer to `req` when its upstream failed, or `None` for an API that
 /// has none (never reached with an upstream error; the session then closes).
@@ -434,6 +469,45 @@ mod tests {
 
     fn topic(n: &str) -> TopicName {
         TopicName(StrBytes::from_string(n.to_string()))
+    }
+
+    #[test]
+    fn failures_are_settled_in_one_place() {
+        let id = Identity::new(
+            "c",
+            "127.0.0.1:9092".parse().expect("addr"),
+            "localhost",
+            3,
+            None,
+        );
+        let metrics = Metrics::new();
+        let mut body = MetadataRequest::default();
+        let mut t = metadata_request::MetadataRequestTopic::default();
+        t.name = Some(topic("a"));
+        body.topics = Some(vec![t]);
+        let req = frame(ApiKey::Metadata, 12, &body);
+
+        // A broker that froze: counted as such, answered for.
+        let timed_out = anyhow::Error::new(UpstreamError::Timeout("b:9092".into()));
+        let s = settle(&timed_out, Some(&req), &id, &metrics);
+        assert_eq!(s.kind, kind::UPSTREAM_TIMEOUT);
+        let f = s.answer.expect("answered for the broker");
+        let r: MetadataResponse =
+            codec::decode_response_body(req.api_key, req.api_version, &f).expect("decode");
+        assert_eq!(r.topics[0].error_code, LEADER_NOT_AVAILABLE);
+
+        // Produce keeps no copy: nothing to answer with, the connection closes.
+        let refused = anyhow::Error::new(UpstreamError::Closed("b:9092".into()));
+        let s = settle(&refused, None, &id, &metrics);
+        assert_eq!((s.kind, s.answer.is_none()), (kind::UPSTREAM, true));
+
+        // Not an upstream's fault (a request we could not decode): close.
+        let bad = anyhow::anyhow!("malformed");
+        let s = settle(&bad, Some(&req), &id, &metrics);
+        assert_eq!(
+            (s.kind, s.answer.is_none()),
+            (kind::MALFORMED_REQUEST, true)
+        );
     }
 
     #[test]
