@@ -27,7 +27,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
 
 use super::{Site, UpstreamError};
 
@@ -102,10 +104,12 @@ impl SiteProducer {
 const MAX_MAPPINGS: usize = 100_000;
 
 pub struct ProducerIds {
-    map: Mutex<HashMap<(usize, i64, i16), std::sync::Arc<SiteProducer>>>,
-    /// Held while a site allocates: two connections of one producer asking
-    /// at once must get the same id, not two.
-    alloc: tokio::sync::Mutex<()>,
+    /// A cell per (site, client pid, epoch), filled by the first request
+    /// that needs it: requests for the same mapping wait for that one
+    /// allocation (two connections of one producer must get the same id, not
+    /// two); requests for other mappings, on this site or another, never
+    /// wait for it (a slow site stalls only its own allocations).
+    map: Mutex<HashMap<(usize, i64, i16), Arc<OnceCell<Arc<SiteProducer>>>>>,
     next: AtomicI64,
 }
 
@@ -128,7 +132,6 @@ impl ProducerIds {
         let base = ((r & 0x3fff_ffff) as i64 + 1) << 32;
         ProducerIds {
             map: Mutex::new(HashMap::new()),
-            alloc: tokio::sync::Mutex::new(()),
             next: AtomicI64::new(base),
         }
     }
@@ -150,33 +153,50 @@ impl ProducerIds {
         si: usize,
         pid: i64,
         epoch: i16,
-    ) -> Result<std::sync::Arc<SiteProducer>, UpstreamError> {
-        if let Some(p) = self.lookup(si, pid, epoch) {
-            return Ok(p);
-        }
-        let _g = self.alloc.lock().await;
-        if let Some(p) = self.lookup(si, pid, epoch) {
-            return Ok(p);
-        }
-        let (new_pid, new_epoch) = site.init_producer_id().await?;
-        tracing::debug!(site = %site.name, client_pid = pid, client_epoch = epoch, site_pid = new_pid,
-            site_epoch = new_epoch, "producer id allocated on site");
-        let sp = std::sync::Arc::new(SiteProducer {
-            pid: new_pid,
-            epoch: new_epoch,
-            parts: Mutex::new(HashMap::new()),
-        });
-        if let Ok(mut m) = self.map.lock() {
-            if m.len() >= MAX_MAPPINGS {
-                m.clear();
-            }
-            m.insert((si, pid, epoch), sp.clone());
-        }
-        Ok(sp)
+    ) -> Result<Arc<SiteProducer>, UpstreamError> {
+        self.mapped((si, pid, epoch), || async {
+            let (new_pid, new_epoch) = site.init_producer_id().await?;
+            tracing::debug!(site = %site.name, client_pid = pid, client_epoch = epoch, site_pid = new_pid,
+                site_epoch = new_epoch, "producer id allocated on site");
+            Ok((new_pid, new_epoch))
+        })
+        .await
     }
 
-    fn lookup(&self, si: usize, pid: i64, epoch: i16) -> Option<std::sync::Arc<SiteProducer>> {
-        self.map.lock().ok()?.get(&(si, pid, epoch)).cloned()
+    /// The mapping for `key`, allocated with `allocate` by the first caller
+    /// (a failed allocation leaves it to the next caller to try again).
+    async fn mapped<F, Fut>(
+        &self,
+        key: (usize, i64, i16),
+        allocate: F,
+    ) -> Result<Arc<SiteProducer>, UpstreamError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Pid, UpstreamError>>,
+    {
+        let cell = {
+            let Ok(mut m) = self.map.lock() else {
+                return Err(UpstreamError::NoBroker(format!(
+                    "site {} (producer id map unavailable)",
+                    key.0
+                )));
+            };
+            if m.len() >= MAX_MAPPINGS && !m.contains_key(&key) {
+                m.clear();
+            }
+            m.entry(key).or_default().clone()
+        };
+        let sp = cell
+            .get_or_try_init(|| async {
+                let (pid, epoch) = allocate().await?;
+                Ok::<_, UpstreamError>(Arc::new(SiteProducer {
+                    pid,
+                    epoch,
+                    parts: Mutex::new(HashMap::new()),
+                }))
+            })
+            .await?;
+        Ok(sp.clone())
     }
 
     /// Drops every mapping to these sites (a route switched between them).
@@ -202,6 +222,57 @@ mod tests {
         let exhausted = ids.issue((a.0, i16::MAX - 1));
         assert_ne!(exhausted.0, a.0, "an exhausted epoch gets a new id");
         assert_eq!(exhausted.1, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_site_stalls_only_its_own_allocations() {
+        let ids = Arc::new(ProducerIds::new());
+        let calls = Arc::new(AtomicI64::new(0));
+        // Site 0 takes a minute to answer; two connections of one producer
+        // ask it at once.
+        let slow = |ids: Arc<ProducerIds>, calls: Arc<AtomicI64>| async move {
+            ids.mapped((0, 7, 0), || async move {
+                calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                Ok((100, 0))
+            })
+            .await
+        };
+        let a = tokio::spawn(slow(ids.clone(), calls.clone()));
+        let b = tokio::spawn(slow(ids.clone(), calls.clone()));
+        tokio::task::yield_now().await;
+        // Meanwhile another site (and another producer on it) is served at once.
+        let start = tokio::time::Instant::now();
+        let other = ids.mapped((1, 8, 0), || async { Ok((200, 0)) }).await;
+        assert_eq!(other.map(|p| p.pid).ok(), Some(200));
+        assert_eq!(
+            start.elapsed(),
+            std::time::Duration::ZERO,
+            "waited for the slow site"
+        );
+        let (a, b) = (a.await.expect("join"), b.await.expect("join"));
+        assert_eq!(
+            (a.map(|p| p.pid).ok(), b.map(|p| p.pid).ok()),
+            (Some(100), Some(100))
+        );
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "one allocation for both connections"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_allocation_is_retried_by_the_next_request() {
+        let ids = ProducerIds::new();
+        let failed = ids
+            .mapped((0, 7, 0), || async {
+                Err(UpstreamError::Timeout("site".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        let ok = ids.mapped((0, 7, 0), || async { Ok((5, 0)) }).await;
+        assert_eq!(ok.map(|p| p.pid).ok(), Some(5));
     }
 
     #[test]
