@@ -103,13 +103,16 @@ impl SiteProducer {
 /// forgotten mapping only costs a fresh id on the site.
 const MAX_MAPPINGS: usize = 100_000;
 
+/// (site index, client producer id, client epoch).
+type MappingKey = (usize, i64, i16);
+
 pub struct ProducerIds {
     /// A cell per (site, client pid, epoch), filled by the first request
     /// that needs it: requests for the same mapping wait for that one
     /// allocation (two connections of one producer must get the same id, not
     /// two); requests for other mappings, on this site or another, never
     /// wait for it (a slow site stalls only its own allocations).
-    map: Mutex<HashMap<(usize, i64, i16), Arc<OnceCell<Arc<SiteProducer>>>>>,
+    map: Mutex<HashMap<MappingKey, Arc<OnceCell<Arc<SiteProducer>>>>>,
     next: AtomicI64,
 }
 
@@ -167,7 +170,7 @@ impl ProducerIds {
     /// (a failed allocation leaves it to the next caller to try again).
     async fn mapped<F, Fut>(
         &self,
-        key: (usize, i64, i16),
+        key: MappingKey,
         allocate: F,
     ) -> Result<Arc<SiteProducer>, UpstreamError>
     where
