@@ -6,6 +6,8 @@
 //! per request and responses reuse the request's own mapping (no guessing
 //! from the physical name, which could be ambiguous across sites).
 
+use std::collections::HashMap;
+
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 
@@ -22,9 +24,15 @@ pub struct Entry {
     pub held: bool,
 }
 
+/// Entries in request order, indexed by both names: a request may carry
+/// thousands of topics, and each is looked up once per answer.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
     entries: Vec<Entry>,
+    by_virt: HashMap<String, usize>,
+    /// The first entry with that physical name (the same name on two sites
+    /// in one request is rare: then the others are searched).
+    by_phys: HashMap<String, usize>,
 }
 
 impl Names {
@@ -35,7 +43,11 @@ impl Names {
         who: Who<'_>,
         virt: &TopicName,
     ) -> (usize, TopicName) {
-        if let Some(e) = self.entries.iter().find(|e| &e.virt == virt) {
+        if let Some(e) = self
+            .by_virt
+            .get(virt.0.as_str())
+            .and_then(|&i| self.entries.get(i))
+        {
             return (e.site, e.phys.clone());
         }
         let r = router.resolve(who, virt.0.as_str());
@@ -44,7 +56,7 @@ impl Names {
         } else {
             TopicName(StrBytes::from_string(r.physical.into_owned()))
         };
-        self.entries.push(Entry {
+        self.push(Entry {
             virt: virt.clone(),
             site: r.site,
             phys: phys.clone(),
@@ -58,8 +70,11 @@ impl Names {
     /// plugin routed records there), whatever the routes say.
     pub fn pin(&mut self, virt: &str, site: usize) {
         let name = TopicName(StrBytes::from_string(virt.to_string()));
-        self.entries.retain(|e| e.virt != name);
-        self.entries.push(Entry {
+        if self.by_virt.contains_key(virt) {
+            self.entries.retain(|e| e.virt != name);
+            self.reindex();
+        }
+        self.push(Entry {
             virt: name.clone(),
             site,
             phys: name,
@@ -68,17 +83,35 @@ impl Names {
         });
     }
 
+    fn push(&mut self, e: Entry) {
+        let i = self.entries.len();
+        self.by_virt.insert(e.virt.0.to_string(), i);
+        self.by_phys.entry(e.phys.0.to_string()).or_insert(i);
+        self.entries.push(e);
+    }
+
+    fn reindex(&mut self) {
+        self.by_virt.clear();
+        self.by_phys.clear();
+        for (i, e) in self.entries.iter().enumerate() {
+            self.by_virt.insert(e.virt.0.to_string(), i);
+            self.by_phys.entry(e.phys.0.to_string()).or_insert(i);
+        }
+    }
+
     /// The client's name for a physical topic of `site` seen in this request;
     /// names the request did not carry come back unchanged.
     pub fn virt(&self, site: usize, phys: &TopicName) -> TopicName {
-        self.entries
-            .iter()
-            .find(|e| e.site == site && &e.phys == phys)
+        self.entry(site, phys.0.as_str())
             .map(|e| e.virt.clone())
             .unwrap_or_else(|| phys.clone())
     }
 
     pub fn entry(&self, site: usize, phys: &str) -> Option<&Entry> {
+        let first = self.entries.get(*self.by_phys.get(phys)?)?;
+        if first.site == site {
+            return Some(first);
+        }
         self.entries
             .iter()
             .find(|e| e.site == site && e.phys.0.as_str() == phys)
@@ -106,5 +139,54 @@ impl Names {
 
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> TopicName {
+        TopicName(StrBytes::from_string(n.to_string()))
+    }
+
+    fn entry(virt: &str, site: usize, phys: &str) -> Entry {
+        Entry {
+            virt: name(virt),
+            site,
+            phys: name(phys),
+            route: None,
+            held: false,
+        }
+    }
+
+    #[test]
+    fn lookups_by_either_name_find_the_right_site() {
+        let mut n = Names::default();
+        for i in 0..1000 {
+            n.push(entry(&format!("v{i}"), i % 3, &format!("p{i}")));
+        }
+        // The same physical name on two sites, under two client names.
+        n.push(entry("west.orders", 1, "orders"));
+        n.push(entry("east.orders", 2, "orders"));
+        assert_eq!(n.virt(2, &name("orders")), name("east.orders"));
+        assert_eq!(n.virt(1, &name("orders")), name("west.orders"));
+        assert_eq!(
+            n.virt(0, &name("orders")),
+            name("orders"),
+            "not in the request: unchanged"
+        );
+        assert_eq!(n.virt(1, &name("p997")), name("v997"));
+        assert!(n.entry(0, "p997").is_none(), "p997 is on site 1");
+
+        // A plugin pins a topic elsewhere: the old entry is gone, both maps agree.
+        n.pin("v5", 0);
+        assert_eq!(n.entry(0, "v5").map(|e| e.site), Some(0));
+        assert_eq!(
+            n.virt(2, &name("p5")),
+            name("p5"),
+            "v5 no longer lives at p5"
+        );
+        assert_eq!(n.virt(1, &name("p997")), name("v997"));
     }
 }
