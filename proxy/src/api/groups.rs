@@ -47,7 +47,7 @@ pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
     let identity = ctx.identity();
     let mut entries = Vec::with_capacity(keys.len());
     for key in keys {
-        let site = ctx.site(coordinator_site(ctx, ctx.who(&req), key.as_str())?);
+        let site = ctx.site(coordinator_site(ctx, ctx.who(&req), key.as_str()).await?);
         // A client asks again after NOT_COORDINATOR: always look up afresh.
         site.forget_coordinator(body.key_type, key.as_str());
         let mut e = CoordinatorEntry::default();
@@ -82,21 +82,25 @@ pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
 }
 
 /// The site whose coordinator serves `key`. While the key's route switches
-/// sites neither may: the request gets the retriable error its client waits
-/// out (`api::unavailable`), instead of a lookup on a site being failed away
-/// from (a dead one holds it for the whole control timeout).
-fn coordinator_site(
+/// sites, the lookup waits for the switch to end (bounded by the control
+/// timeout) and then names the new site: neither site may serve the group
+/// meanwhile, and asking the old one could wait on a dead site. A switch
+/// that outlasts the wait gets the retriable error its client waits out
+/// (`api::unavailable`).
+async fn coordinator_site(
     ctx: &Ctx<'_>,
     who: Who<'_>,
     key: &str,
 ) -> Result<usize, crate::upstream::UpstreamError> {
     let router = &ctx.proxy.router;
-    match router.group_route(who, key) {
-        Some(r) if router.side(r).held() => Err(crate::upstream::UpstreamError::Switching(
-            router.routes()[r].name.clone(),
-        )),
-        _ => Ok(router.coordinator_site(who, key)),
+    if let Some(r) = router.group_route(who, key) {
+        if !router.settled(&[r], ctx.proxy.site.control_timeout()).await {
+            return Err(crate::upstream::UpstreamError::Switching(
+                router.routes()[r].name.clone(),
+            ));
+        }
     }
+    Ok(router.coordinator_site(who, key))
 }
 
 /// The (site, upstream broker) coordinating `key`, or an error the client can act on.
@@ -106,7 +110,7 @@ async fn coordinator(
     key_type: i8,
     key: &str,
 ) -> anyhow::Result<Target> {
-    let si = coordinator_site(ctx, who, key)?;
+    let si = coordinator_site(ctx, who, key).await?;
     match ctx.site(si).coordinator(key_type, key).await? {
         Coordinator::Broker(b) => Ok((si, b)),
         Coordinator::Error(code, msg) => anyhow::bail!(

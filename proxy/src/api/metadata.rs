@@ -44,10 +44,28 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         }
     }
 
-    // Which sites to ask, and for which (physical) topics. Topics of a route
-    // switching sites are asked nowhere: neither site may serve them until
-    // the switch completes (a dead old site would hold the answer for the
-    // whole control timeout), so they get a retriable error now.
+    // A route switching sites: neither site may serve its topics until the
+    // switch ends, so the lookup waits for that (bounded) and asks the new
+    // site. Asking the old one could wait on a dead site; a retriable error
+    // instead makes some clients (kafka-python) take the topic for gone and
+    // rebalance. Topics of a switch that outlasts the wait get that error.
+    let switching: Vec<usize> = match body.topics.as_deref() {
+        Some(topics) if !topics.is_empty() => topics
+            .iter()
+            .filter_map(|t| t.name.as_ref())
+            .filter_map(|n| router.resolve(ctx.who(&req), n.0.as_str()).route)
+            .filter(|&r| router.side(r).held())
+            .collect(),
+        // A listing, or brokers only: every route's site may be asked.
+        _ => (0..router.routes().len())
+            .filter(|&r| router.side(r).held())
+            .collect(),
+    };
+    router
+        .settled(&switching, proxy.site.control_timeout())
+        .await;
+
+    // Which sites to ask, and for which (physical) topics.
     let mut names = Names::default();
     let mut per_site: BTreeMap<usize, Option<Vec<MetadataRequestTopic>>> = BTreeMap::new();
     let mut held: Vec<TopicName> = Vec::new();

@@ -247,6 +247,9 @@ pub struct Router {
     /// Per route, its [`Side`] (only failover routes ever leave `Primary`).
     /// Atomics so the hot path reads it without a lock.
     sides: Vec<std::sync::atomic::AtomicU8>,
+    /// Bumped on every side change, for requests waiting out a switch
+    /// ([`Router::settled`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Router {
@@ -257,6 +260,7 @@ impl Router {
             default_site,
             sites,
             sides: Vec::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -273,7 +277,24 @@ impl Router {
     pub fn set_side(&self, route: usize, side: Side) {
         if let Some(a) = self.sides.get(route) {
             a.store(side.code(), std::sync::atomic::Ordering::Release);
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Waits, at most `limit`, until none of `routes` is switching sites;
+    /// whether they all settled. A request that needs to know where a
+    /// switching route lives (Metadata, a coordinator lookup) waits the
+    /// switch out instead of asking the old site (possibly dead) or getting
+    /// an error that some clients take for a deleted topic and rebalance on.
+    pub async fn settled(&self, routes: &[usize], limit: std::time::Duration) -> bool {
+        let held = || routes.iter().any(|&r| self.side(r).held());
+        if !held() {
+            return true;
+        }
+        let mut changes = self.changes.subscribe();
+        tokio::time::timeout(limit, changes.wait_for(|_| !held()))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The site and naming serving a route now: the standby's once failed
@@ -722,6 +743,7 @@ impl Router {
                 default_site,
                 sites,
                 sides,
+                changes: tokio::sync::watch::Sender::new(0),
             })
         } else {
             Err(errs)
@@ -1060,6 +1082,35 @@ plugins:
         assert_eq!(serving(&r), (1, false, false));
         r.set_side(0, Side::FailingBack);
         assert_eq!(serving(&r), (1, false, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_wait_out_a_switch() {
+        let r = router(
+            "  - name: main
+    topics: {regex: '.*'}
+    groups: {regex: '.*'}
+    site: a
+    tee: [{site: b, mode: sync}]
+    failover: {standby: b}
+",
+        )
+        .unwrap();
+        let limit = std::time::Duration::from_secs(5);
+        assert!(r.settled(&[0], limit).await, "nothing switching: no wait");
+        r.set_side(0, Side::FailingOver);
+        let waiter = {
+            let r = r.clone();
+            tokio::spawn(async move { r.settled(&[0], limit).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        r.set_side(0, Side::Standby);
+        assert!(waiter.await.unwrap(), "settled once the switch completed");
+        r.set_side(0, Side::FailingBack);
+        assert!(
+            !r.settled(&[0], limit).await,
+            "a switch that does not end: given up after the limit"
+        );
     }
 
     #[test]
