@@ -24,16 +24,22 @@ pub struct Entry {
     pub held: bool,
 }
 
-/// Entries in request order, indexed by both names: a request may carry
-/// thousands of topics, and each is looked up once per answer.
+/// Entries in request order. A request may carry thousands of topics, each
+/// looked up once per answer: past [`INDEX_FROM`] entries they are indexed by
+/// both names. Most requests carry one or a few, where a scan is cheaper
+/// than building the index.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
     entries: Vec<Entry>,
+    /// Empty until there are more than [`INDEX_FROM`] entries.
     by_virt: HashMap<String, usize>,
     /// The first entry with that physical name (the same name on two sites
     /// in one request is rare: then the others are searched).
     by_phys: HashMap<String, usize>,
 }
+
+/// Entries past which lookups use the index.
+const INDEX_FROM: usize = 16;
 
 impl Names {
     /// Site and physical name of a virtual topic (remembered for the answer).
@@ -43,11 +49,7 @@ impl Names {
         who: Who<'_>,
         virt: &TopicName,
     ) -> (usize, TopicName) {
-        if let Some(e) = self
-            .by_virt
-            .get(virt.0.as_str())
-            .and_then(|&i| self.entries.get(i))
-        {
+        if let Some(e) = self.by_virt_name(virt.0.as_str()) {
             return (e.site, e.phys.clone());
         }
         let r = router.resolve(who, virt.0.as_str());
@@ -70,7 +72,7 @@ impl Names {
     /// plugin routed records there), whatever the routes say.
     pub fn pin(&mut self, virt: &str, site: usize) {
         let name = TopicName(StrBytes::from_string(virt.to_string()));
-        if self.by_virt.contains_key(virt) {
+        if self.by_virt_name(virt).is_some() {
             self.entries.retain(|e| e.virt != name);
             self.reindex();
         }
@@ -85,17 +87,39 @@ impl Names {
 
     fn push(&mut self, e: Entry) {
         let i = self.entries.len();
-        self.by_virt.insert(e.virt.0.to_string(), i);
-        self.by_phys.entry(e.phys.0.to_string()).or_insert(i);
-        self.entries.push(e);
+        if self.indexed() {
+            self.by_virt.insert(e.virt.0.to_string(), i);
+            self.by_phys.entry(e.phys.0.to_string()).or_insert(i);
+            self.entries.push(e);
+        } else {
+            self.entries.push(e);
+            if self.entries.len() > INDEX_FROM {
+                self.reindex();
+            }
+        }
+    }
+
+    fn indexed(&self) -> bool {
+        !self.by_virt.is_empty()
     }
 
     fn reindex(&mut self) {
         self.by_virt.clear();
         self.by_phys.clear();
+        if self.entries.len() <= INDEX_FROM {
+            return;
+        }
         for (i, e) in self.entries.iter().enumerate() {
             self.by_virt.insert(e.virt.0.to_string(), i);
             self.by_phys.entry(e.phys.0.to_string()).or_insert(i);
+        }
+    }
+
+    fn by_virt_name(&self, virt: &str) -> Option<&Entry> {
+        if self.indexed() {
+            self.entries.get(*self.by_virt.get(virt)?)
+        } else {
+            self.entries.iter().find(|e| e.virt.0.as_str() == virt)
         }
     }
 
@@ -108,9 +132,11 @@ impl Names {
     }
 
     pub fn entry(&self, site: usize, phys: &str) -> Option<&Entry> {
-        let first = self.entries.get(*self.by_phys.get(phys)?)?;
-        if first.site == site {
-            return Some(first);
+        if self.indexed() {
+            let first = self.entries.get(*self.by_phys.get(phys)?)?;
+            if first.site == site {
+                return Some(first);
+            }
         }
         self.entries
             .iter()
@@ -158,6 +184,26 @@ mod tests {
             route: None,
             held: false,
         }
+    }
+
+    #[test]
+    fn a_few_topics_are_scanned_many_are_indexed() {
+        let mut n = Names::default();
+        n.push(entry("a", 0, "pa"));
+        n.pin("b", 1);
+        assert!(!n.indexed());
+        assert_eq!(n.virt(0, &name("pa")), name("a"));
+        assert_eq!(n.virt(1, &name("b")), name("b"));
+        for i in 0..INDEX_FROM {
+            n.push(entry(&format!("v{i}"), 0, &format!("p{i}")));
+        }
+        assert!(n.indexed());
+        assert_eq!(
+            n.virt(0, &name("pa")),
+            name("a"),
+            "entries from before the index are in it"
+        );
+        assert_eq!(n.entry(1, "b").map(|e| e.virt.clone()), Some(name("b")));
     }
 
     #[test]
