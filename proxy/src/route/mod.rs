@@ -1061,9 +1061,9 @@ plugins:
         .unwrap();
     }
 
-    #[test]
-    fn a_switching_route_holds_its_sites() {
-        let r = router(
+    /// Everything on site `a`, failing over to `b`.
+    fn failing_over_router() -> std::sync::Arc<Router> {
+        router(
             "  - name: main
     topics: {regex: '.*'}
     groups: {regex: '.*'}
@@ -1072,7 +1072,12 @@ plugins:
     failover: {standby: b}
 ",
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_switching_route_holds_its_sites() {
+        let r = failing_over_router();
         let serving = |r: &Router| (r.home_site(), r.site_held(0), r.site_held(1));
         assert_eq!(serving(&r), (0, false, false));
         r.set_side(0, Side::FailingOver);
@@ -1086,16 +1091,7 @@ plugins:
 
     #[tokio::test(start_paused = true)]
     async fn requests_wait_out_a_switch() {
-        let r = router(
-            "  - name: main
-    topics: {regex: '.*'}
-    groups: {regex: '.*'}
-    site: a
-    tee: [{site: b, mode: sync}]
-    failover: {standby: b}
-",
-        )
-        .unwrap();
+        let r = failing_over_router();
         let limit = std::time::Duration::from_secs(5);
         assert!(r.settled(&[0], limit).await, "nothing switching: no wait");
         r.set_side(0, Side::FailingOver);
