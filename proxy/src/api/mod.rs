@@ -8,7 +8,8 @@
 //!    upstream broker(s), rewrite the request and queue it on the upstream
 //!    connection(s). Because queuing happens here, requests reach each broker in
 //!    the order the client sent them (idempotent producers depend on that).
-//! 2. **Respond** (a future the session's writer awaits in request order): wait
+//! 2. **Respond** (a future the session's writer polls together with the
+//!    connection's other pending answers, and writes in request order): wait
 //!    for the upstream response(s), merge and rewrite them for the client.
 //!
 //! Upstream failures (refused, reset, timed out) surface as `UpstreamError`s
