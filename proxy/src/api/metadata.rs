@@ -175,6 +175,8 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         pending.push((si, sent, asked));
     }
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    // One bound for the whole listing, not one per site in turn.
+    let deadline = tokio::time::Instant::now() + proxy.site.control_timeout();
     Ok(Outcome::Later(Box::pin(async move {
         let who = crate::route::Who {
             listener: &listener,
@@ -185,7 +187,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         for (si, sent, asked) in pending {
             let site = &proxy.sites[si];
             let resp = match sent {
-                Ok(p) => match p.wait(site.control_timeout()).await {
+                Ok(p) => match p.wait_until(deadline).await {
                     Ok(frame) => {
                         codec::decode_response_body::<MetadataResponse>(api, version, &frame)
                             .map_err(|e| format!("{e:#}"))

@@ -246,12 +246,12 @@ where
             codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &sub)?;
         pending.push((target.0, ctx.pools.call(target, req.api_key, frame).await?));
     }
-    let timeout = ctx.proxy.request_timeout();
+    let deadline = tokio::time::Instant::now() + ctx.proxy.request_timeout();
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
     Ok(Outcome::Later(Box::pin(async move {
         let mut resps = Vec::with_capacity(pending.len());
         for (site, p) in pending {
-            let frame = p.wait(timeout).await?;
+            let frame = p.wait_until(deadline).await?;
             resps.push((
                 site,
                 codec::decode_response_body::<Resp>(api, version, &frame)?,
@@ -281,6 +281,7 @@ where
     M: FnOnce(Vec<(usize, Resp)>, Vec<split::Unroutable>) -> anyhow::Result<Resp> + Send + 'static,
 {
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    let deadline = tokio::time::Instant::now() + timeout;
     let metrics = ctx.proxy.metrics.clone();
     let mut failed: Vec<split::Unroutable> = Vec::new();
     let fail = move |failed: &mut Vec<split::Unroutable>,
@@ -308,7 +309,7 @@ where
     Ok(Outcome::Later(Box::pin(async move {
         let mut resps = Vec::with_capacity(pending.len());
         for (site, p, slots) in pending {
-            match p.wait(timeout).await {
+            match p.wait_until(deadline).await {
                 Ok(frame) => resps.push((
                     site,
                     codec::decode_response_body::<Resp>(api, version, &frame)?,

@@ -163,7 +163,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         }
     }
     let proxy = ctx.proxy.clone();
-    let timeout = proxy.request_timeout();
+    let deadline = tokio::time::Instant::now() + proxy.request_timeout();
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
     // The client gives up after its own timeout; so do the sync waits.
     let sync_deadline = Instant::now()
@@ -175,7 +175,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
         let mut out = ProduceResponse::default();
         let mut in_flight = in_flight.into_iter();
         for (site, p, slots) in pending {
-            let frame = p.wait(timeout).await;
+            let frame = p.wait_until(deadline).await;
             drop(in_flight.next());
             let frame = match frame {
                 Ok(f) => f,

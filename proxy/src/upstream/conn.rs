@@ -135,6 +135,14 @@ pub struct PendingResponse {
 }
 
 impl PendingResponse {
+    /// [`wait`](Self::wait) up to a deadline: a request split over several
+    /// brokers waits for its parts in turn, and its timeout covers them all,
+    /// not each part anew. An answer already in is taken even past it.
+    pub async fn wait_until(self, deadline: tokio::time::Instant) -> Result<Bytes, UpstreamError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait(left).await
+    }
+
     /// Waits for the response frame (correlation id first, as read off the
     /// wire). On timeout the connection is retired: its other waiters fail
     /// at once and its owner reconnects.
