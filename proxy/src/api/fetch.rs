@@ -174,11 +174,18 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
 
     let parts = split::split(&body, &plan);
     let proxy = ctx.proxy.clone();
+    // Plugin chains make the merge CPU work: off the async workers with it.
+    let offload = if chains.is_empty() {
+        None
+    } else {
+        proxy.plugins.clone()
+    };
     scatter_partitioned(
         ctx,
         &req,
         parts,
         timeout,
+        offload,
         move |resps: Vec<(usize, FetchResponse)>, failed| {
             let mut out = FetchResponse::default();
             let moved = routed.moved();

@@ -268,11 +268,14 @@ where
 /// reached or fails before answering does not fail the request; its
 /// partitions come to `merge` as `failed` (NOT_LEADER_OR_FOLLOWER, so their
 /// clients refresh metadata and retry them) beside the other brokers' answers.
+/// With `plugins`, `merge` runs plugin chains and runs on their blocking
+/// pool (`Registry::offload`), off the async workers.
 pub async fn scatter_partitioned<Req, Resp, M>(
     ctx: &mut Ctx<'_>,
     req: &RequestFrame,
     parts: BTreeMap<Target, Req>,
     timeout: std::time::Duration,
+    plugins: Option<Arc<crate::plugin::registry::Registry>>,
     merge: M,
 ) -> anyhow::Result<Outcome>
 where
@@ -317,7 +320,13 @@ where
                 Err(e) => fail(&mut failed, site, slots, &e),
             }
         }
-        let merged = merge(resps, failed)?;
+        let merged = match plugins {
+            Some(reg) => reg
+                .offload(move || merge(resps, failed))
+                .await
+                .map_err(anyhow::Error::msg)??,
+            None => merge(resps, failed)?,
+        };
         Ok(Reply::Frame(codec::encode_response(
             api, version, corr, &merged,
         )?))

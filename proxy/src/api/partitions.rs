@@ -35,6 +35,7 @@ pub async fn list_offsets(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
         &req,
         parts,
         timeout,
+        None,
         move |resps: Vec<(usize, ListOffsetsResponse)>, failed| {
             let mut out = ListOffsetsResponse::default();
             let mut push = |t: ListOffsetsTopicResponse| match out
@@ -94,6 +95,7 @@ pub async fn delete_records(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
         &req,
         parts,
         timeout,
+        None,
         move |resps: Vec<(usize, DeleteRecordsResponse)>, failed| {
             let mut out = DeleteRecordsResponse::default();
             let mut push = |t: DeleteRecordsTopicResult| match out

@@ -264,37 +264,57 @@ async fn run_produce(
     site: usize,
     records: &Bytes,
 ) -> Produced {
-    let batches = match batch::batches(records) {
-        Ok(b) if b.len() == 1 && !b[0].is_control => b,
+    let first = match batch::batches(records) {
+        Ok(b) if b.len() == 1 && !b[0].is_control => b.into_iter().next(),
         // Not one data batch: not ours to judge; the broker answers.
-        _ => return Produced::Unchanged,
+        _ => None,
     };
-    let first = &batches[0];
-    let total = usize::try_from(first.records_count).unwrap_or(0);
-    let out = chain::run(
-        reg.conflicts(),
-        plugins,
-        meta,
-        Scope {
-            site: site as u16,
-            topic: physical,
-        },
-        chain::Input::Batch(first),
-    )
-    .await;
-    if let Some(msg) = out.refused {
+    let Some(first) = first else {
+        return Produced::Unchanged;
+    };
+    let scope_site = site as u16;
+    let state = chain::restore(reg.conflicts(), plugins, &meta, scope_site).await;
+    // The plugin calls and the re-encoding, off the async workers.
+    let (r, plugins, topic) = (reg.clone(), plugins.to_vec(), physical.to_string());
+    let job = reg
+        .offload(move || {
+            let scope = Scope {
+                site: scope_site,
+                topic: &topic,
+            };
+            let out = chain::run_ready(
+                r.conflicts(),
+                &plugins,
+                meta,
+                scope,
+                chain::Input::Batch(&first),
+                state,
+            );
+            let produced = match out.refused {
+                Some(_) => Produced::Unchanged,
+                None => reencode(out.applied, &first),
+            };
+            (out.refused, out.versions, produced)
+        })
+        .await;
+    let (refused, versions, produced) = match job {
+        Ok(j) => j,
+        Err(e) => return Produced::Refused(e),
+    };
+    if let Some(msg) = refused {
         return Produced::Refused(msg);
     }
     // Versions first: a restart must never forget a version whose record
     // may already be on the site (`plugin::conflict`).
-    if let Err(e) = reg
-        .conflicts()
-        .save(site as u16, physical, &out.versions)
-        .await
-    {
+    if let Err(e) = reg.conflicts().save(scope_site, physical, &versions).await {
         return Produced::Refused(format!("conflict state not saved: {e}"));
     }
-    let a = out.applied;
+    produced
+}
+
+/// The batch as the plugins left it, encoded again (kept and moved records).
+fn reencode(a: crate::plugin::records::Applied, first: &batch::BatchRef) -> Produced {
+    let total = usize::try_from(first.records_count).unwrap_or(0);
     if !a.changed {
         return Produced::Unchanged;
     }

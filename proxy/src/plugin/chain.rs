@@ -112,13 +112,23 @@ pub async fn run(
     scope: Scope<'_>,
     input: Input<'_>,
 ) -> Outcome {
-    let resolves = meta.stage != Stage::Fetch && plugins.iter().any(|p| p.caps.resolve);
-    let state = if resolves {
-        conflicts.ensure_restored(scope.site).await
+    let state = restore(conflicts, plugins, &meta, scope.site).await;
+    run_ready(conflicts, plugins, meta, scope, input, state)
+}
+
+/// Restores `site`'s saved conflict state if a plugin of the chain resolves
+/// conflicts (the first time only): what [`run_ready`] takes as `state`.
+pub async fn restore(
+    conflicts: &Conflicts,
+    plugins: &[Arc<Loaded>],
+    meta: &BatchMeta,
+    site: u16,
+) -> Result<(), String> {
+    if meta.stage != Stage::Fetch && plugins.iter().any(|p| p.caps.resolve) {
+        conflicts.ensure_restored(site).await
     } else {
         Ok(())
-    };
-    run_ready(conflicts, plugins, meta, scope, input, state)
+    }
 }
 
 /// [`run`] for the fetch stage, which never resolves conflicts: no waiting.

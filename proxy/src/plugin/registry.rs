@@ -100,6 +100,8 @@ pub struct Registry {
     /// Serialises uploads, removals and reloads (the swaps themselves are
     /// atomic; this keeps "load v2, then v3" from finishing as v2).
     writes: tokio::sync::Mutex<()>,
+    /// Plugin calls running on the blocking pool ([`Registry::offload`]).
+    offload: Arc<tokio::sync::Semaphore>,
 }
 
 /// What `GET /api/v1/plugins` shows per plugin.
@@ -135,7 +137,29 @@ impl Registry {
             conflicts,
             from_config: Mutex::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
+            offload: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         })
+    }
+
+    /// Runs `f` (plugin calls, and the batch decoding and encoding around
+    /// them) on the blocking pool, at most one per core at once. A call may
+    /// take its whole CPU deadline (`timeout_ms`); on a Tokio worker that
+    /// would hold up every connection served by the same thread.
+    pub async fn offload<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let _permit = self
+            .offload
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| format!("plugin calls stopped: {e}"))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| format!("a plugin call did not finish: {e}"))
     }
 
     pub fn host(&self) -> &Arc<Host> {
