@@ -49,17 +49,20 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outco
     // site. Asking the old one could wait on a dead site; a retriable error
     // instead makes some clients (kafka-python) take the topic for gone and
     // rebalance. Topics of a switch that outlasts the wait get that error.
+    let switching_now: Vec<usize> = (0..router.routes().len())
+        .filter(|&r| router.side(r).held())
+        .collect();
+    // Nearly always none: then no topic is resolved twice.
     let switching: Vec<usize> = match body.topics.as_deref() {
+        _ if switching_now.is_empty() => switching_now,
         Some(topics) if !topics.is_empty() => topics
             .iter()
             .filter_map(|t| t.name.as_ref())
             .filter_map(|n| router.resolve(ctx.who(&req), n.0.as_str()).route)
-            .filter(|&r| router.side(r).held())
+            .filter(|r| switching_now.contains(r))
             .collect(),
         // A listing, or brokers only: every route's site may be asked.
-        _ => (0..router.routes().len())
-            .filter(|&r| router.side(r).held())
-            .collect(),
+        _ => switching_now,
     };
     router
         .settled(&switching, proxy.site.control_timeout())
