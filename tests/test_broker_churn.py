@@ -13,8 +13,10 @@ through Switchyard, all at once. Then the event:
 * ``sigterm``: the same broker shut down gracefully, restarted 15 s later;
 * ``sigstop``: the same broker frozen for 30 s.
 
-What a user checks, on both sides and for every library: no acked record
-lost, producers delivered everything they were handed; and Switchyard closed
+What a user checks, for every library: no acked record lost (on either
+side); through Switchyard, producers delivered everything they were handed
+(a direct producer that the broker's fault left unfinished is printed as the
+baseline, not failed: Kafka did that, not us); and Switchyard closed
 no client connection because of the broker's fault
 (``switchyard_client_connections_closed_total{reason="upstream"}``: a
 Switchyard that does not export it fails the test). Gaps (the longest time
@@ -37,5 +39,7 @@ def test_broker_churn_direct_vs_switchyard(event, kafka, switchyard, workers, tm
     run = churn.run_event(event, churn.LIBS, kafka=kafka, switchyard=switchyard, workers=workers,
                           workdir=tmp_path, log=lambda s: print(s, flush=True))
     print("\n" + run.text())
+    for note in churn.baseline_notes(run):
+        print("CHURN note: " + note)
     problems = churn.problems(run)
     assert not problems, "\n".join(problems)
