@@ -25,9 +25,9 @@ use kafka_protocol::messages::{
     ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use switchyard::api::{fetch, metadata};
 use switchyard::codec::{self, fetch_patch, RequestFrame};
 use switchyard::identity::Identity;
+use switchyard::pipeline::{identity, At};
 use switchyard::upstream::view::ClusterView;
 use uuid::Uuid;
 
@@ -139,7 +139,7 @@ fn metadata_rewrite(c: &mut Criterion) {
         b.iter(|| {
             let mut md: MetadataResponse =
                 codec::decode_response_body(ApiKey::Metadata, 12, &frame).expect("decode");
-            metadata::virtualise(&id, &mut md);
+            identity::metadata_answer(&id, &mut md);
             codec::encode_response(ApiKey::Metadata, 12, 7, &md).expect("encode")
         })
     });
@@ -162,6 +162,14 @@ fn fetch_forward(c: &mut Criterion) {
     }
     resp.responses.push(t);
     let frame = response_frame(ApiKey::Fetch, 16, &resp);
+    let at = At {
+        api: ApiKey::Fetch,
+        version: 16,
+        site: 0,
+        view: Arc::new(view.clone()),
+        names: Arc::default(),
+        sites: Arc::from(Vec::new()),
+    };
     let mut g = c.benchmark_group("fetch_forward_1MiB");
     g.throughput(Throughput::Bytes(frame.len() as u64));
     g.bench_function("patch_in_place", |b| {
@@ -188,12 +196,7 @@ fn fetch_forward(c: &mut Criterion) {
         b.iter(|| {
             let mut r: FetchResponse =
                 codec::decode_response_body(ApiKey::Fetch, 16, &frame).expect("decode");
-            fetch::virtualise(&id, 16, &mut r, |t| {
-                view.names_by_id
-                    .get(&t.topic_id)
-                    .cloned()
-                    .unwrap_or_else(|| t.topic.0.to_string())
-            });
+            identity::fetch_answer(&at, &id, &mut r);
             codec::encode_response(ApiKey::Fetch, 16, 7, &r).expect("encode")
         })
     });

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use switchyard::api::plugins::{fetch_records, Fetched};
 use switchyard::codec::batch::{self, BatchParams, Compression, WireRecord};
 use switchyard::metrics::Metrics;
+use switchyard::pipeline::plugins::{fetch_records, Fetched};
 use switchyard::plugin::conflict::Conflicts;
 use switchyard::plugin::registry::Registry;
 use switchyard::plugin::{records, BatchMeta, FailurePolicy, Host, Limits, Site, Stage};

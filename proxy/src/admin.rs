@@ -53,7 +53,11 @@ async fn healthz() -> &'static str {
 /// Readiness: the site serving unrouted traffic answered its last metadata
 /// refresh (after a failover of the default site's route: its standby).
 async fn readyz(State(p): State<Arc<Proxy>>) -> Response {
-    let site = p.sites.get(p.router.home_site()).unwrap_or(&p.site);
+    let site = p
+        .plane
+        .sites
+        .get(p.plane.router.home_site())
+        .unwrap_or(&p.plane.site);
     if site.is_reachable() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -73,7 +77,7 @@ async fn failover(
     Path(route): Path<String>,
     uri: axum::http::Uri,
 ) -> Response {
-    let r = p.failover.fail_over(&route, forced(&uri)).await;
+    let r = p.plane.failover.fail_over(&route, forced(&uri)).await;
     switch_answer(&p, &route, r)
 }
 
@@ -84,12 +88,12 @@ async fn failback(
     Path(route): Path<String>,
     uri: axum::http::Uri,
 ) -> Response {
-    let r = p.failover.fail_back(&route, forced(&uri)).await;
+    let r = p.plane.failover.fail_back(&route, forced(&uri)).await;
     switch_answer(&p, &route, r)
 }
 
 async fn plugins_list(State(p): State<Arc<Proxy>>) -> Response {
-    match &p.plugins {
+    match &p.plane.plugins {
         Some(r) => (StatusCode::OK, Json(r.status())).into_response(),
         None => no_plugin_host(),
     }
@@ -116,7 +120,7 @@ async fn plugin_put(
     body: axum::body::Bytes,
 ) -> Response {
     use crate::plugin::{FailurePolicy, Limits};
-    let Some(reg) = &p.plugins else {
+    let Some(reg) = &p.plane.plugins else {
         return no_plugin_host();
     };
     let bad = |msg: String| {
@@ -195,7 +199,7 @@ async fn plugin_put(
 }
 
 async fn plugin_delete(State(p): State<Arc<Proxy>>, Path(name): Path<String>) -> Response {
-    let Some(reg) = &p.plugins else {
+    let Some(reg) = &p.plane.plugins else {
         return no_plugin_host();
     };
     match reg.remove(&name).await {
@@ -241,7 +245,12 @@ fn switch_answer(
     use crate::failover::SwitchError;
     match r {
         Ok(t) => {
-            let st = p.failover.status().into_iter().find(|s| s.route == route);
+            let st = p
+                .plane
+                .failover
+                .status()
+                .into_iter()
+                .find(|s| s.route == route);
             let body = serde_json::json!({
                 "route": route,
                 "state": st.as_ref().map(|s| s.state),
@@ -270,7 +279,7 @@ fn switch_answer(
 async fn metrics(State(p): State<Arc<Proxy>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        p.metrics.render(),
+        p.plane.metrics.render(),
     )
         .into_response()
 }
@@ -333,9 +342,9 @@ struct Connections {
 }
 
 async fn status(State(p): State<Arc<Proxy>>) -> Json<Status> {
-    let id = &p.identity;
+    let id = &p.plane.identity;
     let mut sites = Vec::new();
-    for (i, site) in p.sites.iter().enumerate() {
+    for (i, site) in p.plane.sites.iter().enumerate() {
         let view = site.view();
         let mut brokers: Vec<BrokerStatus> = view
             .brokers
@@ -376,6 +385,7 @@ async fn status(State(p): State<Arc<Proxy>>) -> Json<Status> {
             .collect(),
         sites,
         routes: p
+            .plane
             .router
             .routes()
             .iter()
@@ -383,24 +393,25 @@ async fn status(State(p): State<Arc<Proxy>>) -> Json<Status> {
             .map(|(i, r)| RouteStatus {
                 name: r.name.clone(),
                 topics: r.topics.to_string(),
-                site: p.router.site_name(r.site).to_string(),
+                site: p.plane.router.site_name(r.site).to_string(),
                 serving: p
+                    .plane
                     .router
                     .serving(i)
-                    .map(|(s, _, _)| p.router.site_name(s).to_string())
+                    .map(|(s, _, _)| p.plane.router.site_name(s).to_string())
                     .unwrap_or_default(),
                 naming: r.naming.template().to_string(),
             })
             .collect(),
-        tee: p.tee.status(),
-        failover: p.failover.status(),
-        health: if p.failover.enabled() {
-            p.failover.health.status()
+        tee: p.plane.tee.status(),
+        failover: p.plane.failover.status(),
+        health: if p.plane.failover.enabled() {
+            p.plane.failover.health.status()
         } else {
             Vec::new()
         },
         connections: Connections {
-            active: p.metrics.client_connections.get(),
+            active: p.plane.metrics.client_connections.get(),
             total: p.connections_total(),
         },
     })

@@ -37,6 +37,7 @@ pub mod failover;
 pub mod identity;
 pub mod metrics;
 pub mod offsets;
+pub mod pipeline;
 pub mod plugin;
 pub mod route;
 pub mod server;

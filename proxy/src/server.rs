@@ -55,7 +55,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
     let admin_listener = bind(proxy.cfg.admin_bind).await?;
 
-    for site in &proxy.sites {
+    for site in &proxy.plane.sites {
         tokio::spawn(site.clone().maintain(
             Duration::from_millis(proxy.cfg.config.metadata.refresh_interval_ms),
             stop_rx.clone(),
@@ -63,22 +63,22 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
     // Failover state first: a restart while failed over must not serve
     // (or tee from) the old primary for even a moment.
-    proxy.failover.start(stop_rx.clone()).await;
+    proxy.plane.failover.start(stop_rx.clone()).await;
     // Plugins before the tee and before any client: a route's chain must be
     // runnable from its first batch.
     let c = &proxy.cfg.config;
     if !c.plugins.is_empty() {
-        let Some(reg) = &proxy.plugins else {
+        let Some(reg) = &proxy.plane.plugins else {
             anyhow::bail!("the config lists plugins but the WASM plugin host did not start");
         };
         if let Err(errs) = reg.apply_config(&c.plugins, &c.routes).await {
             anyhow::bail!("plugins did not load: {}", errs.join("; "));
         }
     }
-    if let Some(reg) = &proxy.plugins {
-        proxy.tee.set_plugins(reg.clone());
+    if let Some(reg) = &proxy.plane.plugins {
+        proxy.plane.tee.set_plugins(reg.clone());
     }
-    proxy.tee.start(stop_rx.clone());
+    proxy.plane.tee.start(stop_rx.clone());
     tokio::spawn(reload_on_sighup(proxy.clone(), stop_rx.clone()));
     let admin_task = tokio::spawn(admin::serve(proxy.clone(), admin_listener, stop_rx.clone()));
 
@@ -93,10 +93,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         accept_tasks.spawn(accept_loop(proxy, l, listener, stop, limit));
     }
     tracing::info!(
-        cluster_id = %proxy.identity.cluster_id,
-        default_site = %proxy.site.name,
-        sites = proxy.sites.len(),
-        routes = proxy.router.routes().len(),
+        cluster_id = %proxy.plane.identity.cluster_id,
+        default_site = %proxy.plane.site.name,
+        sites = proxy.plane.sites.len(),
+        routes = proxy.plane.router.routes().len(),
         admin = %proxy.cfg.admin_bind,
         version = env!("CARGO_PKG_VERSION"),
         "switchyard started"
@@ -114,7 +114,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("shutdown grace expired with sessions still open; closing them");
     }
-    proxy.tee.finish(Duration::from_secs(5)).await;
+    proxy.plane.tee.finish(Duration::from_secs(5)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("switchyard stopped");
     Ok(())
@@ -161,19 +161,19 @@ async fn accept_loop(
             },
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            proxy.metrics.error(kind::CONNECTION_LIMIT);
+            proxy.plane.metrics.error(kind::CONNECTION_LIMIT);
             tracing::warn!(client = %peer, limit = proxy.cfg.config.limits.max_connections,
                 "refusing client connection: connection limit reached");
             drop(stream);
             continue;
         };
         proxy.connection_accepted();
-        proxy.metrics.client_connections_total.inc();
-        proxy.metrics.client_connections.inc();
+        proxy.plane.metrics.client_connections_total.inc();
+        proxy.plane.metrics.client_connections.inc();
         let (proxy, stop, which) = (proxy.clone(), stop.clone(), which.clone());
         tokio::spawn(async move {
             serve_one(proxy.clone(), stream, peer, which, stop).await;
-            proxy.metrics.client_connections.dec();
+            proxy.plane.metrics.client_connections.dec();
             drop(permit);
         });
     }

@@ -15,7 +15,7 @@
 //! * a bad frame or an unsupported API closes *this* connection only, after
 //!   responses already queued have been written;
 //! * a failed upstream (refused, reset, frozen) never does: the request is
-//!   answered with the retriable error its client handles (`api::unavailable`).
+//!   answered with the retriable error its client handles (`pipeline::unavailable`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,16 +31,17 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::api::{self, Ctx, Outcome, Reply, Respond};
+use crate::api;
 use crate::codec::{self, read_frame, FrameError, RequestError, RequestFrame};
 use crate::metrics::kind;
+use crate::pipeline::{self, Ctx, Outcome, Reply, Respond};
 use crate::shared::{Listener, Proxy};
 use crate::upstream::Pools;
 
 enum Slot {
     Ready(Reply),
     /// An answer to come; with the request, to answer it on the upstream's
-    /// behalf if the upstream fails (see `api::unavailable`).
+    /// behalf if the upstream fails (see `pipeline::unavailable`).
     Later(Respond, Option<RequestFrame>),
 }
 
@@ -70,7 +71,7 @@ pub async fn serve(
         peer,
         listener.identity.clone(),
     ));
-    let mut pools = Pools::new(&proxy.sites);
+    let mut pools = Pools::new(&proxy.plane.sites);
 
     loop {
         let (permit, frame) = tokio::select! {
@@ -88,8 +89,8 @@ pub async fn serve(
         };
         let frame = match frame {
             Err(_) => {
-                proxy.metrics.error(kind::IDLE_TIMEOUT);
-                proxy.metrics.client_closed(kind::IDLE_TIMEOUT);
+                proxy.plane.metrics.error(kind::IDLE_TIMEOUT);
+                proxy.plane.metrics.client_closed(kind::IDLE_TIMEOUT);
                 tracing::info!(client = %peer, idle_ms = idle.as_millis() as u64,
                     "closing idle client connection");
                 break;
@@ -98,7 +99,7 @@ pub async fn serve(
             Ok(Err(FrameError::Io(e))) => {
                 // A client that resets or vanishes mid-frame: counted, but it
                 // is the client's business, not a warning about Switchyard.
-                proxy.metrics.error(kind::CLIENT_IO);
+                proxy.plane.metrics.error(kind::CLIENT_IO);
                 tracing::debug!(client = %peer, error = %e, "client connection failed");
                 break;
             }
@@ -107,14 +108,15 @@ pub async fn serve(
                     FrameError::TooLarge { .. } => kind::FRAME_TOO_LARGE,
                     _ => kind::BAD_FRAME,
                 };
-                proxy.metrics.error(k);
-                proxy.metrics.client_closed(k);
+                proxy.plane.metrics.error(k);
+                proxy.plane.metrics.client_closed(k);
                 tracing::warn!(client = %peer, reason = %e, "closing client connection: bad frame");
                 break;
             }
             Ok(Ok(f)) => f,
         };
         proxy
+            .plane
             .metrics
             .client_bytes_received
             .inc_by(frame.len() as u64 + 4);
@@ -153,8 +155,8 @@ async fn handle(
                 RequestError::Short(_) => kind::BAD_FRAME,
                 RequestError::BadHeader { .. } => kind::MALFORMED_REQUEST,
             };
-            proxy.metrics.error(k);
-            proxy.metrics.client_closed(k);
+            proxy.plane.metrics.error(k);
+            proxy.plane.metrics.client_closed(k);
             tracing::warn!(client = %peer, reason = %e, "closing client connection: bad request");
             return None;
         }
@@ -166,17 +168,18 @@ async fn handle(
         .unwrap_or_default();
     // ApiVersions of any version is answered (KIP-511 fallback); everything
     // else must be a version we advertised, as Kafka brokers require.
-    let table = proxy.version_table().await;
+    let table = proxy.plane.version_table().await;
     if req.api_key != kafka_protocol::messages::ApiKey::ApiVersions
         && !table.supports(req.api_key, req.api_version)
     {
-        proxy.metrics.error(kind::UNSUPPORTED_VERSION);
-        proxy.metrics.client_closed(kind::UNSUPPORTED_VERSION);
+        proxy.plane.metrics.error(kind::UNSUPPORTED_VERSION);
+        proxy.plane.metrics.client_closed(kind::UNSUPPORTED_VERSION);
         tracing::warn!(client = %peer, client_id, api = codec::api_name(req.api_key), version = req.api_version,
             "closing client connection: API version not supported (not advertised in ApiVersions)");
         return None;
     }
     if let Some(c) = proxy
+        .plane
         .metrics
         .request_counter(req.api_key as i16, req.api_version)
     {
@@ -188,7 +191,7 @@ async fn handle(
     // until the answer would keep them in memory a round trip longer).
     let kept = req.clone();
     let mut ctx = Ctx {
-        proxy,
+        plane: &proxy.plane,
         pools,
         listener,
         peer,
@@ -201,8 +204,12 @@ async fn handle(
             Some(Some(Slot::Later(f, keep)))
         }
         Err(e) => {
-            let settled =
-                api::unavailable::settle(&e, Some(&kept), &listener.identity, &proxy.metrics);
+            let settled = pipeline::unavailable::settle(
+                &e,
+                Some(&kept),
+                &listener.identity,
+                &proxy.plane.metrics,
+            );
             match settled.answer {
                 Some(frame) => {
                     tracing::debug!(client = %peer, client_id, api = codec::api_name(api_key), version,
@@ -232,7 +239,7 @@ async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Outpu
 }
 
 /// An answer being awaited: ready at once, or still to come.
-type Answer = Either<std::future::Ready<anyhow::Result<Reply>>, Respond>;
+type Answer = Either<std::future::Ready<crate::pipeline::Result<Reply>>, Respond>;
 
 /// The answers of one connection not yet written. All of them are polled
 /// (their upstream waits and timeouts run) while the first is awaited; they
@@ -319,8 +326,12 @@ async fn write_loop(
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
-                let settled =
-                    api::unavailable::settle(&e, kept.as_ref(), &identity, &proxy.metrics);
+                let settled = pipeline::unavailable::settle(
+                    &e,
+                    kept.as_ref(),
+                    &identity,
+                    &proxy.plane.metrics,
+                );
                 let Some(frame) = settled.answer else {
                     tracing::warn!(client = %peer, kind = settled.kind, reason = %format!("{e:#}"),
                         "closing client connection: no answer to give");
@@ -354,7 +365,7 @@ async fn write_loop(
             }
         };
         match written {
-            Ok(n) => proxy.metrics.client_bytes_sent.inc_by(n as u64 + 4),
+            Ok(n) => proxy.plane.metrics.client_bytes_sent.inc_by(n as u64 + 4),
             Err(e) => {
                 tracing::debug!(client = %peer, error = %e, "client write failed");
                 return;

@@ -56,12 +56,25 @@ impl Loaded {
     }
 }
 
-/// State shared by every connection.
+/// State shared by every connection: the data plane, and what only the
+/// process needs (the config and its text for reloads, listeners, counters).
 pub struct Proxy {
+    pub plane: Arc<DataPlane>,
     pub cfg: Validated,
+    pub listeners: Vec<Arc<Listener>>,
+    /// The config text last applied (start or reload).
+    config_text: std::sync::Mutex<String>,
+    pub started: Instant,
+    connections_total: AtomicU64,
+}
+
+/// What the data path reads: sites, routes, tee, failover, producer ids,
+/// plugins, metrics, and the caches built from the sites' views. Request
+/// handlers and pipeline stages get this (or the parts of it they use),
+/// never the config or the process's own state.
+pub struct DataPlane {
     /// The main listener's identity (`listen`).
     pub identity: Arc<Identity>,
-    pub listeners: Vec<Arc<Listener>>,
     /// Every configured site, in config order (indexes used by `route`).
     pub sites: Vec<Arc<Site>>,
     /// The site serving unrouted topics.
@@ -72,15 +85,11 @@ pub struct Proxy {
     pub producer_ids: Arc<ProducerIds>,
     /// WASM plugins (none when the plugin host could not start).
     pub plugins: Option<Arc<crate::plugin::registry::Registry>>,
-    /// The config text last applied (start or reload).
-    config_text: std::sync::Mutex<String>,
     pub metrics: Arc<Metrics>,
-    pub started: Instant,
     /// Built once every site's versions are known.
     versions: ArcSwapOption<VersionTable>,
     /// Virtual topic id → virtual name, with the site generations it was built from.
     virtual_ids: ArcSwapOption<(Vec<u64>, HashMap<Uuid, String>)>,
-    connections_total: AtomicU64,
 }
 
 impl Proxy {
@@ -150,24 +159,43 @@ impl Proxy {
                 None
             }
         };
-        Arc::new(Proxy {
-            config_text: std::sync::Mutex::new(cfg.text.clone()),
-            plugins,
-            cfg,
+        let plane = Arc::new(DataPlane {
             identity,
-            listeners,
             sites,
             site,
             router,
             tee,
             failover,
             producer_ids,
+            plugins,
             metrics,
-            started: Instant::now(),
             versions: ArcSwapOption::empty(),
             virtual_ids: ArcSwapOption::empty(),
+        });
+        Arc::new(Proxy {
+            config_text: std::sync::Mutex::new(cfg.text.clone()),
+            plane,
+            cfg,
+            listeners,
+            started: Instant::now(),
             connections_total: AtomicU64::new(0),
         })
+    }
+
+    pub fn connections_total(&self) -> u64 {
+        self.connections_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts a client connection accepted.
+    pub fn connection_accepted(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl DataPlane {
+    /// A site by index (indexes come from the router, so they are valid).
+    pub fn site(&self, i: usize) -> Arc<Site> {
+        self.sites.get(i).unwrap_or(&self.site).clone()
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -205,15 +233,6 @@ impl Proxy {
         let found = map.get(id).cloned();
         self.virtual_ids.store(Some(Arc::new((gens, map))));
         found
-    }
-
-    pub fn connections_total(&self) -> u64 {
-        self.connections_total.load(Ordering::Relaxed)
-    }
-
-    /// Counts a client connection accepted.
-    pub fn connection_accepted(&self) {
-        self.connections_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The versions clients may use. Until the upstream has told us its
@@ -289,7 +308,7 @@ pub async fn reload(p: &Proxy) -> Result<ReloadReport, ReloadReport> {
             restart,
         ));
     }
-    let Some(reg) = &p.plugins else {
+    let Some(reg) = &p.plane.plugins else {
         return Err(fail(
             vec!["the WASM plugin host did not start".into()],
             Vec::new(),

@@ -23,6 +23,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("failover", &["failover"]),
     // What every connection shares, built from the config.
     ("shared state", &["shared"]),
+    // The request pipeline: its phases, its stages, sending and the
+    // upstream-failure answers.
+    ("pipeline", &["pipeline"]),
     // The request handlers.
     ("api", &["api"]),
     ("connections", &["session", "admin"]),

@@ -19,15 +19,18 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use super::names::Names;
 use super::{scatter, Ctx, Outcome};
 use crate::codec::RequestFrame;
+use crate::pipeline::names::Names;
 use crate::upstream::Target;
 
 /// Config resource type TOPIC.
 const TOPIC_RESOURCE: i8 = 2;
 
-pub async fn create_topics(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn create_topics(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let body: CreateTopicsRequest = req.decode()?;
     let identity = ctx.identity();
     per_site(
@@ -54,7 +57,10 @@ pub async fn create_topics(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resu
     .await
 }
 
-pub async fn delete_topics(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn delete_topics(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let body: DeleteTopicsRequest = req.decode()?;
     per_site(
         ctx,
@@ -77,7 +83,10 @@ pub async fn delete_topics(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resu
     .await
 }
 
-pub async fn create_partitions(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn create_partitions(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let body: CreatePartitionsRequest = req.decode()?;
     per_site(
         ctx,
@@ -106,7 +115,10 @@ fn virt_resource(names: &Names, site: usize, kind: i8, name: &mut StrBytes) {
     }
 }
 
-pub async fn describe_configs(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn describe_configs(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let body: DescribeConfigsRequest = req.decode()?;
     per_site(
         ctx,
@@ -129,7 +141,10 @@ pub async fn describe_configs(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
     .await
 }
 
-pub async fn alter_configs(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn alter_configs(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let body: AlterConfigsRequest = req.decode()?;
     per_site(
         ctx,
@@ -155,7 +170,7 @@ pub async fn alter_configs(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resu
 pub async fn incremental_alter_configs(
     ctx: &mut Ctx<'_>,
     req: RequestFrame,
-) -> anyhow::Result<Outcome> {
+) -> crate::pipeline::Result<Outcome> {
     let body: IncrementalAlterConfigsRequest = req.decode()?;
     per_site(
         ctx,
@@ -188,13 +203,13 @@ async fn per_site<Req, Item, Resp>(
     items: fn(&mut Req) -> &mut Vec<Item>,
     name: fn(&mut Item) -> Option<&mut StrBytes>,
     merge: impl FnOnce(&Names, Vec<(usize, Resp)>) -> Resp + Send + 'static,
-) -> anyhow::Result<Outcome>
+) -> crate::pipeline::Result<Outcome>
 where
     Req: Encodable + Clone,
     Item: Clone,
     Resp: Decodable + Encodable + Send + 'static,
 {
-    let router = ctx.proxy.router.clone();
+    let router = ctx.plane.router.clone();
     let mut names = Names::default();
     let mut by_site: BTreeMap<usize, Vec<Item>> = BTreeMap::new();
     for mut item in std::mem::take(items(&mut body)) {

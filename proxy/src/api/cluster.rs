@@ -9,7 +9,7 @@ use super::{Ctx, Outcome, Reply};
 use crate::codec::errors::UNSUPPORTED_ENDPOINT_TYPE;
 use crate::codec::{self, RequestFrame};
 
-pub fn describe(ctx: &mut Ctx<'_>, req: &RequestFrame) -> anyhow::Result<Outcome> {
+pub fn describe(ctx: &mut Ctx<'_>, req: &RequestFrame) -> crate::pipeline::Result<Outcome> {
     let body: DescribeClusterRequest = req.decode()?;
     let id = ctx.identity();
     let mut resp = DescribeClusterResponse::default();

@@ -14,30 +14,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::{
-    offset_commit_response, offset_delete_response, offset_fetch_response,
-    txn_offset_commit_response, AddOffsetsToTxnRequest, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, ApiKey, BrokerId, DeleteGroupsRequest, DeleteGroupsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, EndTxnRequest, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
-    SyncGroupRequest, TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    offset_commit_response, offset_delete_response, offset_fetch_response, AddOffsetsToTxnRequest,
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey, BrokerId, DeleteGroupsRequest,
+    DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, EndTxnRequest,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, TopicName, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::fence::{fenced, txn_fenced};
-use super::names::Names;
 use super::{forward, forward_frame, forward_rewriting, scatter, Ctx, Outcome, Reply};
 use crate::codec::errors;
 use crate::codec::errors::{COORDINATOR_LOAD_IN_PROGRESS, UNKNOWN_MEMBER_ID};
 use crate::codec::{self, RequestFrame};
+use crate::pipeline::holds::{add_partitions_answer, fenced, txn_commit_answer, txn_fenced};
+use crate::pipeline::names::Names;
 use crate::route::Who;
 use crate::upstream::{Coordinator, Target};
 
 const GROUP: i8 = 0;
 const TRANSACTION: i8 = 1;
 
-pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn find_coordinator(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let body: FindCoordinatorRequest = req.decode()?;
     let keys: Vec<StrBytes> = if req.api_version >= 4 {
         body.coordinator_keys.clone()
@@ -86,15 +89,15 @@ pub async fn find_coordinator(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::R
 /// timeout) and then names the new site: neither site may serve the group
 /// meanwhile, and asking the old one could wait on a dead site. A switch
 /// that outlasts the wait gets the retriable error its client waits out
-/// (`api::unavailable`).
+/// (`pipeline::unavailable`).
 async fn coordinator_site(
     ctx: &Ctx<'_>,
     who: Who<'_>,
     key: &str,
 ) -> Result<usize, crate::upstream::UpstreamError> {
-    let router = &ctx.proxy.router;
+    let router = &ctx.plane.router;
     if let Some(r) = router.group_route(who, key) {
-        if !router.settled(&[r], ctx.proxy.site.control_timeout()).await {
+        if !router.settled(&[r], ctx.plane.site.control_timeout()).await {
             return Err(crate::upstream::UpstreamError::Switching(
                 router.routes()[r].name.clone(),
             ));
@@ -138,7 +141,7 @@ fn group_topics<T>(
     topics: &mut Vec<T>,
     name_of: impl Fn(&mut T) -> &mut TopicName,
 ) -> Vec<T> {
-    let router = &ctx.proxy.router;
+    let router = &ctx.plane.router;
     let mut foreign = Vec::new();
     let mut kept = Vec::with_capacity(topics.len());
     for mut t in topics.drain(..) {
@@ -187,7 +190,7 @@ fn warn_cross_site(group: &str, topic: &str, topic_site: &str, group_site: &str)
 /// Single-group requests: route to the group's coordinator on the group's
 /// site. Offset requests have their topics renamed and leader epochs
 /// neutralised; membership requests go byte for byte.
-pub async fn by_group(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn by_group(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
     let who = ctx.who(&req);
     let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
     let who = Who {
@@ -216,14 +219,18 @@ pub async fn by_group(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Ou
         ApiKey::OffsetCommit => return offset_commit(ctx, who, req).await,
         ApiKey::TxnOffsetCommit => return txn_offset_commit(ctx, who, req).await,
         ApiKey::OffsetDelete => return offset_delete(ctx, who, req).await,
-        other => anyhow::bail!("{other:?} is not a group request"),
+        other => {
+            return Err(crate::pipeline::Error::protocol(format!(
+                "{other:?} is not a group request"
+            )))
+        }
     };
     if let Some(m) = &member {
-        if let Some(reply) = fenced(ctx, &req, group.0.as_str(), m.as_str())? {
+        if let Some(reply) = fenced(&ctx.plane.failover, &req, group.0.as_str(), m.as_str())? {
             return Ok(reply);
         }
         if req.api_key == ApiKey::LeaveGroup {
-            ctx.proxy.failover.fence.left(group.0.as_str(), m.as_str());
+            ctx.plane.failover.fence.left(group.0.as_str(), m.as_str());
         }
     }
     let target = coordinator(ctx, who, GROUP, group.0.as_str()).await?;
@@ -232,11 +239,15 @@ pub async fn by_group(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Ou
 
 /// JoinGroup: forwarded as is; the member id the coordinator hands out is
 /// remembered with the route's epoch, so fencing knows it after a switch.
-async fn join_group(ctx: &mut Ctx<'_>, who: Who<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+async fn join_group(
+    ctx: &mut Ctx<'_>,
+    who: Who<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let b = req.decode::<JoinGroupRequest>()?;
     let group = b.group_id.0.to_string();
     let target = coordinator(ctx, who, GROUP, &group).await?;
-    let fo = ctx.proxy.failover.clone();
+    let fo = ctx.plane.failover.clone();
     let Some(route) = fo.group_route(&group) else {
         return forward(ctx, target, &req).await;
     };
@@ -264,10 +275,10 @@ async fn offset_commit(
     ctx: &mut Ctx<'_>,
     who: Who<'_>,
     req: RequestFrame,
-) -> anyhow::Result<Outcome> {
+) -> crate::pipeline::Result<Outcome> {
     let mut b: OffsetCommitRequest = req.decode()?;
     let group = b.group_id.0.to_string();
-    let fo = ctx.proxy.failover.clone();
+    let fo = ctx.plane.failover.clone();
     let failover_route = fo.group_route(&group);
     if let Some(route) = failover_route {
         // A member from before a switch commits old-site offsets: refused,
@@ -299,7 +310,7 @@ async fn offset_commit(
             } else {
                 Some(UNKNOWN_MEMBER_ID)
             }
-        } else if ctx.proxy.router.side(route).held() {
+        } else if ctx.plane.router.side(route).held() {
             Some(COORDINATOR_LOAD_IN_PROGRESS)
         } else {
             None
@@ -376,7 +387,7 @@ async fn offset_commit(
     let site = target.0;
     let frame = codec::encode_request(req.api_key, req.api_version, req.client_id.clone(), &b)?;
     let pending = ctx.pools.call(target, req.api_key, frame).await?;
-    let timeout = ctx.proxy.request_timeout();
+    let timeout = ctx.plane.request_timeout();
     let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
     Ok(Outcome::Later(Box::pin(async move {
         let frame = pending.wait(timeout).await?;
@@ -403,9 +414,9 @@ async fn txn_offset_commit(
     ctx: &mut Ctx<'_>,
     who: Who<'_>,
     req: RequestFrame,
-) -> anyhow::Result<Outcome> {
+) -> crate::pipeline::Result<Outcome> {
     let mut b: TxnOffsetCommitRequest = req.decode()?;
-    if let Some(reply) = txn_fenced(ctx, &req, b.transactional_id.0.as_str())? {
+    if let Some(reply) = txn_fenced(&ctx.plane.failover, &req, b.transactional_id.0.as_str())? {
         return Ok(reply);
     }
     // Routed like the transaction's other requests (transaction coordinator);
@@ -446,7 +457,7 @@ async fn offset_delete(
     ctx: &mut Ctx<'_>,
     who: Who<'_>,
     req: RequestFrame,
-) -> anyhow::Result<Outcome> {
+) -> crate::pipeline::Result<Outcome> {
     let mut b: OffsetDeleteRequest = req.decode()?;
     let target = coordinator(ctx, who, GROUP, b.group_id.0.as_str()).await?;
     let mut names = Names::default();
@@ -509,7 +520,7 @@ async fn finish_offsets<Req, Resp, T>(
     topics: fn(&mut Resp) -> &mut Vec<T>,
     name: fn(&mut T) -> &mut TopicName,
     after: impl FnOnce(&mut Resp) + Send + 'static,
-) -> anyhow::Result<Outcome>
+) -> crate::pipeline::Result<Outcome>
 where
     Req: kafka_protocol::protocol::Encodable,
     Resp: kafka_protocol::protocol::Decodable
@@ -547,7 +558,10 @@ where
 /// coordinators and sites. Topic names are renamed both ways; "all topics"
 /// answers show only topics this client sees, by its names; committed leader
 /// epochs are neutralised.
-pub async fn offset_fetch(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn offset_fetch(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let mut body: OffsetFetchRequest = req.decode()?;
     let who = ctx.who(&req);
     let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
@@ -555,7 +569,7 @@ pub async fn offset_fetch(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Resul
         listener: &listener,
         client_id: &client_id,
     };
-    let router = ctx.proxy.router.clone();
+    let router = ctx.plane.router.clone();
     let mut names = Names::default();
     if req.api_version < 8 {
         let target = coordinator(ctx, who, GROUP, body.group_id.0.as_str()).await?;
@@ -733,7 +747,7 @@ fn neutralise(r: &mut OffsetFetchResponse) {
 /// DescribeGroups / DeleteGroups: several groups, split per coordinator.
 /// Member metadata and assignments carry the names clients used (virtual
 /// names), so they need no renaming.
-pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
     let who = ctx.who(&req);
     let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
     let who = Who {
@@ -802,8 +816,8 @@ pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<O
 
 /// ListGroups: every broker knows only the groups it coordinates; ask every
 /// broker of every site that coordinates groups.
-pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
-    let router = ctx.proxy.router.clone();
+pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
+    let router = ctx.plane.router.clone();
     let mut sites = vec![router.default_site()];
     sites.extend(
         router
@@ -849,7 +863,10 @@ pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result
 /// without a transactional id goes to any broker of the default site.
 /// AddPartitionsToTxn names topics: they are renamed, and must live on the
 /// transaction's site (a transaction cannot span clusters).
-pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn by_transaction(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
     let who = ctx.who(&req);
     let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
     let who = Who {
@@ -877,16 +894,22 @@ pub async fn by_transaction(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Res
                 .0
                 .to_string(),
         ),
-        other => anyhow::bail!("{other:?} is not a transaction request"),
+        other => {
+            return Err(crate::pipeline::Error::protocol(format!(
+                "{other:?} is not a transaction request"
+            )))
+        }
     };
     let Some(id) = txn else {
-        anyhow::bail!("transaction request without a transactional id");
+        return Err(crate::pipeline::Error::protocol(
+            "transaction request without a transactional id",
+        ));
     };
-    if let Some(reply) = txn_fenced(ctx, &req, &id)? {
+    if let Some(reply) = txn_fenced(&ctx.plane.failover, &req, &id)? {
         return Ok(reply);
     }
     let target = coordinator(ctx, who, TRANSACTION, &id).await?;
-    let fo = ctx.proxy.failover.clone();
+    let fo = ctx.plane.failover.clone();
     match fo.group_route(&id) {
         Some(route) if req.api_key == ApiKey::InitProducerId => {
             let epoch = fo.epoch(route);
@@ -916,17 +939,17 @@ async fn init_producer_id(
     ctx: &Ctx<'_>,
     req: &RequestFrame,
     b: &InitProducerIdRequest,
-) -> anyhow::Result<Outcome> {
+) -> crate::pipeline::Result<Outcome> {
     let (pid, epoch) = ctx
-        .proxy
+        .plane
         .producer_ids
         .issue((b.producer_id.0, b.producer_epoch));
     // The id on the home site is allocated now, as a direct client's would
     // be, so the first batch does not wait for it. Other sites (and a home
     // site that is down now) allocate on first use.
-    let home = ctx.proxy.router.home_site();
+    let home = ctx.plane.router.home_site();
     if let Err(e) = ctx
-        .proxy
+        .plane
         .producer_ids
         .on_site(&ctx.site(home), home, pid, epoch)
         .await
@@ -948,14 +971,14 @@ async fn add_partitions_to_txn(
     ctx: &mut Ctx<'_>,
     who: Who<'_>,
     req: RequestFrame,
-) -> anyhow::Result<Outcome> {
+) -> crate::pipeline::Result<Outcome> {
     let mut b: AddPartitionsToTxnRequest = req.decode()?;
     let txn = b.v3_and_below_transactional_id.0.to_string();
-    if let Some(reply) = txn_fenced(ctx, &req, &txn)? {
+    if let Some(reply) = txn_fenced(&ctx.plane.failover, &req, &txn)? {
         return Ok(reply);
     }
     let target = coordinator(ctx, who, TRANSACTION, &txn).await?;
-    let router = ctx.proxy.router.clone();
+    let router = ctx.plane.router.clone();
     let mut names = Names::default();
     let mut foreign = Vec::new();
     let mut kept = Vec::new();
@@ -1041,55 +1064,4 @@ pub fn commit_answer(
             rt
         })
         .collect()
-}
-
-/// TxnOffsetCommit answers for `topics`, every partition with `code`.
-pub fn txn_commit_answer(
-    topics: &[kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestTopic],
-    code: i16,
-) -> Vec<txn_offset_commit_response::TxnOffsetCommitResponseTopic> {
-    topics
-        .iter()
-        .map(|t| {
-            let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
-            rt.name = t.name.clone();
-            rt.partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let mut rp =
-                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = code;
-                    rp
-                })
-                .collect();
-            rt
-        })
-        .collect()
-}
-
-/// An AddPartitionsToTxn (v0-3) answer with one error code per topic.
-pub fn add_partitions_answer<'a>(
-    topics: impl IntoIterator<Item = (TopicName, &'a Vec<i32>, i16)>,
-) -> AddPartitionsToTxnResponse {
-    use kafka_protocol::messages::add_partitions_to_txn_response::{
-        AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-    };
-    let mut r = AddPartitionsToTxnResponse::default();
-    for (name, parts, code) in topics {
-        let mut rt = AddPartitionsToTxnTopicResult::default();
-        rt.name = name;
-        rt.results_by_partition = parts
-            .iter()
-            .map(|&i| {
-                let mut p = AddPartitionsToTxnPartitionResult::default();
-                p.partition_index = i;
-                p.partition_error_code = code;
-                p
-            })
-            .collect();
-        r.results_by_topic_v3_and_below.push(rt);
-    }
-    r
 }

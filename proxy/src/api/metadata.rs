@@ -14,22 +14,22 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponseTopic};
-use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::names::Names;
 use super::{rewrite_or_pass, Ctx, Outcome, Reply};
 use crate::codec::{self, RequestFrame};
-use crate::identity::Identity;
+use crate::pipeline::identity::metadata_answer as virtualise;
+use crate::pipeline::names::Names;
 use crate::upstream::PendingResponse;
 
 /// Retriable; the answer for topics of a site that is unreachable right now.
 use crate::codec::errors::LEADER_NOT_AVAILABLE;
 
-pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> anyhow::Result<Outcome> {
+pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
     let mut body: MetadataRequest = req.decode()?;
-    let proxy = ctx.proxy.clone();
+    let proxy = ctx.plane.clone();
     let router = proxy.router.clone();
     let who = ctx.who(&req);
     let (listener, client_id) = (who.listener.to_string(), who.client_id.to_string());
@@ -257,54 +257,15 @@ async fn call_any(
     ctx.pools.call((si, broker), ApiKey::Metadata, frame).await
 }
 
-/// Replaces every upstream identity in a Metadata response with the virtual one.
-pub fn virtualise(id: &Identity, resp: &mut MetadataResponse) {
-    resp.brokers = id
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut b = MetadataResponseBroker::default();
-            b.node_id = BrokerId(n.node_id);
-            b.host = StrBytes::from_string(n.host.clone());
-            b.port = n.port;
-            b.rack = id.rack.clone().map(StrBytes::from_string);
-            b
-        })
-        .collect();
-    resp.cluster_id = Some(StrBytes::from_string(id.cluster_id.clone()));
-    resp.controller_id = BrokerId(id.controller_id());
-    for t in &mut resp.topics {
-        let Some(name) = t.name.as_ref().map(|n| n.0.to_string()) else {
-            continue;
-        };
-        if !t.topic_id.is_nil() {
-            t.topic_id = id.topic_id(&name);
-        }
-        for p in &mut t.partitions {
-            let replicas = id.replicas_for(&name, p.partition_index, p.replica_nodes.len());
-            let isr_len = p.isr_nodes.len().min(replicas.len());
-            p.leader_id = if p.leader_id.0 >= 0 {
-                BrokerId(id.leader_for(&name, p.partition_index).node_id)
-            } else {
-                BrokerId(-1)
-            };
-            p.leader_epoch = -1;
-            p.isr_nodes = replicas[..isr_len.max(usize::from(p.leader_id.0 >= 0))]
-                .iter()
-                .map(|r| BrokerId(*r))
-                .collect();
-            p.replica_nodes = replicas.into_iter().map(BrokerId).collect();
-            p.offline_replicas.clear();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Identity;
+    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
     use kafka_protocol::messages::metadata_response::{
         MetadataResponsePartition, MetadataResponseTopic,
     };
+    use kafka_protocol::messages::BrokerId;
 
     #[test]
     fn nothing_upstream_survives() {

@@ -208,6 +208,74 @@ impl BatchParams {
     };
 }
 
+/// Where the producer fields sit in a v2 batch header.
+const LAST_OFFSET_DELTA_OFFSET: usize = 23;
+const PRODUCER_ID_OFFSET: usize = 43;
+const PRODUCER_EPOCH_OFFSET: usize = 51;
+const BASE_SEQUENCE_OFFSET: usize = 53;
+const RECORDS_COUNT_OFFSET: usize = 57;
+
+/// The header fields of one whole v2 batch of a produce request, read
+/// without checking its CRC or touching its records: the broker checks
+/// those, and a request is only routed, never judged, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    /// Where the batch starts in the record set, and its whole length.
+    pub at: usize,
+    pub len: usize,
+    pub transactional: bool,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+    pub last_offset_delta: i32,
+}
+
+/// The whole v2 batches of a record set, in order. The walk stops at the
+/// first piece that is not one (the broker will say what is wrong with it).
+pub fn producer_fields(records: &[u8]) -> Vec<ProducerFields> {
+    let be_i16 = |b: &[u8], at: usize| i16::from_be_bytes([b[at], b[at + 1]]);
+    let be_i32 = |b: &[u8], at: usize| i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some(b) = records.get(at..).filter(|b| b.len() >= HEADER_LEN) {
+        let len = usize::try_from(be_i32(b, LENGTH_OFFSET)).unwrap_or(0) + LOG_OVERHEAD;
+        if len < HEADER_LEN || len > b.len() || b[16] != 2 {
+            break;
+        }
+        let pid_bytes = &b[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8];
+        let mut pid = [0u8; 8];
+        pid.copy_from_slice(pid_bytes);
+        out.push(ProducerFields {
+            at,
+            len,
+            transactional: be_i16(b, ATTRIBUTES_OFFSET) & ATTR_TRANSACTIONAL != 0,
+            producer_id: i64::from_be_bytes(pid),
+            producer_epoch: be_i16(b, PRODUCER_EPOCH_OFFSET),
+            base_sequence: be_i32(b, BASE_SEQUENCE_OFFSET),
+            records_count: be_i32(b, RECORDS_COUNT_OFFSET),
+            last_offset_delta: be_i32(b, LAST_OFFSET_DELTA_OFFSET),
+        });
+        at += len;
+    }
+    out
+}
+
+/// Writes producer id, epoch and base sequence into one whole v2 batch and
+/// recomputes its CRC-32C (which covers everything from the attributes on).
+/// A slice shorter than a batch header is left alone.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    batch[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2].copy_from_slice(&epoch.to_be_bytes());
+    batch[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4]
+        .copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    batch[CRC_OFFSET..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Walks a record set: batches back to back, as in a Fetch response.
 ///
 /// A Fetch response may end partway through a batch (the size limit cuts it);

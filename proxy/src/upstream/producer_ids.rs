@@ -104,7 +104,7 @@ impl SiteProducer {
 const MAX_MAPPINGS: usize = 100_000;
 
 /// (site index, client producer id, client epoch).
-type MappingKey = (usize, i64, i16);
+pub type MappingKey = (usize, i64, i16);
 
 pub struct ProducerIds {
     /// A cell per (site, client pid, epoch), filled by the first request
@@ -166,9 +166,11 @@ impl ProducerIds {
         .await
     }
 
-    /// The mapping for `key`, allocated with `allocate` by the first caller
-    /// (a failed allocation leaves it to the next caller to try again).
-    async fn mapped<F, Fut>(
+    /// The mapping for `key` (site index, client pid, client epoch),
+    /// allocated with `allocate` by the first caller (a failed allocation
+    /// leaves it to the next caller to try again). `on_site` allocates on
+    /// the site; tests allocate without one.
+    pub async fn mapped<F, Fut>(
         &self,
         key: MappingKey,
         allocate: F,

@@ -1,8 +1,8 @@
 //! Splitting topic/partition-addressed requests by site and upstream leader.
 //!
 //! Produce, Fetch, ListOffsets and DeleteRecords share one shape: a list of
-//! topics, each with a list of partitions. `resolve` renames the topics to
-//! their physical names and finds their sites (`route`); `plan` decides which
+//! topics, each with a list of partitions. Once `names::resolve` renamed the
+//! topics to their physical names and found their sites, `plan` decides which
 //! broker of which site leads each partition; `split` builds one sub-request
 //! per (site, broker) holding only its partitions (record batches stay shared
 //! `Bytes`, never copied).
@@ -16,7 +16,6 @@ use kafka_protocol::messages::{
 
 use super::names::Names;
 use crate::codec::errors;
-use crate::route::{Router, Who};
 use crate::upstream::{Site, Target};
 
 /// `(topic index, partition index)` slots per upstream (site, broker).
@@ -108,29 +107,6 @@ partitioned!(
     partitions,
     partition_index
 );
-
-/// Renames every topic of `req` to its physical name and returns each topic's
-/// site (`None` for topics in `skip`, which were already answered).
-pub fn resolve<R: Partitioned>(
-    req: &mut R,
-    names: &mut Names,
-    router: &Router,
-    who: Who<'_>,
-    skip: &[usize],
-) -> Vec<Option<usize>> {
-    req.topics_mut()
-        .iter_mut()
-        .enumerate()
-        .map(|(ti, t)| {
-            if skip.contains(&ti) {
-                return None;
-            }
-            let (site, phys) = names.resolve(router, who, R::topic_name(t));
-            *R::topic_name_mut(t) = phys;
-            Some(site)
-        })
-        .collect()
-}
 
 /// Finds the upstream leader of every partition of `req` on its topic's site
 /// (refreshing that site's view once on a miss). Topics without a site are

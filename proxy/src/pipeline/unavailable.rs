@@ -28,8 +28,7 @@ use crate::codec::errors::{
 };
 use crate::codec::{self, RequestFrame};
 use crate::identity::Identity;
-use crate::metrics::{kind, Metrics};
-use crate::upstream::UpstreamError;
+use crate::metrics::Metrics;
 
 /// How a request that failed ends. Every failure of the data path, in the
 /// route phase or while its answer was awaited, is settled here: counted
@@ -46,19 +45,17 @@ pub struct Settled {
 /// Settles `error`, the failure of `req` (`None`: a request that keeps no
 /// copy, Produce, which answers its own partitions' failures).
 pub fn settle(
-    error: &anyhow::Error,
+    error: &super::Error,
     req: Option<&RequestFrame>,
     identity: &Identity,
     metrics: &Metrics,
 ) -> Settled {
-    let upstream = error.downcast_ref::<UpstreamError>();
-    let kind = match upstream {
-        Some(UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
-        Some(_) => kind::UPSTREAM,
-        None => kind::MALFORMED_REQUEST,
-    };
+    let kind = error.kind();
     metrics.error(kind);
-    let answer = upstream.and(req).and_then(|r| answer(r, identity, metrics));
+    let answer = error
+        .upstream()
+        .and(req)
+        .and_then(|r| answer(r, identity, metrics));
     if answer.is_none() {
         metrics.client_closed(kind);
     }
@@ -178,7 +175,7 @@ fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16,
                 rt.error_code = LEADER_NOT_AVAILABLE;
                 resp.topics.push(rt);
             }
-            super::metadata::virtualise(identity, &mut resp);
+            super::identity::metadata_answer(identity, &mut resp);
             encode(req, LEADER_NOT_AVAILABLE, &resp)
         }
         ApiKey::FindCoordinator => {
@@ -446,6 +443,8 @@ pub fn produce(body: &ProduceRequest) -> ProduceResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::kind;
+    use crate::upstream::UpstreamError;
     use kafka_protocol::protocol::{Decodable, StrBytes};
 
     fn frame<R: Encodable>(api: ApiKey, version: i16, body: &R) -> RequestFrame {
@@ -489,7 +488,7 @@ mod tests {
 
         // A broker that froze: counted as such, answered for.
         let timed_out = anyhow::Error::new(UpstreamError::Timeout("b:9092".into()));
-        let s = settle(&timed_out, Some(&req), &id, &metrics);
+        let s = settle(&timed_out.into(), Some(&req), &id, &metrics);
         assert_eq!(s.kind, kind::UPSTREAM_TIMEOUT);
         let f = s.answer.expect("answered for the broker");
         let r: MetadataResponse =
@@ -498,12 +497,12 @@ mod tests {
 
         // Produce keeps no copy: nothing to answer with, the connection closes.
         let refused = anyhow::Error::new(UpstreamError::Closed("b:9092".into()));
-        let s = settle(&refused, None, &id, &metrics);
+        let s = settle(&refused.into(), None, &id, &metrics);
         assert_eq!((s.kind, s.answer.is_none()), (kind::UPSTREAM, true));
 
         // Not an upstream's fault (a request we could not decode): close.
         let bad = anyhow::anyhow!("malformed");
-        let s = settle(&bad, Some(&req), &id, &metrics);
+        let s = settle(&bad.into(), Some(&req), &id, &metrics);
         assert_eq!(
             (s.kind, s.answer.is_none()),
             (kind::MALFORMED_REQUEST, true)

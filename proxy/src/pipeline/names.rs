@@ -1,17 +1,46 @@
-//! Topic names of one request: what the client calls a topic (virtual) and
-//! where it lives (site + physical name).
+//! The names stage: what the client calls a topic (virtual) and where it
+//! lives (site + physical name), for one request.
 //!
 //! Every handler that carries topic names resolves them here on the way in
 //! and maps the answers back on the way out, so renaming happens in one place
 //! per request and responses reuse the request's own mapping (no guessing
-//! from the physical name, which could be ambiguous across sites).
+//! from the physical name, which could be ambiguous across sites). The
+//! partitioned APIs run [`resolve`] as a pipeline stage; the answers take the
+//! client's names back in each API's `to_client`.
 
 use std::collections::HashMap;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 
+use super::split::Partitioned;
+use super::{Api, Exchange};
 use crate::route::{Router, Who};
+
+/// The names stage: every topic of the request under its physical name,
+/// each topic's site in `x.site_of` (`None` for the topics in `skip`,
+/// already answered). A rename touches the request.
+pub fn resolve<A: Api>(x: &mut Exchange<A>, router: &Router, who: Who<'_>, skip: &[usize]) {
+    let names = &mut x.names;
+    x.site_of = x
+        .body
+        .topics_mut()
+        .iter_mut()
+        .enumerate()
+        .map(|(ti, t)| {
+            if skip.contains(&ti) {
+                return None;
+            }
+            let name = A::Req::topic_name_mut(t);
+            let (site, phys) = names.resolve(router, who, name);
+            *name = phys;
+            Some(site)
+        })
+        .collect();
+    if x.names.renamed() {
+        x.touch("names");
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -168,6 +197,20 @@ impl Names {
     }
 }
 
+/// The physical name of a topic in a site's Fetch answer: by its real id
+/// from v13 (`view` is the site's view when the request was routed).
+pub fn fetch_physical(
+    view: &crate::upstream::ClusterView,
+    version: i16,
+    t: &kafka_protocol::messages::fetch_response::FetchableTopicResponse,
+) -> Option<String> {
+    if version >= 13 {
+        view.names_by_id.get(&t.topic_id).cloned()
+    } else {
+        Some(t.topic.0.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +277,59 @@ mod tests {
             "v5 no longer lives at p5"
         );
         assert_eq!(n.virt(1, &name("p997")), name("v997"));
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+    use crate::api::partitions::ListOffsets;
+    use crate::pipeline::testing::{exchange, plane, WHO};
+    use kafka_protocol::messages::list_offsets_request::ListOffsetsTopic;
+    use kafka_protocol::messages::ListOffsetsRequest;
+
+    fn request(topics: &[&str]) -> ListOffsetsRequest {
+        let mut r = ListOffsetsRequest::default();
+        for t in topics {
+            let mut lt = ListOffsetsTopic::default();
+            lt.name = TopicName(StrBytes::from_string(t.to_string()));
+            r.topics.push(lt);
+        }
+        r
+    }
+
+    const RENAMING: &str = "  - name: west
+    topics: {regex: 'orders'}
+    site: b
+    naming: suffix
+";
+
+    #[test]
+    fn resolve_renames_to_physical_and_touches_only_then() {
+        let plane = plane(RENAMING);
+        let mut x = exchange::<ListOffsets>(request(&["clicks", "orders", "gone"]));
+        resolve(&mut x, &plane.router, WHO, &[2]);
+        let names: Vec<&str> = x.body.topics.iter().map(|t| t.name.0.as_str()).collect();
+        assert_eq!(names, ["clicks", "orders-b", "gone"]);
+        assert_eq!(
+            x.site_of,
+            [Some(0), Some(1), None],
+            "skipped topics are not routed"
+        );
+        assert_eq!(x.touched(), ["names"]);
+        assert_eq!(
+            x.names
+                .virt(1, &TopicName(StrBytes::from_static_str("orders-b")))
+                .0
+                .as_str(),
+            "orders"
+        );
+
+        let mut plain = exchange::<ListOffsets>(request(&["clicks"]));
+        resolve(&mut plain, &plane.router, WHO, &[]);
+        assert!(
+            plain.touched().is_empty(),
+            "the client's own names: nothing to re-encode"
+        );
     }
 }

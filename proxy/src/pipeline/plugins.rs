@@ -1,7 +1,12 @@
-//! The plugin hooks of Produce and Fetch: a route's produce chain runs on a
-//! client's batches before they are routed (and teed), its fetch chain on
+//! The plugins stage of Produce and Fetch: a route's produce chain runs on
+//! a client's batches before they are routed (and teed), its fetch chain on
 //! the records of a Fetch answer before the consumer sees them
 //! (`plugin::chain` says what plugins may decide and how failures apply).
+//!
+//! On Produce it is the first request stage (plugins see the client's own
+//! names and may rename or route), and a client stage ([`Origins`]) answers
+//! the client for its own topics and partitions. On Fetch it is a site stage
+//! ([`FetchChains`]) that runs on the plugins' blocking pool.
 //!
 //! Batches no plugin changed keep their bytes (zero-copy on produce: the
 //! client's frame still goes upstream untouched when nothing else changes).
@@ -15,15 +20,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{FetchResponse, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::Ctx;
+use super::names::{fetch_physical, Names};
+use super::{Api, At, ClientStage, Exchange, SiteStage};
 use crate::codec::batch::{self, Layout, WireRecord};
-use crate::codec::RequestFrame;
+use crate::codec::errors::KAFKA_STORAGE_ERROR;
 use crate::plugin::chain::{self, Scope};
 use crate::plugin::registry::{Registry, Which};
 use crate::plugin::{BatchMeta, Loaded, Stage};
+use crate::route::{Router, Who};
 
 // What a batch a fail-closed plugin could not process is answered with:
 // to a producer POLICY_VIOLATION (not retriable: the producer reports it
@@ -71,19 +79,40 @@ impl ProduceHook {
     }
 }
 
-/// Runs the produce chains of the request's routes. `None`: no route of the
-/// request has produce plugins (nothing was looked at).
-pub async fn produce(
-    ctx: &Ctx<'_>,
-    req: &RequestFrame,
-    body: &mut ProduceRequest,
-) -> Option<ProduceHook> {
-    let reg = ctx.proxy.plugins.as_ref()?;
+/// The produce stage, before the names are resolved: runs the produce
+/// chains of the request's routes, pins topics a plugin routed elsewhere,
+/// and registers [`Origins`] when it changed the request (which it then
+/// touches). `None`: no route of the request has produce plugins (nothing
+/// was looked at).
+pub async fn produce<A: Api<Req = ProduceRequest, Resp = ProduceResponse>>(
+    x: &mut Exchange<A>,
+    reg: Option<&Arc<Registry>>,
+    router: &Router,
+    who: Who<'_>,
+) -> Option<Arc<ProduceHook>> {
+    let reg = reg?;
     if !reg.any_produce() {
         return None;
     }
-    let router = ctx.proxy.router.clone();
-    let who = ctx.who(req);
+    let client_id = x.req.client_id.as_ref().map(|c| c.to_string());
+    let hook = Arc::new(run_chains(&mut x.body, reg, router, who, client_id).await);
+    for (topic, site) in &hook.pinned {
+        x.names.pin(topic, *site);
+    }
+    if hook.changed {
+        x.touch("plugins");
+        x.on_client_answer(Arc::new(Origins(hook.clone())));
+    }
+    Some(hook)
+}
+
+async fn run_chains(
+    body: &mut ProduceRequest,
+    reg: &Arc<Registry>,
+    router: &Router,
+    who: Who<'_>,
+    client_id: Option<String>,
+) -> ProduceHook {
     let mut hook = ProduceHook::default();
     let mut added: Vec<TopicProduceData> = Vec::new();
     for t in &mut body.topic_data {
@@ -133,7 +162,7 @@ pub async fn produce(
                 origin_site: site as u16,
                 local_site: site as u16,
                 target_site: None,
-                client_id: req.client_id.as_ref().map(|c| c.to_string()),
+                client_id: client_id.clone(),
                 base_offset: -1,
             };
             match run_produce(reg, &plugins, meta, &physical, site, &records).await {
@@ -175,7 +204,7 @@ pub async fn produce(
         t.partition_data = keep;
     }
     if !hook.changed {
-        return Some(hook);
+        return hook;
     }
     // Moved records may not land in a partition the request also writes:
     // Kafka takes one batch per partition, and merging two producers'
@@ -212,7 +241,79 @@ pub async fn produce(
         }
     }
     body.topic_data.retain(|t| !t.partition_data.is_empty());
-    Some(hook)
+    hook
+}
+
+/// The client stage of a produce the plugins changed: answers under the
+/// client's own topics and partitions (two answers for one client
+/// partition, records kept and records moved, become one: the first error,
+/// else the kept records' offset), then the partitions the plugins answered
+/// themselves.
+pub struct Origins(pub Arc<ProduceHook>);
+
+impl ClientStage<ProduceResponse> for Origins {
+    fn name(&self) -> &'static str {
+        "plugins"
+    }
+
+    fn rewrite(&self, r: &mut ProduceResponse) {
+        let mut out: Vec<TopicProduceResponse> = Vec::with_capacity(r.responses.len());
+        for t in std::mem::take(&mut r.responses) {
+            self.push(&mut out, t);
+        }
+        for (topic, index, code, msg) in &self.0.answered {
+            let mut p = PartitionProduceResponse::default();
+            p.index = *index;
+            p.error_code = *code;
+            p.base_offset = -1;
+            p.error_message = msg.clone().map(StrBytes::from_string);
+            push_partition(&mut out, topic, *index, p, false);
+        }
+        r.responses = out;
+    }
+}
+
+impl Origins {
+    fn push(&self, out: &mut Vec<TopicProduceResponse>, t: TopicProduceResponse) {
+        for p in t.partition_responses {
+            let (topic, index) = self.0.origin(t.name.0.as_str(), p.index);
+            let moved = topic != t.name.0.as_str();
+            push_partition(out, topic, index, p, moved);
+        }
+    }
+}
+
+/// Adds one partition's answer under `topic` and `index`; a second answer
+/// for a partition keeps the first error, else the kept (not `moved`)
+/// records' offset.
+fn push_partition(
+    out: &mut Vec<TopicProduceResponse>,
+    topic: &str,
+    index: i32,
+    mut p: PartitionProduceResponse,
+    moved: bool,
+) {
+    p.index = index;
+    let o = match out.iter_mut().position(|o| o.name.0.as_str() == topic) {
+        Some(i) => &mut out[i],
+        None => {
+            let mut n = TopicProduceResponse::default();
+            n.name = TopicName(StrBytes::from_string(topic.to_string()));
+            out.push(n);
+            let last = out.len() - 1;
+            &mut out[last]
+        }
+    };
+    match o.partition_responses.iter_mut().find(|q| q.index == index) {
+        None => o.partition_responses.push(p),
+        Some(q) => {
+            if q.error_code == 0 && p.error_code != 0 {
+                *q = p;
+            } else if q.error_code == 0 && !moved && p.error_code == 0 {
+                q.base_offset = p.base_offset;
+            }
+        }
+    }
 }
 
 fn add_partition(added: &mut Vec<TopicProduceData>, topic: &str, part: PartitionProduceData) {
@@ -418,5 +519,209 @@ pub fn fetch_records(
             Fetched::Replaced(buf.freeze())
         }
         None => Fetched::Unchanged,
+    }
+}
+
+/// A route's fetch plugins for one topic of the request (snapshot taken
+/// when the request is routed: a reload mid-request does not mix versions).
+struct FetchChain {
+    site: usize,
+    physical: String,
+    virt: String,
+    plugins: Vec<Arc<Loaded>>,
+}
+
+/// The fetch site stage: the fetch chains of the request's topics over
+/// each site's answer, on the plugins' blocking pool. A chain naming a
+/// plugin that is not loaded cannot run: its partitions' records are
+/// refused (KAFKA_STORAGE_ERROR, retriable; fail closed: records a filter
+/// should have seen are never shown unfiltered).
+pub struct FetchChains {
+    reg: Arc<Registry>,
+    chains: Vec<FetchChain>,
+}
+
+/// Registers [`FetchChains`] when a topic of the request has fetch
+/// plugins.
+pub fn fetch<A: Api<Resp = FetchResponse>>(x: &mut Exchange<A>, reg: Option<&Arc<Registry>>) {
+    let Some(reg) = reg.filter(|r| r.any_fetch()) else {
+        return;
+    };
+    let chains = fetch_chains(reg, &x.names);
+    if chains.is_empty() {
+        return;
+    }
+    x.offload = Some(reg.clone());
+    x.on_site_answer(Arc::new(FetchChains {
+        reg: reg.clone(),
+        chains,
+    }));
+}
+
+fn fetch_chains(reg: &Registry, names: &Names) -> Vec<FetchChain> {
+    let mut out = Vec::new();
+    for e in names.entries() {
+        let Some(route) = e.route else { continue };
+        // A missing plugin leaves the chain empty here; it is refused on
+        // the answer.
+        let plugins = match reg.chain(route, Which::Fetch) {
+            Ok(p) if p.is_empty() => continue,
+            Ok(p) => p,
+            Err(_) => Vec::new(),
+        };
+        out.push(FetchChain {
+            site: e.site,
+            physical: e.phys.0.to_string(),
+            virt: e.virt.0.to_string(),
+            plugins,
+        });
+    }
+    out
+}
+
+impl SiteStage<FetchResponse> for FetchChains {
+    fn name(&self) -> &'static str {
+        "plugins"
+    }
+
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    fn rewrite(&self, at: &At, r: &mut FetchResponse) {
+        for t in &mut r.responses {
+            let Some(c) = fetch_physical(&at.view, at.version, t).and_then(|n| {
+                self.chains
+                    .iter()
+                    .find(|c| c.site == at.site && c.physical == n)
+            }) else {
+                continue;
+            };
+            for p in &mut t.partitions {
+                let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let meta = BatchMeta {
+                    stage: Stage::Fetch,
+                    topic: c.virt.clone(),
+                    partition: p.partition_index,
+                    origin_site: at.site as u16,
+                    local_site: at.site as u16,
+                    target_site: None,
+                    client_id: None,
+                    base_offset: -1,
+                };
+                let outcome = if c.plugins.is_empty() {
+                    Fetched::Refused(format!("a fetch plugin of topic {} is not loaded", c.virt))
+                } else {
+                    fetch_records(&self.reg, &c.plugins, meta, records)
+                };
+                match outcome {
+                    Fetched::Unchanged => {}
+                    Fetched::Replaced(b) => p.records = Some(b),
+                    Fetched::Refused(msg) => {
+                        tracing::debug!(topic = %c.virt, partition = p.partition_index, "{msg}");
+                        p.error_code = KAFKA_STORAGE_ERROR;
+                        p.records = Some(Bytes::new());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+    use crate::api::fetch::Fetch;
+    use crate::pipeline::testing::{at, plane};
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+
+    fn partition(index: i32, code: i16, offset: i64) -> PartitionProduceResponse {
+        let mut p = PartitionProduceResponse::default();
+        p.index = index;
+        p.error_code = code;
+        p.base_offset = offset;
+        p
+    }
+
+    fn topic(name: &str, parts: Vec<PartitionProduceResponse>) -> TopicProduceResponse {
+        let mut t = TopicProduceResponse::default();
+        t.name = TopicName(StrBytes::from_string(name.to_string()));
+        t.partition_responses = parts;
+        t
+    }
+
+    #[test]
+    fn origins_answer_the_client_for_its_own_partitions() {
+        let mut hook = ProduceHook {
+            changed: true,
+            ..Default::default()
+        };
+        // Records of orders-0 kept; some moved to audit-3 by a plugin.
+        hook.origins
+            .push((("audit".into(), 3), ("orders".into(), 0)));
+        hook.answered
+            .push(("orders".into(), 1, POLICY_VIOLATION, Some("refused".into())));
+        let stage = Origins(Arc::new(hook));
+        let mut r = ProduceResponse::default();
+        r.responses
+            .push(topic("orders", vec![partition(0, 0, 100)]));
+        r.responses.push(topic("audit", vec![partition(3, 0, 7)]));
+        stage.rewrite(&mut r);
+        assert_eq!(r.responses.len(), 1, "the client never wrote to audit");
+        let parts = &r.responses[0].partition_responses;
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            (parts[0].index, parts[0].error_code, parts[0].base_offset),
+            (0, 0, 100),
+            "the kept records' offset"
+        );
+        assert_eq!((parts[1].index, parts[1].error_code), (1, POLICY_VIOLATION));
+        assert_eq!(parts[1].error_message.as_deref(), Some("refused"));
+
+        // The moved records failed: the client's partition says so.
+        let mut r = ProduceResponse::default();
+        r.responses
+            .push(topic("orders", vec![partition(0, 0, 100)]));
+        r.responses.push(topic("audit", vec![partition(3, 6, -1)]));
+        stage.rewrite(&mut r);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 6);
+    }
+
+    #[test]
+    fn a_fetch_chain_whose_plugin_is_missing_refuses_the_records() {
+        let plane = plane("  - name: main\n    topics: {regex: '.*'}\n    site: a\n");
+        let Some(reg) = plane.plugins.clone() else {
+            return; // no plugin host on this machine: nothing to run
+        };
+        let stage = FetchChains {
+            reg,
+            chains: vec![FetchChain {
+                site: 0,
+                physical: "orders".into(),
+                virt: "orders".into(),
+                plugins: Vec::new(),
+            }],
+        };
+        assert!(stage.blocking(), "plugins run off the async workers");
+        let mut r = FetchResponse::default();
+        for name in ["orders", "clicks"] {
+            let mut p = PartitionData::default();
+            p.records = Some(Bytes::from_static(b"not even batches"));
+            let mut t = FetchableTopicResponse::default();
+            t.topic = TopicName(StrBytes::from_static_str(name));
+            t.partitions.push(p);
+            r.responses.push(t);
+        }
+        stage.rewrite(
+            &at::<Fetch>(0, 12, Names::default(), Default::default()),
+            &mut r,
+        );
+        let orders = &r.responses[0].partitions[0];
+        assert_eq!(orders.error_code, KAFKA_STORAGE_ERROR);
+        assert_eq!(orders.records.as_deref(), Some(&b""[..]));
+        let clicks = &r.responses[1].partitions[0];
+        assert_eq!(clicks.error_code, 0, "no chain on clicks");
     }
 }

@@ -1,0 +1,214 @@
+//! The pipeline's middle and end: plan, split and send a partitioned
+//! request, then take each site's answer through the site stages to the
+//! client's names, merge, and run the client stages (see the module map in
+//! `pipeline`).
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::TopicName;
+
+use super::{split, unavailable, Api, At, Ctx, Exchange, Outcome, Reply, SiteStage, Unanswered};
+use crate::codec::{self, errors};
+use crate::identity::Identity;
+use crate::upstream::{PendingResponse, Target, UpstreamError, WriteGuard};
+
+/// Sends `x` after its request stages, and answers it.
+///
+/// * Nothing touched the request and it all goes to one broker: the
+///   client's frame goes as it came.
+/// * One broker answers all and no stage looks at its answer: the answer
+///   goes through [`Api::single`] (forwarded, or patched in place).
+/// * Otherwise each part's answer is decoded and runs the site stages, the
+///   client's names, the merge, the client stages and [`Api::finish`].
+///
+/// A broker that cannot be reached, or fails before it answers, does not
+/// fail the request: its partitions are answered NOT_LEADER_OR_FOLLOWER
+/// (retriable: the client refreshes metadata and retries them). All parts
+/// share one deadline, `x.timeout` from now.
+pub async fn dispatch<A: Api>(
+    ctx: &mut Ctx<'_>,
+    mut x: Exchange<A>,
+    identity: Arc<Identity>,
+) -> crate::pipeline::Result<Outcome> {
+    let (plan, missing) = split::plan(&ctx.plane.sites, &x.body, &x.site_of, &x.names).await;
+    for (site, name, partition, code) in missing {
+        x.answer(site, &name, partition, code);
+    }
+    let (api, version, corr) = (x.req.api_key, x.req.api_version, x.req.correlation_id);
+    let untouched = x.touched.is_empty();
+    let one = plan.len() == 1 && x.unanswered.is_empty();
+
+    if x.no_response {
+        let parts: Vec<(Target, bytes::Bytes)> = if untouched && one {
+            plan.keys().map(|t| (*t, x.req.frame.clone())).collect()
+        } else {
+            encode_parts(&x, &plan)?
+                .into_iter()
+                .map(|(t, f, _)| (t, f))
+                .collect()
+        };
+        for (target, frame) in parts {
+            // A failed broker loses it, as it would for a client connected
+            // directly (nothing is answered either way).
+            if let Err(e) = ctx.pools.send(target, api, frame, false).await {
+                tracing::debug!(api = codec::api_name(api), error = %e, "a request without answer to a failed broker dropped");
+            }
+        }
+        return Ok(Outcome::NoResponse);
+    }
+
+    let parts = if untouched && one {
+        let slots = split::partitions_of(&x.body);
+        plan.keys()
+            .map(|t| (*t, x.req.frame.clone(), slots.clone()))
+            .collect()
+    } else {
+        encode_parts(&x, &plan)?
+    };
+    let deadline = tokio::time::Instant::now() + x.timeout;
+    let metrics = ctx.plane.metrics.clone();
+    let names = Arc::new(std::mem::take(&mut x.names));
+    let sites: Arc<[_]> = ctx.plane.sites.clone().into();
+    let at = |site: usize| At {
+        api,
+        version,
+        site,
+        view: x.views.get(site).cloned().unwrap_or_default(),
+        names: names.clone(),
+        sites: sites.clone(),
+    };
+    let mut failed: Vec<Unanswered> = Vec::new();
+    let fail =
+        move |failed: &mut Vec<Unanswered>, at: &At, slots: split::Slots, e: &UpstreamError| {
+            tracing::debug!(api = codec::api_name(api), error = %e, partitions = slots.len(),
+            "partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
+            unavailable::count(&metrics, api, errors::NOT_LEADER_OR_FOLLOWER);
+            failed.extend(slots.into_iter().map(|(t, p)| Unanswered {
+                topic: at.names.virt(at.site, &t),
+                topic_id: None,
+                partition: p,
+                code: errors::NOT_LEADER_OR_FOLLOWER,
+                message: None,
+            }));
+        };
+    let mut pending: Vec<(At, PendingResponse, split::Slots, Option<WriteGuard>)> =
+        Vec::with_capacity(parts.len());
+    for (target, frame, slots) in parts {
+        let here = at(target.0);
+        // Counted from before it is sent until answered: a failover drains
+        // these first.
+        let write = A::WRITES.then(|| ctx.site(target.0).write_started());
+        match ctx.pools.call(target, api, frame).await {
+            Ok(p) => pending.push((here, p, slots, write)),
+            Err(e) => fail(&mut failed, &here, slots, &e),
+        }
+    }
+
+    // One broker answers it all and no stage looks at the client's answer:
+    // that broker's answer goes through `Api::single`, unless a site stage
+    // finds, when it arrives, that it must look at it.
+    let only = pending.len() == 1
+        && failed.is_empty()
+        && x.unanswered.is_empty()
+        && x.client_stages.is_empty();
+    let Exchange {
+        unanswered,
+        offload,
+        site_stages,
+        client_stages,
+        ..
+    } = x;
+    Ok(Outcome::Later(Box::pin(async move {
+        let mut out = A::Resp::default();
+        for (here, p, slots, write) in pending {
+            let answer = p.wait_until(deadline).await;
+            drop(write);
+            let frame = match answer {
+                Ok(f) => f,
+                Err(e) => {
+                    fail(&mut failed, &here, slots, &e);
+                    continue;
+                }
+            };
+            if only && !site_stages.iter().any(|s| s.looks(&here)) {
+                return A::single(&here, &identity, corr, frame);
+            }
+            let mut r: A::Resp = codec::decode_response_body(api, version, &frame)?;
+            // Upstream answers only: our own answers must not count, or a
+            // client hammering a missing topic defeats the refresh limit.
+            for code in A::partition_errors(&r) {
+                here.note(code);
+            }
+            for stage in &site_stages {
+                r = run_site_stage(stage, &here, r, offload.as_ref()).await?;
+            }
+            A::to_client(&here, &identity, &mut r);
+            A::merge(&mut out, r);
+        }
+        for u in unanswered.into_iter().chain(failed) {
+            A::unanswered(&mut out, u, version, &identity);
+        }
+        for stage in &client_stages {
+            stage.rewrite(&mut out);
+        }
+        A::finish(&identity, &mut out);
+        Ok(Reply::Frame(codec::encode_response(
+            api, version, corr, &out,
+        )?))
+    })))
+}
+
+/// One site stage on one site's answer: its wait, then its rewrite, on the
+/// blocking pool if it says so.
+async fn run_site_stage<R: Send + 'static>(
+    stage: &Arc<dyn SiteStage<R>>,
+    at: &At,
+    mut r: R,
+    offload: Option<&Arc<crate::plugin::registry::Registry>>,
+) -> anyhow::Result<R> {
+    if let Some(w) = stage.wait(at, &mut r) {
+        w.await;
+    }
+    match offload.filter(|_| stage.blocking()) {
+        Some(reg) => {
+            let (stage, at) = (stage.clone(), at.clone());
+            reg.offload(move || {
+                stage.rewrite(&at, &mut r);
+                r
+            })
+            .await
+            .map_err(anyhow::Error::msg)
+        }
+        None => {
+            stage.rewrite(at, &mut r);
+            Ok(r)
+        }
+    }
+}
+
+/// The request re-encoded per (site, broker), with the partitions each part
+/// answers for if its broker fails.
+fn encode_parts<A: Api>(
+    x: &Exchange<A>,
+    plan: &split::Plan,
+) -> anyhow::Result<Vec<(Target, bytes::Bytes, split::Slots)>> {
+    let mut out = Vec::with_capacity(plan.len());
+    for (target, sub) in split::split(&x.body, plan) {
+        let frame = codec::encode_request(
+            x.req.api_key,
+            x.req.api_version,
+            x.req.client_id.clone(),
+            &sub,
+        )?;
+        out.push((target, frame, split::partitions_of(&sub)));
+    }
+    Ok(out)
+}
+
+/// Topic names copied out of a request's buffer (a borrowed one would keep
+/// the whole frame alive).
+pub fn detached(name: &TopicName) -> TopicName {
+    TopicName(kafka_protocol::protocol::StrBytes::from_string(
+        name.0.to_string(),
+    ))
+}

@@ -1,0 +1,98 @@
+//! What stage tests build: an exchange and a site answer's context without
+//! a data plane or a broker (answers are built in memory, as a site would
+//! send them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::protocol::Encodable;
+
+use super::names::Names;
+use super::{Api, At, Exchange};
+use crate::codec::{self, RequestFrame};
+use crate::upstream::ClusterView;
+
+/// An exchange for `body` as a client would send it (the latest version
+/// the crate encodes, client id "test").
+pub fn exchange<A: Api>(body: A::Req) -> Exchange<A>
+where
+    A::Req: Encodable,
+{
+    exchange_at::<A>(body, None)
+}
+
+/// [`exchange`] at a given API version.
+pub fn exchange_at<A: Api>(body: A::Req, version: Option<i16>) -> Exchange<A>
+where
+    A::Req: Encodable,
+{
+    let key = A::KEY;
+    let newest = codec::versions::TABLE
+        .iter()
+        .find(|t| t.0 == key)
+        .map_or(0, |t| t.2);
+    let version = version.unwrap_or(newest);
+    let client_id = Some(kafka_protocol::protocol::StrBytes::from_static_str("test"));
+    let frame = codec::encode_request(key, version, client_id, &body).unwrap();
+    let req = RequestFrame::parse(frame).unwrap();
+    Exchange {
+        req,
+        body,
+        names: Names::default(),
+        site_of: Vec::new(),
+        views: Vec::new(),
+        unanswered: Vec::new(),
+        timeout: Duration::from_secs(30),
+        no_response: false,
+        offload: None,
+        touched: Vec::new(),
+        site_stages: Vec::new(),
+        client_stages: Vec::new(),
+    }
+}
+
+/// Where a site's answer is handled: `site` of no real site, with `view`.
+pub fn at<A: Api>(site: usize, version: i16, names: Names, view: ClusterView) -> At {
+    At {
+        api: A::KEY,
+        version,
+        site,
+        view: Arc::new(view),
+        names: Arc::new(names),
+        sites: Arc::from(Vec::new()),
+    }
+}
+
+/// A config with sites `a` (default), `b` and `hub`, none of them running,
+/// and `routes` (YAML list items, indented two spaces).
+pub fn config(routes: &str) -> String {
+    format!(
+        "
+cluster_id: c1
+listen:
+  bind: 127.0.0.1:9092
+sites:
+  - name: a
+    bootstrap: [\"127.0.0.1:19092\"]
+  - name: b
+    bootstrap: [\"127.0.0.1:19093\"]
+  - name: hub
+    bootstrap: [\"127.0.0.1:19094\"]
+default_site: a
+routes:
+{routes}"
+    )
+}
+
+/// The data plane of [`config`]: built, never started (no connection is
+/// made until a request needs one).
+pub fn plane(routes: &str) -> Arc<crate::shared::DataPlane> {
+    let loaded = crate::shared::Loaded::text(&config(routes)).unwrap();
+    crate::shared::Proxy::new(loaded).plane.clone()
+}
+
+/// Routes as a client with id "app" on the main listener.
+pub const WHO: crate::route::Who<'static> = crate::route::Who {
+    listener: "default",
+    client_id: "app",
+};
