@@ -2,12 +2,15 @@
 //! in front of one or more Kafka clusters ("sites").
 //!
 //! Follow a request: [`listener`](server) accepts → [`session`] reads a frame
-//! ([`codec`]) → [`api`] asks [`route`] which site holds each topic and under
-//! which physical name, then routes it per (site, partition leader) or
-//! coordinator using the [`upstream`] cluster views, rewriting identities into
-//! the virtual cluster ([`identity`]) → the upstreams answer → [`api`] merges,
-//! renames back and rewrites → [`session`] writes responses back in request
-//! order.
+//! ([`codec`]) → [`api`] picks the handler → a partitioned API (Produce,
+//! Fetch, ListOffsets, DeleteRecords) runs its [`pipeline`] stages over one
+//! per-request context: names ([`route`] says which site holds each topic and
+//! under which physical name), holds, producer ids, plugins, sync tee,
+//! identities ([`identity`]); then it is planned per (site, partition leader)
+//! with the [`upstream`] cluster views and sent → the upstreams answer →
+//! per-site stages, client names, merge, client stages → [`session`] writes
+//! responses back in request order. APIs routed by coordinator keep handlers
+//! in [`api`] that use the same stages.
 //!
 //! Side paths: [`tee`] copies what routes write to their target sites by
 //! following the source logs (a sync produce waits for it), recording offset
@@ -21,7 +24,8 @@
 //! server                          listeners, shutdown: composes the rest
 //! session, admin                  client connections; the admin HTTP API
 //! api                             request handlers
-//! shared                          state every connection reads (Proxy), config loading, reload
+//! pipeline                        the request pipeline: context, stages, dispatch, errors
+//! shared                          state every connection reads (DataPlane, Proxy), config loading, reload
 //! failover                        route switching, fencing, offset hand-over
 //! tee                             copies between sites
 //! offsets, plugin                 offset translation; the WASM plugin host

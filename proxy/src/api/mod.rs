@@ -1,8 +1,10 @@
 //! Per-API handling: where each request goes and what is rewritten on the way.
 //!
-//! One module per family of APIs, and all rewriting for an API lives in its
-//! module, so "what happens to a Fetch" has exactly one answer. A handler runs
-//! in two phases, which is what keeps pipelining correct:
+//! One module per family of APIs. The partitioned APIs (`produce`, `fetch`,
+//! `partitions`) list their pipeline stages in order and say how answers
+//! merge; the stages themselves live in `crate::pipeline`, one concern per
+//! file, so "what happens to a Fetch" is one list. A handler runs in two
+//! phases, which is what keeps pipelining correct:
 //!
 //! 1. **Route** (runs in request order on the session's reader): decide the
 //!    upstream broker(s), rewrite the request and queue it on the upstream
@@ -14,7 +16,7 @@
 //!
 //! Upstream failures (refused, reset, timed out) surface as `UpstreamError`s
 //! from either phase; the session answers them with the request's retriable
-//! error (`unavailable`) and keeps the client's connection. Requests split
+//! error (`pipeline::unavailable`) and keeps the client's connection. Requests split
 //! over several brokers answer a failed part's partitions themselves, so the
 //! parts that worked still count.
 

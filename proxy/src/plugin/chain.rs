@@ -11,7 +11,7 @@
 //! | fetch | a Fetch answer, before the consumer sees it (`api::fetch`) | keep, drop, replace value | — |
 //!
 //! On the produce stage, plugins with the `topic-name` capability come
-//! first (`api::plugins`): the first one that renames the topic moves its
+//! first (`pipeline::plugins`): the first one that renames the topic moves its
 //! batches to the new name whole, undecoded, and they leave the chain.
 //! Plugins of a chain run in order, each on what the previous one kept;
 //! records a plugin renames or routes elsewhere leave the chain. A plugin
