@@ -20,6 +20,35 @@ use crate::pipeline::{identity, names, run, Api, At, Exchange, Unanswered};
 use crate::route::Who;
 use kafka_protocol::messages::ApiKey;
 
+/// The answer handling both APIs share: topics by name, each with its
+/// partitions (the two responses have the same shape, not a common type).
+macro_rules! by_topic {
+    (errors $r:ident) => {
+        $r.topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect()
+    };
+    (to_client $at:ident $r:ident) => {{
+        let mut changed = false;
+        for t in &mut $r.topics {
+            let virt = $at.names.virt($at.site, &t.name);
+            changed |= virt != t.name;
+            t.name = virt;
+        }
+        changed
+    }};
+    (merge $out:ident $part:ident) => {{
+        $out.throttle_time_ms = $out.throttle_time_ms.max($part.throttle_time_ms);
+        for t in $part.topics {
+            match $out.topics.iter_mut().find(|o| o.name == t.name) {
+                Some(o) => o.partitions.extend(t.partitions),
+                None => $out.topics.push(t),
+            }
+        }
+    }};
+}
+
 /// ListOffsets in the pipeline.
 pub struct ListOffsets;
 
@@ -29,30 +58,15 @@ impl Api for ListOffsets {
     type Resp = ListOffsetsResponse;
 
     fn partition_errors(r: &ListOffsetsResponse) -> Vec<i16> {
-        r.topics
-            .iter()
-            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
-            .collect()
+        by_topic!(errors r)
     }
 
     fn to_client(at: &At, _: &Identity, r: &mut ListOffsetsResponse) -> bool {
-        let mut changed = false;
-        for t in &mut r.topics {
-            let virt = at.names.virt(at.site, &t.name);
-            changed |= virt != t.name;
-            t.name = virt;
-        }
-        changed
+        by_topic!(to_client at r)
     }
 
     fn merge(out: &mut ListOffsetsResponse, part: ListOffsetsResponse) {
-        out.throttle_time_ms = out.throttle_time_ms.max(part.throttle_time_ms);
-        for t in part.topics {
-            match out.topics.iter_mut().find(|o| o.name == t.name) {
-                Some(o) => o.partitions.extend(t.partitions),
-                None => out.topics.push(t),
-            }
-        }
+        by_topic!(merge out part)
     }
 
     fn unanswered(out: &mut ListOffsetsResponse, u: Unanswered, _: i16, _: &Identity) {
@@ -83,30 +97,15 @@ impl Api for DeleteRecords {
     type Resp = DeleteRecordsResponse;
 
     fn partition_errors(r: &DeleteRecordsResponse) -> Vec<i16> {
-        r.topics
-            .iter()
-            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
-            .collect()
+        by_topic!(errors r)
     }
 
     fn to_client(at: &At, _: &Identity, r: &mut DeleteRecordsResponse) -> bool {
-        let mut changed = false;
-        for t in &mut r.topics {
-            let virt = at.names.virt(at.site, &t.name);
-            changed |= virt != t.name;
-            t.name = virt;
-        }
-        changed
+        by_topic!(to_client at r)
     }
 
     fn merge(out: &mut DeleteRecordsResponse, part: DeleteRecordsResponse) {
-        out.throttle_time_ms = out.throttle_time_ms.max(part.throttle_time_ms);
-        for t in part.topics {
-            match out.topics.iter_mut().find(|o| o.name == t.name) {
-                Some(o) => o.partitions.extend(t.partitions),
-                None => out.topics.push(t),
-            }
-        }
+        by_topic!(merge out part)
     }
 
     fn unanswered(out: &mut DeleteRecordsResponse, u: Unanswered, _: i16, _: &Identity) {

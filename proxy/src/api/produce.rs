@@ -105,45 +105,7 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::batch;
-    use crate::pipeline::testing::{exchange, plane, WHO};
-
-    fn produce(topic: &str, partitions: usize, transactional: bool, acks: i16) -> ProduceRequest {
-        use crate::codec::batch::{BatchParams, Compression, WireRecord};
-        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-        let rec = WireRecord {
-            offset: 0,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers: vec![],
-        };
-        let params = BatchParams {
-            compression: Compression::None,
-            producer_id: if transactional { 7 } else { -1 },
-            producer_epoch: 0,
-            base_sequence: 0,
-        };
-        let mut b = bytes::BytesMut::from(
-            &batch::encode(&[rec.clone(), rec.clone(), rec], &params).unwrap()[..],
-        );
-        if transactional {
-            b[22] |= 0x10;
-        }
-        let mut t = TopicProduceData::default();
-        t.name = kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string()));
-        for i in 0..partitions {
-            let mut p = PartitionProduceData::default();
-            p.index = i as i32;
-            p.records = Some(b.clone().freeze());
-            t.partition_data.push(p);
-        }
-        let mut r = ProduceRequest::default();
-        r.acks = acks;
-        r.timeout_ms = 30_000;
-        r.topic_data.push(t);
-        r
-    }
+    use crate::pipeline::testing::{exchange, plane, produce, WHO};
 
     /// The zero-copy path is "no stage touches the request": a plain
     /// produce on a route without plugins, renames or a sync tee.

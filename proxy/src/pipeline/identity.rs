@@ -42,6 +42,9 @@ pub async fn fetch_topic_names<A: Api<Req = FetchRequest>>(
     if x.req.api_version < 13 {
         return skip;
     }
+    // A lookup may have refreshed a site: the real ids sent upstream come
+    // from the views as they are now.
+    let views_now = |x: &mut Exchange<A>| x.views = plane.sites.iter().map(|s| s.view()).collect();
     for (ti, t) in x.body.topics.iter_mut().enumerate() {
         match plane.topic_for_virtual_id(&t.topic_id).await {
             Some(n) => t.topic = TopicName(StrBytes::from_string(n)),
@@ -59,6 +62,7 @@ pub async fn fetch_topic_names<A: Api<Req = FetchRequest>>(
             }
         }
     }
+    views_now(x);
     skip
 }
 

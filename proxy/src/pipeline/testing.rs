@@ -96,3 +96,49 @@ pub const WHO: crate::route::Who<'static> = crate::route::Who {
     listener: "default",
     client_id: "app",
 };
+
+/// A produce of `partitions` partitions of `topic`, each one batch of
+/// three records (transactional: producer id 7, else none).
+pub fn produce(
+    topic: &str,
+    partitions: usize,
+    transactional: bool,
+    acks: i16,
+) -> kafka_protocol::messages::ProduceRequest {
+    use crate::codec::batch::{self, BatchParams, Compression, WireRecord};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let rec = WireRecord {
+        offset: 0,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"v")),
+        headers: vec![],
+    };
+    let params = BatchParams {
+        compression: Compression::None,
+        producer_id: if transactional { 7 } else { -1 },
+        producer_epoch: 0,
+        base_sequence: 0,
+    };
+    let mut b = bytes::BytesMut::from(
+        &batch::encode(&[rec.clone(), rec.clone(), rec], &params).unwrap()[..],
+    );
+    if transactional {
+        b[22] |= 0x10;
+    }
+    let mut t = TopicProduceData::default();
+    t.name = kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(
+        topic.to_string(),
+    ));
+    for i in 0..partitions {
+        let mut p = PartitionProduceData::default();
+        p.index = i as i32;
+        p.records = Some(b.clone().freeze());
+        t.partition_data.push(p);
+    }
+    let mut r = kafka_protocol::messages::ProduceRequest::default();
+    r.acks = acks;
+    r.timeout_ms = 30_000;
+    r.topic_data.push(t);
+    r
+}
