@@ -337,6 +337,51 @@ mod tests {
     }
 
     #[test]
+    fn a_member_from_before_a_switch_has_its_fetches_held_until_it_rejoins() {
+        let plane = plane(FAILOVER);
+        let fo = &plane.failover;
+        let key: ClientKey = ("app".into(), std::net::Ipv4Addr::LOCALHOST.into());
+        fo.fence.joined(0, 0, 0, "g", "m1", key.clone());
+        fo.fence.switched(0, 1, std::time::Duration::from_secs(30));
+        let resolved = |x: &mut Exchange<Fetch>| {
+            for t in ["orders", "clicks"] {
+                x.names.resolve(
+                    &plane.router,
+                    crate::pipeline::testing::WHO,
+                    &TopicName(StrBytes::from_static_str(t)),
+                );
+            }
+        };
+        let mut x = exchange::<Fetch>(FetchRequest::default());
+        resolved(&mut x);
+        fetch(&mut x, fo, &key);
+        assert!(
+            x.names.is_held(0, "orders"),
+            "the switched route's topics are held"
+        );
+        assert!(
+            !x.names.is_held(0, "clicks"),
+            "other routes' topics are not"
+        );
+
+        let other: ClientKey = ("other".into(), std::net::Ipv4Addr::LOCALHOST.into());
+        let mut y = exchange::<Fetch>(FetchRequest::default());
+        resolved(&mut y);
+        fetch(&mut y, fo, &other);
+        assert!(
+            !y.names.is_held(0, "orders"),
+            "a client with no member from before"
+        );
+
+        // Rejoined at the new epoch: fetches flow again.
+        fo.fence.joined(0, 1, 1, "g", "m2", key.clone());
+        let mut z = exchange::<Fetch>(FetchRequest::default());
+        resolved(&mut z);
+        fetch(&mut z, fo, &key);
+        assert!(!z.names.is_held(0, "orders"));
+    }
+
+    #[test]
     fn without_failover_routes_nothing_is_registered() {
         let plane = plane("  - name: main\n    topics: {regex: '.*'}\n    site: a\n");
         let mut x = exchange::<Fetch>(FetchRequest::default());

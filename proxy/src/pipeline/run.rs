@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::TopicName;
-
 use super::{split, unavailable, Api, At, Ctx, Exchange, Outcome, Reply, SiteStage, Unanswered};
 use crate::codec::{self, errors};
 use crate::identity::Identity;
@@ -203,12 +201,4 @@ fn encode_parts<A: Api>(
         out.push((target, frame, split::partitions_of(&sub)));
     }
     Ok(out)
-}
-
-/// Topic names copied out of a request's buffer (a borrowed one would keep
-/// the whole frame alive).
-pub fn detached(name: &TopicName) -> TopicName {
-    TopicName(kafka_protocol::protocol::StrBytes::from_string(
-        name.0.to_string(),
-    ))
 }
