@@ -134,17 +134,6 @@ struct Worker {
     grown_at: Instant,
 }
 
-/// Runs the CPU part of a round (decoding, tee plugins with their deadline,
-/// re-encoding) so that it holds up no other task: on the multi-threaded
-/// runtime the worker thread first hands its other tasks to another worker
-/// (`block_in_place`). Elsewhere (unit tests) it runs inline.
-fn cpu_work<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 pub(super) async fn run(
     tee: Arc<Tee>,
     link: Arc<Link>,
@@ -691,7 +680,7 @@ impl Worker {
                 }
                 continue;
             }
-            match cpu_work(|| self.build(i, &records, &f.aborted, plugins.as_ref())) {
+            match self.build(i, &records, &f.aborted, plugins.as_ref()) {
                 Ok(Some(p)) => pendings.push(p),
                 Ok(None) => {}
                 Err(e) => {
