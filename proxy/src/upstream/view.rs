@@ -31,6 +31,8 @@ pub struct TopicView {
     pub id: Uuid,
     /// Upstream leader per partition index; `-1` while leaderless.
     pub leaders: Vec<i32>,
+    /// The leaders' epochs (`-1`: not known, Metadata before v7).
+    pub epochs: Vec<i32>,
     /// Replica count per partition, to size the virtual replica lists.
     pub replicas: Vec<usize>,
     pub is_internal: bool,
@@ -98,9 +100,13 @@ impl ClusterView {
         if let Some(c) = &md.cluster_id {
             self.cluster_id = Some(c.to_string());
         }
-        if full {
-            self.topics.clear();
-        }
+        // A full refresh replaces every topic, but the epochs it had still
+        // judge the answer's leaders.
+        let before = if full {
+            std::mem::take(&mut self.topics)
+        } else {
+            HashMap::new()
+        };
         for t in &md.topics {
             let Some(name) = &t.name else { continue };
             let name = name.0.to_string();
@@ -123,12 +129,32 @@ impl ClusterView {
             let mut view = TopicView {
                 id: t.topic_id,
                 leaders: vec![-1; n],
+                epochs: vec![-1; n],
                 replicas: vec![1; n],
                 is_internal: t.is_internal,
             };
+            // The same topic (same id) as known: its leader epochs.
+            let known = before
+                .get(&name)
+                .or_else(|| self.topics.get(&name))
+                .filter(|k| k.id == t.topic_id);
             for p in &t.partitions {
                 let i = p.partition_index.max(0) as usize;
-                view.leaders[i] = p.leader_id.0;
+                let (mut leader, mut epoch) = (p.leader_id.0, p.leader_epoch);
+                // Never back to an older leader epoch (KIP-320, as Kafka's
+                // clients do): a broker just back from a freeze still names
+                // itself leader until it hears from the controller, and
+                // routing to it would read its stale log (a consumer past
+                // its end gets OFFSET_OUT_OF_RANGE and resets to earliest).
+                if let Some(k) = known {
+                    if let (Some(&ke), Some(&kl)) = (k.epochs.get(i), k.leaders.get(i)) {
+                        if epoch >= 0 && ke > epoch {
+                            (leader, epoch) = (kl, ke);
+                        }
+                    }
+                }
+                view.leaders[i] = leader;
+                view.epochs[i] = epoch;
                 view.replicas[i] = p.replica_nodes.len().max(1);
             }
             if !t.topic_id.is_nil() {
@@ -200,5 +226,46 @@ mod tests {
         // Leader on a broker we do not know is not routable.
         let v4 = v.merged(&md("c", &[9], 0));
         assert_eq!(v4.leader("c", 0), None);
+    }
+
+    fn with_epochs(mut m: MetadataResponse, leaders: &[(i32, i32)]) -> MetadataResponse {
+        for id in [1, 2] {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(id);
+            b.host = StrBytes::from_static_str("h");
+            b.port = id;
+            m.brokers.push(b);
+        }
+        m.brokers.dedup_by_key(|b| b.node_id);
+        for (p, (leader, epoch)) in m.topics[0].partitions.iter_mut().zip(leaders) {
+            p.leader_id = BrokerId(*leader);
+            p.leader_epoch = *epoch;
+        }
+        m
+    }
+
+    #[test]
+    fn a_stale_answer_never_moves_a_leader_back_to_an_older_epoch() {
+        let now = with_epochs(md("a", &[0, 0], 0), &[(2, 5), (2, 5)]);
+        let v = ClusterView::from_metadata(&now);
+        // A broker back from a freeze: it still leads partition 0 at epoch 4.
+        let stale = with_epochs(md("a", &[0, 0], 0), &[(1, 4), (2, 5)]);
+        assert_eq!(v.merged(&stale).leader("a", 0), Some(2), "partial update");
+        let full = {
+            let mut v = v.clone();
+            v.apply(&stale, true);
+            v
+        };
+        assert_eq!(full.leader("a", 0), Some(2), "full refresh");
+        // A newer epoch moves it.
+        let moved = with_epochs(md("a", &[0, 0], 0), &[(1, 6), (2, 5)]);
+        assert_eq!(v.merged(&moved).leader("a", 0), Some(1));
+        // Metadata without epochs (before v7) is taken as it is.
+        let old = with_epochs(md("a", &[0, 0], 0), &[(1, -1), (2, -1)]);
+        assert_eq!(v.merged(&old).leader("a", 0), Some(1));
+        // A topic deleted and created again (new id) starts over.
+        let mut again = with_epochs(md("a", &[0, 0], 0), &[(1, 0), (1, 0)]);
+        again.topics[0].topic_id = Uuid::from_u128(8);
+        assert_eq!(v.merged(&again).leader("a", 0), Some(1));
     }
 }
