@@ -14,6 +14,11 @@
 The per-record cost of a keep-all call in batch mode is measured by the
 criterion bench `cargo bench -p switchyard-bench --bench plugins`.
 
+`--baseline PATH` adds `baseline+keep-all`: the same keep-all run with
+another switchyard binary (e.g. an older commit's release build) in the same
+rounds, so a change's cost on the plugin path is a before/after ratio from
+one run, not a comparison of two runs on a busy machine.
+
     scripts/setup.sh && plugins/build.sh && cargo build --release -p switchyard -p switchyard-bench
     .venv/bin/python benches/plugin_overhead.py --rounds 5 --out plugin-overhead.md
 """
@@ -32,6 +37,7 @@ import side_by_side as sbs  # noqa: E402
 
 DIST = sbs.ROOT / "plugins" / "dist"
 CONFIGS = ["direct", "switchyard", "switchyard+keep-all", "switchyard+rename", "tansu-proxy"]
+BASELINE: Path | None = None
 
 
 class PluginStack(sbs.Stack):
@@ -48,10 +54,11 @@ class PluginStack(sbs.Stack):
             raise
 
     def _start(self, config: str, tmp: Path):
-        if not config.startswith("switchyard+"):
+        if "+" not in config:
             super().__init__(config, tmp, self.tansu)
             return
-        which = config.split("+", 1)[1]
+        binary, which = config.split("+", 1)
+        binary = BASELINE if binary == "baseline" else sbs.SWITCHYARD
         base = sbs.free_port_run(6)
         self.config = config
         if which == "keep-all":
@@ -70,7 +77,7 @@ class PluginStack(sbs.Stack):
             f"plugins:\n{plugins}"
             f"admin:\n  bind: 127.0.0.1:{base + 5}\nlog:\n  level: warn\n"
         )
-        self.proxy = sbs.Proc([str(sbs.SWITCHYARD), "run", "--config", str(cfg)], tmp / f"switchyard-{base}.log")
+        self.proxy = sbs.Proc([str(binary), "run", "--config", str(cfg)], tmp / f"switchyard-{base}.log")
         sbs.wait_until(lambda: sbs.http_ok(f"http://127.0.0.1:{base + 5}/readyz"), 20, "switchyard ready")
         self.bootstrap = f"127.0.0.1:{base}"
 
@@ -114,7 +121,15 @@ def main() -> int:
     ap.add_argument("--records-1k", type=int, default=200_000)
     ap.add_argument("--records-100", type=int, default=600_000)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--baseline", type=Path,
+                    help="another switchyard binary to run keep-all with (config baseline+keep-all)")
+    ap.add_argument("--baseline-label", default="", help="what the baseline binary is, for the report")
     args = ap.parse_args()
+    global BASELINE
+    configs = list(CONFIGS)
+    if args.baseline:
+        BASELINE = args.baseline.resolve()
+        configs.insert(configs.index("switchyard+keep-all") + 1, "baseline+keep-all")
     workloads = [("produce", 100, args.records_100), ("produce", 1024, args.records_1k),
                  ("consume", 100, args.records_100), ("consume", 1024, args.records_1k)]
     results: dict = {}
@@ -122,7 +137,7 @@ def main() -> int:
         tmp = Path(d)
         for rnd in range(args.rounds):
             for mode, size, n in workloads:
-                for cfg in CONFIGS:
+                for cfg in configs:
                     if mode == "consume" and cfg == "switchyard+rename":
                         continue  # renaming is a produce-path plugin
                     r = one_run(cfg, mode, size, n, tmp)
@@ -133,28 +148,32 @@ def main() -> int:
         "# Plugin overhead (end to end)", "",
         f"Machine: {sbs.machine()}. {args.rounds} rounds, medians; every run on a fresh Tansu "
         "(in-memory) and proxy; `switchyard-perf` (librdkafka), acks=1, 3 partitions.", "",
-        "| workload | " + " | ".join(CONFIGS) + " | keep-all / switchyard | rename / switchyard | switchyard / direct |",
-        "|---" * (len(CONFIGS) + 4) + "|",
+        "| workload | " + " | ".join(configs) + " | keep-all / switchyard | rename / switchyard | switchyard / direct |"
+        + (" keep-all / baseline keep-all |" if args.baseline else ""),
+        "|---" * (len(configs) + 4 + bool(args.baseline)) + "|",
     ]
     for mode, size, _ in workloads:
         med = {c: statistics.median(x["records_per_sec"] for x in results.get((mode, size, c), [{"records_per_sec": 0}]))
-               for c in CONFIGS}
+               for c in configs}
         ratio = lambda a, b: f"{med[a] / med[b]:.2f}" if med[a] and med[b] else "—"  # noqa: E731
-        cells = [f"{med[c] / 1000:.0f}k rec/s" if med[c] else "—" for c in CONFIGS]
+        cells = [f"{med[c] / 1000:.0f}k rec/s" if med[c] else "—" for c in configs]
         lines.append(f"| {mode} {size} B | " + " | ".join(cells) +
                      f" | {ratio('switchyard+keep-all', 'switchyard')} | {ratio('switchyard+rename', 'switchyard')}"
-                     f" | {ratio('switchyard', 'direct')} |")
+                     f" | {ratio('switchyard', 'direct')} |"
+                     + (f" {ratio('switchyard+keep-all', 'baseline+keep-all')} |" if args.baseline else ""))
     lines += ["", "Proxy CPU-seconds per GB (median):", "",
-              "| workload | " + " | ".join(c for c in CONFIGS if c != "direct") + " |",
-              "|---" * len(CONFIGS) + "|"]
+              "| workload | " + " | ".join(c for c in configs if c != "direct") + " |",
+              "|---" * len(configs) + "|"]
     for mode, size, _ in workloads:
         cells = []
-        for c in CONFIGS:
+        for c in configs:
             if c == "direct":
                 continue
             rs = results.get((mode, size, c))
             cells.append(f"{statistics.median(x['proxy_cpu_s_per_gb'] for x in rs):.2f}" if rs else "—")
         lines.append(f"| {mode} {size} B | " + " | ".join(cells) + " |")
+    if args.baseline:
+        lines += ["", f"`baseline+keep-all` is {args.baseline_label or args.baseline}, run in the same rounds."]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

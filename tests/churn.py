@@ -25,6 +25,10 @@ drain, and per (side, library):
   the topic is read directly: how many of them are not in its log);
 * dup: deliveries of a record beyond its first, from 5 s before the event
   on (what happened while the load started is not the event's doing);
+  of them, ``written_twice`` records that are in the log at two offsets (an
+  idempotent producer must never do that) and ``committed_redelivered``
+  records the group had committed past before the event and got again (a
+  group that went back behind its own commits, e.g. an offset reset);
 * closed by switchyard: client connections Switchyard closed because of a
   broker's fault during the event and settle period, from
   ``switchyard_client_connections_closed_total{reason="upstream"}`` (and
@@ -188,6 +192,8 @@ class Result:
     switchyard_errors: dict = field(default_factory=dict)
     new_connections: Optional[float] = None
     metric_missing: bool = False
+    # Records delivered from two different offsets: in the log twice.
+    written_twice: int = 0
     # Of the lost records, how many the topic's log does not hold (read
     # directly after the run; None: nothing lost, not read). Lost records
     # that are in the log were never delivered to the group.
@@ -204,7 +210,8 @@ class Result:
         out += (f"\n  acked {self.acked}, consumed {self.consumed}, undelivered {undelivered}, "
                 f"producer exit {self.producer_exit} errors {self.producer_errors}"
                 f"{' fatal ' + str(self.producer_fatal) if self.producer_fatal else ''}, "
-                f"consumer errors {self.consumer_errors}, duplicates {self.dup_kinds}")
+                f"consumer errors {self.consumer_errors}, duplicates {self.dup_kinds}, "
+                f"written twice {self.written_twice}")
         if self.side == "switchyard":
             missing = f" ({CLOSED_METRIC} not exported)" if self.metric_missing else ""
             out += (f"\n  switchyard: closed by reason {self.closed_by_reason or {}}{missing}, "
@@ -246,17 +253,30 @@ def problems(run: EventRun) -> list[str]:
     """What a user would call broken, per (side, library): acked records
     lost (either side: with acks=all and min.insync.replicas=2 a loss on the
     direct side means the harness is wrong), and on the Switchyard side a
-    producer that did not deliver everything, or a client connection
+    producer that did not deliver everything, a client connection
     Switchyard closed for a broker's fault (or the metric that counts them
-    missing).
+    missing), or duplicates of the kinds a client cannot cause itself —
+    records written twice by an idempotent producer, a group re-reading what
+    it had committed — beyond what the same library got direct in the same
+    run (Kafka's own doing). At-least-once redeliveries of what was not yet
+    committed are what a group's contract allows, on either side: printed.
 
     A direct producer that Kafka itself wedges is the baseline, not a
     failure: seen once in CI, the Java client's idempotent producer got
     OUT_OF_ORDER_SEQUENCE_NUMBER from the thawed broker for good and never
     finished. `baseline_notes` reports those."""
     out = []
+    direct = {r.lib: r for r in run.results if r.side == "direct"}
     for r in run.results:
         who = f"{r.event} {r.side} {r.lib}"
+        base = direct.get(r.lib)
+        if r.side == "switchyard" and base is not None:
+            if r.written_twice > base.written_twice:
+                out.append(f"{who}: {r.written_twice} records in the log twice (direct: {base.written_twice})")
+            went_back = r.dup_kinds.get("committed_redelivered", 0)
+            if went_back > base.dup_kinds.get("committed_redelivered", 0):
+                out.append(f"{who}: the group got {went_back} records again that it had committed before the "
+                           f"event (direct: {base.dup_kinds.get('committed_redelivered', 0)})")
         if r.lost:
             out.append(f"{who}: {r.lost} acked records never consumed "
                        f"({r.lost_from_log} of them not in the topic's log)")
@@ -304,6 +324,15 @@ def _dup_kinds(w: Worker, acked: dict[str, float], fault_t: float) -> dict[str, 
     k = classify_duplicates(w, acked, fault_t)
     return {"producer_in_flight": k["producer_in_flight"], "consumer_uncommitted": k["consumer_uncommitted"],
             "committed_redelivered": k["translation"]}
+
+
+def _written_twice(recs: list[dict]) -> int:
+    """Records delivered from more than one (partition, offset): in the log
+    more than once (a redelivery of the same offset is the group's doing)."""
+    at: dict[str, set] = {}
+    for e in recs:
+        at.setdefault(e["id"], set()).add((e["p"], e["o"]))
+    return sum(len(o) - 1 for o in at.values() if len(o) > 1)
 
 
 def snapshot(sy) -> Snap:
@@ -592,6 +621,7 @@ class Drill:
                                         if e["ev"] in ("fail", "err", "fatal") and e["t"] >= w0),
                     consumer_errors=sum(1 for e in cons.events() if e["ev"] in ("err", "commit_err") and e["t"] >= w0),
                     dup_kinds=_dup_kinds(cons, ack, fault_t),
+                    written_twice=_written_twice(recs),
                 )
                 if r.lost:
                     stored = {s.id for s in read_ids(self.cluster.bootstrap, self.topics[(side, lib)])}

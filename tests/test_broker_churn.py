@@ -19,7 +19,11 @@ side); through Switchyard, producers delivered everything they were handed
 baseline, not failed: Kafka did that, not us); and Switchyard closed
 no client connection because of the broker's fault
 (``switchyard_client_connections_closed_total{reason="upstream"}``: a
-Switchyard that does not export it fails the test). Gaps (the longest time
+Switchyard that does not export it fails the test); and no duplicates
+through Switchyard of the kinds a client cannot cause itself beyond what
+the same library got direct: records in the log twice (idempotent
+producers) or a group re-reading what it had committed before the event
+(an offset reset). Gaps (the longest time
 without an ack, or without a delivery) are printed as ``CHURN ...`` lines,
 never asserted.
 """

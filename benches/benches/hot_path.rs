@@ -185,6 +185,7 @@ fn fetch_forward(c: &mut Criterion) {
                             .map(|n| (*id.topic_id(n).as_bytes(), n.clone()))
                     },
                     |topic, p| id.leader_for(topic, p).node_id,
+                    switchyard::pipeline::identity::client_error,
                 )
                 .expect("walks");
                 buf

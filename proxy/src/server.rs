@@ -55,7 +55,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
     let admin_listener = bind(proxy.cfg.admin_bind).await?;
 
-    for site in &proxy.plane.sites {
+    for site in proxy.plane.sites.iter() {
         tokio::spawn(site.clone().maintain(
             Duration::from_millis(proxy.cfg.config.metadata.refresh_interval_ms),
             stop_rx.clone(),

@@ -75,8 +75,9 @@ pub struct Proxy {
 pub struct DataPlane {
     /// The main listener's identity (`listen`).
     pub identity: Arc<Identity>,
-    /// Every configured site, in config order (indexes used by `route`).
-    pub sites: Vec<Arc<Site>>,
+    /// Every configured site, in config order (indexes used by `route`);
+    /// shared, so that a request's answer stages take it without a copy.
+    pub sites: Arc<[Arc<Site>]>,
     /// The site serving unrouted topics.
     pub site: Arc<Site>,
     pub router: Arc<Router>,
@@ -161,7 +162,7 @@ impl Proxy {
         };
         let plane = Arc::new(DataPlane {
             identity,
-            sites,
+            sites: sites.into(),
             site,
             router,
             tee,
@@ -209,7 +210,7 @@ impl DataPlane {
         if let Some(name) = self.lookup_virtual_id(id) {
             return Some(name);
         }
-        for s in &self.sites {
+        for s in self.sites.iter() {
             let _ = s.refresh().await;
         }
         self.lookup_virtual_id(id)

@@ -205,7 +205,7 @@ async fn per_site<Req, Item, Resp>(
     merge: impl FnOnce(&Names, Vec<(usize, Resp)>) -> Resp + Send + 'static,
 ) -> crate::pipeline::Result<Outcome>
 where
-    Req: Encodable + Clone,
+    Req: Encodable + Clone + Send + 'static,
     Item: Clone,
     Resp: Decodable + Encodable + Send + 'static,
 {
@@ -242,13 +242,21 @@ where
         req.api_key,
         ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::CreatePartitions
     );
-    scatter(ctx, req, parts, move |resps: Vec<(usize, Resp)>| {
-        if changes_layout {
-            for s in &touched {
-                s.mark_stale();
+    // One part per site, each to a live broker: a site that cannot answer
+    // fails the request (its retriable answer), as it would direct.
+    scatter(
+        ctx,
+        req,
+        parts,
+        |_| None,
+        move |resps: Vec<(usize, Resp)>| {
+            if changes_layout {
+                for s in &touched {
+                    s.mark_stale();
+                }
             }
-        }
-        Ok(merge(&names, resps))
-    })
+            Ok(merge(&names, resps))
+        },
+    )
     .await
 }

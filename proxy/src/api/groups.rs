@@ -679,6 +679,16 @@ pub async fn offset_fetch(
         ctx,
         &req,
         parts,
+        |sub: OffsetFetchRequest| {
+            let mut r = OffsetFetchResponse::default();
+            for g in sub.groups {
+                let mut a = offset_fetch_response::OffsetFetchResponseGroup::default();
+                a.group_id = g.group_id;
+                a.error_code = errors::COORDINATOR_NOT_AVAILABLE;
+                r.groups.push(a);
+            }
+            Some(r)
+        },
         move |resps: Vec<(usize, OffsetFetchResponse)>| {
             let who = Who {
                 listener: &listener,
@@ -773,6 +783,18 @@ pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline:
             ctx,
             &req,
             parts,
+            |sub: DescribeGroupsRequest| {
+                let mut r = DescribeGroupsResponse::default();
+                for g in sub.groups {
+                    let mut a =
+                        kafka_protocol::messages::describe_groups_response::DescribedGroup::default(
+                        );
+                    a.group_id = g;
+                    a.error_code = errors::COORDINATOR_NOT_AVAILABLE;
+                    r.groups.push(a);
+                }
+                Some(r)
+            },
             |resps: Vec<(usize, DescribeGroupsResponse)>| {
                 let mut out = DescribeGroupsResponse::default();
                 for (_, r) in resps {
@@ -802,6 +824,18 @@ pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline:
         ctx,
         &req,
         parts,
+        |sub: DeleteGroupsRequest| {
+            let mut r = DeleteGroupsResponse::default();
+            for g in sub.groups_names {
+                let mut a =
+                    kafka_protocol::messages::delete_groups_response::DeletableGroupResult::default(
+                    );
+                a.group_id = g;
+                a.error_code = errors::COORDINATOR_NOT_AVAILABLE;
+                r.results.push(a);
+            }
+            Some(r)
+        },
         |resps: Vec<(usize, DeleteGroupsResponse)>| {
             let mut out = DeleteGroupsResponse::default();
             for (_, r) in resps {
@@ -843,6 +877,13 @@ pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipelin
         ctx,
         &req,
         parts,
+        // A broker's groups cannot be listed without it: the client hears
+        // so (and retries) rather than getting a list with groups missing.
+        |_| {
+            let mut r = ListGroupsResponse::default();
+            r.error_code = errors::COORDINATOR_NOT_AVAILABLE;
+            Some(r)
+        },
         |resps: Vec<(usize, ListGroupsResponse)>| {
             let mut out = ListGroupsResponse::default();
             for (_, r) in resps {

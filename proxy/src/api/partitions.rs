@@ -134,8 +134,8 @@ pub async fn list_offsets(
         client_id: &client_id,
     };
     let mut x = Exchange::<ListOffsets>::new(&plane, req, body);
-    identity::list_offsets_request(&mut x);
     names::resolve(&mut x, &plane.router, who, &[]);
+    identity::list_offsets_request(&mut x);
     run::dispatch(ctx, x, ctx.identity()).await
 }
 

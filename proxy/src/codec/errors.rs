@@ -36,6 +36,8 @@ pub const OPERATION_NOT_ATTEMPTED: i16 = E::OperationNotAttempted.code();
 pub const KAFKA_STORAGE_ERROR: i16 = E::KafkaStorageError.code();
 pub const UNKNOWN_PRODUCER_ID: i16 = E::UnknownProducerId.code();
 pub const INVALID_RECORD: i16 = E::InvalidRecord.code();
+pub const FENCED_LEADER_EPOCH: i16 = E::FencedLeaderEpoch.code();
+pub const UNKNOWN_LEADER_EPOCH: i16 = E::UnknownLeaderEpoch.code();
 pub const UNKNOWN_TOPIC_ID: i16 = E::UnknownTopicId.code();
 pub const UNSUPPORTED_ENDPOINT_TYPE: i16 = E::UnsupportedEndpointType.code();
 

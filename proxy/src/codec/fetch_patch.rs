@@ -9,7 +9,9 @@
 //!
 //! KIP-951 `CurrentLeader` hints are fixed-size too and are patched to the
 //! partition's virtual leader with epoch -1 (some brokers, Tansu among them,
-//! send the tag even when it holds the defaults). It refuses (returns `None`)
+//! send the tag even when it holds the defaults). Partition error codes are
+//! fixed-size too: the caller says which to replace (epoch errors, which
+//! answer Switchyard's epochs, not the client's). It refuses (returns `None`)
 //! when the response carries non-empty `NodeEndpoints` (variable-size upstream
 //! addresses), or when the bytes do not walk cleanly; the caller then
 //! takes the decode/re-encode path, which also reports malformed data properly.
@@ -70,13 +72,15 @@ impl<'a> Cursor<'a> {
 /// Patches a Fetch response frame (correlation id first, as read off the
 /// wire) in place. `map_topic_id` turns an upstream topic id into the virtual
 /// one and the topic's name (None: unknown, leave it); `virtual_leader` names
-/// the virtual leader of a partition. Returns `None`, with the frame untouched,
+/// the virtual leader of a partition; `client_error` is the partition error
+/// the client gets for an upstream one. Returns `None`, with the frame untouched,
 /// when the response needs the full rewrite or does not walk cleanly.
 pub fn patch_fetch_response(
     frame: &mut [u8],
     version: i16,
     map_topic_id: impl Fn(&[u8; 16]) -> Option<([u8; 16], String)>,
     virtual_leader: impl Fn(&str, i32) -> i32,
+    client_error: impl Fn(i16) -> i16,
 ) -> Option<Patched> {
     if !(12..=17).contains(&version) {
         return None;
@@ -85,6 +89,7 @@ pub fn patch_fetch_response(
     let mut topic_ids: Vec<(usize, [u8; 16])> = Vec::new();
     let mut replicas: Vec<usize> = Vec::new();
     let mut leaders: Vec<(usize, i32)> = Vec::new();
+    let mut errors: Vec<(usize, i16)> = Vec::new();
     let session_at;
     {
         let mut c = Cursor { b: frame, pos: 0 };
@@ -110,7 +115,12 @@ pub fn patch_fetch_response(
             let partitions = c.uvarint()?.checked_sub(1)?;
             for _ in 0..partitions {
                 let index = c.i32()?;
-                out.partition_errors.push(c.i16()?);
+                let at = c.pos;
+                let code = c.i16()?;
+                out.partition_errors.push(code);
+                if client_error(code) != code {
+                    errors.push((at, client_error(code)));
+                }
                 c.skip(8 * 3)?; // high watermark, last stable offset, log start offset
                 let aborted = c.uvarint()?;
                 for _ in 0..aborted.saturating_sub(1) {
@@ -166,6 +176,9 @@ pub fn patch_fetch_response(
     }
     for at in replicas {
         frame[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    }
+    for (at, code) in errors {
+        frame[at..at + 2].copy_from_slice(&code.to_be_bytes());
     }
     for (at, leader) in leaders {
         frame[at..at + 4].copy_from_slice(&leader.to_be_bytes());
@@ -227,6 +240,30 @@ mod tests {
         FetchResponse::decode(&mut b, version).unwrap()
     }
 
+    fn same(code: i16) -> i16 {
+        code
+    }
+
+    #[test]
+    fn partition_errors_become_the_clients() {
+        let mut r = response(false);
+        r.responses[0].partitions[1].error_code = 74;
+        r.responses[1].partitions[0].error_code = 3;
+        let mut f = encode(&r, 16);
+        let p = patch_fetch_response(&mut f, 16, named, |_, _| 1, |c| if c == 74 { 6 } else { c })
+            .expect("walks");
+        // The caller hears what the broker said; the client what it is told.
+        assert_eq!(p.partition_errors, vec![0, 74, 0, 3, 0, 0]);
+        let r = decode(&f, 16);
+        let codes: Vec<i16> = r
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(codes, vec![0, 6, 0, 3, 0, 0]);
+    }
+
     fn named(id: &[u8; 16]) -> Option<([u8; 16], String)> {
         let v = Uuid::from_u128(Uuid::from_bytes(*id).as_u128() + 1000);
         Some((*v.as_bytes(), "t".to_string()))
@@ -239,7 +276,8 @@ mod tests {
             let records_before = decode(&f, version).responses[1].partitions[2]
                 .records
                 .clone();
-            let p = patch_fetch_response(&mut f, version, named, |_, p| 40 + p).expect("walks");
+            let p =
+                patch_fetch_response(&mut f, version, named, |_, p| 40 + p, same).expect("walks");
             assert_eq!(p.partition_errors, vec![0; 6]);
             let r = decode(&f, version);
             assert_eq!(r.session_id, 0);
@@ -254,17 +292,23 @@ mod tests {
         }
         // v12 has names, no ids: only session and replicas change.
         let mut f = encode(&response(false), 12);
-        assert!(patch_fetch_response(&mut f, 12, |_| None, |_, _| 0).is_some());
+        assert!(patch_fetch_response(&mut f, 12, |_| None, |_, _| 0, same).is_some());
         assert_eq!(decode(&f, 12).session_id, 0);
     }
 
     #[test]
     fn leader_hints_become_virtual_leaders() {
         let mut f = encode(&response(true), 16);
-        patch_fetch_response(&mut f, 16, named, |name, p| {
-            assert_eq!(name, "t");
-            40 + p
-        })
+        patch_fetch_response(
+            &mut f,
+            16,
+            named,
+            |name, p| {
+                assert_eq!(name, "t");
+                40 + p
+            },
+            same,
+        )
         .expect("walks");
         let r = decode(&f, 16);
         let hinted = &r.responses[0].partitions[2].current_leader;
@@ -279,7 +323,7 @@ mod tests {
         // A hint for a topic that cannot be named cannot be virtualised here.
         let mut f = encode(&response(true), 16);
         let before = f.clone();
-        assert!(patch_fetch_response(&mut f, 16, |_| None, leader).is_none());
+        assert!(patch_fetch_response(&mut f, 16, |_| None, leader, same).is_none());
         assert_eq!(f, before);
         // Non-empty NodeEndpoints need the full rewrite.
         let mut r = response(false);
@@ -290,20 +334,20 @@ mod tests {
         r.node_endpoints.push(e);
         let mut with_ep = encode(&r, 16);
         let snapshot = with_ep.clone();
-        assert!(patch_fetch_response(&mut with_ep, 16, named, leader).is_none());
+        assert!(patch_fetch_response(&mut with_ep, 16, named, leader, same).is_none());
         assert_eq!(with_ep, snapshot);
         // Truncated, trailing bytes, unsupported version.
         for cut in [3, 10, 30, before.len() - 1] {
             let mut short = before[..cut].to_vec();
             assert!(
-                patch_fetch_response(&mut short, 16, named, leader).is_none(),
+                patch_fetch_response(&mut short, 16, named, leader, same).is_none(),
                 "cut at {cut}"
             );
             assert_eq!(&short[..], &before[..cut]);
         }
         let mut trailing = before.to_vec();
         trailing.push(0);
-        assert!(patch_fetch_response(&mut trailing, 16, named, leader).is_none());
-        assert!(patch_fetch_response(&mut before.to_vec(), 11, named, leader).is_none());
+        assert!(patch_fetch_response(&mut trailing, 16, named, leader, same).is_none());
+        assert!(patch_fetch_response(&mut before.to_vec(), 11, named, leader, same).is_none());
     }
 }

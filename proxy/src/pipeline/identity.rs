@@ -1,8 +1,10 @@
 //! The identity stage: requests and answers of the partitioned APIs in the
 //! virtual cluster's terms (`crate::identity`).
 //!
-//! * Requests: leader epochs are neutralised (a client only knows virtual
-//!   leaders, whose epochs mean nothing upstream); Fetch goes upstream as a
+//! * Requests: the client's leader epochs (of virtual leaders, meaningless
+//!   upstream) are replaced by the epochs the site's view knows, as Kafka's
+//!   clients send them (KIP-320): a broker that lost leadership then says
+//!   so instead of serving a stale log; Fetch goes upstream as a
 //!   full fetch (`session_id 0`, `epoch -1`: a fetch session is state on one
 //!   upstream broker and would not survive a split request or a failover)
 //!   and, from v13, with the site's real topic ids for the client's virtual
@@ -10,7 +12,8 @@
 //! * Answers: KIP-951 leader hints (`CurrentLeader`, `NodeEndpoints`) become
 //!   the partition's virtual leader and that node's endpoint; Fetch topic ids
 //!   become virtual, `session_id` 0, no preferred read replica; ListOffsets
-//!   leader epochs -1; Metadata's brokers, cluster id, controller, leaders,
+//!   leader epochs -1; epoch errors NOT_LEADER_OR_FOLLOWER ([`client_error`]);
+//!   Metadata's brokers, cluster id, controller, leaders,
 //!   replicas and topic ids are all virtual. A single broker's Fetch answer is patched in place
 //!   (`codec::fetch_patch`) without copying its records.
 
@@ -26,7 +29,9 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{Api, At, Exchange, Reply, Unanswered};
-use crate::codec::errors::UNKNOWN_TOPIC_ID;
+use crate::codec::errors::{
+    FENCED_LEADER_EPOCH, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH, UNKNOWN_TOPIC_ID,
+};
 use crate::codec::fetch_patch;
 use crate::identity::Identity;
 use crate::shared::DataPlane;
@@ -66,21 +71,22 @@ pub async fn fetch_topic_names<A: Api<Req = FetchRequest>>(
     skip
 }
 
-/// Fetch, after the names stage: a full fetch with neutral epochs and,
-/// from v13, each site's real topic ids (from the views the request is
-/// routed with). Always touches the request.
+/// Fetch, after the names stage: a full fetch, each partition with its
+/// leader's epoch as the site's view knows it and, from v13, each site's real
+/// topic ids (from the views the request is routed with). Always touches
+/// the request.
 pub fn fetch_request<A: Api<Req = FetchRequest>>(x: &mut Exchange<A>) {
     let b = &mut x.body;
-    for p in b.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-        p.current_leader_epoch = -1;
-        p.last_fetched_epoch = -1;
-    }
-    b.session_id = 0;
-    b.session_epoch = -1;
-    b.forgotten_topics_data.clear();
-    if x.req.api_version >= 13 {
-        for (t, site) in b.topics.iter_mut().zip(&x.site_of) {
-            if let Some(v) = site.and_then(|s| x.views.get(s)) {
+    let version = x.req.api_version;
+    for (t, site) in b.topics.iter_mut().zip(&x.site_of) {
+        let view = site.and_then(|s| x.views.get(s));
+        for p in &mut t.partitions {
+            p.current_leader_epoch =
+                view.map_or(-1, |v| v.leader_epoch(t.topic.0.as_str(), p.partition));
+            p.last_fetched_epoch = -1;
+        }
+        if version >= 13 {
+            if let Some(v) = view {
                 t.topic_id = v
                     .topics
                     .get(t.topic.0.as_str())
@@ -89,111 +95,164 @@ pub fn fetch_request<A: Api<Req = FetchRequest>>(x: &mut Exchange<A>) {
             }
         }
     }
+    b.session_id = 0;
+    b.session_epoch = -1;
+    b.forgotten_topics_data.clear();
     x.touch("identity");
 }
 
-/// ListOffsets: neutral leader epochs. Touches the request when a client
-/// sent one.
+/// ListOffsets, after the names stage: each partition with its leader's
+/// epoch as the site's view knows it. Touches the request when that is not
+/// what the client sent.
 pub fn list_offsets_request<A: Api<Req = ListOffsetsRequest>>(x: &mut Exchange<A>) {
     let mut changed = false;
-    for p in x
-        .body
-        .topics
-        .iter_mut()
-        .flat_map(|t| t.partitions.iter_mut())
-    {
-        changed |= p.current_leader_epoch != -1;
-        p.current_leader_epoch = -1;
+    for (t, site) in x.body.topics.iter_mut().zip(&x.site_of) {
+        let view = site.and_then(|s| x.views.get(s));
+        for p in &mut t.partitions {
+            let epoch = view.map_or(-1, |v| v.leader_epoch(t.name.0.as_str(), p.partition_index));
+            changed |= p.current_leader_epoch != epoch;
+            p.current_leader_epoch = epoch;
+        }
     }
     if changed {
         x.touch("identity");
     }
 }
 
-/// ListOffsets answers: leader epochs -1.
+/// The partition error a client gets for an upstream one. Leader epochs in
+/// requests upstream are Switchyard's (the client's, of virtual leaders,
+/// mean nothing there), so an epoch error says Switchyard's view was out of
+/// date: the client hears NOT_LEADER_OR_FOLLOWER, which every client
+/// retries after a metadata refresh, as it would for a leader that moved.
+pub fn client_error(code: i16) -> i16 {
+    match code {
+        FENCED_LEADER_EPOCH | UNKNOWN_LEADER_EPOCH => NOT_LEADER_OR_FOLLOWER,
+        c => c,
+    }
+}
+
+/// ListOffsets answers: leader epochs -1, epoch errors as the client's.
 pub fn list_offsets_answer(r: &mut ListOffsetsResponse) -> bool {
     let mut changed = false;
     for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-        changed |= p.leader_epoch != -1;
+        let code = client_error(p.error_code);
+        changed |= p.leader_epoch != -1 || code != p.error_code;
         p.leader_epoch = -1;
+        p.error_code = code;
     }
     changed
 }
 
-/// Produce answers: upstream leader hints become virtual ones.
-pub fn produce_answer(id: &Identity, r: &mut ProduceResponse) -> bool {
-    use kafka_protocol::messages::produce_response::{LeaderIdAndEpoch, NodeEndpoint};
-    let mut changed = !r.node_endpoints.is_empty();
-    let mut nodes = BTreeSet::new();
-    for t in &mut r.responses {
-        for p in &mut t.partition_responses {
-            if p.current_leader.leader_id.0 >= 0 || p.current_leader.leader_epoch >= 0 {
-                let leader = id.leader_for(t.name.0.as_str(), p.index).node_id;
-                let mut cl = LeaderIdAndEpoch::default();
-                cl.leader_id = BrokerId(leader);
-                cl.leader_epoch = -1;
-                p.current_leader = cl;
-                nodes.insert(leader);
-                changed = true;
-            }
+/// KIP-951 leader hints of one answer (Produce and Fetch have their own
+/// types for them): each hint set upstream names the partition's virtual
+/// leader instead, without an epoch (virtual leaders have none), and the
+/// answer then carries those leaders' endpoints.
+struct LeaderHints {
+    nodes: BTreeSet<i32>,
+    changed: bool,
+}
+
+impl LeaderHints {
+    fn new(changed: bool) -> Self {
+        LeaderHints {
+            nodes: BTreeSet::new(),
+            changed,
         }
     }
-    if changed {
-        r.node_endpoints = endpoints(id, nodes, |n, host, port, rack| {
-            let mut e = NodeEndpoint::default();
+
+    fn rewrite(
+        &mut self,
+        id: &Identity,
+        topic: &str,
+        partition: i32,
+        leader_id: &mut BrokerId,
+        leader_epoch: &mut i32,
+    ) {
+        if leader_id.0 < 0 && *leader_epoch < 0 {
+            return;
+        }
+        let leader = id.leader_for(topic, partition).node_id;
+        *leader_id = BrokerId(leader);
+        *leader_epoch = -1;
+        self.nodes.insert(leader);
+        self.changed = true;
+    }
+}
+
+/// The endpoints of the virtual `nodes` as the answer's `NodeEndpoint` type.
+macro_rules! node_endpoints {
+    ($ty:ty, $id:expr, $nodes:expr) => {
+        endpoints($id, $nodes, |n, host, port, rack| {
+            let mut e = <$ty>::default();
             e.node_id = BrokerId(n);
             e.host = host;
             e.port = port;
             e.rack = rack;
             e
-        });
+        })
+    };
+}
+/// Produce answers: upstream leader hints become virtual ones.
+pub fn produce_answer(id: &Identity, r: &mut ProduceResponse) -> bool {
+    use kafka_protocol::messages::produce_response::NodeEndpoint;
+    let mut hints = LeaderHints::new(!r.node_endpoints.is_empty());
+    for t in &mut r.responses {
+        for p in &mut t.partition_responses {
+            let l = &mut p.current_leader;
+            hints.rewrite(
+                id,
+                t.name.0.as_str(),
+                p.index,
+                &mut l.leader_id,
+                &mut l.leader_epoch,
+            );
+        }
     }
-    changed
+    if hints.changed {
+        r.node_endpoints = node_endpoints!(NodeEndpoint, id, hints.nodes);
+    }
+    hints.changed
 }
 
 /// One site's Fetch answer for the client: each topic under its client
 /// name (before v13) or virtual id (v13+), leader hints virtual, no
 /// preferred read replica, `session_id` 0. True if anything changed.
 pub fn fetch_answer(at: &At, id: &Identity, r: &mut FetchResponse) -> bool {
-    use kafka_protocol::messages::fetch_response::{LeaderIdAndEpoch, NodeEndpoint};
+    use kafka_protocol::messages::fetch_response::NodeEndpoint;
     let version = at.version;
-    let mut changed = r.session_id != 0 || !r.node_endpoints.is_empty();
+    let mut hints = LeaderHints::new(r.session_id != 0 || !r.node_endpoints.is_empty());
     r.session_id = 0;
-    let mut nodes = BTreeSet::new();
     for t in &mut r.responses {
         let before = (t.topic.clone(), t.topic_id);
         let name = fetch_client_name(at, t);
         if version >= 13 {
             t.topic_id = id.topic_id(&name);
         }
-        changed |= before != (t.topic.clone(), t.topic_id);
+        hints.changed |= before != (t.topic.clone(), t.topic_id);
         for p in &mut t.partitions {
             if p.preferred_read_replica.0 >= 0 {
                 p.preferred_read_replica = BrokerId(-1);
-                changed = true;
+                hints.changed = true;
             }
-            if p.current_leader.leader_id.0 >= 0 || p.current_leader.leader_epoch >= 0 {
-                let leader = id.leader_for(&name, p.partition_index).node_id;
-                let mut cl = LeaderIdAndEpoch::default();
-                cl.leader_id = BrokerId(leader);
-                cl.leader_epoch = -1;
-                p.current_leader = cl;
-                nodes.insert(leader);
-                changed = true;
+            let code = client_error(p.error_code);
+            if code != p.error_code {
+                p.error_code = code;
+                hints.changed = true;
             }
+            let l = &mut p.current_leader;
+            hints.rewrite(
+                id,
+                &name,
+                p.partition_index,
+                &mut l.leader_id,
+                &mut l.leader_epoch,
+            );
         }
     }
-    if changed {
-        r.node_endpoints = endpoints(id, nodes, |n, host, port, rack| {
-            let mut e = NodeEndpoint::default();
-            e.node_id = BrokerId(n);
-            e.host = host;
-            e.port = port;
-            e.rack = rack;
-            e
-        });
+    if hints.changed {
+        r.node_endpoints = node_endpoints!(NodeEndpoint, id, hints.nodes);
     }
-    changed
+    hints.changed
 }
 
 /// Gives one topic of a site's Fetch answer its client name (before v13;
@@ -248,7 +307,9 @@ pub fn fetch_single<A: Api<Resp = FetchResponse>>(
             })
     };
     let leader = |topic: &str, partition: i32| id.leader_for(topic, partition).node_id;
-    if let Some(p) = fetch_patch::patch_fetch_response(&mut buf, at.version, to_virtual, leader) {
+    if let Some(p) =
+        fetch_patch::patch_fetch_response(&mut buf, at.version, to_virtual, leader, client_error)
+    {
         for code in p.partition_errors {
             at.note(code);
         }
@@ -308,8 +369,7 @@ pub fn metadata_answer(id: &Identity, resp: &mut kafka_protocol::messages::Metad
     }
 }
 
-/// The endpoints of the virtual `nodes`, built by `make` (each API has its
-/// own endpoint type).
+/// The endpoints of the virtual `nodes`, built by `make`.
 fn endpoints<E>(
     id: &Identity,
     nodes: BTreeSet<i32>,
@@ -347,45 +407,93 @@ mod tests {
         Identity::new("virt", "127.0.0.1:9092".parse().unwrap(), "proxy", 3, None)
     }
 
+    /// A site's view where "orders" partition 0 is led at epoch 7.
+    fn view_with_epoch() -> std::sync::Arc<crate::upstream::ClusterView> {
+        let mut v = crate::upstream::ClusterView::default();
+        v.topics.insert(
+            "orders".to_string(),
+            crate::upstream::view::TopicView {
+                leaders: vec![1],
+                epochs: vec![7],
+                replicas: vec![3],
+                ..Default::default()
+            },
+        );
+        std::sync::Arc::new(v)
+    }
+
     #[test]
-    fn fetch_goes_upstream_as_a_full_fetch_with_neutral_epochs() {
+    fn fetch_goes_upstream_as_a_full_fetch_with_the_views_epochs() {
         let mut req = FetchRequest::default();
         req.session_id = 42;
         req.session_epoch = 7;
-        let mut t = FetchTopic::default();
-        t.topic = TopicName(StrBytes::from_static_str("orders"));
-        let mut p = FetchPartition::default();
-        p.current_leader_epoch = 5;
-        p.last_fetched_epoch = 4;
-        t.partitions.push(p);
-        req.topics.push(t);
+        for name in ["orders", "unknown"] {
+            let mut t = FetchTopic::default();
+            t.topic = TopicName(StrBytes::from_static_str(name));
+            let mut p = FetchPartition::default();
+            p.current_leader_epoch = 5;
+            p.last_fetched_epoch = 4;
+            t.partitions.push(p);
+            req.topics.push(t);
+        }
         let mut x = exchange_at::<Fetch>(req, Some(12));
-        x.site_of = vec![Some(0)];
+        x.site_of = vec![Some(0), Some(0)];
+        x.views = vec![view_with_epoch()];
         fetch_request(&mut x);
         assert_eq!((x.body.session_id, x.body.session_epoch), (0, -1));
+        // The client's epochs are of virtual leaders; the view's are real.
         let p = &x.body.topics[0].partitions[0];
+        assert_eq!((p.current_leader_epoch, p.last_fetched_epoch), (7, -1));
+        let p = &x.body.topics[1].partitions[0];
         assert_eq!((p.current_leader_epoch, p.last_fetched_epoch), (-1, -1));
         assert_eq!(x.touched(), ["identity"]);
     }
 
     #[test]
-    fn list_offsets_touches_only_a_request_with_epochs() {
+    fn list_offsets_carries_the_views_epochs() {
         let req = |epoch| {
             let mut r = ListOffsetsRequest::default();
             let mut t = ListOffsetsTopic::default();
+            t.name = TopicName(StrBytes::from_static_str("orders"));
             let mut p = ListOffsetsPartition::default();
             p.current_leader_epoch = epoch;
             t.partitions.push(p);
             r.topics.push(t);
             r
         };
-        let mut plain = exchange::<ListOffsets>(req(-1));
-        list_offsets_request(&mut plain);
-        assert!(plain.touched().is_empty());
-        let mut with = exchange::<ListOffsets>(req(3));
-        list_offsets_request(&mut with);
-        assert_eq!(with.touched(), ["identity"]);
-        assert_eq!(with.body.topics[0].partitions[0].current_leader_epoch, -1);
+        let routed = |epoch, view: bool| {
+            let mut x = exchange::<ListOffsets>(req(epoch));
+            x.site_of = vec![Some(0)];
+            if view {
+                x.views = vec![view_with_epoch()];
+            }
+            list_offsets_request(&mut x);
+            let sent = x.body.topics[0].partitions[0].current_leader_epoch;
+            (x.touched().len(), sent)
+        };
+        assert_eq!(routed(-1, true), (1, 7));
+        assert_eq!(routed(7, true), (0, 7));
+        assert_eq!(routed(-1, false), (0, -1));
+        assert_eq!(routed(3, false), (1, -1));
+    }
+
+    #[test]
+    fn epoch_errors_reach_the_client_as_not_leader() {
+        use kafka_protocol::messages::list_offsets_response::{
+            ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+        };
+        for (upstream, client) in [(74, 6), (75, 6), (6, 6), (1, 1), (0, 0)] {
+            assert_eq!(client_error(upstream), client);
+        }
+        let mut r = ListOffsetsResponse::default();
+        let mut t = ListOffsetsTopicResponse::default();
+        let mut p = ListOffsetsPartitionResponse::default();
+        p.error_code = FENCED_LEADER_EPOCH;
+        p.leader_epoch = -1;
+        t.partitions.push(p);
+        r.topics.push(t);
+        assert!(list_offsets_answer(&mut r));
+        assert_eq!(r.topics[0].partitions[0].error_code, NOT_LEADER_OR_FOLLOWER);
     }
 
     #[test]

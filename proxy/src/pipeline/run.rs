@@ -55,10 +55,11 @@ pub async fn dispatch<A: Api>(
         return Ok(Outcome::NoResponse);
     }
 
+    // The client's frame as it came: its partitions are listed only if its
+    // broker fails (`None`: all of the request's).
     let parts = if untouched && one {
-        let slots = split::partitions_of(&x.body);
         plan.keys()
-            .map(|t| (*t, x.req.frame.clone(), slots.clone()))
+            .map(|t| (*t, x.req.frame.clone(), None))
             .collect()
     } else {
         encode_parts(&x, &plan)?
@@ -66,7 +67,7 @@ pub async fn dispatch<A: Api>(
     let deadline = tokio::time::Instant::now() + x.timeout;
     let metrics = ctx.plane.metrics.clone();
     let names = Arc::new(std::mem::take(&mut x.names));
-    let sites: Arc<[_]> = ctx.plane.sites.clone().into();
+    let sites = ctx.plane.sites.clone();
     let at = |site: usize| At {
         api,
         version,
@@ -76,21 +77,29 @@ pub async fn dispatch<A: Api>(
         sites: sites.clone(),
     };
     let mut failed: Vec<Unanswered> = Vec::new();
-    let fail =
-        move |failed: &mut Vec<Unanswered>, at: &At, slots: split::Slots, e: &UpstreamError| {
-            tracing::debug!(api = codec::api_name(api), error = %e, partitions = slots.len(),
+    let fail = move |failed: &mut Vec<Unanswered>,
+                     at: &At,
+                     slots: Option<split::Slots>,
+                     body: &A::Req,
+                     e: &UpstreamError| {
+        let slots = slots.unwrap_or_else(|| split::partitions_of(body));
+        tracing::debug!(api = codec::api_name(api), error = %e, partitions = slots.len(),
             "partitions of a failed broker answered NOT_LEADER_OR_FOLLOWER");
-            unavailable::count(&metrics, api, errors::NOT_LEADER_OR_FOLLOWER);
-            failed.extend(slots.into_iter().map(|(t, p)| Unanswered {
-                topic: at.names.virt(at.site, &t),
-                topic_id: None,
-                partition: p,
-                code: errors::NOT_LEADER_OR_FOLLOWER,
-                message: None,
-            }));
-        };
-    let mut pending: Vec<(At, PendingResponse, split::Slots, Option<WriteGuard>)> =
-        Vec::with_capacity(parts.len());
+        unavailable::count(&metrics, api, errors::NOT_LEADER_OR_FOLLOWER);
+        failed.extend(slots.into_iter().map(|(t, p)| Unanswered {
+            topic: at.names.virt(at.site, &t),
+            topic_id: None,
+            partition: p,
+            code: errors::NOT_LEADER_OR_FOLLOWER,
+            message: None,
+        }));
+    };
+    let mut pending: Vec<(
+        At,
+        PendingResponse,
+        Option<split::Slots>,
+        Option<WriteGuard>,
+    )> = Vec::with_capacity(parts.len());
     for (target, frame, slots) in parts {
         let here = at(target.0);
         // Counted from before it is sent until answered: a failover drains
@@ -98,7 +107,7 @@ pub async fn dispatch<A: Api>(
         let write = A::WRITES.then(|| ctx.site(target.0).write_started());
         match ctx.pools.call(target, api, frame).await {
             Ok(p) => pending.push((here, p, slots, write)),
-            Err(e) => fail(&mut failed, &here, slots, &e),
+            Err(e) => fail(&mut failed, &here, slots, &x.body, &e),
         }
     }
 
@@ -110,6 +119,7 @@ pub async fn dispatch<A: Api>(
         && x.unanswered.is_empty()
         && x.client_stages.is_empty();
     let Exchange {
+        body,
         unanswered,
         offload,
         site_stages,
@@ -124,7 +134,7 @@ pub async fn dispatch<A: Api>(
             let frame = match answer {
                 Ok(f) => f,
                 Err(e) => {
-                    fail(&mut failed, &here, slots, &e);
+                    fail(&mut failed, &here, slots, &body, &e);
                     continue;
                 }
             };
@@ -189,7 +199,7 @@ async fn run_site_stage<R: Send + 'static>(
 fn encode_parts<A: Api>(
     x: &Exchange<A>,
     plan: &split::Plan,
-) -> anyhow::Result<Vec<(Target, bytes::Bytes, split::Slots)>> {
+) -> anyhow::Result<Vec<(Target, bytes::Bytes, Option<split::Slots>)>> {
     let mut out = Vec::with_capacity(plan.len());
     for (target, sub) in split::split(&x.body, plan) {
         let frame = codec::encode_request(
@@ -198,7 +208,106 @@ fn encode_parts<A: Api>(
             x.req.client_id.clone(),
             &sub,
         )?;
-        out.push((target, frame, split::partitions_of(&sub)));
+        out.push((target, frame, Some(split::partitions_of(&sub))));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use kafka_protocol::messages::ProduceResponse;
+
+    use super::*;
+    use crate::api::produce::Produce;
+    use crate::pipeline::names;
+    use crate::pipeline::testing::{exchange, newest, produce, proxy, WHO};
+    use crate::upstream::view::TopicView;
+    use crate::upstream::{BrokerAddr, ClusterView, Pools};
+    use kafka_protocol::messages::ApiKey;
+
+    /// A port nothing listens on: connecting is refused at once.
+    fn refusing_port() -> i32 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port() as i32
+    }
+
+    /// Site `a` with "orders" partitions led by `leaders`, every broker at
+    /// a refusing port.
+    fn view(leaders: &[i32]) -> ClusterView {
+        let mut v = ClusterView::default();
+        let mut brokers = HashMap::new();
+        for &b in leaders {
+            brokers.insert(
+                b,
+                BrokerAddr {
+                    node_id: b,
+                    host: "127.0.0.1".into(),
+                    port: refusing_port(),
+                    rack: None,
+                },
+            );
+        }
+        v.brokers = brokers;
+        v.topics.insert(
+            "orders".into(),
+            TopicView {
+                leaders: leaders.to_vec(),
+                epochs: vec![3; leaders.len()],
+                replicas: vec![1; leaders.len()],
+                ..Default::default()
+            },
+        );
+        v
+    }
+
+    /// What a client gets for a 2-partition produce when site `a`'s
+    /// brokers refuse connections.
+    async fn produce_to_refusing(leaders: &[i32]) -> Vec<(i32, i16)> {
+        let p = proxy("  []");
+        p.plane.site(0).set_view(view(leaders));
+        let mut pools = Pools::new(&p.plane.sites);
+        let mut ctx = Ctx {
+            plane: &p.plane,
+            pools: &mut pools,
+            listener: &p.listeners[0],
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        let mut x = exchange::<Produce>(produce("orders", 2, false, 1));
+        names::resolve(&mut x, &p.plane.router, WHO, &[]);
+        let identity = ctx.identity();
+        let Ok(Outcome::Later(answer)) = dispatch(&mut ctx, x, identity).await else {
+            panic!("a refused broker fails no request");
+        };
+        let Ok(Reply::Frame(frame)) = answer.await else {
+            panic!("answered for the broker");
+        };
+        let version = newest(ApiKey::Produce);
+        let r: ProduceResponse =
+            codec::decode_response_body(ApiKey::Produce, version, &frame).unwrap();
+        let mut out: Vec<(i32, i16)> = r
+            .responses
+            .iter()
+            .flat_map(|t| {
+                t.partition_responses
+                    .iter()
+                    .map(|p| (p.index, p.error_code))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_refuses_costs_the_client_only_a_retriable_error() {
+        let retriable = vec![
+            (0, errors::NOT_LEADER_OR_FOLLOWER),
+            (1, errors::NOT_LEADER_OR_FOLLOWER),
+        ];
+        // One broker: the client's own frame was to go up, untouched.
+        assert_eq!(produce_to_refusing(&[1, 1]).await, retriable);
+        // Two brokers: one part each.
+        assert_eq!(produce_to_refusing(&[1, 2]).await, retriable);
+    }
 }

@@ -27,11 +27,7 @@ where
     A::Req: Encodable,
 {
     let key = A::KEY;
-    let newest = codec::versions::TABLE
-        .iter()
-        .find(|t| t.0 == key)
-        .map_or(0, |t| t.2);
-    let version = version.unwrap_or(newest);
+    let version = version.unwrap_or(newest(key));
     let client_id = Some(kafka_protocol::protocol::StrBytes::from_static_str("test"));
     let frame = codec::encode_request(key, version, client_id, &body).unwrap();
     let req = RequestFrame::parse(frame).unwrap();
@@ -49,6 +45,14 @@ where
         site_stages: Vec::new(),
         client_stages: Vec::new(),
     }
+}
+
+/// The newest version of `key` Switchyard speaks.
+pub fn newest(key: kafka_protocol::messages::ApiKey) -> i16 {
+    codec::versions::TABLE
+        .iter()
+        .find(|t| t.0 == key)
+        .map_or(0, |t| t.2)
 }
 
 /// Where a site's answer is handled: `site` of no real site, with `view`.
@@ -87,8 +91,13 @@ routes:
 /// The data plane of [`config`]: built, never started (no connection is
 /// made until a request needs one).
 pub fn plane(routes: &str) -> Arc<crate::shared::DataPlane> {
+    proxy(routes).plane.clone()
+}
+
+/// The whole proxy of [`config`] (its listeners too), never started.
+pub fn proxy(routes: &str) -> Arc<crate::shared::Proxy> {
     let loaded = crate::shared::Loaded::text(&config(routes)).unwrap();
-    crate::shared::Proxy::new(loaded).plane.clone()
+    crate::shared::Proxy::new(loaded)
 }
 
 /// Routes as a client with id "app" on the main listener.

@@ -17,6 +17,13 @@
 //! resume) and meets its own version, which conflict plugins accept (an
 //! identical version is not older).
 //!
+//! Order: resolving a record reads the stored version and stores the new
+//! one, and what a merging plugin writes is the merged state, so two writers
+//! into the same (site, topic) — two tee links feeding one aggregate — must
+//! resolve and write one after the other: if one resolved first but wrote
+//! second, the site's last record per key would be the older merge.
+//! [`Conflicts::writer`] hands out that turn.
+//!
 //! Bounded: at most `max_keys` versions per site in memory (the topic keeps
 //! all); past that, a tenth of them is forgotten (logged): a forgotten key's
 //! next record is treated as a first write.
@@ -89,7 +96,14 @@ pub struct Conflicts {
     state: Mutex<HashMap<u16, SiteVersions>>,
     /// One restore or save per site at a time.
     io: Vec<tokio::sync::Mutex<()>>,
+    /// One resolve-then-write per (site, topic) at a time; see the module doc.
+    writers: Mutex<HashMap<(u16, String), Turn>>,
 }
+
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
+/// Past this many (site, topic) turns, idle ones are dropped when another is made.
+const MAX_IDLE_WRITERS: usize = 1024;
 
 impl Conflicts {
     pub fn new(sites: Vec<Arc<Site>>, max_keys: usize) -> Arc<Self> {
@@ -99,7 +113,32 @@ impl Conflicts {
             sites,
             max_keys: max_keys.max(1),
             state: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Waits for the turn to resolve and write records into `topic` on
+    /// `site`; the turn lasts as long as the guard. For writers that resolve
+    /// off the client's path (the tee): a client's produce is ordered by the
+    /// broker, not by Switchyard.
+    pub async fn writer(&self, site: u16, topic: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut w = match self.writers.lock() {
+                Ok(w) => w,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(t) = w.get(&(site, topic.to_string())) {
+                t.clone()
+            } else {
+                if w.len() >= MAX_IDLE_WRITERS {
+                    w.retain(|_, t| Arc::strong_count(t) > 1);
+                }
+                let t = Arc::new(tokio::sync::Mutex::new(()));
+                w.insert((site, topic.to_string()), t.clone());
+                t
+            }
+        };
+        turn.lock_owned().await
     }
 
     /// The incoming version of a record written by `origin`.
@@ -369,5 +408,27 @@ mod tests {
         assert_eq!(parse_vclock(b"west=4, east=2", &sites), vec![2, 4]);
         assert_eq!(parse_vclock(b"mars=9,east=x,west=1", &sites), vec![0, 1]);
         assert_eq!(parse_vclock(b"\xff", &sites), Vec::<u64>::new());
+    }
+
+    #[tokio::test]
+    async fn one_writer_per_site_and_topic_at_a_time() {
+        let c = Conflicts::new(Vec::new(), 10);
+        let east_into_agg = c.writer(2, "counters").await;
+        // Another topic or site has its own turn.
+        drop(c.writer(2, "other").await);
+        drop(c.writer(1, "counters").await);
+        let west = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let _turn = c.writer(2, "counters").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!west.is_finished(), "a second writer waits for the turn");
+        drop(east_into_agg);
+        tokio::time::timeout(Duration::from_secs(10), west)
+            .await
+            .expect("the turn passes on")
+            .expect("task");
     }
 }

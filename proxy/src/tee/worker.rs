@@ -134,6 +134,17 @@ struct Worker {
     grown_at: Instant,
 }
 
+/// Runs the CPU part of a round (decoding, tee plugins with their deadline,
+/// re-encoding) so that it holds up no other task: on the multi-threaded
+/// runtime the worker thread first hands its other tasks to another worker
+/// (`block_in_place`). Elsewhere (unit tests) it runs inline.
+fn cpu_work<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub(super) async fn run(
     tee: Arc<Tee>,
     link: Arc<Link>,
@@ -625,6 +636,17 @@ impl Worker {
                 return false;
             }
         };
+        // Conflict-resolving chains take the target's turn before resolving
+        // and keep it until written (`plugin::conflict`, "Order").
+        let _turn = match &plugins {
+            Some(p) if p.chain.iter().any(|l| l.caps.resolve) => Some(
+                p.registry
+                    .conflicts()
+                    .writer(self.link.target_index as u16, &self.topic.target_topic)
+                    .await,
+            ),
+            _ => None,
+        };
         let mut pendings = Vec::new();
         let mut moved = false;
         for f in fetched {
@@ -680,7 +702,7 @@ impl Worker {
                 }
                 continue;
             }
-            match self.build(i, &records, &f.aborted, plugins.as_ref()) {
+            match cpu_work(|| self.build(i, &records, &f.aborted, plugins.as_ref())) {
                 Ok(Some(p)) => pendings.push(p),
                 Ok(None) => {}
                 Err(e) => {

@@ -285,6 +285,12 @@ impl Site {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// A view as if a refresh had brought it (stage and dispatch tests).
+    #[cfg(test)]
+    pub fn set_view(&self, v: ClusterView) {
+        self.store_view(v)
+    }
+
     fn store_view(&self, v: ClusterView) {
         let old = self.view.swap(Arc::new(v));
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -172,6 +172,15 @@ impl ClusterView {
         (l >= 0 && self.brokers.contains_key(&l)).then_some(l)
     }
 
+    /// The epoch of a partition's leader as this view knows it; `-1` when
+    /// not known (the broker then does not check it).
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.epochs.get(usize::try_from(partition).ok()?).copied())
+            .unwrap_or(-1)
+    }
+
     /// Any broker, preferring the controller (admin requests) then the lowest id.
     pub fn any_broker(&self) -> Option<i32> {
         if self.brokers.contains_key(&self.controller_id) {
