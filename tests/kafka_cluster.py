@@ -337,7 +337,8 @@ class KafkaNode:
                 raise KafkaError(f"kafka node {self.node_id} exited with {code} during startup "
                                  f"(log {self.log_path}):\n{self.tail()}")
             try:
-                brokers = metadata_brokers(self.port)
+                # INTERNAL is plaintext whatever CLIENT speaks (TLS tests).
+                brokers = metadata_brokers(self.internal_port)
                 ids = {b[0] for b in brokers}
                 if self.node_id in ids and (want_brokers is None or len(ids) >= want_brokers):
                     return

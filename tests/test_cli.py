@@ -57,3 +57,29 @@ def test_check_rejects_unknown_keys(switchyard_bin, tmp_path):
     code, out = _run(switchyard_bin, "check", "--config", str(path))
     assert code == 1, f"a config with an unknown key was accepted (exit {code}):\n{out}"
     assert "virtual_node" in out and "listen" in out, f"unknown key not named with its path:\n{out}"
+
+
+def test_check_names_the_tls_file_that_is_wrong(switchyard_bin, tmp_path):
+    from tls_pki import Pki
+
+    pki = Pki(tmp_path / "pki", "cli")
+    server = pki.issue("switchyard", ["localhost"])
+    other = pki.issue("other")
+    expired = pki.issue("old", expired=True)
+    tls = (f"  tls:\n    cert: {server.cert}\n    key: {server.key}\n"
+           f"    client_auth: required\n    client_ca: {pki.ca_pem}\n")
+    good = GOOD.replace("  virtual_nodes: 3\n", "  virtual_nodes: 3\n" + tls)
+    path = tmp_path / "tls.yaml"
+    path.write_text(good)
+    code, out = _run(switchyard_bin, "check", "--config", str(path))
+    assert code == 0, f"a valid TLS config was refused:\n{out}"
+    site_tls = f"    tls:\n      ca: {tmp_path / 'missing-ca.pem'}\n"
+    bad = (good.replace(f"key: {server.key}", f"key: {other.key}")
+               .replace(f"client_ca: {pki.ca_pem}", f"client_ca: {expired.cert}")
+               .replace('    bootstrap: ["127.0.0.1:29092"]\n', '    bootstrap: ["127.0.0.1:29092"]\n' + site_tls))
+    path.write_text(bad)
+    code, out = _run(switchyard_bin, "check", "--config", str(path))
+    assert code == 1, f"a config with unusable TLS files was accepted:\n{out}"
+    for key, words in [("listen.tls.client_ca", "not valid now"), ("sites[0].tls.ca", "missing-ca.pem")]:
+        line = next((l for l in out.splitlines() if key in l), None)
+        assert line is not None and words in line, f"{key} not reported with {words!r}:\n{out}"

@@ -221,6 +221,91 @@ pub struct ListenConfig {
     /// Rack reported for the virtual brokers.
     #[serde(default)]
     pub rack: Option<String>,
+    /// TLS for this listener's clients (all its ports); absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// Client-facing TLS (rustls: TLS 1.2 and 1.3).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// PEM file with the server certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Whether clients present certificates (mTLS): `none`, `optional`
+    /// (verified when presented) or `required`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs client certificates must chain to (required
+    /// unless `client_auth` is `none`).
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// How a client certificate names the client's principal.
+    #[serde(default)]
+    pub principal: PrincipalFrom,
+    /// Oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+/// Which part of a client certificate is the principal (`User:<value>`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalFrom {
+    /// The subject's common name (CN).
+    #[default]
+    SubjectCn,
+    /// The whole subject, RFC 4514 (`CN=app,O=Shop`), as Kafka's default
+    /// SSL principal builder gives it.
+    Subject,
+    /// The first DNS subject alternative name.
+    SanDns,
+    /// The first URI subject alternative name (e.g. a SPIFFE id).
+    SanUri,
+    /// The first e-mail subject alternative name.
+    SanEmail,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// TLS from Switchyard to a site's brokers (client traffic, tee, health
+/// checks and state topics alike).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SiteTlsConfig {
+    /// PEM bundle of the CAs the brokers' certificates chain to; absent:
+    /// the system's trusted roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Client certificate chain (PEM) for brokers that require mTLS.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The name brokers' certificates are checked against, for every broker
+    /// of the site; absent: each broker's own host name (bootstrap address,
+    /// then what its metadata advertises), as Kafka's clients verify it.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +317,9 @@ pub struct ExtraListenerConfig {
     pub bind: String,
     #[serde(default)]
     pub advertised_host: Option<String>,
+    /// TLS for this listener's clients; absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 /// Selects names by exactly one of: exact name, prefix, or regex (matched
@@ -446,6 +534,9 @@ pub struct SiteConfig {
     /// higher wins). Default 0.
     #[serde(default)]
     pub priority: u32,
+    /// TLS to the site's brokers; absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<SiteTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -566,6 +657,8 @@ pub struct ListenerSpec {
     pub name: String,
     pub bind: SocketAddr,
     pub advertised_host: String,
+    /// Its TLS, and the config key it sits under (for errors).
+    pub tls: Option<(String, ListenerTlsConfig)>,
 }
 
 /// A config that parsed and validated, with addresses resolved.
@@ -616,8 +709,9 @@ pub fn parse(text: &str, check: Check) -> Result<Validated, ConfigErrors> {
 }
 
 /// Parses and validates config text read from a file in `dir`: relative
-/// `plugins[].path`s are relative to that directory (a config and its
-/// plugins ship together), else to the working directory.
+/// `plugins[].path`s and TLS file paths are relative to that directory (a
+/// config and its plugins and certificates ship together), else to the
+/// working directory.
 fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, ConfigErrors> {
     let de = serde_norway::Deserializer::from_str(text);
     let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -635,9 +729,25 @@ fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, C
         }])
     })?;
     if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        let resolve = |p: &mut String| {
+            if Path::new(p.as_str()).is_relative() {
+                *p = dir.join(p.as_str()).to_string_lossy().into_owned();
+            }
+        };
         for p in &mut config.plugins {
-            if Path::new(&p.path).is_relative() {
-                p.path = dir.join(&p.path).to_string_lossy().into_owned();
+            resolve(&mut p.path);
+        }
+        // Certificates, keys and CA bundles, likewise.
+        let listeners = std::iter::once(config.listen.tls.as_mut())
+            .chain(config.listeners.iter_mut().map(|l| l.tls.as_mut()));
+        for t in listeners.flatten() {
+            resolve(&mut t.cert);
+            resolve(&mut t.key);
+            t.client_ca.iter_mut().for_each(resolve);
+        }
+        for t in config.sites.iter_mut().filter_map(|s| s.tls.as_mut()) {
+            for p in [&mut t.ca, &mut t.cert, &mut t.key] {
+                p.iter_mut().for_each(resolve);
             }
         }
     }
@@ -847,6 +957,7 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
                 .advertised_host
                 .clone()
                 .unwrap_or_else(|| b.ip().to_string()),
+            tls: config.listen.tls.clone().map(|t| ("listen.tls".into(), t)),
         });
     }
     if config.listen.name.trim().is_empty() {
@@ -880,6 +991,7 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
                     .advertised_host
                     .clone()
                     .unwrap_or_else(|| b.ip().to_string()),
+                tls: l.tls.clone().map(|t| (format!("{key}.tls"), t)),
             }),
             Err(_) => err(
                 &format!("{key}.bind"),

@@ -48,4 +48,5 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod tee;
+pub mod tls;
 pub mod upstream;

@@ -384,6 +384,9 @@ pub mod kind {
     pub const UPSTREAM: &str = "upstream";
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
     pub const CLIENT_IO: &str = "client_io";
+    /// A client's TLS handshake failed (plaintext to a TLS port, an
+    /// untrusted, expired or missing client certificate, a timeout).
+    pub const TLS_HANDSHAKE: &str = "tls_handshake";
 }
 
 impl Metrics {

@@ -80,6 +80,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
     proxy.plane.tee.start(stop_rx.clone());
     tokio::spawn(reload_on_sighup(proxy.clone(), stop_rx.clone()));
+    for tls in proxy.listeners.iter().filter_map(|l| l.tls.clone()) {
+        tokio::spawn(refresh_tls(tls, stop_rx.clone()));
+    }
     let admin_task = tokio::spawn(admin::serve(proxy.clone(), admin_listener, stop_rx.clone()));
 
     // Every session holds a permit; getting all of them back at shutdown
@@ -179,6 +182,12 @@ async fn accept_loop(
     }
 }
 
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a TLS listener's certificate files are checked for changes.
+const TLS_REFRESH_EVERY: Duration = Duration::from_secs(10);
+
 async fn serve_one(
     proxy: Arc<Proxy>,
     stream: TcpStream,
@@ -186,9 +195,63 @@ async fn serve_one(
     listener: Arc<Listener>,
     stop: watch::Receiver<bool>,
 ) {
-    tracing::debug!(client = %peer, listener = %listener.name, "client connected");
-    session::serve(proxy, stream, peer, listener, stop).await;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = listener.tls.clone() else {
+        tracing::debug!(client = %peer, listener = %listener.name, "client connected");
+        session::serve(proxy, stream.into_split(), peer, listener, stop).await;
+        tracing::debug!(client = %peer, "client disconnected");
+        return;
+    };
+    let handshake =
+        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        // Closed before finishing a handshake (a load balancer's TCP health
+        // check, a port scan): the client's business, not a TLS failure.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            proxy.plane.metrics.error(kind::CLIENT_IO);
+            tracing::debug!(client = %peer, listener = %listener.name,
+                "client closed the connection before a TLS handshake");
+            return;
+        }
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+            };
+            proxy.plane.metrics.error(kind::TLS_HANDSHAKE);
+            proxy.plane.metrics.client_closed(kind::TLS_HANDSHAKE);
+            tracing::debug!(client = %peer, listener = %listener.name, error = %why,
+                "client TLS handshake failed; connection closed");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let principal = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::tls::principal(c, tls.principal_from()));
+    tracing::debug!(client = %peer, listener = %listener.name, tls = ?session.protocol_version(),
+        principal = principal.as_deref().unwrap_or("-"), "client connected");
+    session::serve(proxy, tokio::io::split(stream), peer, listener, stop).await;
     tracing::debug!(client = %peer, "client disconnected");
+}
+
+/// Re-reads a TLS listener's certificate files when they change, so a
+/// renewed certificate is served without a restart (file reads off the
+/// async workers).
+async fn refresh_tls(tls: Arc<crate::tls::ServerTls>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(TLS_REFRESH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.refresh()).await;
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -26,9 +26,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api;
@@ -45,17 +43,18 @@ enum Slot {
     Later(Respond, Option<RequestFrame>),
 }
 
-/// Serves one client connection until it closes, fails, idles out or the
-/// proxy shuts down.
-pub async fn serve(
+/// Serves one client connection (plaintext halves, or a TLS session's)
+/// until it closes, fails, idles out or the proxy shuts down.
+pub async fn serve<R, W>(
     proxy: Arc<Proxy>,
-    stream: TcpStream,
+    (mut rd, wr): (R, W),
     peer: SocketAddr,
     listener: Arc<Listener>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &proxy.cfg.config.limits;
     let max_frame = limits.max_frame_bytes;
     let idle = Duration::from_millis(limits.idle_timeout_ms);
@@ -267,9 +266,9 @@ impl InOrder {
     }
 }
 
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     proxy: Arc<Proxy>,
-    wr: OwnedWriteHalf,
+    wr: W,
     mut rx: mpsc::Receiver<(Slot, OwnedSemaphorePermit)>,
     peer: SocketAddr,
     identity: Arc<crate::identity::Identity>,

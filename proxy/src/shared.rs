@@ -27,6 +27,8 @@ use crate::upstream::{Site, SiteSettings};
 pub struct Listener {
     pub name: String,
     pub identity: Arc<Identity>,
+    /// Its TLS (`listen.tls`, `listeners[].tls`); `None`: plaintext.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// A config ready to run: its fields and routes checked in one round, its
@@ -34,6 +36,7 @@ pub struct Listener {
 pub struct Loaded {
     pub cfg: Validated,
     pub router: Arc<Router>,
+    pub tls: crate::tls::TlsSet,
 }
 
 impl Loaded {
@@ -47,12 +50,26 @@ impl Loaded {
         Self::routed(crate::config::parse(text, Router::check)?)
     }
 
+    /// Builds what runs from a checked config: the routing table and the
+    /// TLS of every listener and site (their files read and checked), with
+    /// every problem of both reported at once.
     fn routed(cfg: Validated) -> Result<Loaded, ConfigErrors> {
-        let router = Router::build(&cfg.config, cfg.active_site).map_err(ConfigErrors)?;
-        Ok(Loaded {
-            cfg,
-            router: Arc::new(router),
-        })
+        let router = Router::build(&cfg.config, cfg.active_site);
+        let tls = crate::tls::load(&cfg);
+        match (router, tls) {
+            (Ok(router), Ok(tls)) => Ok(Loaded {
+                cfg,
+                router: Arc::new(router),
+                tls,
+            }),
+            (r, t) => Err(ConfigErrors(
+                r.err()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(t.err().unwrap_or_default())
+                    .collect(),
+            )),
+        }
     }
 }
 
@@ -94,13 +111,15 @@ pub struct DataPlane {
 }
 
 impl Proxy {
-    pub fn new(Loaded { cfg, router }: Loaded) -> Arc<Self> {
+    pub fn new(Loaded { cfg, router, tls }: Loaded) -> Arc<Self> {
         let c = &cfg.config;
         let listeners: Vec<Arc<Listener>> = cfg
             .listeners
             .iter()
-            .map(|l| {
+            .zip(tls.listeners)
+            .map(|(l, tls)| {
                 Arc::new(Listener {
+                    tls,
                     name: l.name.clone(),
                     identity: Arc::new(Identity::new(
                         &c.cluster_id,
@@ -117,7 +136,8 @@ impl Proxy {
         let sites: Vec<Arc<Site>> = c
             .sites
             .iter()
-            .map(|s| {
+            .zip(tls.sites)
+            .map(|(s, site_tls)| {
                 Site::new(
                     &s.name,
                     s.bootstrap.clone(),
@@ -125,6 +145,7 @@ impl Proxy {
                         connect_timeout: Duration::from_millis(c.timeouts.connect_ms),
                         request_timeout: Duration::from_millis(c.timeouts.request_ms),
                         max_frame_bytes: c.limits.max_frame_bytes,
+                        tls: site_tls,
                     },
                     metrics.clone(),
                 )

@@ -270,6 +270,7 @@ async fn round_trips(site: &Site, addr: &str, timeout: Duration) -> Result<(), S
         timeout,
         site.settings.max_frame_bytes,
         site.conn_gauge.clone(),
+        site.settings.tls.clone(),
     )
     .await
     .map_err(|e| e.to_string())?;

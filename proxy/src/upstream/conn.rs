@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::{Histogram, IntGauge};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -90,6 +90,8 @@ pub struct ConnOptions {
     /// Cuts the connection when it changes (its broker left the cluster).
     pub broker_cut: Option<watch::Receiver<u64>>,
     pub hooks: Option<Arc<ConnHooks>>,
+    /// The site's TLS: the handshake counts against `connect_timeout`.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 struct Outgoing {
@@ -168,6 +170,7 @@ impl UpstreamConn {
         connect_timeout: Duration,
         max_frame_bytes: u32,
         open_gauge: IntGauge,
+        tls: Option<Arc<crate::tls::ClientTls>>,
     ) -> Result<Self, UpstreamError> {
         Self::open(
             addr,
@@ -178,6 +181,7 @@ impl UpstreamConn {
                 site_cut: None,
                 broker_cut: None,
                 hooks: None,
+                tls,
             },
         )
         .await
@@ -190,13 +194,39 @@ impl UpstreamConn {
             reason,
         };
         let connect_timeout = o.connect_timeout;
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| err(format!("timed out after {connect_timeout:?}")))?
             .map_err(|e| err(e.to_string()))?;
         // Kafka traffic is request/response; Nagle only adds latency here.
         let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        match o.tls.clone() {
+            None => {
+                let (rd, wr) = stream.into_split();
+                Ok(Self::start(addr, rd, wr, o))
+            }
+            Some(tls) => {
+                let sock = std::os::fd::AsFd::as_fd(&stream)
+                    .try_clone_to_owned()
+                    .map(socket2::Socket::from)
+                    .map_err(|e| err(e.to_string()))?;
+                let s = tokio::time::timeout_at(deadline, tls.connect(addr, stream))
+                    .await
+                    .map_err(|_| err(format!("TLS handshake timed out after {connect_timeout:?}")))?
+                    .map_err(|e| err(format!("TLS handshake failed: {e}")))?;
+                let (rd, wr) = tokio::io::split(s);
+                Ok(Self::start(addr, TlsRead { rd, sock }, wr, o))
+            }
+        }
+    }
+
+    /// The connection's tasks over an open stream's two halves.
+    fn start<R, W>(addr: &str, rd: R, wr: W, o: ConnOptions) -> Self
+    where
+        R: ReadSide,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let addr: Arc<str> = Arc::from(addr);
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let waiting = Arc::new(Mutex::new(InFlight::default()));
@@ -219,7 +249,7 @@ impl UpstreamConn {
             guard.clone(),
             [o.site_cut, o.broker_cut],
         ));
-        Ok(UpstreamConn { addr, tx, guard })
+        UpstreamConn { addr, tx, guard }
     }
 
     pub fn addr(&self) -> &str {
@@ -325,8 +355,8 @@ impl CloseGuard {
     }
 }
 
-async fn write_loop(
-    wr: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    wr: W,
     mut rx: mpsc::Receiver<Outgoing>,
     waiting: Arc<Mutex<InFlight>>,
     guard: Arc<CloseGuard>,
@@ -404,8 +434,43 @@ fn register(
     true
 }
 
-async fn read_loop(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+/// A connection's read side, which can also make the socket reset (RST)
+/// rather than close (FIN) when it is cut.
+trait ReadSide: AsyncRead + Unpin + Send + 'static {
+    fn reset_on_close(&self);
+}
+
+impl ReadSide for tokio::net::tcp::OwnedReadHalf {
+    fn reset_on_close(&self) {
+        let _ = self.as_ref().set_zero_linger();
+    }
+}
+
+/// A TLS connection's read half, with its socket (a second descriptor, as
+/// the half hides the stream).
+struct TlsRead {
+    rd: tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    sock: socket2::Socket,
+}
+
+impl AsyncRead for TlsRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.rd).poll_read(cx, buf)
+    }
+}
+
+impl ReadSide for TlsRead {
+    fn reset_on_close(&self) {
+        let _ = self.sock.set_linger(Some(Duration::ZERO));
+    }
+}
+
+async fn read_loop<R: ReadSide>(
+    mut rd: R,
     addr: Arc<str>,
     max_frame_bytes: u32,
     waiting: Arc<Mutex<InFlight>>,
@@ -421,19 +486,19 @@ async fn read_loop(
             // broker still sends belongs to requests nobody waits for.
             _ = stop.wait_for(|s| *s) => {
                 if guard.failed.load(Ordering::Acquire) {
-                    let _ = rd.as_ref().set_zero_linger();
+                    rd.reset_on_close();
                 }
                 break;
             }
             _ = changed(&mut site_cut) => {
                 // Reset, not FIN: the kernel must drop what is still unsent
                 // rather than deliver it once the network heals.
-                let _ = rd.as_ref().set_zero_linger();
+                rd.reset_on_close();
                 tracing::info!(upstream = %addr, "connection cut (site fenced by failover)");
                 break;
             }
             _ = changed(&mut broker_cut) => {
-                let _ = rd.as_ref().set_zero_linger();
+                rd.reset_on_close();
                 tracing::debug!(upstream = %addr, "connection cut (broker left the cluster)");
                 guard.fail("closed");
                 break;
@@ -570,6 +635,7 @@ mod tests {
                     failed: Box::new(move |r| f.lock().expect("lock").push(r)),
                     answered: Box::new(|| {}),
                 })),
+                tls: None,
             },
         )
         .await

@@ -53,6 +53,8 @@ pub struct SiteSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_frame_bytes: u32,
+    /// TLS to the site's brokers (`sites[].tls`), for every connection.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 /// One upstream cluster.
@@ -242,6 +244,7 @@ impl Site {
                 site_cut: Some(self.sever_signal()),
                 broker_cut,
                 hooks,
+                tls: self.settings.tls.clone(),
             },
         )
         .await;
