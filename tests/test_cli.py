@@ -83,3 +83,28 @@ def test_check_names_the_tls_file_that_is_wrong(switchyard_bin, tmp_path):
     for key, words in [("listen.tls.client_ca", "not valid now"), ("sites[0].tls.ca", "missing-ca.pem")]:
         line = next((l for l in out.splitlines() if key in l), None)
         assert line is not None and words in line, f"{key} not reported with {words!r}:\n{out}"
+
+
+def test_credentials_adds_users_without_storing_passwords_and_says_why_not(switchyard_bin, tmp_path):
+    path = tmp_path / "users.yaml"
+
+    def add(*args: str, password: str = "s3cret-pw") -> tuple[int, str]:
+        res = subprocess.run([str(switchyard_bin), "credentials", "--file", str(path), *args],
+                             input=f"{password}\n".encode(), capture_output=True, timeout=30)
+        return res.returncode, (res.stdout + res.stderr).decode("utf-8", "replace")
+
+    code, out = add("--user", "alice")
+    assert code == 0 and "alice" in out, out
+    code, out = add("--user", "bob", "--mechanisms", "SCRAM-SHA-512")
+    assert code == 0, out
+    text = path.read_text()
+    assert "alice" in text and "bob" in text and "s3cret-pw" not in text, text
+    assert oct(path.stat().st_mode & 0o777) == "0o600", "the credentials file is readable by others"
+    for args, password, words in [
+        (("--user", "carol", "--iterations", "100"), "pw", "4096"),
+        (("--user", "carol", "--mechanisms", "SCRAM-MD5"), "pw", "unknown mechanism"),
+        (("--user", "carol"), "", "empty"),
+    ]:
+        code, out = add(*args, password=password)
+        assert code == 1 and words in out, f"{args}: exit {code}: {out}"
+    assert "carol" not in path.read_text()

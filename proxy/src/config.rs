@@ -224,6 +224,44 @@ pub struct ListenConfig {
     /// TLS for this listener's clients (all its ports); absent: plaintext.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// SASL authentication of this listener's clients; absent: none.
+    #[serde(default)]
+    pub sasl: Option<ListenerSaslConfig>,
+}
+
+/// SASL terminated by Switchyard on a listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSaslConfig {
+    /// Mechanisms offered: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`.
+    pub mechanisms: Vec<SaslMechanism>,
+    /// The credentials file (`switchyard credentials add` writes it).
+    pub credentials: String,
+    /// How long an authentication lasts (KIP-368): clients re-authenticate
+    /// before it ends, and a connection whose session ended is closed at its
+    /// next request. 0: no limit.
+    #[serde(default)]
+    pub session_lifetime_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// Client-facing TLS (rustls: TLS 1.2 and 1.3).
@@ -320,6 +358,9 @@ pub struct ExtraListenerConfig {
     /// TLS for this listener's clients; absent: plaintext.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// SASL authentication of this listener's clients; absent: none.
+    #[serde(default)]
+    pub sasl: Option<ListenerSaslConfig>,
 }
 
 /// Selects names by exactly one of: exact name, prefix, or regex (matched
@@ -659,6 +700,8 @@ pub struct ListenerSpec {
     pub advertised_host: String,
     /// Its TLS, and the config key it sits under (for errors).
     pub tls: Option<(String, ListenerTlsConfig)>,
+    /// Its SASL, and the config key it sits under.
+    pub sasl: Option<(String, ListenerSaslConfig)>,
 }
 
 /// A config that parsed and validated, with addresses resolved.
@@ -744,6 +787,11 @@ fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, C
             resolve(&mut t.cert);
             resolve(&mut t.key);
             t.client_ca.iter_mut().for_each(resolve);
+        }
+        let sasl = std::iter::once(config.listen.sasl.as_mut())
+            .chain(config.listeners.iter_mut().map(|l| l.sasl.as_mut()));
+        for t in sasl.flatten() {
+            resolve(&mut t.credentials);
         }
         for t in config.sites.iter_mut().filter_map(|s| s.tls.as_mut()) {
             for p in [&mut t.ca, &mut t.cert, &mut t.key] {
@@ -958,6 +1006,11 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
                 .clone()
                 .unwrap_or_else(|| b.ip().to_string()),
             tls: config.listen.tls.clone().map(|t| ("listen.tls".into(), t)),
+            sasl: config
+                .listen
+                .sasl
+                .clone()
+                .map(|t| ("listen.sasl".into(), t)),
         });
     }
     if config.listen.name.trim().is_empty() {
@@ -992,6 +1045,7 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
                     .clone()
                     .unwrap_or_else(|| b.ip().to_string()),
                 tls: l.tls.clone().map(|t| (format!("{key}.tls"), t)),
+                sasl: l.sasl.clone().map(|t| (format!("{key}.sasl"), t)),
             }),
             Err(_) => err(
                 &format!("{key}.bind"),

@@ -44,6 +44,7 @@ pub mod offsets;
 pub mod pipeline;
 pub mod plugin;
 pub mod route;
+pub mod sasl;
 pub mod server;
 pub mod session;
 pub mod shared;

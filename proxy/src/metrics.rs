@@ -24,7 +24,34 @@ pub struct Metrics {
     pub failover: FailoverMetrics,
     pub plugins: PluginMetrics,
     pub upstream: UpstreamMetrics,
+    pub security: SecurityMetrics,
     request_counters: Vec<Vec<OnceLock<IntCounter>>>,
+}
+
+/// Client authentication.
+pub struct SecurityMetrics {
+    /// SASL authentications (and re-authentications) by `listener`,
+    /// `mechanism` and `result` (`ok`, `failed`).
+    pub authentications: IntCounterVec,
+}
+
+impl SecurityMetrics {
+    fn register(registry: &Registry) -> Self {
+        let m = SecurityMetrics {
+            authentications: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_sasl_authentications_total",
+                    "SASL authentications of clients (re-authentications included), by listener, mechanism and result",
+                ),
+                &["listener", "mechanism", "result"],
+            )
+            .expect("static metric definition"),
+        };
+        registry
+            .register(Box::new(m.authentications.clone()))
+            .expect("static metric definition");
+        m
+    }
 }
 
 /// How upstream brokers fail and what Switchyard did about it.
@@ -387,6 +414,12 @@ pub mod kind {
     /// A client's TLS handshake failed (plaintext to a TLS port, an
     /// untrusted, expired or missing client certificate, a timeout).
     pub const TLS_HANDSHAKE: &str = "tls_handshake";
+    /// A request other than ApiVersions and the SASL ones before SASL
+    /// authentication, a SASL message out of turn, or a session past its
+    /// lifetime (KIP-368).
+    pub const SASL_STATE: &str = "sasl_state";
+    /// A client's SASL authentication failed (its next request closes it).
+    pub const SASL_FAILED: &str = "sasl_authentication_failed";
 }
 
 impl Metrics {
@@ -459,8 +492,10 @@ impl Metrics {
         let failover = FailoverMetrics::register(&registry);
         let plugins = PluginMetrics::register(&registry);
         let upstream = UpstreamMetrics::register(&registry);
+        let security = SecurityMetrics::register(&registry);
         Metrics {
             upstream,
+            security,
             tee,
             failover,
             plugins,

@@ -80,8 +80,19 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
     proxy.plane.tee.start(stop_rx.clone());
     tokio::spawn(reload_on_sighup(proxy.clone(), stop_rx.clone()));
-    for tls in proxy.listeners.iter().filter_map(|l| l.tls.clone()) {
-        tokio::spawn(refresh_tls(tls, stop_rx.clone()));
+    for l in proxy.listeners.iter() {
+        if let Some(tls) = l.tls.clone() {
+            tokio::spawn(refresh_files(
+                Arc::new(move || tls.refresh()),
+                stop_rx.clone(),
+            ));
+        }
+        if let Some(sasl) = l.sasl.clone() {
+            tokio::spawn(refresh_files(
+                Arc::new(move || sasl.refresh()),
+                stop_rx.clone(),
+            ));
+        }
     }
     let admin_task = tokio::spawn(admin::serve(proxy.clone(), admin_listener, stop_rx.clone()));
 
@@ -185,8 +196,9 @@ async fn accept_loop(
 /// How long a client has to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often a TLS listener's certificate files are checked for changes.
-const TLS_REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How often a listener's certificate and credentials files are checked
+/// for changes.
+const FILES_REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 async fn serve_one(
     proxy: Arc<Proxy>,
@@ -237,17 +249,20 @@ async fn serve_one(
     tracing::debug!(client = %peer, "client disconnected");
 }
 
-/// Re-reads a TLS listener's certificate files when they change, so a
-/// renewed certificate is served without a restart (file reads off the
-/// async workers).
-async fn refresh_tls(tls: Arc<crate::tls::ServerTls>, mut stop: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(TLS_REFRESH_EVERY);
+/// Re-reads a listener's security files when they change (`refresh`: TLS
+/// certificates, SASL credentials), so a renewed certificate or a new user
+/// takes effect without a restart; file reads off the async workers.
+async fn refresh_files<F>(refresh: Arc<F>, mut stop: watch::Receiver<bool>)
+where
+    F: Fn() -> bool + Send + Sync + 'static,
+{
+    let mut every = tokio::time::interval(FILES_REFRESH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = every.tick() => {
-                let tls = tls.clone();
-                let _ = tokio::task::spawn_blocking(move || tls.refresh()).await;
+                let f = refresh.clone();
+                let _ = tokio::task::spawn_blocking(move || f()).await;
             }
             _ = stop.changed() => return,
         }

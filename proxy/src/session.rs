@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -71,6 +72,10 @@ pub async fn serve<R, W>(
         listener.identity.clone(),
     ));
     let mut pools = Pools::new(&proxy.plane.sites);
+    let mut sasl = listener
+        .sasl
+        .clone()
+        .map(|s| api::sasl::Sasl::new(s, &listener.name));
 
     loop {
         let (permit, frame) = tokio::select! {
@@ -119,7 +124,7 @@ pub async fn serve<R, W>(
             .metrics
             .client_bytes_received
             .inc_by(frame.len() as u64 + 4);
-        let Some(slot) = handle(&proxy, &mut pools, &listener, frame, peer).await else {
+        let Some(slot) = handle(&proxy, &mut pools, &listener, &mut sasl, frame, peer).await else {
             break;
         };
         if let Some(slot) = slot {
@@ -143,6 +148,7 @@ async fn handle(
     proxy: &Arc<Proxy>,
     pools: &mut Pools,
     listener: &Listener,
+    sasl: &mut Option<api::sasl::Sasl>,
     frame: Bytes,
     peer: SocketAddr,
 ) -> Option<Option<Slot>> {
@@ -183,6 +189,36 @@ async fn handle(
         .request_counter(req.api_key as i16, req.api_version)
     {
         c.inc();
+    }
+    // Authentication first: before it, nothing reaches an upstream.
+    let gate = match sasl.as_mut() {
+        Some(s) => s.gate(&req, &proxy.plane.metrics).await,
+        None if matches!(
+            req.api_key,
+            ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) =>
+        {
+            api::sasl::not_enabled(&req)
+        }
+        None => Ok(api::sasl::Gate::Pass),
+    };
+    match gate {
+        Ok(api::sasl::Gate::Pass) => {}
+        Ok(api::sasl::Gate::Answer(frame)) => return Some(Some(Slot::Ready(Reply::Frame(frame)))),
+        Ok(api::sasl::Gate::Close(why)) => {
+            proxy.plane.metrics.error(kind::SASL_STATE);
+            proxy.plane.metrics.client_closed(kind::SASL_STATE);
+            tracing::info!(client = %peer, client_id, api = codec::api_name(req.api_key), reason = why,
+                "closing client connection: SASL");
+            return None;
+        }
+        Err(e) => {
+            proxy.plane.metrics.error(kind::MALFORMED_REQUEST);
+            proxy.plane.metrics.client_closed(kind::MALFORMED_REQUEST);
+            tracing::warn!(client = %peer, client_id, api = codec::api_name(req.api_key), reason = %e,
+                "closing client connection: malformed SASL request");
+            return None;
+        }
     }
     let (api_key, version) = (req.api_key, req.api_version);
     // Kept (a reference count, not a copy) to answer for a failed upstream.

@@ -29,6 +29,8 @@ pub struct Listener {
     pub identity: Arc<Identity>,
     /// Its TLS (`listen.tls`, `listeners[].tls`); `None`: plaintext.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Its SASL (`listen.sasl`, `listeners[].sasl`); `None`: no authentication.
+    pub sasl: Option<Arc<crate::sasl::ServerSasl>>,
 }
 
 /// A config ready to run: its fields and routes checked in one round, its
@@ -37,6 +39,8 @@ pub struct Loaded {
     pub cfg: Validated,
     pub router: Arc<Router>,
     pub tls: crate::tls::TlsSet,
+    /// Per listener.
+    pub sasl: Vec<Option<Arc<crate::sasl::ServerSasl>>>,
 }
 
 impl Loaded {
@@ -56,17 +60,20 @@ impl Loaded {
     fn routed(cfg: Validated) -> Result<Loaded, ConfigErrors> {
         let router = Router::build(&cfg.config, cfg.active_site);
         let tls = crate::tls::load(&cfg);
-        match (router, tls) {
-            (Ok(router), Ok(tls)) => Ok(Loaded {
+        let sasl = crate::sasl::load(&cfg);
+        match (router, tls, sasl) {
+            (Ok(router), Ok(tls), Ok(sasl)) => Ok(Loaded {
                 cfg,
                 router: Arc::new(router),
                 tls,
+                sasl,
             }),
-            (r, t) => Err(ConfigErrors(
+            (r, t, s) => Err(ConfigErrors(
                 r.err()
                     .unwrap_or_default()
                     .into_iter()
                     .chain(t.err().unwrap_or_default())
+                    .chain(s.err().unwrap_or_default())
                     .collect(),
             )),
         }
@@ -111,15 +118,24 @@ pub struct DataPlane {
 }
 
 impl Proxy {
-    pub fn new(Loaded { cfg, router, tls }: Loaded) -> Arc<Self> {
+    pub fn new(
+        Loaded {
+            cfg,
+            router,
+            tls,
+            sasl,
+        }: Loaded,
+    ) -> Arc<Self> {
         let c = &cfg.config;
         let listeners: Vec<Arc<Listener>> = cfg
             .listeners
             .iter()
             .zip(tls.listeners)
-            .map(|(l, tls)| {
+            .zip(sasl)
+            .map(|((l, tls), sasl)| {
                 Arc::new(Listener {
                     tls,
+                    sasl,
                     name: l.name.clone(),
                     identity: Arc::new(Identity::new(
                         &c.cluster_id,

@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The protocol, metrics, plain config data, the virtual cluster's identities.
     ("foundation", &["codec", "metrics", "config", "identity"]),
     // Transport security: TLS (and, next, SASL) on both sides.
-    ("security", &["tls"]),
+    ("security", &["tls", "sasl"]),
     // Upstream sites (connections, views, Switchyard's own client); routes.
     ("sites and routes", &["upstream", "route"]),
     // Offset translation; the WASM plugin host.

@@ -27,6 +27,7 @@ pub mod groups;
 pub mod metadata;
 pub mod partitions;
 pub mod produce;
+pub mod sasl;
 
 use kafka_protocol::messages::ApiKey;
 

@@ -65,6 +65,12 @@ pub const TABLE: &[(ApiKey, i16, i16, Served)] = &[
     (ApiKey::DeleteGroups, 0, 2, Served::Upstream),
     (ApiKey::OffsetDelete, 0, 0, Served::Upstream),
     (ApiKey::DescribeCluster, 0, 1, Served::Local),
+    // Authentication is Switchyard's own (`api::sasl`). The handshake's v0
+    // is advertised because librdkafka before 2.x requires it to be before
+    // it uses v1, but is refused (its raw tokens without Kafka framing are
+    // not served).
+    (ApiKey::SaslHandshake, 0, 1, Served::Local),
+    (ApiKey::SaslAuthenticate, 0, 2, Served::Local),
 ];
 
 /// The versions clients may use, per API key (index = api key).
