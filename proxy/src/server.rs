@@ -238,13 +238,17 @@ async fn serve_one(
             return;
         }
     };
-    let (_, session) = stream.get_ref();
-    let principal = session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| crate::tls::principal(c, tls.principal_from()));
-    tracing::debug!(client = %peer, listener = %listener.name, tls = ?session.protocol_version(),
-        principal = principal.as_deref().unwrap_or("-"), "client connected");
+    // The principal only names the client in this log line for now: not
+    // read (an X.509 parse per connection) unless it is logged.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let (_, session) = stream.get_ref();
+        let principal = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::principal(c, tls.principal_from()));
+        tracing::debug!(client = %peer, listener = %listener.name, tls = ?session.protocol_version(),
+            principal = principal.as_deref().unwrap_or("-"), "client connected");
+    }
     session::serve(proxy, tokio::io::split(stream), peer, listener, stop).await;
     tracing::debug!(client = %peer, "client disconnected");
 }

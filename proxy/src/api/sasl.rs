@@ -56,14 +56,6 @@ impl Sasl {
         }
     }
 
-    /// The authenticated principal, if any.
-    pub fn principal(&self) -> Option<Arc<str>> {
-        match &self.auth {
-            Auth::Done { principal, .. } => Some(principal.clone()),
-            _ => None,
-        }
-    }
-
     /// Lets `req` through, answers it, or closes the connection.
     pub async fn gate(
         &mut self,

@@ -118,8 +118,9 @@ pub fn patch_fetch_response(
                 let at = c.pos;
                 let code = c.i16()?;
                 out.partition_errors.push(code);
-                if client_error(code) != code {
-                    errors.push((at, client_error(code)));
+                let theirs = client_error(code);
+                if theirs != code {
+                    errors.push((at, theirs));
                 }
                 c.skip(8 * 3)?; // high watermark, last stable offset, log start offset
                 let aborted = c.uvarint()?;

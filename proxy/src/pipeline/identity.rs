@@ -80,19 +80,14 @@ pub fn fetch_request<A: Api<Req = FetchRequest>>(x: &mut Exchange<A>) {
     let version = x.req.api_version;
     for (t, site) in b.topics.iter_mut().zip(&x.site_of) {
         let view = site.and_then(|s| x.views.get(s));
+        // One lookup per topic for its epochs and its id.
+        let topic = view.and_then(|v| v.topics.get(t.topic.0.as_str()));
         for p in &mut t.partitions {
-            p.current_leader_epoch =
-                view.map_or(-1, |v| v.leader_epoch(t.topic.0.as_str(), p.partition));
+            p.current_leader_epoch = topic.map_or(-1, |tv| tv.leader_epoch(p.partition));
             p.last_fetched_epoch = -1;
         }
-        if version >= 13 {
-            if let Some(v) = view {
-                t.topic_id = v
-                    .topics
-                    .get(t.topic.0.as_str())
-                    .map(|v| v.id)
-                    .unwrap_or_default();
-            }
+        if version >= 13 && view.is_some() {
+            t.topic_id = topic.map(|tv| tv.id).unwrap_or_default();
         }
     }
     b.session_id = 0;

@@ -38,6 +38,16 @@ pub struct TopicView {
     pub is_internal: bool,
 }
 
+impl TopicView {
+    /// The epoch of a partition's leader; `-1` when not known.
+    pub fn leader_epoch(&self, partition: i32) -> i32 {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.epochs.get(i).copied())
+            .unwrap_or(-1)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterView {
     pub brokers: HashMap<i32, BrokerAddr>,
@@ -172,13 +182,12 @@ impl ClusterView {
         (l >= 0 && self.brokers.contains_key(&l)).then_some(l)
     }
 
-    /// The epoch of a partition's leader as this view knows it; `-1` when
-    /// not known (the broker then does not check it).
+    /// The epoch of a partition's leader as this view knows it;
+    /// `-1` when not known (the broker then does not check it).
     pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
         self.topics
             .get(topic)
-            .and_then(|t| t.epochs.get(usize::try_from(partition).ok()?).copied())
-            .unwrap_or(-1)
+            .map_or(-1, |t| t.leader_epoch(partition))
     }
 
     /// Any broker, preferring the controller (admin requests) then the lowest id.
