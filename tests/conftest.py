@@ -32,6 +32,10 @@ Environment:
   KAFKA_LIBS             Apache Kafka jars (default .tools/kafka/libs from setup.sh)
   SWITCHYARD_BROKERS     run only these broker kinds (comma list, e.g. "kafka")
   KCAT_BIN               kcat binary (default: kcat on PATH)
+  FAILOVER_RDKAFKA_DEBUG librdkafka `debug` contexts for the confluent-kafka
+                         producer workers (tests/failover.py), e.g. "eos,msg":
+                         their logs then show every batch's sequence and any
+                         epoch bump
 """
 
 from __future__ import annotations

@@ -910,6 +910,7 @@ def _producer_conf(a: dict) -> dict:
         "message.timeout.ms": a.get("message_timeout_ms", 120000),
         "topic.metadata.refresh.interval.ms": 2000,
         "reconnect.backoff.max.ms": 1000,
+        **({"debug": os.environ["FAILOVER_RDKAFKA_DEBUG"]} if os.environ.get("FAILOVER_RDKAFKA_DEBUG") else {}),
     }
 
 

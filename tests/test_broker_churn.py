@@ -21,9 +21,8 @@ no client connection because of the broker's fault
 (``switchyard_client_connections_closed_total{reason="upstream"}``: a
 Switchyard that does not export it fails the test); and no group through
 Switchyard re-reads what it had committed before the event (an offset
-reset) beyond what the same library did direct. Records an idempotent
-producer got written twice through Switchyard are printed as a known
-defect (``CHURN known defect``), not yet failed. Gaps (the longest time
+reset), or had an idempotent producer's records written twice, beyond what
+the same library did direct. Gaps (the longest time
 without an ack, or without a delivery) are printed as ``CHURN ...`` lines,
 never asserted.
 """
@@ -45,7 +44,5 @@ def test_broker_churn_direct_vs_switchyard(event, kafka, switchyard, workers, tm
     print("\n" + run.text())
     for note in churn.baseline_notes(run):
         print("CHURN note: " + note)
-    for defect in churn.known_defects(run):
-        print("CHURN known defect (issue 20, open): " + defect)
     problems = churn.problems(run)
     assert not problems, "\n".join(problems)

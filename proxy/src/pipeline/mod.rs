@@ -21,7 +21,8 @@
 //! (acks held until the tee copied), [`identity`] (the virtual cluster's
 //! leaders, ids and epochs). A request stage that rewrites the request says
 //! so ([`Exchange::touch`]); one that must see the answers registers a
-//! [`SiteStage`] or a [`ClientStage`]. The zero-copy path is simply the
+//! [`SiteStage`] or a [`ClientStage`]; one that must see where each
+//! partition goes before it is sent registers a [`PlanStage`]. The zero-copy path is simply the
 //! absence of both: the client's bytes go upstream as they came, and a single
 //! broker's answer comes back as it is (or patched in place, Fetch).
 //!
@@ -247,6 +248,24 @@ pub trait SiteStage<R>: Send + Sync {
     fn rewrite(&self, _at: &At, _r: &mut R) {}
 }
 
+/// A stage that decides, once the plan is made, whether each partition may
+/// go to the broker the plan chose for it now (`producer_ids`: an idempotent
+/// producer's batches go to one broker at a time, in order).
+pub trait PlanStage: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// `None`: the partition goes to `target`. `Some(code)`: it is answered
+    /// with `code` and not sent.
+    fn admit(
+        &self,
+        target: crate::upstream::Target,
+        topic: &TopicName,
+        partition: i32,
+    ) -> Option<i16>;
+    /// The partition had no broker to go to and is answered without being
+    /// sent.
+    fn unsent(&self, _site: usize, _topic: &TopicName, _partition: i32) {}
+}
+
 /// A stage that sees the merged answer, under the client's names.
 pub trait ClientStage<R>: Send + Sync {
     fn name(&self) -> &'static str;
@@ -276,6 +295,7 @@ pub struct Exchange<A: Api> {
     /// The blocking pool for site stages that say `blocking`.
     pub offload: Option<Arc<crate::plugin::registry::Registry>>,
     touched: Vec<&'static str>,
+    plan_stages: Vec<Arc<dyn PlanStage>>,
     site_stages: Vec<Arc<dyn SiteStage<A::Resp>>>,
     client_stages: Vec<Arc<dyn ClientStage<A::Resp>>>,
 }
@@ -293,6 +313,7 @@ impl<A: Api> Exchange<A> {
             no_response: false,
             offload: None,
             touched: Vec::new(),
+            plan_stages: Vec::new(),
             site_stages: Vec::new(),
             client_stages: Vec::new(),
         }
@@ -309,6 +330,15 @@ impl<A: Api> Exchange<A> {
     /// The stages that rewrote the request.
     pub fn touched(&self) -> &[&'static str] {
         &self.touched
+    }
+
+    pub fn on_plan(&mut self, stage: Arc<dyn PlanStage>) {
+        self.plan_stages.push(stage);
+    }
+
+    /// The stages that admit the planned partitions, in order.
+    pub fn plan_stages(&self) -> Vec<&'static str> {
+        self.plan_stages.iter().map(|s| s.name()).collect()
     }
 
     pub fn on_site_answer(&mut self, stage: Arc<dyn SiteStage<A::Resp>>) {

@@ -5,22 +5,30 @@
 //! batch CRC covers those fields and is recomputed (`codec::batch`).
 //! Transactional batches keep their coordinator's ids. A rewrite touches the
 //! request.
+//!
+//! The same stage keeps each partition's idempotent batches on one broker at
+//! a time and in order, as the client would (`upstream::producer_ids`, "One
+//! broker at a time per partition"): it admits each partition once the plan
+//! names its broker ([`PlanStage`]), and learns from the answers which
+//! batches failed ([`SiteStage`]).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::ProduceRequest;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
 use super::plugins::ProduceHook;
-use super::{Api, Exchange};
-use crate::codec::batch;
-use crate::upstream::producer_ids::{ProducerIds, SiteProducer};
-use crate::upstream::{Site, UpstreamError};
+use super::{Api, At, Exchange, PlanStage, SiteStage};
+use crate::codec::{batch, errors};
+use crate::upstream::producer_ids::{ProducerIds, Settled, SiteProducer};
+use crate::upstream::{Site, Target, UpstreamError};
 
 /// Maps the request's idempotent batches to their sites' producers,
 /// allocating on a site the first time a client producer writes there.
-pub async fn map<A: Api<Req = ProduceRequest>>(
+pub async fn map<A: Api<Req = ProduceRequest, Resp = ProduceResponse>>(
     x: &mut Exchange<A>,
     ids: &ProducerIds,
     sites: &[Arc<Site>],
@@ -43,11 +51,12 @@ pub async fn map_with<A, F, Fut>(
     lookup: F,
 ) -> anyhow::Result<()>
 where
-    A: Api<Req = ProduceRequest>,
+    A: Api<Req = ProduceRequest, Resp = ProduceResponse>,
     F: Fn(usize, i64, i16) -> Fut,
     Fut: Future<Output = Result<Arc<SiteProducer>, UpstreamError>>,
 {
     let mut changed = false;
+    let mut claims = Vec::new();
     for (t, site) in x.body.topic_data.iter_mut().zip(&x.site_of) {
         let Some(site) = *site else {
             continue;
@@ -66,16 +75,139 @@ where
                 None => (virt.0.as_str(), p.index),
             };
             let target = (site, t.name.0.as_str(), p.index);
-            if let Some(rewritten) = remap(records, target, client, &lookup).await? {
+            let (rewritten, first) = remap(records, target, client, &lookup).await?;
+            if let Some(rewritten) = rewritten {
                 p.records = Some(rewritten);
                 changed = true;
+            }
+            if let Some((producer, seq)) = first {
+                claims.push(Claim {
+                    site,
+                    topic: t.name.clone(),
+                    partition: p.index,
+                    seq,
+                    producer,
+                    state: AtomicU8::new(UNSENT),
+                });
             }
         }
     }
     if changed {
         x.touch("producer_ids");
     }
+    // Without an answer (acks=0, never idempotent) nothing could settle.
+    if !claims.is_empty() && !x.no_response {
+        let order = Arc::new(Order { claims });
+        x.on_plan(order.clone());
+        x.on_site_answer(order);
+    }
     Ok(())
+}
+
+const UNSENT: u8 = 0;
+const IN_FLIGHT: u8 = 1;
+const SETTLED: u8 = 2;
+
+/// One partition's idempotent batches in a request: the site producer and
+/// the site sequence of its first batch (the one the order is kept by).
+struct Claim {
+    site: usize,
+    topic: TopicName,
+    partition: i32,
+    seq: i32,
+    producer: Arc<SiteProducer>,
+    state: AtomicU8,
+}
+
+/// A request's claims: admitted when planned, settled by the answers, and
+/// on drop (the request finished or was abandoned) whatever was not answered
+/// counts as failed, as the client was told.
+struct Order {
+    claims: Vec<Claim>,
+}
+
+impl Order {
+    fn claim(&self, site: usize, topic: &TopicName, partition: i32) -> Option<&Claim> {
+        self.claims
+            .iter()
+            .find(|c| c.site == site && c.partition == partition && c.topic == *topic)
+    }
+}
+
+impl PlanStage for Order {
+    fn name(&self) -> &'static str {
+        "producer_ids"
+    }
+
+    fn admit(&self, (site, broker): Target, topic: &TopicName, partition: i32) -> Option<i16> {
+        let c = self.claim(site, topic, partition)?;
+        match c.producer.admit(topic.0.as_str(), partition, c.seq, broker) {
+            Ok(()) => {
+                c.state.store(IN_FLIGHT, Ordering::Release);
+                None
+            }
+            Err(why) => {
+                c.state.store(SETTLED, Ordering::Release);
+                tracing::debug!(topic = %topic.0, partition, site, broker, seq = c.seq, ?why,
+                    "idempotent batch held back: answered NOT_LEADER_OR_FOLLOWER unsent");
+                Some(errors::NOT_LEADER_OR_FOLLOWER)
+            }
+        }
+    }
+
+    fn unsent(&self, site: usize, topic: &TopicName, partition: i32) {
+        if let Some(c) = self.claim(site, topic, partition) {
+            if c.state.swap(SETTLED, Ordering::AcqRel) == UNSENT {
+                c.producer.unsent(topic.0.as_str(), partition, c.seq);
+            }
+        }
+    }
+}
+
+impl SiteStage<ProduceResponse> for Order {
+    fn name(&self) -> &'static str {
+        "producer_ids"
+    }
+
+    fn rewrite(&self, at: &At, r: &mut ProduceResponse) {
+        for t in &r.responses {
+            for p in &t.partition_responses {
+                let Some(c) = self.claim(at.site, &t.name, p.index) else {
+                    continue;
+                };
+                if c.state.swap(SETTLED, Ordering::AcqRel) == IN_FLIGHT {
+                    c.producer
+                        .settle(t.name.0.as_str(), p.index, c.seq, settled(p.error_code));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Order {
+    fn drop(&mut self) {
+        for c in &self.claims {
+            let (topic, partition) = (c.topic.0.as_str(), c.partition);
+            match c.state.swap(SETTLED, Ordering::AcqRel) {
+                // Its broker failed or the deadline passed: answered
+                // NOT_LEADER_OR_FOLLOWER, and possibly written.
+                IN_FLIGHT => c.producer.settle(topic, partition, c.seq, Settled::Retried),
+                UNSENT => c.producer.unsent(topic, partition, c.seq),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What a partition's answer means for the order: written (a duplicate too:
+/// the broker had it), retried by the client with the same sequence, or
+/// neither.
+fn settled(code: i16) -> Settled {
+    match code {
+        errors::NONE | errors::DUPLICATE_SEQUENCE_NUMBER => Settled::Written,
+        c if ResponseError::try_from_code(c).is_some_and(|e| e.is_retriable()) => Settled::Retried,
+        _ => Settled::Other,
+    }
 }
 
 /// One partition's record set with its idempotent batches mapped to the
@@ -86,12 +218,13 @@ async fn remap<F, Fut>(
     (site, topic, partition): (usize, &str, i32),
     client: (&str, i32),
     lookup: &F,
-) -> anyhow::Result<Option<Bytes>>
+) -> anyhow::Result<(Option<Bytes>, Option<(Arc<SiteProducer>, i32)>)>
 where
     F: Fn(usize, i64, i16) -> Fut,
     Fut: Future<Output = Result<Arc<SiteProducer>, UpstreamError>>,
 {
     let mut out: Option<BytesMut> = None;
+    let mut first = None;
     for b in batch::producer_fields(records) {
         if b.producer_id < 0 || b.transactional {
             continue;
@@ -115,8 +248,9 @@ where
         );
         let buf = out.get_or_insert_with(|| BytesMut::from(&records[..]));
         batch::set_producer(&mut buf[b.at..b.at + b.len], sp.pid, sp.epoch, seq);
+        first.get_or_insert((sp, seq));
     }
-    Ok(out.map(BytesMut::freeze))
+    Ok((out.map(BytesMut::freeze), first))
 }
 
 #[cfg(test)]

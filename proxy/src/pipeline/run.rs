@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::split::Partitioned;
 use super::{split, unavailable, Api, At, Ctx, Exchange, Outcome, Reply, SiteStage, Unanswered};
 use crate::codec::{self, errors};
 use crate::identity::Identity;
@@ -28,10 +29,14 @@ pub async fn dispatch<A: Api>(
     mut x: Exchange<A>,
     identity: Arc<Identity>,
 ) -> crate::pipeline::Result<Outcome> {
-    let (plan, missing) = split::plan(&ctx.plane.sites, &x.body, &x.site_of, &x.names).await;
+    let (mut plan, missing) = split::plan(&ctx.plane.sites, &x.body, &x.site_of, &x.names).await;
     for (site, name, partition, code) in missing {
+        for stage in &x.plan_stages {
+            stage.unsent(site, &name, partition);
+        }
         x.answer(site, &name, partition, code);
     }
+    admit(&mut x, &mut plan, &ctx.plane.metrics);
     let (api, version, corr) = (x.req.api_key, x.req.api_version, x.req.correlation_id);
     let untouched = x.touched.is_empty();
     let one = plan.len() == 1 && x.unanswered.is_empty();
@@ -166,6 +171,38 @@ pub async fn dispatch<A: Api>(
     })))
 }
 
+/// The plan stages' say on each planned partition: the ones they refuse
+/// are answered with their code and leave the plan.
+fn admit<A: Api>(x: &mut Exchange<A>, plan: &mut split::Plan, metrics: &crate::metrics::Metrics) {
+    if x.plan_stages.is_empty() {
+        return;
+    }
+    let mut refused = Vec::new();
+    for (target, slots) in plan.iter_mut() {
+        slots.retain(|&(ti, pi)| {
+            let t = &x.body.topics()[ti];
+            let name = A::Req::topic_name(t);
+            let partition = A::Req::partition_index(&A::Req::partitions(t)[pi]);
+            match x
+                .plan_stages
+                .iter()
+                .find_map(|s| s.admit(*target, name, partition))
+            {
+                None => true,
+                Some(code) => {
+                    refused.push((target.0, name.clone(), partition, code));
+                    false
+                }
+            }
+        });
+    }
+    plan.retain(|_, slots| !slots.is_empty());
+    for (site, name, partition, code) in refused {
+        unavailable::count(metrics, A::KEY, code);
+        x.answer(site, &name, partition, code);
+    }
+}
+
 /// One site stage on one site's answer: its wait, then its rewrite, on the
 /// blocking pool if it says so.
 async fn run_site_stage<R: Send + 'static>(
@@ -217,7 +254,7 @@ fn encode_parts<A: Api>(
 mod tests {
     use std::collections::HashMap;
 
-    use kafka_protocol::messages::ProduceResponse;
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
     use super::*;
     use crate::api::produce::Produce;
@@ -297,6 +334,100 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    /// A one-record idempotent produce of "orders" partition 0: client
+    /// producer 5, epoch 0, sequence `seq`.
+    fn idempotent(seq: i32) -> ProduceRequest {
+        use crate::codec::batch::{self, BatchParams, Compression, WireRecord};
+        let rec = WireRecord {
+            offset: 0,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: vec![],
+        };
+        let params = BatchParams {
+            compression: Compression::None,
+            producer_id: 5,
+            producer_epoch: 0,
+            base_sequence: seq,
+        };
+        let mut r = produce("orders", 1, false, -1);
+        r.topic_data[0].partition_data[0].records = Some(batch::encode(&[rec], &params).unwrap());
+        r
+    }
+
+    /// Routes one idempotent produce through every stage to the answer
+    /// code of partition 0.
+    async fn route_idempotent(p: &crate::shared::Proxy, pools: &mut Pools, seq: i32) -> i16 {
+        let mut ctx = Ctx {
+            plane: &p.plane,
+            pools,
+            listener: &p.listeners[0],
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        let mut x = exchange::<Produce>(idempotent(seq));
+        // A silent broker is given up after this: answered NOT_LEADER_OR_FOLLOWER.
+        x.timeout = std::time::Duration::from_millis(200);
+        names::resolve(&mut x, &p.plane.router, WHO, &[]);
+        crate::pipeline::producer_ids::map(&mut x, &p.plane.producer_ids, &p.plane.sites, None)
+            .await
+            .unwrap();
+        let identity = ctx.identity();
+        let Ok(Outcome::Later(answer)) = dispatch(&mut ctx, x, identity).await else {
+            panic!("a produce with acks is answered");
+        };
+        let Ok(Reply::Frame(frame)) = answer.await else {
+            panic!("answered for the broker");
+        };
+        let r: ProduceResponse =
+            codec::decode_response_body(ApiKey::Produce, newest(ApiKey::Produce), &frame).unwrap();
+        r.responses[0].partition_responses[0].error_code
+    }
+
+    /// The duplicate a churn drill found: a batch that failed on the old
+    /// leader (which may have passed it on before it stepped down) must not
+    /// be overtaken by a later batch going to the new leader, or the new
+    /// leader answers OUT_OF_ORDER_SEQUENCE and the client re-sends the
+    /// failed batch under a new epoch: written twice.
+    #[tokio::test]
+    async fn an_idempotent_batch_never_overtakes_a_failed_one_on_another_broker() {
+        let p = proxy("  []");
+        // The client's producer 5 is known on the site as 9001 (no broker
+        // to ask for an id here).
+        p.plane
+            .producer_ids
+            .mapped((0, 5, 0), || async { Ok((9001, 0)) })
+            .await
+            .unwrap();
+        let mut pools = Pools::new(&p.plane.sites);
+        // Partition 0 led by broker 1, which is gone: sequence 0 fails.
+        p.plane.site(0).set_view(view(&[1]));
+        assert_eq!(
+            route_idempotent(&p, &mut pools, 0).await,
+            errors::NOT_LEADER_OR_FOLLOWER
+        );
+
+        // Switchyard learns of the new leader, broker 2, before the client.
+        let new_leader = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        new_leader.set_nonblocking(true).unwrap();
+        let mut v = view(&[2]);
+        v.brokers.get_mut(&2).unwrap().port = new_leader.local_addr().unwrap().port() as i32;
+        p.plane.site(0).set_view(v);
+        // The client pipelined sequence 3 before it saw the failure: held
+        // back, answered as the old leader would have, never sent.
+        assert_eq!(
+            route_idempotent(&p, &mut pools, 3).await,
+            errors::NOT_LEADER_OR_FOLLOWER
+        );
+        assert!(
+            new_leader.accept().is_err(),
+            "a batch after a failed one reached the new leader"
+        );
+        // The client's retry from sequence 0 goes to the new leader.
+        route_idempotent(&p, &mut pools, 0).await;
+        assert!(new_leader.accept().is_ok(), "the retry was not sent");
     }
 
     #[tokio::test]

@@ -42,6 +42,7 @@ where
         no_response: false,
         offload: None,
         touched: Vec::new(),
+        plan_stages: Vec::new(),
         site_stages: Vec::new(),
         client_stages: Vec::new(),
     }

@@ -24,10 +24,30 @@
 //!
 //! Transactional producers keep their coordinator's ids (their batches are
 //! only valid inside that cluster's transaction) and are not mapped.
+//!
+//! # One broker at a time per partition
+//!
+//! A Kafka client sends a partition's batches to one leader at a time: when
+//! one fails it stops, waits for the rest in flight to that broker, and
+//! retries them in order with their sequences, so a broker that took a batch
+//! but answered NOT_LEADER_OR_FOLLOWER (the old leader in a leader change,
+//! once the batch had reached the new one) gets it deduplicated by the new
+//! leader. Switchyard routes each batch by its own view, which may learn of
+//! the new leader before the client: a later batch would then reach the new
+//! leader while earlier ones are still failing on the old one, the new leader
+//! answers OUT_OF_ORDER_SEQUENCE, and the client (librdkafka: "skipped
+//! sequence numbers") bumps its epoch and sends the earlier ones again under
+//! it — written twice when one of them had in fact reached the new leader.
+//! So [`SiteProducer::admit`] keeps the client's rule on its behalf: while a
+//! partition's batches are in flight to one broker none goes to another,
+//! and after one failed (retriable, or lost with its broker) none after it
+//! goes anywhere until the client retries from it; those are answered
+//! NOT_LEADER_OR_FOLLOWER unsent, as the old leader would have answered them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
@@ -59,6 +79,86 @@ struct SiteSequence {
     next: i32,
     /// `(client topic, client partition, client base sequence)` → site base sequence.
     recent: std::collections::VecDeque<((String, i32, i32), i32)>,
+    flight: Flight,
+}
+
+/// How long a failed batch holds back the ones after it when the client
+/// never retries it. Clients retry within their request timeout, or give
+/// the batch up and bump their epoch (a new mapping, a fresh state); the
+/// limit only bounds a client that does neither.
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where one partition's batches are in flight, and the earliest that
+/// failed and was not retried yet (module doc: one broker at a time).
+#[derive(Default, Debug)]
+struct Flight {
+    broker: i32,
+    in_flight: u32,
+    failed: Option<(i32, Instant)>,
+}
+
+/// Whether a batch went through (written, or found a duplicate of one that
+/// was) or failed in a way the client retries with the same sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Written,
+    /// A retriable error, or no answer (the broker failed; the client is
+    /// answered NOT_LEADER_OR_FOLLOWER, possibly written).
+    Retried,
+    /// Anything else: the client gives the batch up (and, for a sequence
+    /// error, bumps its epoch); the order state is left as it is.
+    Other,
+}
+
+/// Why a batch was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Earlier batches of the partition are in flight to another broker.
+    OtherBroker { in_flight_to: i32 },
+    /// An earlier batch failed and the client has not retried it yet.
+    AfterFailed { failed: i32 },
+}
+
+/// `a` comes after `b` in a sequence space that wraps at i32::MAX to 0
+/// (within half the space: batches in flight are never further apart).
+fn later(a: i32, b: i32) -> bool {
+    let d = (i64::from(a) - i64::from(b)).rem_euclid(1 << 31);
+    d > 0 && d < (1 << 30)
+}
+
+impl Flight {
+    fn fail(&mut self, seq: i32, now: Instant) {
+        match self.failed {
+            Some((f, _)) if !later(f, seq) => {}
+            _ => self.failed = Some((seq, now)),
+        }
+    }
+
+    fn admit(&mut self, seq: i32, broker: i32, now: Instant) -> Result<(), Refused> {
+        if let Some((f, since)) = self.failed {
+            if later(seq, f) && now.duration_since(since) < HOLD_LIMIT {
+                return Err(Refused::AfterFailed { failed: f });
+            }
+            // The client retries from the failed batch (or an earlier one).
+            self.failed = None;
+        }
+        if self.in_flight > 0 && self.broker != broker {
+            self.fail(seq, now);
+            return Err(Refused::OtherBroker {
+                in_flight_to: self.broker,
+            });
+        }
+        self.broker = broker;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn settle(&mut self, seq: i32, how: Settled, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if how == Settled::Retried {
+            self.fail(seq, now);
+        }
+    }
 }
 
 impl SiteProducer {
@@ -96,6 +196,41 @@ impl SiteProducer {
         seq.recent
             .push_back(((client.0.to_string(), client.1, client.2), base));
         base
+    }
+
+    /// May the batch with site sequence `seq` of `(topic, partition)` go to
+    /// `broker` now? If so it counts as in flight there until
+    /// [`settle`](Self::settle)d (module doc: one broker at a time).
+    pub fn admit(&self, topic: &str, partition: i32, seq: i32, broker: i32) -> Result<(), Refused> {
+        let Ok(mut parts) = self.parts.lock() else {
+            return Ok(());
+        };
+        parts
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .flight
+            .admit(seq, broker, Instant::now())
+    }
+
+    /// An admitted batch was answered (or lost): `how`.
+    pub fn settle(&self, topic: &str, partition: i32, seq: i32, how: Settled) {
+        if let Ok(mut parts) = self.parts.lock() {
+            if let Some(s) = parts.get_mut(&(topic.to_string(), partition)) {
+                s.flight.settle(seq, how, Instant::now());
+            }
+        }
+    }
+
+    /// A batch answered without being sent (no leader known): the ones
+    /// after it must wait for its retry as after a failed one.
+    pub fn unsent(&self, topic: &str, partition: i32, seq: i32) {
+        if let Ok(mut parts) = self.parts.lock() {
+            parts
+                .entry((topic.to_string(), partition))
+                .or_default()
+                .flight
+                .fail(seq, Instant::now());
+        }
     }
 }
 
@@ -278,6 +413,74 @@ mod tests {
         assert!(failed.is_err());
         let ok = ids.mapped((0, 7, 0), || async { Ok((5, 0)) }).await;
         assert_eq!(ok.map(|p| p.pid).ok(), Some(5));
+    }
+
+    /// The librdkafka sequence of a leader change: batches 10..13 in flight
+    /// to the old leader (1), Switchyard's view moves to the new one (2)
+    /// before they are answered.
+    #[test]
+    fn a_partition_stays_on_one_broker_until_its_batches_are_answered() {
+        let now = Instant::now();
+        let mut f = Flight::default();
+        for seq in 10..14 {
+            assert_eq!(f.admit(seq, 1, now), Ok(()));
+        }
+        // 14 is for the new leader while 10..13 are in flight to the old.
+        assert_eq!(
+            f.admit(14, 2, now),
+            Err(Refused::OtherBroker { in_flight_to: 1 })
+        );
+        // The old leader answers NOT_LEADER_OR_FOLLOWER for all four (10 may
+        // have reached the new leader all the same).
+        for seq in 10..14 {
+            f.settle(seq, Settled::Retried, now);
+        }
+        // A batch the client pipelined before it saw those answers.
+        assert_eq!(
+            f.admit(15, 2, now),
+            Err(Refused::AfterFailed { failed: 10 })
+        );
+        // The client's retry from the first failed batch goes, and the rest
+        // after it, in order, to the new leader.
+        for seq in 10..16 {
+            assert_eq!(f.admit(seq, 2, now), Ok(()), "seq {seq}");
+        }
+        for seq in 10..16 {
+            f.settle(seq, Settled::Written, now);
+        }
+        assert_eq!(f.in_flight, 0);
+        assert_eq!(f.admit(16, 1, now), Ok(()), "nothing in flight: any broker");
+    }
+
+    #[test]
+    fn a_batch_given_up_holds_the_partition_only_for_a_while() {
+        let now = Instant::now();
+        let mut f = Flight::default();
+        assert_eq!(f.admit(5, 1, now), Ok(()));
+        f.settle(5, Settled::Retried, now);
+        assert!(f.admit(6, 1, now).is_err());
+        assert_eq!(f.admit(6, 1, now + HOLD_LIMIT), Ok(()));
+        // Written answers and errors the client does not retry hold nothing.
+        f.settle(6, Settled::Other, now);
+        assert_eq!(f.admit(7, 2, now), Ok(()));
+        f.settle(7, Settled::Written, now);
+        assert_eq!(f.admit(8, 1, now), Ok(()));
+    }
+
+    #[test]
+    fn order_survives_the_sequence_wrap() {
+        assert!(later(0, i32::MAX));
+        assert!(later(5, 3));
+        assert!(!later(3, 5));
+        assert!(!later(i32::MAX, 0));
+        assert!(!later(4, 4));
+        let now = Instant::now();
+        let mut f = Flight::default();
+        f.fail(i32::MAX, now);
+        f.fail(0, now);
+        assert_eq!(f.failed.map(|x| x.0), Some(i32::MAX), "the earliest stays");
+        assert!(f.admit(1, 1, now).is_err());
+        assert_eq!(f.admit(i32::MAX, 1, now), Ok(()));
     }
 
     #[test]
