@@ -284,7 +284,7 @@ class KafkaNode:
         argv = [c.java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{c.libs}/*",
                 "kafka.tools.StorageTool", "format", f"--cluster-id={c.cluster_id}", f"--config={self.config_path}",
-                "--ignore-formatted"]
+                "--ignore-formatted", *c.format_args]
         log = open(self.dir / "format.log", "wb")
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -426,6 +426,7 @@ class KafkaCluster:
         properties: Optional[dict[str, str]] = None,
         quick_jit: bool = True,
         name: str = "kafka",
+        format_args: Sequence[str] = (),
     ):
         if nodes < 1:
             raise KafkaError(f"nodes must be >= 1, got {nodes}")
@@ -438,6 +439,9 @@ class KafkaCluster:
         self.heap = heap
         self.name = name
         self.extra_properties = dict(properties or {})
+        # Extra `StorageTool format` arguments, e.g. `--add-scram` users
+        # (KRaft keeps SCRAM credentials in its metadata from the start).
+        self.format_args = list(format_args)
         # C1 only: roughly halves a node's start-up CPU on 2 cores, which is
         # what the test suite waits for; benchmarks pass quick_jit=False to
         # measure a fully compiled broker.

@@ -578,6 +578,84 @@ pub struct SiteConfig {
     /// TLS to the site's brokers; absent: plaintext.
     #[serde(default)]
     pub tls: Option<SiteTlsConfig>,
+    /// SASL toward the site's brokers (Switchyard's own identity there);
+    /// absent: none.
+    #[serde(default)]
+    pub sasl: Option<SiteSaslConfig>,
+}
+
+/// How Switchyard authenticates to a site's brokers, on every connection
+/// (client traffic, tee, health checks, state topics). Secrets are named,
+/// never written in the config: an environment variable or a file.
+#[derive(Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
+    pub mechanism: SiteSaslMechanism,
+    /// The user (PLAIN, SCRAM).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The environment variable holding the password (PLAIN, SCRAM).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file holding the password (trailing newline ignored), read for
+    /// every new connection: replace it to rotate the password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// OAUTHBEARER: a file holding the token (a JWT), read for every new
+    /// connection (a token refresher rewrites it).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// OAUTHBEARER: a command printing the token on stdout (argv, no
+    /// shell), run for a new connection when the last token is older than
+    /// `token_refresh_ms`.
+    #[serde(default)]
+    pub token_command: Option<Vec<String>>,
+    /// How long a token from `token_command` is reused. Default 60000.
+    #[serde(default = "default_token_refresh_ms")]
+    pub token_refresh_ms: u64,
+}
+
+fn default_token_refresh_ms() -> u64 {
+    60_000
+}
+
+/// Never prints a secret, only where it comes from.
+impl std::fmt::Debug for SiteSaslConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteSaslConfig")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("token_file", &self.token_file)
+            .field("token_command", &self.token_command)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum SiteSaslMechanism {
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "OAUTHBEARER")]
+    OauthBearer,
+}
+
+impl SiteSaslMechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            SiteSaslMechanism::Plain => "PLAIN",
+            SiteSaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SiteSaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SiteSaslMechanism::OauthBearer => "OAUTHBEARER",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -798,6 +876,11 @@ fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, C
                 p.iter_mut().for_each(resolve);
             }
         }
+        for t in config.sites.iter_mut().filter_map(|s| s.sasl.as_mut()) {
+            for p in [&mut t.password_file, &mut t.token_file] {
+                p.iter_mut().for_each(resolve);
+            }
+        }
     }
     let mut v = validate(config, check)?;
     v.text = text.to_string();
@@ -840,6 +923,78 @@ pub fn restart_needed(old: &str, new: &str) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// What is wrong with a site's SASL block: (key under it, reason).
+fn site_sasl_problems(s: &SiteSaslConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let m = s.mechanism.name();
+    let password = [s.password_env.is_some(), s.password_file.is_some()];
+    let token = [s.token_file.is_some(), s.token_command.is_some()];
+    if s.mechanism == SiteSaslMechanism::OauthBearer {
+        if token.iter().filter(|x| **x).count() != 1 {
+            out.push((
+                "token_file",
+                format!("{m} needs exactly one of token_file and token_command"),
+            ));
+        }
+        if s.token_command.as_ref().is_some_and(|c| c.is_empty()) {
+            out.push(("token_command", "must name a program".into()));
+        }
+        for (key, set) in [
+            ("username", s.username.is_some()),
+            ("password_env", password[0]),
+            ("password_file", password[1]),
+        ] {
+            if set {
+                out.push((key, format!("not used by {m} (it sends a token)")));
+            }
+        }
+        if s.token_refresh_ms == 0 {
+            out.push(("token_refresh_ms", "must be at least 1".into()));
+        }
+        if let Some(f) = &s.token_file {
+            if let Err(e) = std::fs::metadata(f) {
+                out.push(("token_file", format!("{f}: {e}")));
+            }
+        }
+    } else {
+        if s.username.as_deref().is_none_or(|u| u.is_empty()) {
+            out.push(("username", format!("{m} needs a username")));
+        }
+        if password.iter().filter(|x| **x).count() != 1 {
+            out.push((
+                "password_env",
+                format!("{m} needs exactly one of password_env and password_file"),
+            ));
+        }
+        if let Some(var) = &s.password_env {
+            match std::env::var(var) {
+                Ok(v) if !v.is_empty() => {}
+                Ok(_) => out.push((
+                    "password_env",
+                    format!("environment variable `{var}` is empty"),
+                )),
+                Err(_) => out.push((
+                    "password_env",
+                    format!("environment variable `{var}` is not set"),
+                )),
+            }
+        }
+        if let Some(f) = &s.password_file {
+            match std::fs::read_to_string(f) {
+                Ok(t) if !t.trim_end_matches(['\n', '\r']).is_empty() => {}
+                Ok(_) => out.push(("password_file", format!("{f} is empty"))),
+                Err(e) => out.push(("password_file", format!("{f}: {e}"))),
+            }
+        }
+        for (key, set) in [("token_file", token[0]), ("token_command", token[1])] {
+            if set {
+                out.push((key, format!("only used by OAUTHBEARER, not {m}")));
+            }
+        }
+    }
+    out
 }
 
 fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
@@ -925,6 +1080,11 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
                     &format!("sites[{i}].bootstrap[{j}]"),
                     format!("`{addr}` is not host:port"),
                 );
+            }
+        }
+        if let Some(sasl) = &site.sasl {
+            for (key, reason) in site_sasl_problems(sasl) {
+                err(&format!("sites[{i}].sasl.{key}"), reason);
             }
         }
     }

@@ -68,6 +68,9 @@ pub struct UpstreamMetrics {
     pub retriable_answers: IntCounterVec,
     /// Client connections Switchyard closed, by `reason`.
     pub client_closed: IntCounterVec,
+    /// Switchyard's own SASL authentications to site brokers: `site`,
+    /// `mechanism`, `result` (`ok`, `failed`).
+    pub sasl_authentications: IntCounterVec,
 }
 
 impl UpstreamMetrics {
@@ -104,6 +107,11 @@ impl UpstreamMetrics {
                 "Client connections closed by Switchyard, by reason (never for a broker's fault)",
                 &["reason"],
             ),
+            sasl_authentications: counter(
+                "switchyard_upstream_sasl_authentications_total",
+                "Switchyard's SASL authentications to site brokers (every new connection), by result",
+                &["site", "mechanism", "result"],
+            ),
         };
         // Present at 0 from the start: "no client connection closed for an
         // upstream's fault" must be a sample an alert or test can read, not
@@ -117,6 +125,7 @@ impl UpstreamMetrics {
             Box::new(m.metadata_refreshes.clone()),
             Box::new(m.retriable_answers.clone()),
             Box::new(m.client_closed.clone()),
+            Box::new(m.sasl_authentications.clone()),
         ] {
             registry.register(c).expect("static metric definition");
         }

@@ -41,6 +41,8 @@ pub struct Loaded {
     pub tls: crate::tls::TlsSet,
     /// Per listener.
     pub sasl: Vec<Option<Arc<crate::sasl::ServerSasl>>>,
+    /// Per site: how Switchyard authenticates there.
+    pub site_sasl: Vec<Option<Arc<crate::sasl::client::ClientSasl>>>,
 }
 
 impl Loaded {
@@ -61,19 +63,22 @@ impl Loaded {
         let router = Router::build(&cfg.config, cfg.active_site);
         let tls = crate::tls::load(&cfg);
         let sasl = crate::sasl::load(&cfg);
-        match (router, tls, sasl) {
-            (Ok(router), Ok(tls), Ok(sasl)) => Ok(Loaded {
+        let site_sasl = crate::sasl::load_sites(&cfg);
+        match (router, tls, sasl, site_sasl) {
+            (Ok(router), Ok(tls), Ok(sasl), Ok(site_sasl)) => Ok(Loaded {
                 cfg,
                 router: Arc::new(router),
                 tls,
                 sasl,
+                site_sasl,
             }),
-            (r, t, s) => Err(ConfigErrors(
+            (r, t, s, ss) => Err(ConfigErrors(
                 r.err()
                     .unwrap_or_default()
                     .into_iter()
                     .chain(t.err().unwrap_or_default())
                     .chain(s.err().unwrap_or_default())
+                    .chain(ss.err().unwrap_or_default())
                     .collect(),
             )),
         }
@@ -124,6 +129,7 @@ impl Proxy {
             router,
             tls,
             sasl,
+            site_sasl,
         }: Loaded,
     ) -> Arc<Self> {
         let c = &cfg.config;
@@ -153,7 +159,8 @@ impl Proxy {
             .sites
             .iter()
             .zip(tls.sites)
-            .map(|(s, site_tls)| {
+            .zip(site_sasl)
+            .map(|((s, site_tls), site_sasl)| {
                 Site::new(
                     &s.name,
                     s.bootstrap.clone(),
@@ -162,6 +169,7 @@ impl Proxy {
                         request_timeout: Duration::from_millis(c.timeouts.request_ms),
                         max_frame_bytes: c.limits.max_frame_bytes,
                         tls: site_tls,
+                        sasl: site_sasl,
                     },
                     metrics.clone(),
                 )

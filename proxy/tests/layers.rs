@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     // The protocol, metrics, plain config data, the virtual cluster's identities.
     ("foundation", &["codec", "metrics", "config", "identity"]),
-    // Transport security: TLS (and, next, SASL) on both sides.
+    // Transport security: TLS and SASL, toward clients and toward sites.
     ("security", &["tls", "sasl"]),
     // Upstream sites (connections, views, Switchyard's own client); routes.
     ("sites and routes", &["upstream", "route"]),

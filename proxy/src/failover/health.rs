@@ -271,9 +271,11 @@ async fn round_trips(site: &Site, addr: &str, timeout: Duration) -> Result<(), S
         site.settings.max_frame_bytes,
         site.conn_gauge.clone(),
         site.settings.tls.clone(),
+        site.settings.sasl.clone(),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await;
+    site.note_auth(addr, &conn);
+    let conn = conn.map_err(|e| e.to_string())?;
     let client = Some(StrBytes::from_static_str("switchyard-health"));
     let mut av = ApiVersionsRequest::default();
     av.client_software_name = StrBytes::from_static_str("switchyard");

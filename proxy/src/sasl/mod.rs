@@ -18,6 +18,7 @@
 //! is re-read when it changes ([`ServerSasl::refresh`]): users added or
 //! removed take effect for the next authentication.
 
+pub mod client;
 pub mod scram;
 
 use std::collections::BTreeMap;
@@ -200,6 +201,35 @@ pub fn load(
                 Err((key, reason)) => {
                     errors.push(crate::config::ConfigError {
                         key: format!("{at}.{key}"),
+                        reason,
+                    });
+                    None
+                }
+            },
+        });
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Every site's SASL (`sites[].sasl`), in config order; one error per
+/// unusable block, under its config key.
+pub fn load_sites(
+    cfg: &crate::config::Validated,
+) -> Result<Vec<Option<Arc<client::ClientSasl>>>, Vec<crate::config::ConfigError>> {
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    for (i, s) in cfg.config.sites.iter().enumerate() {
+        out.push(match &s.sasl {
+            None => None,
+            Some(c) => match client::ClientSasl::new(c) {
+                Ok(c) => Some(Arc::new(c)),
+                Err((key, reason)) => {
+                    errors.push(crate::config::ConfigError {
+                        key: format!("sites[{i}].sasl.{key}"),
                         reason,
                     });
                     None

@@ -1,5 +1,7 @@
-//! SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677) as Kafka brokers
-//! speak them, server side, and the salted credentials they check against.
+//! SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677) as Kafka speaks
+//! them: the server side (Switchyard's listeners) with the salted
+//! credentials it checks against, and the client side ([`Client`],
+//! Switchyard authenticating to a site's brokers).
 //!
 //! A credential never holds the password: only the salt, the iteration
 //! count and the two keys derived from the salted password (`StoredKey`,
@@ -306,9 +308,165 @@ impl Server {
     }
 }
 
+/// The most iterations a server may ask of [`Client`]: each costs a
+/// PBKDF2 round on our side, and a server asking for millions would make
+/// every connection to it slow (Kafka allows at most 16384).
+pub const MAX_ITERATIONS: u32 = 1 << 20;
+
+/// RFC 5802 saslname encoding of a user name (`,` and `=` escaped).
+fn encode_saslname(user: &str) -> String {
+    user.replace('=', "=3D").replace(',', "=2C")
+}
+
+/// The client's side of one exchange: Switchyard authenticating to a
+/// site's broker.
+pub struct Client {
+    hash: Hash,
+    bare: String,
+    nonce: String,
+}
+
+/// The client-final message and the server signature to expect.
+pub struct ClientFinal {
+    pub message: Vec<u8>,
+    server_signature: Vec<u8>,
+}
+
+impl Client {
+    /// Starts an exchange: the client-first message.
+    pub fn start(hash: Hash, user: &str) -> (Client, Vec<u8>) {
+        let nonce: String = random(24).iter().map(|b| format!("{b:02x}")).collect();
+        let bare = format!("n={},r={nonce}", encode_saslname(user));
+        let first = format!("n,,{bare}").into_bytes();
+        (Client { hash, bare, nonce }, first)
+    }
+
+    /// Answers the server-first message. Slow (PBKDF2 over the server's
+    /// iteration count): run it off the async workers.
+    pub fn answer(&self, server_first: &[u8], password: &[u8]) -> Result<ClientFinal, Failure> {
+        let bad = |why: &str| Failure::Malformed(why.to_string());
+        let text =
+            std::str::from_utf8(server_first).map_err(|_| bad("server-first is not UTF-8"))?;
+        if let Some(e) = text.strip_prefix("e=") {
+            return Err(Failure::Malformed(format!("server error: {e}")));
+        }
+        let mut parts = text.split(',');
+        let nonce = parts
+            .next()
+            .and_then(|r| r.strip_prefix("r="))
+            .ok_or_else(|| bad("server-first has no nonce"))?;
+        let salt = parts
+            .next()
+            .and_then(|s| s.strip_prefix("s="))
+            .ok_or_else(|| bad("server-first has no salt"))?;
+        let iterations: u32 = parts
+            .next()
+            .and_then(|i| i.strip_prefix("i="))
+            .and_then(|i| i.parse().ok())
+            .ok_or_else(|| bad("server-first has no iteration count"))?;
+        // The server's nonce extends ours; anything else is not our exchange.
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(bad("server-first nonce does not extend ours"));
+        }
+        if !(Hash::MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+            return Err(Failure::Malformed(format!(
+                "server-first asks for {iterations} iterations (accepted: {}..={MAX_ITERATIONS})",
+                Hash::MIN_ITERATIONS
+            )));
+        }
+        let salt = B64
+            .decode(salt)
+            .map_err(|_| bad("server-first salt is not base64"))?;
+        let h = self.hash;
+        let salted = h.salted_password(password, &salt, iterations);
+        let client_key = h.hmac(&salted, &[b"Client Key"]);
+        let stored_key = h.h(&client_key);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{text},{without_proof}", self.bare);
+        let signature = h.hmac(&stored_key, &[auth_message.as_bytes()]);
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        let server_key = h.hmac(&salted, &[b"Server Key"]);
+        Ok(ClientFinal {
+            message: format!("{without_proof},p={}", B64.encode(proof)).into_bytes(),
+            server_signature: h.hmac(&server_key, &[auth_message.as_bytes()]),
+        })
+    }
+}
+
+impl ClientFinal {
+    /// Checks the server-final message: the server knew our credential too.
+    pub fn verify(&self, server_final: &[u8]) -> Result<(), Failure> {
+        let text = std::str::from_utf8(server_final)
+            .map_err(|_| Failure::Malformed("server-final is not UTF-8".into()))?;
+        if let Some(e) = text.strip_prefix("e=") {
+            return Err(Failure::Malformed(format!("server error: {e}")));
+        }
+        let v = text
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v.split(',').next().unwrap_or(v)).ok())
+            .ok_or_else(|| Failure::Malformed("server-final has no signature".into()))?;
+        if bool::from(v.ct_eq(&self.server_signature)) {
+            Ok(())
+        } else {
+            Err(Failure::Malformed(
+                "the server's signature is wrong (it does not know our credential)".into(),
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_client_and_server_agree_and_a_wrong_password_fails() {
+        for hash in [Hash::Sha256, Hash::Sha512] {
+            let cred = Credential::new(hash, b"pw,=x", 4096);
+            for (password, ok) in [(&b"pw,=x"[..], true), (b"nope", false)] {
+                let (client, first) = Client::start(hash, "a,b=c");
+                let first = ClientFirst::parse(&first).unwrap();
+                assert_eq!(first.user, "a,b=c");
+                let (server, sf) = Server::start(hash, first, cred.clone());
+                let fin = client.answer(&sf, password).unwrap();
+                match server.finish(&fin.message) {
+                    Ok(sfin) => {
+                        assert!(ok);
+                        fin.verify(&sfin).unwrap();
+                        assert!(fin.verify(b"v=AAAA").is_err(), "a forged server signature");
+                    }
+                    Err(e) => {
+                        assert!(!ok);
+                        assert_eq!(e, Failure::BadCredentials);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_refuses_a_server_first_that_is_not_its_exchange() {
+        let (client, _) = Client::start(Hash::Sha256, "u");
+        let ours = client.nonce.clone();
+        for (msg, words) in [
+            ("r=other,s=AAAA,i=4096".to_string(), "extend"),
+            (format!("r={ours},s=AAAA,i=4096"), "extend"),
+            (format!("r={ours}x,s=AAAA,i=100"), "iterations"),
+            (format!("r={ours}x,s=AAAA,i=999999999"), "iterations"),
+            (format!("r={ours}x,s=!!,i=4096"), "base64"),
+            ("e=unknown-user".to_string(), "server error"),
+        ] {
+            match client.answer(msg.as_bytes(), b"pw") {
+                Err(Failure::Malformed(m)) => assert!(m.contains(words), "{m} for {msg}"),
+                Err(e) => panic!("{msg}: {e:?}"),
+                Ok(_) => panic!("{msg}: accepted"),
+            }
+        }
+    }
 
     /// The client side, as RFC 5802 computes it, for the tests.
     fn client_final(hash: Hash, password: &str, first_bare: &str, server_first: &str) -> String {

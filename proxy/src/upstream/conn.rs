@@ -15,6 +15,11 @@
 //! clients do: the broker is stuck or gone, and a late answer must never meet
 //! a FIFO that has moved on. Closing stops the reader too, so nothing read
 //! after the close is taken for a protocol error.
+//!
+//! A connection authenticated with SASL (`upstream::auth`) whose broker
+//! limits the session (KIP-368) reports itself closed well before the
+//! session ends, so its owner opens a new one; when the owner lets go of it,
+//! the answers still due on it are awaited before it closes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +37,21 @@ use crate::codec::{read_frame, FrameError};
 /// Queue depth toward one broker; senders wait (backpressure) beyond it.
 const SEND_QUEUE: usize = 256;
 
+/// How long a connection its owner let go of waits for answers still due
+/// (callers' own deadlines are shorter; this only bounds a stuck broker).
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// The share of a SASL session's lifetime a connection is used for: Kafka's
+/// clients re-authenticate at 85–95% of it; a new connection is opened here.
+const SESSION_USE: f64 = 0.85;
+
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum UpstreamError {
     #[error("connect to {addr} failed: {reason}")]
     Connect { addr: String, reason: String },
+    /// Switchyard's SASL authentication to the broker failed.
+    #[error("authentication to {addr} failed: {reason}")]
+    Auth { addr: String, reason: String },
     #[error("connection to {0} closed")]
     Closed(String),
     #[error("request to {0} timed out")]
@@ -59,6 +75,7 @@ impl UpstreamError {
     pub fn reason(&self) -> &'static str {
         match self {
             UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Auth { .. } => "auth",
             UpstreamError::Closed(_) => "closed",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::Protocol { .. } => "protocol",
@@ -92,6 +109,8 @@ pub struct ConnOptions {
     pub hooks: Option<Arc<ConnHooks>>,
     /// The site's TLS: the handshake counts against `connect_timeout`.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// The site's SASL: authenticating counts against `connect_timeout` too.
+    pub sasl: Option<Arc<crate::sasl::client::ClientSasl>>,
 }
 
 struct Outgoing {
@@ -127,6 +146,9 @@ pub struct UpstreamConn {
     addr: Arc<str>,
     tx: mpsc::Sender<Outgoing>,
     guard: Arc<CloseGuard>,
+    /// Past this the connection reports itself closed (its SASL session
+    /// ends soon after).
+    retire_at: Option<Instant>,
 }
 
 /// A response that will arrive later.
@@ -171,6 +193,7 @@ impl UpstreamConn {
         max_frame_bytes: u32,
         open_gauge: IntGauge,
         tls: Option<Arc<crate::tls::ClientTls>>,
+        sasl: Option<Arc<crate::sasl::client::ClientSasl>>,
     ) -> Result<Self, UpstreamError> {
         Self::open(
             addr,
@@ -182,6 +205,7 @@ impl UpstreamConn {
                 broker_cut: None,
                 hooks: None,
                 tls,
+                sasl,
             },
         )
         .await
@@ -201,28 +225,47 @@ impl UpstreamConn {
             .map_err(|e| err(e.to_string()))?;
         // Kafka traffic is request/response; Nagle only adds latency here.
         let _ = stream.set_nodelay(true);
+        let sasl = o.sasl.clone();
+        let max_frame = o.max_frame_bytes;
+        macro_rules! authenticate {
+            ($stream:expr) => {
+                match &sasl {
+                    None => None,
+                    Some(sasl) => tokio::time::timeout_at(
+                        deadline,
+                        super::auth::authenticate($stream, addr, sasl, max_frame),
+                    )
+                    .await
+                    .map_err(|_| err(format!("SASL timed out after {connect_timeout:?}")))??,
+                }
+            };
+        }
         match o.tls.clone() {
             None => {
+                let mut stream = stream;
+                let session = authenticate!(&mut stream);
                 let (rd, wr) = stream.into_split();
-                Ok(Self::start(addr, rd, wr, o))
+                Ok(Self::start(addr, rd, wr, o, session))
             }
             Some(tls) => {
                 let sock = std::os::fd::AsFd::as_fd(&stream)
                     .try_clone_to_owned()
                     .map(socket2::Socket::from)
                     .map_err(|e| err(e.to_string()))?;
-                let s = tokio::time::timeout_at(deadline, tls.connect(addr, stream))
+                let mut s = tokio::time::timeout_at(deadline, tls.connect(addr, stream))
                     .await
                     .map_err(|_| err(format!("TLS handshake timed out after {connect_timeout:?}")))?
                     .map_err(|e| err(format!("TLS handshake failed: {e}")))?;
+                let session = authenticate!(&mut s);
                 let (rd, wr) = tokio::io::split(s);
-                Ok(Self::start(addr, TlsRead { rd, sock }, wr, o))
+                Ok(Self::start(addr, TlsRead { rd, sock }, wr, o, session))
             }
         }
     }
 
-    /// The connection's tasks over an open stream's two halves.
-    fn start<R, W>(addr: &str, rd: R, wr: W, o: ConnOptions) -> Self
+    /// The connection's tasks over an open stream's two halves; `session`:
+    /// how long its SASL authentication lasts, if limited.
+    fn start<R, W>(addr: &str, rd: R, wr: W, o: ConnOptions, session: Option<Duration>) -> Self
     where
         R: ReadSide,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -239,6 +282,7 @@ impl UpstreamConn {
             hooks: o.hooks,
             answered: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
         });
         tokio::spawn(write_loop(wr, rx, waiting.clone(), guard.clone()));
         tokio::spawn(read_loop(
@@ -249,7 +293,13 @@ impl UpstreamConn {
             guard.clone(),
             [o.site_cut, o.broker_cut],
         ));
-        UpstreamConn { addr, tx, guard }
+        let retire_at = session.map(|d| Instant::now() + d.mul_f64(SESSION_USE));
+        UpstreamConn {
+            addr,
+            tx,
+            guard,
+            retire_at,
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -257,7 +307,9 @@ impl UpstreamConn {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.guard.closed.load(Ordering::Acquire) || self.tx.is_closed()
+        self.guard.closed.load(Ordering::Acquire)
+            || self.tx.is_closed()
+            || self.retire_at.is_some_and(|t| Instant::now() >= t)
     }
 
     /// Queues a request frame (header + body, no length prefix; the correlation
@@ -311,6 +363,9 @@ struct CloseGuard {
     /// never delivered once the network heals (after a failover has moved
     /// the writes elsewhere).
     failed: AtomicBool,
+    /// Told when the last answer due was delivered (a connection let go
+    /// of waits for that before it closes).
+    drained: tokio::sync::Notify,
 }
 
 impl CloseGuard {
@@ -367,9 +422,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     'outer: loop {
         let first = tokio::select! {
             m = rx.recv() => m,
-            _ = stop.wait_for(|s| *s) => None,
+            _ = stop.wait_for(|s| *s) => break,
         };
-        let Some(first) = first else { break };
+        let Some(first) = first else {
+            // The owner let go (retired, or its client left): the answers
+            // still due are awaited, not failed.
+            drain(&waiting, &guard, &mut stop).await;
+            break;
+        };
         let mut item = Some(first);
         while let Some(out) = item.take() {
             if guard.closed.load(Ordering::Acquire) {
@@ -404,6 +464,22 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     guard.close();
     if !guard.failed.load(Ordering::Acquire) {
         let _ = w.shutdown().await;
+    }
+}
+
+/// Waits until no answer is due on the connection, it is closed, or
+/// `DRAIN_LIMIT` passed.
+async fn drain(waiting: &Mutex<InFlight>, guard: &CloseGuard, stop: &mut watch::Receiver<bool>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    loop {
+        if waiting.lock().map(|q| q.waiting.is_empty()).unwrap_or(true) {
+            return;
+        }
+        tokio::select! {
+            _ = guard.drained.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 
@@ -530,10 +606,15 @@ async fn read_loop<R: ReadSide>(
         };
         if q.waiting.front().is_some_and(|w| w.correlation_id == corr) {
             if let Some(w) = q.waiting.pop_front() {
+                let empty = q.waiting.is_empty();
                 drop(q);
                 w.latency.observe(w.started.elapsed().as_secs_f64());
                 let _ = w.reply.send(frame);
                 guard.answered();
+                if empty {
+                    // A stored permit: a drain that checks later still sees it.
+                    guard.drained.notify_one();
+                }
             }
             continue;
         }
@@ -636,6 +717,7 @@ mod tests {
                     answered: Box::new(|| {}),
                 })),
                 tls: None,
+                sasl: None,
             },
         )
         .await
@@ -669,5 +751,38 @@ mod tests {
             vec!["timeout"],
             "one failure, the timeout"
         );
+    }
+
+    /// A connection its owner let go of (retired before its SASL session
+    /// ends) still delivers the answer due on it, then closes.
+    #[tokio::test]
+    async fn a_connection_let_go_of_delivers_what_is_due_then_closes() {
+        let (addr, broker, wake) = frozen_broker().await;
+        let conn = UpstreamConn::connect(
+            &addr,
+            Duration::from_secs(5),
+            1 << 20,
+            IntGauge::new("test_open", "test").expect("gauge"),
+            None,
+            None,
+        )
+        .await
+        .expect("connect");
+        let latency = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
+            .expect("histogram");
+        let pending = conn
+            .send(request(), Some(latency))
+            .await
+            .expect("send")
+            .expect("a response is expected");
+        drop(conn);
+        let _ = wake.send(());
+        let answer = pending.wait(Duration::from_secs(5)).await;
+        assert!(
+            answer.is_ok(),
+            "the answer due was lost: {:?}",
+            answer.err()
+        );
+        assert_eq!(broker.await.expect("broker task"), vec!["closed"]);
     }
 }

@@ -9,6 +9,7 @@
 //! own requests (metadata refresh, coordinator lookup, ApiVersions) go over a
 //! separate control connection per site.
 
+pub mod auth;
 pub mod client;
 pub mod conn;
 pub mod producer_ids;
@@ -55,6 +56,8 @@ pub struct SiteSettings {
     pub max_frame_bytes: u32,
     /// TLS to the site's brokers (`sites[].tls`), for every connection.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// SASL to the site's brokers (`sites[].sasl`), for every connection.
+    pub sasl: Option<Arc<crate::sasl::client::ClientSasl>>,
 }
 
 /// One upstream cluster.
@@ -94,7 +97,12 @@ pub struct Site {
     writes_done: tokio::sync::Notify,
     /// Bumped to cut every connection to the site at once (failover fence).
     sever: tokio::sync::watch::Sender<u64>,
+    /// When a failed SASL authentication was last logged.
+    last_auth_warn: Mutex<Option<Instant>>,
 }
+
+/// Failed authentications to a site are logged at most this often.
+const AUTH_WARN_GAP: Duration = Duration::from_secs(30);
 
 /// A broker that failed lately.
 struct Down {
@@ -154,6 +162,7 @@ impl Site {
             writes_in_flight: std::sync::atomic::AtomicI64::new(0),
             writes_done: tokio::sync::Notify::new(),
             sever: tokio::sync::watch::Sender::new(0),
+            last_auth_warn: Mutex::new(None),
         })
     }
 
@@ -245,13 +254,45 @@ impl Site {
                 broker_cut,
                 hooks,
                 tls: self.settings.tls.clone(),
+                sasl: self.settings.sasl.clone(),
             },
         )
         .await;
+        self.note_auth(addr, &opened);
         if let (Err(e), Some(b)) = (&opened, broker) {
             self.note_broker_down(b, e.reason());
         }
         opened
+    }
+
+    /// Counts a SASL authentication to one of the site's brokers, and says
+    /// why one failed (at most every `AUTH_WARN_GAP`: every new connection
+    /// retries it).
+    pub fn note_auth<T>(&self, addr: &str, opened: &Result<T, UpstreamError>) {
+        let Some(sasl) = &self.settings.sasl else {
+            return;
+        };
+        let result = match opened {
+            Ok(_) => "ok",
+            Err(UpstreamError::Auth { .. }) => "failed",
+            // Never got as far as authenticating.
+            Err(_) => return,
+        };
+        self.metrics
+            .upstream
+            .sasl_authentications
+            .with_label_values(&[self.name.as_str(), sasl.mechanism(), result])
+            .inc();
+        if let Err(e) = opened {
+            let now = Instant::now();
+            if let Ok(mut last) = self.last_auth_warn.lock() {
+                if last.is_none_or(|t| now.duration_since(t) >= AUTH_WARN_GAP) {
+                    *last = Some(now);
+                    tracing::warn!(site = %self.name, addr, error = %e,
+                        "cannot authenticate to the site's broker; check sites[].sasl");
+                }
+            }
+        }
     }
 
     fn broker_cut(&self, broker: i32) -> tokio::sync::watch::Receiver<u64> {

@@ -1,0 +1,240 @@
+"""Switchyard authenticating to its sites: SASL over TLS (SASL_SSL), with a
+real broker and real clients.
+
+One Apache Kafka node (module-scoped) whose client listener is SASL_SSL
+with PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and OAUTHBEARER enabled, SCRAM
+users created when the node is formatted (as KRaft keeps them), and KIP-368
+session limits (`connections.max.reauth.ms`): every connection must
+authenticate again within seconds or the broker closes it. Switchyard's
+clients speak plaintext to it; only the site side is secured.
+
+What an operator checks: with each mechanism (passwords from an environment
+variable or a file, tokens from a file or a command) clients produce and
+consume every record through Switchyard; Switchyard's connections outlive
+no session (clients keep working across many session ends, nothing
+re-sent twice); a wrong password makes Switchyard not ready, says why in its
+log and in a metric, and never disturbs the broker for others; `check`
+names a missing secret's key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from helpers import TEARDOWN_GRACE, allocate_ports, http_get, metric_sum, start_switchyard, unique_name
+from kafka_cluster import KafkaCluster, KafkaError
+from tls_pki import Pki, kafka_tls_listener
+
+pytestmark = pytest.mark.brokers("kafka")
+
+# Each connection's SASL session lasts this long on the broker (KIP-368).
+REAUTH_MS = 4000
+USERS = {"SCRAM-SHA-256": ("sy-256", "pw-256-secret"), "SCRAM-SHA-512": ("sy-512", "pw-512-secret")}
+PLAIN_USER = ("sy-plain", "plain-secret")
+
+
+def unsecured_jwt(sub: str, lifetime_s: int = 3600) -> str:
+    """A token Kafka's default (unsecured) OAUTHBEARER validator accepts."""
+    def b64(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+    now = int(time.time())
+    return f"{b64({'alg': 'none'})}.{b64({'sub': sub, 'iat': now, 'exp': now + lifetime_s})}."
+
+
+def kafka_sasl_ssl_listener(server, pki: Pki) -> dict[str, str]:
+    p = "listener.name.client."
+    props = kafka_tls_listener(server, pki, client_auth="none")
+    props.update({
+        "listener.security.protocol.map": "CLIENT:SASL_SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER",
+        p + "plain.sasl.jaas.config": "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                                      f'user_{PLAIN_USER[0]}="{PLAIN_USER[1]}";',
+        p + "scram-sha-256.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        p + "scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        p + "oauthbearer.sasl.jaas.config":
+            "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;",
+        "connections.max.reauth.ms": str(REAUTH_MS),
+    })
+    return props
+
+
+class Site:
+    def __init__(self, kafka: KafkaCluster, pki: Pki, dir: Path, switchyard_bin: Path):
+        self.kafka, self.pki, self.dir, self.bin = kafka, pki, dir, switchyard_bin
+        self.started: list = []
+
+    def site(self, sasl: dict) -> dict:
+        return {
+            "name": "secured",
+            "bootstrap": [n.bootstrap for n in self.kafka.nodes],
+            "tls": {"ca": str(self.pki.ca_pem)},
+            "sasl": sasl,
+        }
+
+    def switchyard(self, sasl: dict, **kw):
+        sy = start_switchyard(self.bin, self.dir, [self.kafka], index=len(self.started) + 1,
+                              cluster_id="site-sasl", overrides={"sites": [self.site(sasl)]},
+                              launched=self.started.append, **kw)
+        return sy
+
+    def secret(self, name: str, text: str) -> str:
+        path = self.dir / name
+        path.write_text(text + "\n")
+        return str(path)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory, switchyard_bin):
+    dir = tmp_path_factory.mktemp("site-sasl")
+    pki = Pki(dir / "pki", "shop")
+    broker_cert = pki.issue("kafka-broker", ["localhost", "127.0.0.1"])
+    scram = [f"--add-scram={mech}=[name={u},password={pw}]" for mech, (u, pw) in USERS.items()]
+    try:
+        kafka = KafkaCluster(dir / "kafka", 1, allocate=allocate_ports, name="sasl",
+                             properties=kafka_sasl_ssl_listener(broker_cert, pki), format_args=scram)
+        kafka.start()
+    except KafkaError as e:
+        pytest.fail(str(e))
+    site = Site(kafka, pki, dir, switchyard_bin)
+    try:
+        yield site
+    finally:
+        for sy in site.started:
+            sy.process.terminate(TEARDOWN_GRACE)
+        kafka.kill()
+
+
+def roundtrip(sy, n: int = 200, seconds: float = 0.0) -> None:
+    """Creates a topic through Switchyard, produces `n` records with an
+    idempotent producer (spread over `seconds`), consumes them with a group,
+    and checks every record arrived once, in order per partition."""
+    topic = unique_name("sasl")
+    admin = AdminClient({"bootstrap.servers": sy.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)],
+                        operation_timeout=30)[topic].result(timeout=30)
+    p = Producer({"bootstrap.servers": sy.bootstrap, "enable.idempotence": True, "acks": "all",
+                  "linger.ms": 5})
+    acked, errors = [], []
+    for i in range(n):
+        p.produce(topic, key=str(i % 7).encode(), value=f"v-{i:05d}".encode(),
+                  on_delivery=lambda e, m: (errors if e else acked).append(e or (m.partition(), m.offset(), m.value())))
+        p.poll(0)
+        if seconds:
+            time.sleep(seconds / n)
+    assert p.flush(60) == 0, "records not delivered"
+    assert not errors, f"produce errors: {errors[:3]}"
+    c = Consumer({"bootstrap.servers": sy.bootstrap, "group.id": unique_name("g"),
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(got) < n and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            got.append((m.partition(), m.offset(), m.value()))
+    finally:
+        c.close()
+    assert sorted(got) == sorted(acked), f"consumed {len(got)} of {len(acked)} acked"
+    assert sorted(v for _, _, v in got) == [f"v-{i:05d}".encode() for i in range(n)], "a record lost or twice"
+
+
+def auths(sy, result: str) -> float:
+    samples, _ = sy.metrics()
+    return metric_sum(samples, "switchyard_upstream_sasl_authentications_total", result=result)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["PLAIN password_env", "SCRAM-SHA-256 password_file",
+                                 "SCRAM-SHA-512 password_file", "OAUTHBEARER token_file",
+                                 "OAUTHBEARER token_command"])
+def test_each_mechanism_carries_client_traffic_to_a_sasl_ssl_site(secured, how, monkeypatch):
+    mechanism, source = how.split()
+    sasl: dict = {"mechanism": mechanism}
+    if mechanism == "PLAIN":
+        monkeypatch.setenv("SY_SITE_PASSWORD", PLAIN_USER[1])
+        sasl |= {"username": PLAIN_USER[0], "password_env": "SY_SITE_PASSWORD"}
+    elif mechanism.startswith("SCRAM"):
+        user, pw = USERS[mechanism]
+        sasl |= {"username": user, "password_file": secured.secret(f"{mechanism}.pw", pw)}
+    elif source == "token_file":
+        sasl |= {"token_file": secured.secret("token.jwt", unsecured_jwt("switchyard"))}
+    else:
+        sasl |= {"token_command": ["cat", secured.secret("token-cmd.jwt", unsecured_jwt("switchyard"))]}
+    sy = secured.switchyard(sasl)
+    roundtrip(sy)
+    assert auths(sy, "ok") >= 2, "control, health and client connections all authenticate"
+    assert auths(sy, "failed") == 0
+    log = sy.process.log_path.read_text()
+    for secret in (PLAIN_USER[1], *(pw for _, pw in USERS.values())):
+        assert secret not in log, "a password in the log"
+
+
+@pytest.mark.timeout(240)
+def test_connections_are_renewed_before_the_broker_ends_their_session(secured):
+    """The broker ends each session after REAUTH_MS; a client producing and
+    consuming through Switchyard for several times that long sees every
+    record once and no error: Switchyard opens new connections in time and
+    lets the old ones finish what they carry."""
+    user, pw = USERS["SCRAM-SHA-512"]
+    sy = secured.switchyard({"mechanism": "SCRAM-SHA-512", "username": user,
+                             "password_file": secured.secret("renew.pw", pw)})
+    before = auths(sy, "ok")
+    roundtrip(sy, n=300, seconds=3 * REAUTH_MS / 1000)
+    renewed = auths(sy, "ok") - before
+    assert renewed >= 3, f"only {renewed} new authentications over three session lifetimes"
+    samples, _ = sy.metrics()
+    closed = metric_sum(samples, "switchyard_upstream_broker_failures_total", reason="closed")
+    assert closed == 0, "the broker closed a connection Switchyard still used (session expired)"
+
+
+@pytest.mark.timeout(180)
+def test_a_wrong_password_keeps_switchyard_unready_and_says_why(secured):
+    user, _ = USERS["SCRAM-SHA-256"]
+    sy = secured.switchyard({"mechanism": "SCRAM-SHA-256", "username": user,
+                             "password_file": secured.secret("wrong.pw", "not-the-password")},
+                            wait_ready=False)
+    deadline = time.monotonic() + 30
+    while auths(sy, "failed") == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert auths(sy, "failed") > 0, "failed authentications are counted"
+    code, _ = http_get(sy.admin + "/readyz", timeout=2)
+    assert code != 200, "ready without being able to authenticate to its only site"
+    log = sy.process.log_path.read_text()
+    assert "SASL_AUTHENTICATION_FAILED" in log or "Authentication failed" in log, log[-2000:]
+    assert "sites[].sasl" in log, "the log points at the config block"
+    assert "not-the-password" not in log
+    # The broker still serves everyone else: a correct Switchyard next to it.
+    good = secured.switchyard({"mechanism": "SCRAM-SHA-256", "username": user,
+                               "password_file": secured.secret("right.pw", USERS["SCRAM-SHA-256"][1])})
+    roundtrip(good, n=20)
+
+
+def test_check_names_a_missing_secret(secured, tmp_path):
+    cfg = tmp_path / "sy.yaml"
+    cfg.write_text(json.dumps({
+        "cluster_id": "check",
+        "listen": {"bind": "127.0.0.1:1"},
+        "sites": [{"name": "s", "bootstrap": ["127.0.0.1:9"],
+                   "sasl": {"mechanism": "SCRAM-SHA-512", "username": "u",
+                            "password_env": "SY_SURELY_UNSET_PASSWORD"}},
+                  {"name": "t", "bootstrap": ["127.0.0.1:9"],
+                   "sasl": {"mechanism": "OAUTHBEARER", "token_file": str(tmp_path / "missing.jwt")}}],
+    }))
+    env = {k: v for k, v in os.environ.items() if k != "SY_SURELY_UNSET_PASSWORD"}
+    r = subprocess.run([str(secured.bin), "check", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=30, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "sites[0].sasl.password_env" in out and "SY_SURELY_UNSET_PASSWORD" in out, out
+    assert "sites[1].sasl.token_file" in out and "missing.jwt" in out, out
