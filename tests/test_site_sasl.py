@@ -14,7 +14,9 @@ consume every record through Switchyard; Switchyard's connections outlive
 no session (clients keep working across many session ends, nothing
 re-sent twice); a wrong password makes Switchyard not ready, says why in its
 log and in a metric, and never disturbs the broker for others; `check`
-names a missing secret's key.
+names a missing secret's key; and an active-passive route between this
+site and a second secured one (its own CA, user and mechanism) tees every
+record across and fails over with the group's place kept.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from failover import FAILOVER_SETTINGS, failover
 from helpers import TEARDOWN_GRACE, allocate_ports, http_get, metric_sum, start_switchyard, unique_name
 from kafka_cluster import KafkaCluster, KafkaError
 from tls_pki import Pki, kafka_tls_listener
@@ -238,3 +241,90 @@ def test_check_names_a_missing_secret(secured, tmp_path):
     assert r.returncode != 0, out
     assert "sites[0].sasl.password_env" in out and "SY_SURELY_UNSET_PASSWORD" in out, out
     assert "sites[1].sasl.token_file" in out and "missing.jwt" in out, out
+
+
+def consume(bootstrap: str, topic: str, group: str, want: int, timeout: float = 60.0) -> list[bytes]:
+    """`want` records of `topic` for `group`, committed; the consumer leaves."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe([topic])
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            got.append(m.value())
+            c.commit(message=m, asynchronous=False)
+    finally:
+        c.close()
+    return got
+
+
+@pytest.mark.timeout(300)
+def test_failover_and_tee_between_two_secured_sites_with_their_own_credentials(secured, tmp_path):
+    """Site `east` is the module's Kafka (SCRAM-SHA-256 user, its CA);
+    `west` a second one with another CA, another user and SCRAM-SHA-512.
+    A synchronous tee copies every acked record to west with west's
+    credentials; a planned failover moves clients there, and the group
+    goes on from where it committed on east: nothing lost, nothing twice."""
+    west_pki = Pki(tmp_path / "west-pki", "west")
+    west_cert = west_pki.issue("kafka-west", ["localhost", "127.0.0.1"])
+    west_user, west_pw = "sy-west", "west-secret-512"
+    west = KafkaCluster(tmp_path / "west", 1, allocate=allocate_ports, name="sasl-west",
+                        properties=kafka_sasl_ssl_listener(west_cert, west_pki),
+                        format_args=[f"--add-scram=SCRAM-SHA-512=[name={west_user},password={west_pw}]"])
+    try:
+        west.start()
+        east_user, east_pw = USERS["SCRAM-SHA-256"]
+        sites = [
+            {"name": "east", "bootstrap": [n.bootstrap for n in secured.kafka.nodes],
+             "tls": {"ca": str(secured.pki.ca_pem)},
+             "sasl": {"mechanism": "SCRAM-SHA-256", "username": east_user,
+                      "password_file": secured.secret("east.pw", east_pw)}},
+            {"name": "west", "bootstrap": [n.bootstrap for n in west.nodes],
+             "tls": {"ca": str(west_pki.ca_pem)},
+             "sasl": {"mechanism": "SCRAM-SHA-512", "username": west_user,
+                      "password_file": secured.secret("west.pw", west_pw)}},
+        ]
+        route = {"name": "main", "topics": {"regex": ".*"}, "groups": {"regex": ".*"}, "site": "east",
+                 "tee": [{"site": "west", "mode": "sync"}],
+                 "failover": {"standby": "west", "automatic": False}}
+        sy = start_switchyard(secured.bin, tmp_path, [secured.kafka], cluster_id="two-secured",
+                              overrides={"sites": sites, "default_site": "east", "routes": [route],
+                                         "failover": FAILOVER_SETTINGS},
+                              launched=secured.started.append)
+        topic, group = unique_name("sasl-fo"), unique_name("sasl-fo-g")
+        admin = AdminClient({"bootstrap.servers": sy.bootstrap})
+        admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)],
+                            operation_timeout=30)[topic].result(timeout=30)
+
+        def produce(values: list[bytes]) -> None:
+            p = Producer({"bootstrap.servers": sy.bootstrap, "enable.idempotence": True, "acks": "all"})
+            errors: list = []
+            for v in values:
+                p.produce(topic, value=v, on_delivery=lambda e, m: e and errors.append(e))
+            assert p.flush(60) == 0 and not errors, f"produce: {errors[:3]}"
+
+        before = [f"before-{i:04d}".encode() for i in range(200)]
+        after = [f"after-{i:04d}".encode() for i in range(50)]
+        produce(before)
+        first = consume(sy.bootstrap, topic, group, 120)
+        assert len(first) == 120, f"consumed {len(first)} of 120 before the failover"
+
+        code, body = failover(sy, route="main")
+        assert code == 200 and body.get("state") == "standby" and body.get("active") == "west", (code, body)
+        produce(after)
+        rest = consume(sy.bootstrap, topic, group, len(before) + len(after) - len(first))
+        assert sorted(first + rest) == sorted(before + after), (
+            f"{len(first)} + {len(rest)} consumed; missing "
+            f"{sorted(set(before + after) - set(first + rest))[:5]}, twice "
+            f"{sorted(v for v in set(first + rest) if (first + rest).count(v) > 1)[:5]}")
+        samples, _ = sy.metrics()
+        for site in ("east", "west"):
+            ok = metric_sum(samples, "switchyard_upstream_sasl_authentications_total", site=site, result="ok")
+            assert ok >= 1, f"no authentication to {site}"
+        assert metric_sum(samples, "switchyard_upstream_sasl_authentications_total", result="failed") == 0
+    finally:
+        west.kill()
