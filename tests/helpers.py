@@ -140,12 +140,17 @@ def wait_until(
 # --------------------------------------------------------------------------
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 5.0, headers: Optional[dict] = None,
+             context: Any = None) -> tuple[int, str]:
     """GET returning (status, body) for any HTTP status; raises only on
-    connection problems."""
-    req = urllib.request.Request(url, method="GET")
+    connection problems. An https URL without `context` is not verified
+    (the suite's probes of a TLS admin port)."""
+    req = urllib.request.Request(url, method="GET", headers=headers or {})
+    if context is None and url.startswith("https:"):
+        import ssl
+        context = ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         body = e.read().decode("utf-8", "replace") if e.fp else ""
@@ -1163,7 +1168,8 @@ class Switchyard:
         self.advertised = {i: f"{self.advertised_host}:{p}" for i, p in self.node_ports.items()}
         admin_bind = config.get("admin", {}).get("bind", "127.0.0.1:9644")
         self.admin_bind = admin_bind
-        self.admin = f"http://{admin_bind}"
+        scheme = "https" if config.get("admin", {}).get("tls") else "http"
+        self.admin = f"{scheme}://{admin_bind}"
 
     @property
     def broker(self) -> Any:

@@ -727,14 +727,56 @@ impl Default for MetadataConfig {
 pub struct AdminConfig {
     /// Admin HTTP listener; loopback by default because it can change routing.
     pub bind: String,
+    /// HTTPS for the admin listener (the keys of a listener's `tls`); with
+    /// `client_auth`, a verified client certificate authorizes a request.
+    pub tls: Option<ListenerTlsConfig>,
+    /// A file of bearer tokens (one per line, `#` comments), any of which
+    /// authorizes a request (`Authorization: Bearer <token>`); re-read when
+    /// it changes.
+    pub token_file: Option<String>,
+    /// `/metrics` answered without authentication (for scrapers without
+    /// credentials). `/healthz` and `/readyz` always are.
+    pub open_metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             bind: "127.0.0.1:9644".into(),
+            tls: None,
+            token_file: None,
+            open_metrics: false,
         }
     }
+}
+
+/// Shortest admin token accepted: a guessable token is no protection.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 24;
+
+/// The tokens of an admin token file (blank lines and `#` comments
+/// skipped), or why it is unusable.
+pub fn admin_tokens(path: &str) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if tokens.is_empty() {
+        return Err(format!("{path} holds no token"));
+    }
+    if let Some((i, _)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.chars().count() < MIN_ADMIN_TOKEN_CHARS)
+    {
+        return Err(format!(
+            "{path}: token {} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters",
+            i + 1
+        ));
+    }
+    Ok(tokens)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -876,6 +918,12 @@ fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, C
                 p.iter_mut().for_each(resolve);
             }
         }
+        if let Some(t) = config.admin.tls.as_mut() {
+            resolve(&mut t.cert);
+            resolve(&mut t.key);
+            t.client_ca.iter_mut().for_each(resolve);
+        }
+        config.admin.token_file.iter_mut().for_each(resolve);
         for t in config.sites.iter_mut().filter_map(|s| s.sasl.as_mut()) {
             for p in [&mut t.password_file, &mut t.token_file] {
                 p.iter_mut().for_each(resolve);
@@ -1149,6 +1197,32 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
             None
         }
     };
+    if let Some(f) = &config.admin.token_file {
+        if let Err(e) = admin_tokens(f) {
+            err("admin.token_file", e);
+        }
+    }
+    // Anyone who reaches the admin port can fail routes over and upload
+    // code: beyond loopback it needs authentication, over TLS (a token in
+    // clear text is anyone's on the path).
+    if let Some(a) = admin_bind.filter(|a| !a.ip().is_loopback()) {
+        let mtls = config
+            .admin
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth == ClientAuth::Required);
+        if config.admin.tls.is_none() {
+            err(
+                "admin.bind",
+                format!("{a} is not a loopback address: set admin.tls (and admin.token_file or admin.tls.client_auth: required)"),
+            );
+        } else if config.admin.token_file.is_none() && !mtls {
+            err(
+                "admin.bind",
+                format!("{a} is not a loopback address: set admin.token_file or admin.tls.client_auth: required"),
+            );
+        }
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         err("log.level", format!("not a valid filter: {e}"));
     }

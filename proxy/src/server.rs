@@ -94,6 +94,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             ));
         }
     }
+    if let Some(tls) = proxy.admin_tls.clone() {
+        tokio::spawn(refresh_files(
+            Arc::new(move || tls.refresh()),
+            stop_rx.clone(),
+        ));
+    }
     let admin_task = tokio::spawn(admin::serve(proxy.clone(), admin_listener, stop_rx.clone()));
 
     // Every session holds a permit; getting all of them back at shutdown

@@ -91,6 +91,8 @@ pub struct Proxy {
     pub plane: Arc<DataPlane>,
     pub cfg: Validated,
     pub listeners: Vec<Arc<Listener>>,
+    /// The admin listener's TLS (`admin.tls`).
+    pub admin_tls: Option<Arc<crate::tls::ServerTls>>,
     /// The config text last applied (start or reload).
     config_text: std::sync::Mutex<String>,
     pub started: Instant,
@@ -133,6 +135,7 @@ impl Proxy {
         }: Loaded,
     ) -> Arc<Self> {
         let c = &cfg.config;
+        let admin_tls = tls.admin.clone();
         let listeners: Vec<Arc<Listener>> = cfg
             .listeners
             .iter()
@@ -223,6 +226,7 @@ impl Proxy {
             plane,
             cfg,
             listeners,
+            admin_tls,
             started: Instant::now(),
             connections_total: AtomicU64::new(0),
         })

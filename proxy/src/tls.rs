@@ -343,6 +343,8 @@ pub struct TlsSet {
     pub listeners: Vec<Option<Arc<ServerTls>>>,
     /// Per `config.sites` entry.
     pub sites: Vec<Option<Arc<ClientTls>>>,
+    /// The admin listener's (`admin.tls`).
+    pub admin: Option<Arc<ServerTls>>,
 }
 
 /// Loads every TLS block of `cfg`: one error per unusable file, under its
@@ -379,6 +381,15 @@ pub fn load(cfg: &Validated) -> Result<TlsSet, Vec<ConfigError>> {
                 }
             },
         });
+    }
+    if let Some(t) = &cfg.config.admin.tls {
+        match ServerTls::new("admin.tls", t) {
+            Ok(s) => set.admin = Some(s),
+            Err(e) => errors.push(ConfigError {
+                key: format!("admin.tls.{}", e.key),
+                reason: e.reason,
+            }),
+        }
     }
     if errors.is_empty() {
         Ok(set)

@@ -1,7 +1,11 @@
-//! The admin HTTP listener: health, readiness, metrics and status.
+//! The admin HTTP listener: health, readiness, metrics, status, failover,
+//! plugins and reloads.
 //!
-//! Loopback by default (`admin.bind`): later issues add endpoints that change
-//! routing, which must not be reachable by every client of the Kafka port.
+//! Loopback by default (`admin.bind`): it changes routing and loads code.
+//! Elsewhere it needs HTTPS and a token or a client certificate
+//! ([`auth`], applied to every route).
+
+pub mod auth;
 
 use std::sync::Arc;
 
@@ -33,13 +37,21 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Re
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::plugin::registry::MAX_PLUGIN_BYTES,
         ))
-        .with_state(proxy);
+        .layer(axum::middleware::from_fn_with_state(
+            auth::AdminAuth::new(&proxy.cfg.config.admin, proxy.plane.metrics.clone()),
+            auth::authorize,
+        ))
+        .with_state(proxy.clone());
     let shutdown = async move {
         let _ = stop.changed().await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let listener = auth::AdminListener::new(listener, proxy.admin_tls.clone());
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<auth::AdminPeer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         tracing::error!(error = %e, "admin listener failed");
     }
