@@ -43,6 +43,7 @@ pytestmark = pytest.mark.brokers("kafka")
 REAUTH_MS = 4000
 USERS = {"SCRAM-SHA-256": ("sy-256", "pw-256-secret"), "SCRAM-SHA-512": ("sy-512", "pw-512-secret")}
 PLAIN_USER = ("sy-plain", "plain-secret")
+EXAMPLE_USER = ("switchyard-dc1", "dc1-secret-512")
 
 
 def unsecured_jwt(sub: str, lifetime_s: int = 3600) -> str:
@@ -101,6 +102,8 @@ def secured(tmp_path_factory, switchyard_bin):
     pki = Pki(dir / "pki", "shop")
     broker_cert = pki.issue("kafka-broker", ["localhost", "127.0.0.1"])
     scram = [f"--add-scram={mech}=[name={u},password={pw}]" for mech, (u, pw) in USERS.items()]
+    # The user config/secured.yaml authenticates as.
+    scram.append(f"--add-scram=SCRAM-SHA-512=[name={EXAMPLE_USER[0]},password={EXAMPLE_USER[1]}]")
     try:
         kafka = KafkaCluster(dir / "kafka", 1, allocate=allocate_ports, name="sasl",
                              properties=kafka_sasl_ssl_listener(broker_cert, pki), format_args=scram)
@@ -328,3 +331,76 @@ def test_failover_and_tee_between_two_secured_sites_with_their_own_credentials(s
         assert metric_sum(samples, "switchyard_upstream_sasl_authentications_total", result="failed") == 0
     finally:
         west.kill()
+
+
+def test_the_secured_example_config_serves_sasl_ssl_clients(secured, tmp_path):
+    """config/secured.yaml as written (addresses substituted), with the
+    files it names made here: SASL_SSL clients in, SASL_SSL to the site, an
+    HTTPS admin API that wants its token."""
+    import shutil
+
+    from multisite import CONFIG_DIR, substitute_words
+
+    gw = tmp_path / "gw"
+    (gw / "tls").mkdir(parents=True)
+    (gw / "secrets").mkdir()
+    cert = secured.pki.issue("switchyard-gateway", ["localhost", "127.0.0.1"])
+    shutil.copy(cert.cert, gw / "tls" / "switchyard.pem")
+    shutil.copy(cert.key, gw / "tls" / "switchyard.key")
+    shutil.copy(secured.pki.ca_pem, gw / "tls" / "dc1-ca.pem")
+    (gw / "secrets" / "dc1-password").write_text(EXAMPLE_USER[1] + "\n")
+    token = "ops-" + "5" * 40
+    (gw / "secrets" / "admin-tokens").write_text(token + "\n")
+    app, app_pw = "orders-app", "orders-app-secret"
+    r = subprocess.run([str(secured.bin), "credentials", "--file", str(gw / "users.yaml"), "--user", app,
+                        "--password-env", "APP_PW"], env={**os.environ, "APP_PW": app_pw},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    bind_port, admin_port = allocate_ports(4), allocate_ports(1)
+    text = substitute_words((CONFIG_DIR / "secured.yaml").read_text(), {
+        "127.0.0.1:9092": f"127.0.0.1:{bind_port}",
+        "127.0.0.1:9644": f"127.0.0.1:{admin_port}",
+        "127.0.0.1:19092": secured.kafka.nodes[0].bootstrap,
+    })
+    check = gw / "check.yaml"
+    check.write_text(text)
+    r = subprocess.run([str(secured.bin), "check", "--config", str(check)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, f"check: {r.stdout}{r.stderr}"
+    sy = start_switchyard(secured.bin, gw, [secured.kafka], cluster_id="orders-secured", config_text=text,
+                          overrides={"listen": {"bind": f"127.0.0.1:{bind_port}", "virtual_nodes": 3,
+                                                "advertised_host": "localhost"},
+                                     "admin": {"bind": f"127.0.0.1:{admin_port}", "tls": {"cert": "x"}}},
+                          launched=secured.started.append)
+    conf = {"bootstrap.servers": f"localhost:{bind_port}", "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": app, "sasl.password": app_pw,
+            "ssl.ca.location": str(secured.pki.ca_pem)}
+    topic = unique_name("secured-example")
+    admin = AdminClient(conf)
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)],
+                        operation_timeout=30)[topic].result(timeout=30)
+    p = Producer({**conf, "enable.idempotence": True, "acks": "all"})
+    values = [f"r-{i:04d}".encode() for i in range(100)]
+    for v in values:
+        p.produce(topic, value=v)
+    assert p.flush(60) == 0
+    c = Consumer({**conf, "group.id": unique_name("g"), "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while len(got) < len(values) and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.append(m.value())
+    c.close()
+    assert sorted(got) == values
+    wrong = Producer({**conf, "sasl.password": "wrong", "message.timeout.ms": 5000})
+    outcome: list = []
+    wrong.produce(topic, value=b"never", on_delivery=lambda e, m: outcome.append(e))
+    wrong.flush(15)
+    assert outcome and outcome[0] is not None, f"a wrong password wrote a record: {outcome}"
+    status = sy.admin + "/api/v1/status"
+    assert http_get(status)[0] == 401
+    assert http_get(status, headers={"Authorization": f"Bearer {token}"})[0] == 200
+    assert http_get(sy.admin + "/metrics")[0] == 200, "open_metrics"
