@@ -186,9 +186,17 @@ impl Sasl {
             {
                 "Cannot change principals during re-authentication".to_string()
             }
-            Step::Done { principal, reply } => {
+            Step::Done {
+                principal,
+                reply,
+                lifetime: credential,
+            } => {
                 count("ok");
-                let lifetime = self.server.session_lifetime();
+                // The listener's limit, or the credential's own end if sooner.
+                let lifetime = match (self.server.session_lifetime(), credential) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 resp.auth_bytes = Bytes::from(reply);
                 resp.session_lifetime_ms =
                     lifetime.map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);

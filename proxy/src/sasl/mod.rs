@@ -19,6 +19,7 @@
 //! removed take effect for the next authentication.
 
 pub mod client;
+pub mod oauth;
 pub mod scram;
 
 use std::collections::BTreeMap;
@@ -119,6 +120,8 @@ pub struct ServerSasl {
     cfg: ListenerSaslConfig,
     credentials: ArcSwap<Credentials>,
     stamp: Mutex<Option<SystemTime>>,
+    /// OAUTHBEARER's token validation, when offered.
+    oauth: Option<Arc<oauth::Validator>>,
 }
 
 impl ServerSasl {
@@ -127,13 +130,48 @@ impl ServerSasl {
         if cfg.mechanisms.is_empty() {
             return Err(("mechanisms", "at least one mechanism".into()));
         }
-        let stamp = modified(&cfg.credentials);
-        let credentials = Credentials::load(&cfg.credentials).map_err(|e| ("credentials", e))?;
+        let passwords = cfg
+            .mechanisms
+            .iter()
+            .any(|m| *m != SaslMechanism::OauthBearer);
+        let bearer = cfg.mechanisms.contains(&SaslMechanism::OauthBearer);
+        let (stamp, credentials) = match (&cfg.credentials, passwords) {
+            (Some(f), _) => (
+                modified(f),
+                Credentials::load(f).map_err(|e| ("credentials", e))?,
+            ),
+            (None, true) => {
+                return Err((
+                    "credentials",
+                    "PLAIN and SCRAM need a credentials file".into(),
+                ))
+            }
+            (None, false) => (None, Credentials::default()),
+        };
+        let oauth = match (&cfg.oauthbearer, bearer) {
+            (Some(o), true) => Some(Arc::new(
+                oauth::Validator::new(o).map_err(|e| ("oauthbearer.jwks_file", e))?,
+            )),
+            (None, true) => {
+                return Err((
+                    "oauthbearer",
+                    "OAUTHBEARER needs `oauthbearer` (jwks_file, issuer, audience)".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err((
+                    "oauthbearer",
+                    "set, but OAUTHBEARER is not among the mechanisms".into(),
+                ))
+            }
+            (None, false) => None,
+        };
         Ok(Arc::new(ServerSasl {
             key: key.to_string(),
             cfg: cfg.clone(),
             credentials: ArcSwap::from_pointee(credentials),
             stamp: Mutex::new(stamp),
+            oauth,
         }))
     }
 
@@ -151,14 +189,18 @@ impl ServerSasl {
     /// load keeps the previous users (logged). Reads a file: call it off the
     /// async workers.
     pub fn refresh(&self) -> bool {
-        let now = modified(&self.cfg.credentials);
+        let keys = self.oauth.as_ref().is_some_and(|o| o.refresh());
+        let Some(path) = &self.cfg.credentials else {
+            return keys;
+        };
+        let now = modified(path);
         let Ok(mut stamp) = self.stamp.lock() else {
-            return false;
+            return keys;
         };
         if *stamp == now {
-            return false;
+            return keys;
         }
-        match Credentials::load(&self.cfg.credentials) {
+        match Credentials::load(path) {
             Ok(c) => {
                 let users = c.users.len();
                 self.credentials.store(Arc::new(c));
@@ -182,6 +224,8 @@ impl ServerSasl {
             mechanism: m,
             credentials: self.credentials.load_full(),
             scram: None,
+            oauth: self.oauth.clone(),
+            bearer_refused: None,
         })
     }
 }
@@ -253,6 +297,11 @@ pub struct Conversation {
     mechanism: SaslMechanism,
     credentials: Arc<Credentials>,
     scram: Option<scram::Server>,
+    oauth: Option<Arc<oauth::Validator>>,
+    /// OAUTHBEARER refused the token and sent its error challenge (RFC
+    /// 7628): the client's next message only acknowledges it, and the
+    /// authentication fails with this reason.
+    bearer_refused: Option<String>,
 }
 
 /// What one client token leads to.
@@ -260,8 +309,14 @@ pub struct Conversation {
 pub enum Step {
     /// Send these bytes; the client has more to say.
     Continue(Vec<u8>),
-    /// Authenticated as `principal` (the user name); send these bytes.
-    Done { principal: String, reply: Vec<u8> },
+    /// Authenticated as `principal` (the user name); send these bytes. The
+    /// credential itself may end the session sooner than the listener's
+    /// lifetime (an OAUTHBEARER token's expiry): `lifetime`.
+    Done {
+        principal: String,
+        reply: Vec<u8>,
+        lifetime: Option<Duration>,
+    },
     /// Authentication failed; the message is for the client (it never says
     /// whether the user exists).
     Failed(String),
@@ -304,8 +359,34 @@ impl Conversation {
                     Some((h, c)) if c.verify_password(h, password) => Step::Done {
                         principal: user.to_string(),
                         reply: Vec::new(),
+                        lifetime: None,
                     },
                     _ => invalid(),
+                }
+            }
+            SaslMechanism::OauthBearer => {
+                if let Some(why) = self.bearer_refused.take() {
+                    return failed(&why);
+                }
+                let Some(validator) = &self.oauth else {
+                    return failed("OAUTHBEARER is not configured");
+                };
+                let Some(jwt) = oauth::bearer(token) else {
+                    return failed("OAUTHBEARER expects `n,,^Aauth=Bearer <token>^A^A`");
+                };
+                match validator.validate(jwt) {
+                    Ok(t) => Step::Done {
+                        principal: t.principal,
+                        reply: Vec::new(),
+                        lifetime: Some(t.remaining),
+                    },
+                    Err(why) => {
+                        tracing::debug!(reason = %why, "OAUTHBEARER token refused");
+                        // RFC 7628: an error challenge the client answers with
+                        // ^A; the reason goes into the failure that follows.
+                        self.bearer_refused = Some(why);
+                        Step::Continue(br#"{"status":"invalid_token"}"#.to_vec())
+                    }
                 }
             }
             SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512 => {
@@ -336,6 +417,7 @@ impl Conversation {
                             Ok(reply) => Step::Done {
                                 principal: user,
                                 reply,
+                                lifetime: None,
                             },
                             Err(scram::Failure::Malformed(m)) => failed(&m),
                             Err(scram::Failure::BadCredentials) => invalid(),
@@ -389,7 +471,8 @@ mod tests {
             "listen.sasl",
             &ListenerSaslConfig {
                 mechanisms,
-                credentials: path.display().to_string(),
+                credentials: Some(path.display().to_string()),
+                oauthbearer: None,
                 session_lifetime_ms: 0,
             },
         )
