@@ -404,3 +404,89 @@ def test_the_secured_example_config_serves_sasl_ssl_clients(secured, tmp_path):
     assert http_get(status)[0] == 401
     assert http_get(status, headers={"Authorization": f"Bearer {token}"})[0] == 200
     assert http_get(sy.admin + "/metrics")[0] == 200, "open_metrics"
+
+
+def test_a_mapped_principal_reaches_the_site_as_its_own_user(switchyard_bin, tmp_path):
+    """sites[].principals: client alice (SASL to Switchyard) writes to the
+    site as its own user there, sy-alice, which the site's ACLs let write
+    topic T; client bob has no mapping and writes as Switchyard's user,
+    which may only describe T: the site refuses him
+    (TOPIC_AUTHORIZATION_FAILED, passed on), nothing of his is written."""
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType)
+
+    users = {"sy-default": "default-pw-0123", "sy-alice": "alice-site-pw-0123", "sy-admin": "admin-pw-0123"}
+    c = "listener.name.client."
+    kafka = KafkaCluster(tmp_path / "acl-kafka", 1, allocate=allocate_ports, name="acl", properties={
+        "listener.security.protocol.map": "CLIENT:SASL_PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+        c + "scram-sha-256.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        # The plaintext broker-to-broker and controller listeners, and the test's admin.
+        "super.users": "User:ANONYMOUS;User:sy-admin",
+    }, format_args=[f"--add-scram=SCRAM-SHA-256=[name={u},password={p}]" for u, p in users.items()])
+    try:
+        kafka.start()
+        direct = {"bootstrap.servers": kafka.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                  "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "sy-admin", "sasl.password": users["sy-admin"]}
+        topic = unique_name("mapped")
+        admin = AdminClient(direct)
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=30)
+
+        def acl(user: str, op) -> AclBinding:
+            return AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, f"User:{user}", "*",
+                              op, AclPermissionType.ALLOW)
+
+        for f in admin.create_acls([acl("sy-default", AclOperation.DESCRIBE), acl("sy-alice", AclOperation.WRITE),
+                                    acl("sy-alice", AclOperation.DESCRIBE)]).values():
+            f.result(timeout=30)
+
+        creds = tmp_path / "clients.yaml"
+        for user, pw in (("alice", "alice-pw"), ("bob", "bob-pw")):
+            r = subprocess.run([str(switchyard_bin), "credentials", "--file", str(creds), "--user", user],
+                               input=pw + "\n", capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+        secret = tmp_path / "pw"
+        secret.mkdir()
+        (secret / "default").write_text(users["sy-default"])
+        (secret / "alice").write_text(users["sy-alice"])
+        sy = start_switchyard(switchyard_bin, tmp_path, [kafka], cluster_id="mapped", overrides={
+            "listen": {"sasl": {"mechanisms": ["PLAIN"], "credentials": str(creds)}},
+            "sites": [{"name": "local", "bootstrap": [kafka.bootstrap],
+                       "sasl": {"mechanism": "SCRAM-SHA-256", "username": "sy-default",
+                                "password_file": str(secret / "default")},
+                       "principals": {"User:alice": {"mechanism": "SCRAM-SHA-256", "username": "sy-alice",
+                                                     "password_file": str(secret / "alice")}}}],
+        })
+        try:
+            def produce(user: str, pw: str, n: int) -> list:
+                p = Producer({"bootstrap.servers": sy.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                              "sasl.mechanism": "PLAIN", "sasl.username": user, "sasl.password": pw,
+                              "acks": "all", "message.timeout.ms": 15000})
+                out: list = []
+                for i in range(n):
+                    p.produce(topic, f"{user}-{i}".encode(), on_delivery=lambda e, m: out.append(e))
+                p.flush(30)
+                return out
+
+            alice = produce("alice", "alice-pw", 20)
+            assert len(alice) == 20 and all(e is None for e in alice), f"alice refused: {alice[:2]}"
+            bob = produce("bob", "bob-pw", 5)
+            assert bob and all(e is not None and e.name() == "TOPIC_AUTHORIZATION_FAILED" for e in bob), \
+                f"bob was not refused by the site as Switchyard's own user: {bob[:2]}"
+        finally:
+            sy.process.terminate(TEARDOWN_GRACE)
+        cons = Consumer({**direct, "group.id": unique_name("check"), "auto.offset.reset": "earliest"})
+        cons.subscribe([topic])
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 20 and time.monotonic() < deadline:
+            m = cons.poll(0.5)
+            if m is not None and not m.error():
+                got.append(m.value())
+        extra = cons.poll(2)
+        cons.close()
+        assert sorted(got) == sorted(f"alice-{i}".encode() for i in range(20)), got[:3]
+        assert extra is None or extra.error(), f"more in the topic than alice's records: {extra.value()}"
+    finally:
+        kafka.kill()

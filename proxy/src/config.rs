@@ -619,6 +619,13 @@ pub struct SiteConfig {
     /// absent: none.
     #[serde(default)]
     pub sasl: Option<SiteSaslConfig>,
+    /// Client principals (`User:<name>`, as authenticated by a listener's
+    /// SASL or TLS) with an identity of their own on this site: their
+    /// traffic authenticates as it instead of `sasl`, so the site's ACLs
+    /// and quotas apply per client. The tee, health checks and state topics
+    /// always use `sasl`.
+    #[serde(default)]
+    pub principals: std::collections::BTreeMap<String, SiteSaslConfig>,
 }
 
 /// How Switchyard authenticates to a site's brokers, on every connection
@@ -964,7 +971,11 @@ fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, C
             t.client_ca.iter_mut().for_each(resolve);
         }
         config.admin.token_file.iter_mut().for_each(resolve);
-        for t in config.sites.iter_mut().filter_map(|s| s.sasl.as_mut()) {
+        let identities = config
+            .sites
+            .iter_mut()
+            .flat_map(|s| s.sasl.iter_mut().chain(s.principals.values_mut()));
+        for t in identities {
             for p in [&mut t.password_file, &mut t.token_file] {
                 p.iter_mut().for_each(resolve);
             }
@@ -1173,6 +1184,19 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
         if let Some(sasl) = &site.sasl {
             for (key, reason) in site_sasl_problems(sasl) {
                 err(&format!("sites[{i}].sasl.{key}"), reason);
+            }
+        }
+        for (principal, sasl) in &site.principals {
+            let at = format!("sites[{i}].principals.\"{principal}\"");
+            match principal.strip_prefix("User:") {
+                Some(name) if !name.is_empty() => {}
+                _ => err(
+                    &at,
+                    "a principal is `User:<name>`, as Kafka writes it".into(),
+                ),
+            }
+            for (key, reason) in site_sasl_problems(sasl) {
+                err(&format!("{at}.{key}"), reason);
             }
         }
     }

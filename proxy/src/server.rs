@@ -216,7 +216,7 @@ async fn serve_one(
     let _ = stream.set_nodelay(true);
     let Some(tls) = listener.tls.clone() else {
         tracing::debug!(client = %peer, listener = %listener.name, "client connected");
-        session::serve(proxy, stream.into_split(), peer, listener, stop).await;
+        session::serve(proxy, stream.into_split(), peer, listener, None, stop).await;
         tracing::debug!(client = %peer, "client disconnected");
         return;
     };
@@ -244,18 +244,25 @@ async fn serve_one(
             return;
         }
     };
-    // The principal only names the client in this log line for now: not
-    // read (an X.509 parse per connection) unless it is logged.
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        let (_, session) = stream.get_ref();
-        let principal = session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| crate::tls::principal(c, tls.principal_from()));
-        tracing::debug!(client = %peer, listener = %listener.name, tls = ?session.protocol_version(),
-            principal = principal.as_deref().unwrap_or("-"), "client connected");
-    }
-    session::serve(proxy, tokio::io::split(stream), peer, listener, stop).await;
+    // A client certificate names the principal (an X.509 parse, only for
+    // clients that present one).
+    let (_, session) = stream.get_ref();
+    let principal: Option<Arc<str>> = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::tls::principal(c, tls.principal_from()))
+        .map(Arc::from);
+    tracing::debug!(client = %peer, listener = %listener.name, tls = ?session.protocol_version(),
+        principal = principal.as_deref().unwrap_or("-"), "client connected");
+    session::serve(
+        proxy,
+        tokio::io::split(stream),
+        peer,
+        listener,
+        principal,
+        stop,
+    )
+    .await;
     tracing::debug!(client = %peer, "client disconnected");
 }
 

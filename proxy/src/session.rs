@@ -51,6 +51,7 @@ pub async fn serve<R, W>(
     (mut rd, wr): (R, W),
     peer: SocketAddr,
     listener: Arc<Listener>,
+    tls_principal: Option<Arc<str>>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + Send,
@@ -76,6 +77,11 @@ pub async fn serve<R, W>(
         .sasl
         .clone()
         .map(|s| api::sasl::Sasl::new(s, &listener.name));
+    // The client's principal: SASL's once authenticated, else its
+    // certificate's (mTLS), else none (anonymous).
+    if sasl.is_none() {
+        pools.set_principal(tls_principal);
+    }
 
     loop {
         let (permit, frame) = tokio::select! {
@@ -203,7 +209,11 @@ async fn handle(
         None => Ok(api::sasl::Gate::Pass),
     };
     match gate {
-        Ok(api::sasl::Gate::Pass) => {}
+        Ok(api::sasl::Gate::Pass) => {
+            if let Some(s) = sasl.as_ref() {
+                pools.set_principal(s.principal());
+            }
+        }
         Ok(api::sasl::Gate::Answer(frame)) => return Some(Some(Slot::Ready(Reply::Frame(frame)))),
         Ok(api::sasl::Gate::Close(why)) => {
             proxy.plane.metrics.error(kind::SASL_STATE);

@@ -41,8 +41,9 @@ pub struct Loaded {
     pub tls: crate::tls::TlsSet,
     /// Per listener.
     pub sasl: Vec<Option<Arc<crate::sasl::ServerSasl>>>,
-    /// Per site: how Switchyard authenticates there.
-    pub site_sasl: Vec<Option<Arc<crate::sasl::client::ClientSasl>>>,
+    /// Per site: how Switchyard (and mapped client principals)
+    /// authenticate there.
+    pub site_sasl: Vec<crate::sasl::client::SiteIdentities>,
 }
 
 impl Loaded {
@@ -172,7 +173,8 @@ impl Proxy {
                         request_timeout: Duration::from_millis(c.timeouts.request_ms),
                         max_frame_bytes: c.limits.max_frame_bytes,
                         tls: site_tls,
-                        sasl: site_sasl,
+                        sasl: site_sasl.default,
+                        principals: site_sasl.principals,
                     },
                     metrics.clone(),
                 )

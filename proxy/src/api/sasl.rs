@@ -48,6 +48,14 @@ pub struct Sasl {
 }
 
 impl Sasl {
+    /// The authenticated principal's name, once there is one.
+    pub fn principal(&self) -> Option<Arc<str>> {
+        match &self.auth {
+            Auth::Done { principal, .. } => Some(principal.clone()),
+            _ => None,
+        }
+    }
+
     pub fn new(server: Arc<ServerSasl>, listener: &str) -> Self {
         Sasl {
             server,

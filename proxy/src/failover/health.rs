@@ -274,7 +274,7 @@ async fn round_trips(site: &Site, addr: &str, timeout: Duration) -> Result<(), S
         site.settings.sasl.clone(),
     )
     .await;
-    site.note_auth(addr, &conn);
+    site.note_auth(addr, site.settings.sasl.as_deref(), &conn);
     let conn = conn.map_err(|e| e.to_string())?;
     let client = Some(StrBytes::from_static_str("switchyard-health"));
     let mut av = ApiVersionsRequest::default();

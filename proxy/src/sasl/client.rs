@@ -9,7 +9,7 @@
 //! a file or a command; files and commands are read again for new
 //! connections, so a rotated secret is used without a restart.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{SiteSaslConfig, SiteSaslMechanism};
@@ -17,6 +17,16 @@ use crate::sasl::scram;
 
 /// How long a token command may run.
 const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who Switchyard is on a site: its own identity (`sites[].sasl`), and the
+/// identities of client principals mapped to their own
+/// (`sites[].principals`).
+#[derive(Default, Clone)]
+pub struct SiteIdentities {
+    pub default: Option<Arc<ClientSasl>>,
+    /// By principal name (`User:` taken off).
+    pub principals: std::collections::HashMap<String, Arc<ClientSasl>>,
+}
 
 /// A site's SASL credentials.
 pub struct ClientSasl {

@@ -259,26 +259,40 @@ pub fn load(
     }
 }
 
-/// Every site's SASL (`sites[].sasl`), in config order; one error per
-/// unusable block, under its config key.
+/// Every site's identities (`sites[].sasl`, `sites[].principals`), in
+/// config order; one error per unusable block, under its config key.
 pub fn load_sites(
     cfg: &crate::config::Validated,
-) -> Result<Vec<Option<Arc<client::ClientSasl>>>, Vec<crate::config::ConfigError>> {
+) -> Result<Vec<client::SiteIdentities>, Vec<crate::config::ConfigError>> {
     let mut errors = Vec::new();
     let mut out = Vec::new();
+    let mut load = |at: String, c: &crate::config::SiteSaslConfig| match client::ClientSasl::new(c)
+    {
+        Ok(c) => Some(Arc::new(c)),
+        Err((key, reason)) => {
+            errors.push(crate::config::ConfigError {
+                key: format!("{at}.{key}"),
+                reason,
+            });
+            None
+        }
+    };
     for (i, s) in cfg.config.sites.iter().enumerate() {
-        out.push(match &s.sasl {
-            None => None,
-            Some(c) => match client::ClientSasl::new(c) {
-                Ok(c) => Some(Arc::new(c)),
-                Err((key, reason)) => {
-                    errors.push(crate::config::ConfigError {
-                        key: format!("sites[{i}].sasl.{key}"),
-                        reason,
-                    });
-                    None
-                }
-            },
+        let default = s
+            .sasl
+            .as_ref()
+            .and_then(|c| load(format!("sites[{i}].sasl"), c));
+        let principals = s
+            .principals
+            .iter()
+            .filter_map(|(p, c)| {
+                let name = p.strip_prefix("User:").unwrap_or(p).to_string();
+                load(format!("sites[{i}].principals.\"{p}\""), c).map(|c| (name, c))
+            })
+            .collect();
+        out.push(client::SiteIdentities {
+            default,
+            principals,
         });
     }
     if errors.is_empty() {

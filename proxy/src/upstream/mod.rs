@@ -56,8 +56,12 @@ pub struct SiteSettings {
     pub max_frame_bytes: u32,
     /// TLS to the site's brokers (`sites[].tls`), for every connection.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
-    /// SASL to the site's brokers (`sites[].sasl`), for every connection.
+    /// SASL to the site's brokers (`sites[].sasl`), for every connection
+    /// but those of clients with an identity of their own there.
     pub sasl: Option<Arc<crate::sasl::client::ClientSasl>>,
+    /// Client principals (by name, `User:` taken off) with their own
+    /// identity on the site (`sites[].principals`).
+    pub principals: HashMap<String, Arc<crate::sasl::client::ClientSasl>>,
 }
 
 /// One upstream cluster.
@@ -228,6 +232,29 @@ impl Site {
         broker: Option<i32>,
         addr: &str,
     ) -> Result<UpstreamConn, UpstreamError> {
+        self.connect_as(broker, addr, self.settings.sasl.clone())
+            .await
+    }
+
+    /// The identity a client's traffic authenticates as on this site: the
+    /// principal's own (`sites[].principals`) or Switchyard's.
+    pub fn identity_for(
+        &self,
+        principal: Option<&str>,
+    ) -> Option<Arc<crate::sasl::client::ClientSasl>> {
+        principal
+            .and_then(|p| self.settings.principals.get(p))
+            .or(self.settings.sasl.as_ref())
+            .cloned()
+    }
+
+    /// [`connect`](Self::connect) authenticating as `sasl`.
+    pub async fn connect_as(
+        &self,
+        broker: Option<i32>,
+        addr: &str,
+        sasl: Option<Arc<crate::sasl::client::ClientSasl>>,
+    ) -> Result<UpstreamConn, UpstreamError> {
         let hooks = broker.map(|b| {
             let (failed, answered) = (self.me.clone(), self.me.clone());
             Arc::new(ConnHooks {
@@ -254,11 +281,11 @@ impl Site {
                 broker_cut,
                 hooks,
                 tls: self.settings.tls.clone(),
-                sasl: self.settings.sasl.clone(),
+                sasl: sasl.clone(),
             },
         )
         .await;
-        self.note_auth(addr, &opened);
+        self.note_auth(addr, sasl.as_deref(), &opened);
         if let (Err(e), Some(b)) = (&opened, broker) {
             self.note_broker_down(b, e.reason());
         }
@@ -268,8 +295,13 @@ impl Site {
     /// Counts a SASL authentication to one of the site's brokers, and says
     /// why one failed (at most every `AUTH_WARN_GAP`: every new connection
     /// retries it).
-    pub fn note_auth<T>(&self, addr: &str, opened: &Result<T, UpstreamError>) {
-        let Some(sasl) = &self.settings.sasl else {
+    pub fn note_auth<T>(
+        &self,
+        addr: &str,
+        sasl: Option<&crate::sasl::client::ClientSasl>,
+        opened: &Result<T, UpstreamError>,
+    ) {
+        let Some(sasl) = sasl else {
             return;
         };
         let result = match opened {
@@ -288,8 +320,8 @@ impl Site {
             if let Ok(mut last) = self.last_auth_warn.lock() {
                 if last.is_none_or(|t| now.duration_since(t) >= AUTH_WARN_GAP) {
                     *last = Some(now);
-                    tracing::warn!(site = %self.name, addr, error = %e,
-                        "cannot authenticate to the site's broker; check sites[].sasl");
+                    tracing::warn!(site = %self.name, addr, user = sasl.username(), error = %e,
+                        "cannot authenticate to the site's broker; check sites[].sasl (or sites[].principals)");
                 }
             }
         }
@@ -931,13 +963,32 @@ impl Site {
 pub struct BrokerPool {
     site: Arc<Site>,
     conns: HashMap<i32, UpstreamConn>,
+    /// Who the session's client is on this site (`Site::identity_for`).
+    identity: Option<Arc<crate::sasl::client::ClientSasl>>,
 }
 
 impl BrokerPool {
     pub fn new(site: Arc<Site>) -> Self {
         BrokerPool {
+            identity: site.identity_for(None),
             site,
             conns: HashMap::new(),
+        }
+    }
+
+    /// The session's client is `principal` (its name): its traffic
+    /// authenticates as that principal's identity on the site from now on
+    /// (connections opened as another identity are let go of).
+    fn set_principal(&mut self, principal: Option<&str>) {
+        let identity = self.site.identity_for(principal);
+        let same = match (&identity, &self.identity) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.identity = identity;
+            self.conns.clear();
         }
     }
 
@@ -971,7 +1022,11 @@ impl BrokerPool {
                     .ok_or_else(|| UpstreamError::NoBroker(format!("broker {broker}")))?
             }
         };
-        let c = match self.site.connect(Some(broker), &addr).await {
+        let c = match self
+            .site
+            .connect_as(Some(broker), &addr, self.identity.clone())
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 self.site.note_failure();
@@ -1014,13 +1069,29 @@ pub type Target = (usize, i32);
 /// One session's connections to every site, created lazily per broker.
 pub struct Pools {
     pools: Vec<BrokerPool>,
+    /// The session's client (its principal's name), once known.
+    principal: Option<Arc<str>>,
 }
 
 impl Pools {
     pub fn new(sites: &[Arc<Site>]) -> Self {
         Pools {
             pools: sites.iter().map(|s| BrokerPool::new(s.clone())).collect(),
+            principal: None,
         }
+    }
+
+    /// The session's client authenticated as `principal`: its upstream
+    /// connections use the principal's own identity on each site that maps
+    /// one (`sites[].principals`). Cheap when unchanged.
+    pub fn set_principal(&mut self, principal: Option<Arc<str>>) {
+        if self.principal == principal {
+            return;
+        }
+        for p in &mut self.pools {
+            p.set_principal(principal.as_deref());
+        }
+        self.principal = principal;
     }
 
     fn pool(&mut self, site: usize) -> Result<&mut BrokerPool, UpstreamError> {
