@@ -240,12 +240,13 @@ class KafkaBroker:
     kind = "kafka"
 
     def __init__(self, tmp: Path, nodes: int = 1, ports=None, advertise_ports=None, allocate=None,
-                 name: str = "kafka"):
+                 name: str = "kafka", properties: dict | None = None):
         self.nodes = nodes
         self.dir = tmp / f"{name}-{time.monotonic_ns()}"
         more = {"allocate": allocate} if allocate else {}
         self.cluster = KafkaCluster(self.dir, nodes, heap=KAFKA_HEAP, ports=ports, advertise_ports=advertise_ports,
-                                    properties=KAFKA_PROPERTIES, quick_jit=False, name=name, **more)
+                                    properties={**KAFKA_PROPERTIES, **(properties or {})}, quick_jit=False,
+                                    name=name, **more)
 
     def start(self) -> "KafkaBroker":
         try:
@@ -273,11 +274,17 @@ class KafkaBroker:
     def tail(self) -> str:
         return self.cluster.tail()
 
+    @property
+    def admin_bootstrap(self) -> str:
+        """The plaintext broker-to-broker listeners: topic admin and filling
+        topics work the same whatever the client listener speaks (TLS)."""
+        return ",".join(f"127.0.0.1:{n.internal_port}" for n in self.cluster.nodes)
+
     def create_topic(self, topic: str, partitions: int) -> None:
-        create_topic(self.bootstrap, topic, partitions)
+        create_topic(self.admin_bootstrap, topic, partitions)
 
     def delete_topic(self, topic: str) -> None:
-        delete_topic(self.bootstrap, topic)
+        delete_topic(self.admin_bootstrap, topic)
 
     def close(self) -> None:
         try:

@@ -28,6 +28,13 @@ A configuration that fails (e.g. a client that hangs through a proxy and
 hits --timeout) is reported as failed with the reason, and is not run again
 for that workload.
 
+--tls: TLS both ways, with certificates made for the run
+(tests/tls_pki.py): the broker's client listener is TLS, "direct" is a TLS
+client of it, and "switchyard" terminates the clients' TLS and speaks TLS
+to the broker. Only the Java client's workloads (switchyard-perf's
+librdkafka is built without TLS); tansu proxy has no TLS. The report goes
+under its own heading.
+
     scripts/setup.sh && cargo build --release -p switchyard -p switchyard-bench
     .venv/bin/python benches/side_by_side.py --broker kafka --out BENCHMARKS.md
     .venv/bin/python benches/side_by_side.py --broker tansu --out tansu.md
@@ -79,6 +86,27 @@ EXTRA = ("half-load", "idle")
 
 class RunFailed(RuntimeError):
     """One run of one configuration failed (reported, not fatal)."""
+
+
+class Tls:
+    """--tls: a CA, the broker's and Switchyard's certificates, and the
+    Java client's trust settings."""
+
+    def __init__(self, tmp: Path):
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tls_pki import Pki, kafka_tls_listener
+
+        self.pki = Pki(tmp / "pki", "bench")
+        broker = self.pki.issue("kafka-broker", ["localhost", "127.0.0.1"])
+        self.switchyard = self.pki.issue("switchyard", ["localhost", "127.0.0.1"])
+        self.broker_properties = kafka_tls_listener(broker, self.pki, client_auth="none")
+        self.client = {"security.protocol": "SSL", "ssl.truststore.type": "PEM",
+                       "ssl.truststore.location": str(self.pki.ca_pem)}
+        self.client_file = tmp / "client-tls.properties"
+        self.client_file.write_text("".join(f"{k}={v}\n" for k, v in self.client.items()))
+
+
+TLS: "Tls | None" = None
 
 
 class Proc:
@@ -139,9 +167,13 @@ class Stack:
             binary = SWITCHYARD if config == "switchyard" else baseline
             cfg = tmp / f"switchyard-{base}.yaml"
             upstream = ", ".join(f'"{b}"' for b in broker.bootstrap.split(","))
+            listen_tls = site_tls = ""
+            if TLS is not None:
+                listen_tls = (f"  tls:\n    cert: {TLS.switchyard.cert}\n    key: {TLS.switchyard.key}\n")
+                site_tls = f"    tls:\n      ca: {TLS.pki.ca_pem}\n"
             cfg.write_text(
-                f"cluster_id: bench\nlisten:\n  bind: 127.0.0.1:{base}\n  virtual_nodes: 1\n"
-                f"sites:\n  - name: local\n    bootstrap: [{upstream}]\n"
+                f"cluster_id: bench\nlisten:\n  bind: 127.0.0.1:{base}\n  virtual_nodes: 1\n{listen_tls}"
+                f"sites:\n  - name: local\n    bootstrap: [{upstream}]\n{site_tls}"
                 f"admin:\n  bind: 127.0.0.1:{self.admin_port}\nlog:\n  level: warn\n"
             )
             self.proxy = Proc([str(binary), "run", "--config", str(cfg)], tmp / f"switchyard-{base}.log")
@@ -200,6 +232,8 @@ PRODUCER_SUMMARY = re.compile(
 
 def java_produce(bootstrap: str, topic: str, n: int, size: int, props: list[str]) -> dict:
     """ProducerPerformance; everything not in `props` is the Java producer's default."""
+    if TLS is not None:
+        props = [*props, *(f"{k}={v}" for k, v in TLS.client.items())]
     try:
         out = java_tool("org.apache.kafka.tools.ProducerPerformance", "--bootstrap-server", bootstrap,
                         "--topic", topic, "--num-records", str(n), "--record-size", str(size), "--throughput", "-1",
@@ -221,7 +255,8 @@ def java_consume(bootstrap: str, topic: str, n: int, size: int) -> dict:
     try:
         out = java_tool("org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", bootstrap,
                         "--topic", topic, "--num-records", str(n), "--timeout", "30000",
-                        "--group", f"bench-{time.monotonic_ns()}", timeout=TIMEOUT)
+                        "--group", f"bench-{time.monotonic_ns()}",
+                        *(["--command-config", str(TLS.client_file)] if TLS is not None else []), timeout=TIMEOUT)
     except RuntimeError as e:
         raise RunFailed(str(e)) from None
     lines = [l for l in out.splitlines() if l.count(",") >= 9]
@@ -256,8 +291,8 @@ def one_run(config: str, key: str, records: int, tmp: Path, broker=None, through
         common = ["--topic", topic, "--num-records", str(records)]
         if mode == "consume":
             # Fill the topic directly (not measured), then consume through the config.
-            perf("produce", "--bootstrap", broker.bootstrap, *common, "--record-size", str(size), "--partitions",
-                 str(PARTITIONS), "--acks", acks)
+            perf("produce", "--bootstrap", getattr(broker, "admin_bootstrap", broker.bootstrap), *common,
+                 "--record-size", str(size), "--partitions", str(PARTITIONS), "--acks", acks)
         cpu0 = stack.proxy.cpu_seconds() if stack.proxy else 0.0
         if client == "perf" and mode == "produce":
             r = perf("produce", "--bootstrap", stack.bootstrap, *common, "--record-size", str(size),
@@ -340,7 +375,7 @@ def records_for(args, key: str) -> int:
 
 
 def main() -> int:
-    global BASELINE, TIMEOUT
+    global BASELINE, TIMEOUT, TLS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka", help="default kafka")
     ap.add_argument("--nodes", type=int, choices=(1, 3), default=1,
@@ -358,6 +393,7 @@ def main() -> int:
                     help="another switchyard binary (e.g. an older commit) to run as config switchyard-baseline")
     ap.add_argument("--baseline-label", default="", help="what the baseline binary is, for the report")
     ap.add_argument("--raw", type=Path, help="write every run as JSON lines here")
+    ap.add_argument("--tls", action="store_true", help="TLS both ways (Java workloads, direct and switchyard)")
     args = ap.parse_args()
     for b in (PERF, SWITCHYARD, TANSU):
         if not b.exists():
@@ -375,6 +411,12 @@ def main() -> int:
         if w not in WORKLOADS and w not in EXTRA:
             sys.exit(f"unknown workload {w}")
     workloads = [k for k in WORKLOADS if k in wanted and (kafka or WORKLOADS[k][0] == "perf")]
+    if args.tls:
+        if not kafka:
+            sys.exit("--tls is for --broker kafka")
+        workloads = [k for k in workloads if WORKLOADS[k][0] == "java"]
+        configs = [c for c in configs if c != "tansu-proxy"]
+        wanted = [w for w in wanted if w in workloads]
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -413,12 +455,15 @@ def main() -> int:
                     raw.write(json.dumps({"workload": result_key, "config": config, "round": rnd + 1, **r}) + "\n")
 
     def cluster(tmp):
-        b = KafkaBroker(tmp, args.nodes).start() if kafka else None
+        props = TLS.broker_properties if TLS is not None else None
+        b = KafkaBroker(tmp, args.nodes, properties=props).start() if kafka else None
         return b
 
     try:
         with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as t:
             tmp = Path(t)
+            if args.tls:
+                TLS = Tls(tmp)
             for key in workloads:
                 n = records_for(args, key)
                 broker = cluster(tmp)
@@ -493,14 +538,21 @@ def render(results, failed, configs, workloads, args, half, idle_before, idle_af
         + [f"--rounds {args.rounds}", f"--records-1k {args.records_1k}", f"--records-100 {args.records_100}"]
         + ([f"--records-java {args.records_java}"] if kafka else [])
         + ([f"--workloads {args.workloads}"] if args.workloads else [])
-        + ([f"--timeout {args.timeout:g}"] if args.timeout != 300 else []) + ["--out BENCHMARKS.md"])
+        + ([f"--timeout {args.timeout:g}"] if args.timeout != 300 else []) + (["--tls"] if args.tls else [])
+        + ["--out BENCHMARKS.md"])
     cmd = "cargo build --release -p switchyard -p switchyard-bench && " + cmd
     if kafka:
         version = kafka_version()
         where = f"{args.nodes} node{'s' if args.nodes > 1 else ''}"
         lines = [
-            f"## On Apache Kafka {'.'.join(version.split('.')[:2])}" + (" (3 brokers)" if args.nodes > 1 else ""),
+            f"## On Apache Kafka {'.'.join(version.split('.')[:2])}" + (" (3 brokers)" if args.nodes > 1 else "")
+            + (", TLS both ways" if args.tls else ""),
             "",
+            *(["TLS 1.3 (rustls on Switchyard's side, the JDK's on the clients' and the broker's), a CA and "
+               "certificates made for the run: `direct` is a TLS client of the broker's TLS listener; "
+               "`switchyard` terminates the client's TLS and opens its own TLS connections to the broker (host "
+               "name verified). Only the Java client's workloads: `switchyard-perf`'s librdkafka is built without "
+               "TLS.", ""] if args.tls else []),
             f"Broker: Apache Kafka {version} (KRaft, {where}, combined broker+controller, 1 GiB heap, serial GC, "
             "tests/kafka_cluster.py" + (", replication factor 3, min.insync.replicas 2" if args.nodes > 1 else "")
             + f"). Machine: {machine()}. Clients, broker and proxy share these cores. "

@@ -259,7 +259,7 @@ mod tests {
     use super::*;
     use crate::api::produce::Produce;
     use crate::pipeline::names;
-    use crate::pipeline::testing::{exchange, newest, produce, proxy, WHO};
+    use crate::pipeline::testing::{batch, exchange, newest, produce, proxy, WHO};
     use crate::upstream::view::TopicView;
     use crate::upstream::{BrokerAddr, ClusterView, Pools};
     use kafka_protocol::messages::ApiKey;
@@ -339,22 +339,8 @@ mod tests {
     /// A one-record idempotent produce of "orders" partition 0: client
     /// producer 5, epoch 0, sequence `seq`.
     fn idempotent(seq: i32) -> ProduceRequest {
-        use crate::codec::batch::{self, BatchParams, Compression, WireRecord};
-        let rec = WireRecord {
-            offset: 0,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers: vec![],
-        };
-        let params = BatchParams {
-            compression: Compression::None,
-            producer_id: 5,
-            producer_epoch: 0,
-            base_sequence: seq,
-        };
         let mut r = produce("orders", 1, false, -1);
-        r.topic_data[0].partition_data[0].records = Some(batch::encode(&[rec], &params).unwrap());
+        r.topic_data[0].partition_data[0].records = Some(batch(1, 5, seq, false));
         r
     }
 

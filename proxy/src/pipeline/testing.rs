@@ -107,16 +107,10 @@ pub const WHO: crate::route::Who<'static> = crate::route::Who {
     client_id: "app",
 };
 
-/// A produce of `partitions` partitions of `topic`, each one batch of
-/// three records (transactional: producer id 7, else none).
-pub fn produce(
-    topic: &str,
-    partitions: usize,
-    transactional: bool,
-    acks: i16,
-) -> kafka_protocol::messages::ProduceRequest {
+/// A batch of `n` one-byte records from producer `pid` (-1: none) at base
+/// sequence `seq`, transactional or not.
+pub fn batch(n: usize, pid: i64, seq: i32, transactional: bool) -> bytes::Bytes {
     use crate::codec::batch::{self, BatchParams, Compression, WireRecord};
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     let rec = WireRecord {
         offset: 0,
         timestamp: 1_700_000_000_000,
@@ -126,16 +120,30 @@ pub fn produce(
     };
     let params = BatchParams {
         compression: Compression::None,
-        producer_id: if transactional { 7 } else { -1 },
+        producer_id: pid,
         producer_epoch: 0,
-        base_sequence: 0,
+        base_sequence: seq,
     };
-    let mut b = bytes::BytesMut::from(
-        &batch::encode(&[rec.clone(), rec.clone(), rec], &params).unwrap()[..],
-    );
+    let mut b = bytes::BytesMut::from(&batch::encode(&vec![rec; n], &params).unwrap()[..]);
     if transactional {
+        // The transactional bit sits in the attributes; the CRC covers them.
         b[22] |= 0x10;
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
     }
+    b.freeze()
+}
+
+/// A produce of `partitions` partitions of `topic`, each one batch of
+/// three records (transactional: producer id 7, else none).
+pub fn produce(
+    topic: &str,
+    partitions: usize,
+    transactional: bool,
+    acks: i16,
+) -> kafka_protocol::messages::ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let b = batch(3, if transactional { 7 } else { -1 }, 0, transactional);
     let mut t = TopicProduceData::default();
     t.name = kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(
         topic.to_string(),
@@ -143,7 +151,7 @@ pub fn produce(
     for i in 0..partitions {
         let mut p = PartitionProduceData::default();
         p.index = i as i32;
-        p.records = Some(b.clone().freeze());
+        p.records = Some(b.clone());
         t.partition_data.push(p);
     }
     let mut r = kafka_protocol::messages::ProduceRequest::default();
