@@ -6,8 +6,9 @@ The tests are their own identity provider: an RSA key pair (cryptography),
 its public half published as a JWKS file, tokens signed with the private
 half.
 
-What a user checks: confluent-kafka and kafka-python authenticate with a
-valid token and produce and consume every record; an expired token, one for
+What a user checks: confluent-kafka, kafka-python and the Java client
+(its OAuthBearerLoginCallbackHandler reading the token from a file)
+authenticate with a valid token and produce and consume every record; an expired token, one for
 another audience or issuer, one signed by another key, one naming a key the
 JWKS does not hold, and garbage are each refused (SASL_AUTHENTICATION_FAILED)
 and write nothing; a session ends with its token, and a client that
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from helpers import metric_sum, unique_name, wait_until
+from kafka_cluster import LOG4J_CONFIG, java_bin, kafka_libs
 
 pytestmark = [pytest.mark.shared_site, pytest.mark.brokers("kafka")]
 
@@ -139,6 +141,43 @@ def test_valid_tokens_with_confluent_and_kafka_python(oauth):
     want = sorted([f"c-{i}".encode() for i in range(N)] + [f"k-{i}".encode() for i in range(N)])
     assert sorted(got) == want
     assert sorted(consume_all(sy, idp, topic, 2 * N)) == want
+    assert authentications(sy, "failed") == 0
+
+
+def test_the_java_client_with_a_token_from_a_file(oauth, tmp_path):
+    sy, idp, _ = oauth
+    topic = unique_name("oauth-java")
+    create(sy, idp, topic)
+    token = tmp_path / "token.jwt"
+    token.write_text(idp.token(sub="java-app")[0])
+    props = tmp_path / "java-oauth.properties"
+    props.write_text(
+        "security.protocol=SASL_PLAINTEXT\n"
+        "sasl.mechanism=OAUTHBEARER\n"
+        "sasl.login.callback.handler.class="
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler\n"
+        f"sasl.oauthbearer.token.endpoint.url={token.as_uri()}\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;\n")
+
+    def run(main: str, *args: str) -> list[dict]:
+        argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                # Kafka 4 reads token files only from URLs it is told to trust.
+                f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={token.as_uri()}",
+                "-cp", f"{kafka_libs()}/*", main, "--bootstrap-server", sy.bootstrap,
+                "--command-config", str(props), *args]
+        r = subprocess.run(argv, capture_output=True, timeout=120)
+        out = r.stdout.decode("utf-8", "replace")
+        assert r.returncode == 0, f"{main} exited {r.returncode}:\n{out[-3000:]}\n{r.stderr.decode()[-2000:]}"
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    produced = run("org.apache.kafka.tools.VerifiableProducer", "--topic", topic, "--max-messages", str(N))
+    acked = [e for e in produced if e.get("name") == "producer_send_success"]
+    assert len(acked) == N and not [e for e in produced if e.get("name") == "producer_send_error"]
+    consumed = run("org.apache.kafka.tools.VerifiableConsumer", "--topic", topic, "--group-id", unique_name("g"),
+                   "--max-messages", str(N), "--reset-policy", "earliest", "--verbose")
+    assert sorted(e["value"] for e in consumed if e.get("name") == "record_data") == \
+        sorted(e["value"] for e in acked)
     assert authentications(sy, "failed") == 0
 
 
