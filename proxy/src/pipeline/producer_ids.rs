@@ -97,7 +97,7 @@ where
     }
     // Without an answer (acks=0, never idempotent) nothing could settle.
     if !claims.is_empty() && !x.no_response {
-        let order = Arc::new(Order { claims });
+        let order = Arc::new(Order::new(claims));
         x.on_plan(order.clone());
         x.on_site_answer(order);
     }
@@ -124,13 +124,25 @@ struct Claim {
 /// counts as failed, as the client was told.
 struct Order {
     claims: Vec<Claim>,
+    /// (site, topic, partition) → claim: every planned partition and every
+    /// answered one is looked up (requests of thousands of partitions).
+    index: std::collections::HashMap<(usize, TopicName, i32), usize>,
 }
 
 impl Order {
-    fn claim(&self, site: usize, topic: &TopicName, partition: i32) -> Option<&Claim> {
-        self.claims
+    fn new(claims: Vec<Claim>) -> Order {
+        let index = claims
             .iter()
-            .find(|c| c.site == site && c.partition == partition && c.topic == *topic)
+            .enumerate()
+            .map(|(i, c)| ((c.site, c.topic.clone(), c.partition), i))
+            .collect();
+        Order { claims, index }
+    }
+
+    fn claim(&self, site: usize, topic: &TopicName, partition: i32) -> Option<&Claim> {
+        self.index
+            .get(&(site, topic.clone(), partition))
+            .and_then(|&i| self.claims.get(i))
     }
 }
 
