@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod authz;
 pub mod codec;
 pub mod config;
 pub mod failover;

@@ -19,6 +19,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("security", &["tls", "sasl"]),
     // Upstream sites (connections, views, Switchyard's own client); routes.
     ("sites and routes", &["upstream", "route"]),
+    // Authorization decisions (over the routes' matchers).
+    ("authorization", &["authz"]),
     // Offset translation; the WASM plugin host.
     ("offsets and plugins", &["offsets", "plugin"]),
     ("tee", &["tee"]),
