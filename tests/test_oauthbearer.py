@@ -6,9 +6,10 @@ The tests are their own identity provider: an RSA key pair (cryptography),
 its public half published as a JWKS file, tokens signed with the private
 half.
 
-What a user checks: confluent-kafka, kafka-python and the Java client
-(its OAuthBearerLoginCallbackHandler reading the token from a file)
-authenticate with a valid token and produce and consume every record; an expired token, one for
+What a user checks: confluent-kafka (with a token callback, and with
+librdkafka's own OIDC client-credentials flow against a token endpoint the
+test serves), kafka-python and the Java client (its
+OAuthBearerLoginCallbackHandler reading the token from a file) authenticate with a valid token and produce and consume every record; an expired token, one for
 another audience or issuer, one signed by another key, one naming a key the
 JWKS does not hold, and garbage are each refused (SASL_AUTHENTICATION_FAILED)
 and write nothing; a session ends with its token, and a client that
@@ -179,6 +180,53 @@ def test_the_java_client_with_a_token_from_a_file(oauth, tmp_path):
     assert sorted(e["value"] for e in consumed if e.get("name") == "record_data") == \
         sorted(e["value"] for e in acked)
     assert authentications(sy, "failed") == 0
+
+
+def test_librdkafkas_oidc_token_fetch(oauth):
+    """librdkafka's `sasl.oauthbearer.method=oidc`: it fetches its token
+    from an OAuth token endpoint (client-credentials grant); the test serves
+    one that hands out the test's signed tokens. (The kcat installed here is
+    built without OIDC, so confluent-kafka's librdkafka stands in for it.)"""
+    import http.server
+    import threading
+
+    sy, idp, _ = oauth
+    topic = unique_name("oauth-kcat")
+    create(sy, idp, topic)
+    asked: list[str] = []
+
+    class TokenEndpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            asked.append(body)
+            answer = json.dumps({"access_token": idp.token(sub="kcat")[0], "token_type": "bearer",
+                                 "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        oidc = {"bootstrap.servers": sy.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.method": "oidc",
+                "sasl.oauthbearer.client.id": "orders-app", "sasl.oauthbearer.client.secret": "app-secret",
+                "sasl.oauthbearer.token.endpoint.url": f"http://127.0.0.1:{server.server_port}/token"}
+        p = Producer({**oidc, "enable.idempotence": True, "acks": "all"})
+        errors: list = []
+        for i in range(N):
+            p.produce(topic, f"oidc-{i}".encode(), on_delivery=lambda e, m: e and errors.append(e))
+        assert p.flush(30) == 0 and not errors, errors[:3]
+        assert sorted(consume_all(sy, idp, topic, N)) == sorted(f"oidc-{i}".encode() for i in range(N))
+        assert asked and "grant_type=client_credentials" in asked[0], asked[:1]
+        assert authentications(sy, "failed") == 0
+    finally:
+        server.shutdown()
 
 
 def test_bad_tokens_are_refused_and_write_nothing(oauth):
