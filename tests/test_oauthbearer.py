@@ -191,7 +191,7 @@ def test_librdkafkas_oidc_token_fetch(oauth):
     import threading
 
     sy, idp, _ = oauth
-    topic = unique_name("oauth-kcat")
+    topic = unique_name("oauth-oidc")
     create(sy, idp, topic)
     asked: list[str] = []
 
@@ -199,7 +199,7 @@ def test_librdkafkas_oidc_token_fetch(oauth):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
             asked.append(body)
-            answer = json.dumps({"access_token": idp.token(sub="kcat")[0], "token_type": "bearer",
+            answer = json.dumps({"access_token": idp.token(sub="orders-app")[0], "token_type": "bearer",
                                  "expires_in": 3600}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
