@@ -323,6 +323,11 @@ pub struct ListenerTlsConfig {
     /// Oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// SNI routing: every virtual broker shares the bootstrap port, named
+    /// `broker-<id>.<sni_domain>` in metadata (the certificate must cover
+    /// `*.<sni_domain>`); no per-node ports are opened.
+    #[serde(default)]
+    pub sni_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -1351,20 +1356,43 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
             ),
         }
     }
-    let span = config.listen.virtual_nodes;
+    // A listener takes its bootstrap port and, unless it routes by SNI, the
+    // next `virtual_nodes` ports.
+    let span_of = |l: &ListenerSpec| match l.tls.as_ref().and_then(|(_, t)| t.sni_domain.as_ref()) {
+        Some(_) => 0,
+        None => config.listen.virtual_nodes,
+    };
     for (i, a) in listeners.iter().enumerate() {
         for b in &listeners[..i] {
             let (pa, pb) = (a.bind.port(), b.bind.port());
-            if pa.abs_diff(pb) <= span {
+            let (sa, sb) = (span_of(a), span_of(b));
+            if pa <= pb.saturating_add(sb) && pb <= pa.saturating_add(sa) {
                 err(
                     &format!("listeners[{}].bind", i - 1),
                     format!(
                         "ports {pa}..={} overlap listener `{}` ports {pb}..={}",
-                        pa.saturating_add(span),
+                        pa.saturating_add(sa),
                         b.name,
-                        pb.saturating_add(span)
+                        pb.saturating_add(sb)
                     ),
                 );
+            }
+        }
+        if let Some((key, t)) = &a.tls {
+            if let Some(d) = &t.sni_domain {
+                let label_ok = |l: &str| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                };
+                if d.len() > 200 || !d.split('.').all(label_ok) {
+                    err(
+                        &format!("{key}.sni_domain"),
+                        format!("`{d}` is not a DNS domain (letters, digits and hyphens in dot-separated labels)"),
+                    );
+                }
             }
         }
     }

@@ -46,6 +46,9 @@ pub struct Identity {
     pub advertised_host: String,
     pub rack: Option<String>,
     pub nodes: Vec<VirtualNode>,
+    /// SNI routing: every node is served on the bootstrap port, told
+    /// apart by name only (nothing to bind per node).
+    pub shared_port: bool,
     topic_ns: Uuid,
 }
 
@@ -74,11 +77,28 @@ impl Identity {
             advertised_host: advertised_host.to_string(),
             rack,
             nodes,
+            shared_port: false,
             topic_ns: Uuid::new_v5(
                 &Uuid::NAMESPACE_OID,
                 format!("switchyard:{cluster_id}").as_bytes(),
             ),
         }
+    }
+
+    /// SNI routing (`tls.sni_domain`): node `i` is `broker-<i>.<domain>` on
+    /// the bootstrap port. Which name a client connected to does not matter
+    /// to routing (every connection can serve every request); the names
+    /// only let one port and one certificate (`*.<domain>`) serve them all,
+    /// as behind a TLS-passthrough load balancer or an ingress.
+    pub fn with_sni(mut self, domain: &str) -> Self {
+        let port = i32::from(self.bootstrap_bind.port());
+        for n in &mut self.nodes {
+            n.host = format!("broker-{}.{domain}", n.node_id);
+            n.port = port;
+            n.bind = self.bootstrap_bind;
+        }
+        self.shared_port = true;
+        self
     }
 
     /// The virtual controller: always the first node, so it is stable.
@@ -142,6 +162,28 @@ mod tests {
             n,
             None,
         )
+    }
+
+    #[test]
+    fn sni_nodes_share_the_bootstrap_port_under_their_names() {
+        let id = Identity::new(
+            "c",
+            "0.0.0.0:9092".parse().unwrap(),
+            "kafka.example",
+            3,
+            None,
+        )
+        .with_sni("kafka.example");
+        let nodes: Vec<(String, i32)> = id.nodes.iter().map(|n| (n.host.clone(), n.port)).collect();
+        assert_eq!(
+            nodes,
+            [
+                ("broker-0.kafka.example".to_string(), 9092),
+                ("broker-1.kafka.example".to_string(), 9092),
+                ("broker-2.kafka.example".to_string(), 9092)
+            ]
+        );
+        assert!(id.shared_port);
     }
 
     #[test]

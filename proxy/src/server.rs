@@ -45,7 +45,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     for l in &proxy.listeners {
         let bootstrap = bind(l.identity.bootstrap_bind).await?;
         listeners.push((bootstrap, l.clone(), "bootstrap".to_string()));
-        for n in &l.identity.nodes {
+        for n in l.identity.nodes.iter().filter(|_| !l.identity.shared_port) {
             listeners.push((
                 bind(n.bind).await?,
                 l.clone(),
@@ -253,6 +253,7 @@ async fn serve_one(
         .and_then(|c| crate::tls::principal(c, tls.principal_from()))
         .map(Arc::from);
     tracing::debug!(client = %peer, listener = %listener.name, tls = ?session.protocol_version(),
+        sni = session.server_name().unwrap_or("-"),
         principal = principal.as_deref().unwrap_or("-"), "client connected");
     session::serve(
         proxy,

@@ -147,13 +147,19 @@ impl Proxy {
                     tls,
                     sasl,
                     name: l.name.clone(),
-                    identity: Arc::new(Identity::new(
-                        &c.cluster_id,
-                        l.bind,
-                        &l.advertised_host,
-                        c.listen.virtual_nodes,
-                        c.listen.rack.clone(),
-                    )),
+                    identity: Arc::new({
+                        let id = Identity::new(
+                            &c.cluster_id,
+                            l.bind,
+                            &l.advertised_host,
+                            c.listen.virtual_nodes,
+                            c.listen.rack.clone(),
+                        );
+                        match l.tls.as_ref().and_then(|(_, t)| t.sni_domain.as_deref()) {
+                            Some(domain) => id.with_sni(domain),
+                            None => id,
+                        }
+                    }),
                 })
             })
             .collect();

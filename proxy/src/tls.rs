@@ -480,6 +480,7 @@ mod tests {
             client_ca: None,
             principal: PrincipalFrom::SubjectCn,
             min_version: TlsVersion::V1_2,
+            sni_domain: None,
         }
     }
 
