@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from failover import FAILOVER_SETTINGS, failover
-from helpers import TEARDOWN_GRACE, allocate_ports, http_get, metric_sum, start_switchyard, unique_name
+from helpers import TEARDOWN_GRACE, allocate_ports, http_get, metric_sum, start_switchyard, unique_name, wait_until
 from kafka_cluster import KafkaCluster, KafkaError
 from tls_pki import Pki, kafka_tls_listener
 
@@ -210,10 +210,7 @@ def test_a_wrong_password_keeps_switchyard_unready_and_says_why(secured):
     sy = secured.switchyard({"mechanism": "SCRAM-SHA-256", "username": user,
                              "password_file": secured.secret("wrong.pw", "not-the-password")},
                             wait_ready=False)
-    deadline = time.monotonic() + 30
-    while auths(sy, "failed") == 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert auths(sy, "failed") > 0, "failed authentications are counted"
+    wait_until(lambda: auths(sy, "failed") > 0, 30, "failed authentications are counted")
     code, _ = http_get(sy.admin + "/readyz", timeout=2)
     assert code != 200, "ready without being able to authenticate to its only site"
     log = sy.process.log_path.read_text()

@@ -77,15 +77,13 @@ pub enum Next {
 }
 
 impl ClientSasl {
-    /// From a checked `sites[].sasl` block (the config's validation
-    /// already named missing keys and unset variables).
+    /// From a checked `sites[].sasl` block: the config's validation
+    /// already named missing keys, unset variables and unreadable files
+    /// (`config::site_sasl_problems`), so nothing is read twice here.
     pub fn new(cfg: &SiteSaslConfig) -> Result<ClientSasl, (&'static str, String)> {
         let secret = match cfg.mechanism {
             SiteSaslMechanism::OauthBearer => match (&cfg.token_file, &cfg.token_command) {
-                (Some(f), None) => {
-                    std::fs::metadata(f).map_err(|e| ("token_file", format!("{f}: {e}")))?;
-                    Secret::TokenFile(f.clone())
-                }
+                (Some(f), None) => Secret::TokenFile(f.clone()),
                 (None, Some(argv)) if !argv.is_empty() => Secret::TokenCommand {
                     argv: argv.clone(),
                     reuse: Duration::from_millis(cfg.token_refresh_ms),
@@ -105,10 +103,7 @@ impl ClientSasl {
                         format!("environment variable `{var}` is not set"),
                     )
                 })?),
-                (None, Some(f)) => {
-                    read_secret(f).map_err(|e| ("password_file", e))?;
-                    Secret::PasswordFile(f.clone())
-                }
+                (None, Some(f)) => Secret::PasswordFile(f.clone()),
                 _ => {
                     return Err((
                         "password_env",

@@ -694,6 +694,16 @@ mod tests {
         Bytes::from_static(&[0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff])
     }
 
+    /// Sends `request()` expecting an answer.
+    async fn send_one(conn: &UpstreamConn) -> PendingResponse {
+        let latency = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
+            .expect("histogram");
+        conn.send(request(), Some(latency))
+            .await
+            .expect("send")
+            .expect("a response is expected")
+    }
+
     /// Regression: a request that timed out left its connection open; the
     /// broker's late answer then met a FIFO that had moved on (or been
     /// cleared) and was logged as "unexpected upstream response", closing a
@@ -722,13 +732,7 @@ mod tests {
         )
         .await
         .expect("connect");
-        let latency = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
-            .expect("histogram");
-        let pending = conn
-            .send(request(), Some(latency))
-            .await
-            .expect("send")
-            .expect("a response is expected");
+        let pending = send_one(&conn).await;
         let waited = pending.wait(Duration::from_millis(200)).await;
         assert!(
             matches!(waited, Err(UpstreamError::Timeout(_))),
@@ -768,13 +772,7 @@ mod tests {
         )
         .await
         .expect("connect");
-        let latency = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
-            .expect("histogram");
-        let pending = conn
-            .send(request(), Some(latency))
-            .await
-            .expect("send")
-            .expect("a response is expected");
+        let pending = send_one(&conn).await;
         drop(conn);
         let _ = wake.send(());
         let answer = pending.wait(Duration::from_secs(5)).await;
