@@ -90,6 +90,73 @@ pub struct Config {
     /// Host-owned conflict state of conflict plugins.
     #[serde(default)]
     pub plugin_state: PluginStateConfig,
+    /// ACL rules Switchyard enforces itself, per client principal
+    /// (reloadable). Absent: every request passes to the sites, whose own
+    /// ACLs (for Switchyard's identity there) still apply.
+    #[serde(default)]
+    pub authorization: Option<AuthorizationConfig>,
+}
+
+/// Kafka-style ACLs checked by Switchyard (see `authz`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationConfig {
+    /// Principals (`User:<name>`) allowed everything.
+    #[serde(default)]
+    pub super_users: Vec<String>,
+    /// What a resource no rule names allows (Kafka's
+    /// `allow.everyone.if.no.acl.found`): false, denied.
+    #[serde(default)]
+    pub allow_if_no_rule: bool,
+    #[serde(default)]
+    pub rules: Vec<AclRuleConfig>,
+}
+
+/// One ACL rule: who, allow or deny, which resources, which operations.
+/// Exactly one of `topics`, `groups`, `transactional_ids`, `cluster`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleConfig {
+    /// `User:<name>`, or `User:*` for everyone (unauthenticated clients,
+    /// `User:ANONYMOUS`, included).
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub permission: AclPermission,
+    #[serde(default)]
+    pub topics: Option<MatchConfig>,
+    #[serde(default)]
+    pub groups: Option<MatchConfig>,
+    #[serde(default)]
+    pub transactional_ids: Option<MatchConfig>,
+    #[serde(default)]
+    pub cluster: bool,
+    /// Kafka's operation names in lower case (`read`, `write`, `create`,
+    /// `delete`, `alter`, `describe`, `describe_configs`, `alter_configs`,
+    /// `idempotent_write`), or `all`.
+    pub operations: Vec<AclOperation>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AclPermission {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AclOperation {
+    All,
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+    DescribeConfigs,
+    AlterConfigs,
+    IdempotentWrite,
 }
 
 /// What the data path does with a batch when its plugin fails (trap,
@@ -993,12 +1060,13 @@ fn parse_at(text: &str, dir: Option<&Path>, check: Check) -> Result<Validated, C
 
 /// Whether two config texts differ in anything but what a reload can apply
 /// (`plugins`, `plugin_state` is not reloadable, `routes[].plugins`,
-/// `routes[].tee[].plugins`). Returns the top-level keys that differ.
+/// `routes[].tee[].plugins`, `authorization`). Returns the top-level keys that differ.
 pub fn restart_needed(old: &str, new: &str) -> Vec<String> {
     fn strip(text: &str) -> Option<serde_norway::Mapping> {
         let v: serde_norway::Value = serde_norway::from_str(text).ok()?;
         let mut m = v.as_mapping()?.clone();
         m.remove("plugins");
+        m.remove("authorization");
         if let Some(serde_norway::Value::Sequence(routes)) = m.get_mut("routes") {
             for r in routes.iter_mut() {
                 if let Some(rm) = r.as_mapping_mut() {

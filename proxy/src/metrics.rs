@@ -33,6 +33,9 @@ pub struct SecurityMetrics {
     /// SASL authentications (and re-authentications) by `listener`,
     /// `mechanism` and `result` (`ok`, `failed`).
     pub authentications: IntCounterVec,
+    /// Authorization decisions (`authorization` rules) by `resource`,
+    /// `operation` and `result` (`allow`, `deny`).
+    pub authorizations: IntCounterVec,
 }
 
 impl SecurityMetrics {
@@ -46,10 +49,20 @@ impl SecurityMetrics {
                 &["listener", "mechanism", "result"],
             )
             .expect("static metric definition"),
+            authorizations: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_authorization_decisions_total",
+                    "Authorization decisions on client requests (the authorization rules), by resource type, operation and result",
+                ),
+                &["resource", "operation", "result"],
+            )
+            .expect("static metric definition"),
         };
-        registry
-            .register(Box::new(m.authentications.clone()))
-            .expect("static metric definition");
+        for c in [m.authentications.clone(), m.authorizations.clone()] {
+            registry
+                .register(Box::new(c))
+                .expect("static metric definition");
+        }
         m
     }
 }
@@ -429,6 +442,9 @@ pub mod kind {
     pub const SASL_STATE: &str = "sasl_state";
     /// A client's SASL authentication failed (its next request closes it).
     pub const SASL_FAILED: &str = "sasl_authentication_failed";
+    /// A request the authorization rules deny that has no answer to carry
+    /// the error (acks=0 Produce): the connection closes, as Kafka's does.
+    pub const AUTHORIZATION_FAILED: &str = "authorization_failed";
 }
 
 impl Metrics {

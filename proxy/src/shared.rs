@@ -44,6 +44,8 @@ pub struct Loaded {
     /// Per site: how Switchyard (and mapped client principals)
     /// authenticate there.
     pub site_sasl: Vec<crate::sasl::client::SiteIdentities>,
+    /// The `authorization` rules (`None`: not configured).
+    pub authz: Option<crate::authz::Policy>,
 }
 
 impl Loaded {
@@ -65,21 +67,24 @@ impl Loaded {
         let tls = crate::tls::load(&cfg);
         let sasl = crate::sasl::load(&cfg);
         let site_sasl = crate::sasl::load_sites(&cfg);
-        match (router, tls, sasl, site_sasl) {
-            (Ok(router), Ok(tls), Ok(sasl), Ok(site_sasl)) => Ok(Loaded {
+        let authz = crate::authz::load(&cfg.config);
+        match (router, tls, sasl, site_sasl, authz) {
+            (Ok(router), Ok(tls), Ok(sasl), Ok(site_sasl), Ok(authz)) => Ok(Loaded {
                 cfg,
                 router: Arc::new(router),
                 tls,
                 sasl,
                 site_sasl,
+                authz,
             }),
-            (r, t, s, ss) => Err(ConfigErrors(
+            (r, t, s, ss, a) => Err(ConfigErrors(
                 r.err()
                     .unwrap_or_default()
                     .into_iter()
                     .chain(t.err().unwrap_or_default())
                     .chain(s.err().unwrap_or_default())
                     .chain(ss.err().unwrap_or_default())
+                    .chain(a.err().unwrap_or_default())
                     .collect(),
             )),
         }
@@ -119,6 +124,8 @@ pub struct DataPlane {
     /// WASM plugins (none when the plugin host could not start).
     pub plugins: Option<Arc<crate::plugin::registry::Registry>>,
     pub metrics: Arc<Metrics>,
+    /// The `authorization` rules, asked by the pipeline's authorize stage.
+    pub authz: Arc<crate::authz::Authorizer>,
     /// Built once every site's versions are known.
     versions: ArcSwapOption<VersionTable>,
     /// Virtual topic id → virtual name, with the site generations it was built from.
@@ -133,6 +140,7 @@ impl Proxy {
             tls,
             sasl,
             site_sasl,
+            authz,
         }: Loaded,
     ) -> Arc<Self> {
         let c = &cfg.config;
@@ -225,6 +233,7 @@ impl Proxy {
             failover,
             producer_ids,
             plugins,
+            authz: Arc::new(crate::authz::Authorizer::new(authz, metrics.clone())),
             metrics,
             versions: ArcSwapOption::empty(),
             virtual_ids: ArcSwapOption::empty(),
@@ -346,8 +355,8 @@ pub async fn reload(p: &Proxy) -> Result<ReloadReport, ReloadReport> {
             Vec::new(),
         ));
     };
-    let new = match Loaded::file(path) {
-        Ok(v) => v.cfg,
+    let (new, authz) = match Loaded::file(path) {
+        Ok(v) => (v.cfg, v.authz),
         Err(e) => {
             return Err(fail(
                 e.0.iter().map(|e| e.to_string()).collect(),
@@ -366,17 +375,25 @@ pub async fn reload(p: &Proxy) -> Result<ReloadReport, ReloadReport> {
             restart,
         ));
     }
-    let Some(reg) = &p.plane.plugins else {
-        return Err(fail(
-            vec!["the WASM plugin host did not start".into()],
-            Vec::new(),
-        ));
+    let applied = match &p.plane.plugins {
+        Some(reg) => {
+            reg.apply_config(&new.config.plugins, &new.config.routes)
+                .await
+        }
+        None if new.config.plugins.is_empty() => Ok(Vec::new()),
+        None => Err(vec!["the WASM plugin host did not start".into()]),
     };
-    match reg
-        .apply_config(&new.config.plugins, &new.config.routes)
-        .await
-    {
-        Ok(changes) => {
+    match applied {
+        Ok(mut changes) => {
+            // Applied together with the plugins, never alone: a reload is
+            // all or nothing.
+            if authorization_changed(&old, &new.text) {
+                changes.push(match &authz {
+                    Some(a) => format!("authorization: {} rules", a.rules.len()),
+                    None => "authorization: off".into(),
+                });
+            }
+            p.plane.authz.set(authz);
             if let Ok(mut t) = p.config_text.lock() {
                 *t = new.text;
             }
@@ -393,4 +410,14 @@ pub async fn reload(p: &Proxy) -> Result<ReloadReport, ReloadReport> {
             Err(fail(errors, Vec::new()))
         }
     }
+}
+
+/// Whether the `authorization` sections of two config texts differ.
+fn authorization_changed(old: &str, new: &str) -> bool {
+    let section = |text: &str| {
+        serde_norway::from_str::<serde_norway::Value>(text)
+            .ok()
+            .and_then(|v| v.get("authorization").cloned())
+    };
+    section(old) != section(new)
 }

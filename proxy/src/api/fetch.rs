@@ -22,9 +22,12 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::{Ctx, Outcome};
+use crate::authz::Operation;
 use crate::codec::RequestFrame;
 use crate::identity::Identity;
-use crate::pipeline::{holds, identity, names, plugins, run, Api, At, Exchange, Reply, Unanswered};
+use crate::pipeline::{
+    authorize, holds, identity, names, plugins, run, Api, At, Exchange, Reply, Unanswered,
+};
 use crate::route::Who;
 use kafka_protocol::messages::ApiKey;
 
@@ -113,6 +116,14 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Res
         .timeout
         .min(Duration::from_millis(x.body.max_wait_ms.max(0) as u64) + FETCH_GRACE);
     let skip = identity::fetch_topic_names(&mut x, &plane).await;
+    let skip = authorize::topics(
+        &mut x,
+        &plane.authz,
+        ctx.pools.principal(),
+        Operation::Read,
+        None,
+        skip,
+    )?;
     // Epochs taken before routing: a switch after this point withholds the
     // route's records from the answer.
     holds::withhold(&mut x, &plane.failover);

@@ -32,13 +32,32 @@ pub mod sasl;
 use kafka_protocol::messages::ApiKey;
 
 use crate::codec::{self, RequestFrame};
+use crate::pipeline::authorize;
 pub use crate::pipeline::send::{
     forward, forward_frame, forward_rewriting, rewrite_or_pass, scatter,
 };
 pub use crate::pipeline::{Ctx, Outcome, Reply};
 
-/// Routes one request. The version was checked against the advertised table.
+/// Routes one request. The version was checked against the advertised
+/// table, the client authenticated. The authorize stage comes first: what
+/// the principal may not do never reaches a handler, and a request denied
+/// in part has its answer amended.
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
+    let principal = ctx.pools.principal().map(str::to_string);
+    match authorize::gate(
+        &ctx.plane.authz,
+        principal.as_deref(),
+        &ctx.listener.identity,
+        req,
+    )? {
+        authorize::Gate::Pass(req) => by_api(ctx, req).await,
+        authorize::Gate::Trim(req, amend) => amend.outcome(by_api(ctx, req).await?),
+        authorize::Gate::Answer(frame) => Ok(Outcome::Ready(Reply::Frame(frame))),
+    }
+}
+
+/// The handler of each API.
+async fn by_api(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
     match req.api_key {
         ApiKey::ApiVersions => {
             let table = ctx.plane.version_table().await;

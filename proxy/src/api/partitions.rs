@@ -14,9 +14,10 @@ use kafka_protocol::messages::{
 };
 
 use super::{Ctx, Outcome};
+use crate::authz::Operation;
 use crate::codec::RequestFrame;
 use crate::identity::Identity;
-use crate::pipeline::{identity, names, run, Api, At, Exchange, Unanswered};
+use crate::pipeline::{authorize, identity, names, run, Api, At, Exchange, Unanswered};
 use crate::route::Who;
 use kafka_protocol::messages::ApiKey;
 
@@ -134,6 +135,15 @@ pub async fn list_offsets(
         client_id: &client_id,
     };
     let mut x = Exchange::<ListOffsets>::new(&plane, req, body);
+    let principal = ctx.pools.principal();
+    authorize::topics(
+        &mut x,
+        &plane.authz,
+        principal,
+        Operation::Describe,
+        None,
+        Vec::new(),
+    )?;
     names::resolve(&mut x, &plane.router, who, &[]);
     identity::list_offsets_request(&mut x);
     run::dispatch(ctx, x, ctx.identity()).await
@@ -151,6 +161,15 @@ pub async fn delete_records(
         client_id: &client_id,
     };
     let mut x = Exchange::<DeleteRecords>::new(&plane, req, body);
+    let principal = ctx.pools.principal();
+    authorize::topics(
+        &mut x,
+        &plane.authz,
+        principal,
+        Operation::Delete,
+        None,
+        Vec::new(),
+    )?;
     names::resolve(&mut x, &plane.router, who, &[]);
     run::dispatch(ctx, x, ctx.identity()).await
 }

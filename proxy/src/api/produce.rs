@@ -1,6 +1,7 @@
 //! Produce (key 0): the pipeline's stages for a produce, in order, and how
 //! answers from several brokers merge.
 //!
+//! authorize (topics the principal may not write leave the request) →
 //! plugins (before the names: plugins see the client's names and may rename
 //! or route) → names → producer ids → sync tee → plan/split/send → per
 //! site: sync tee waits, client names → merge → plugin origins → virtual
@@ -19,10 +20,12 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, Outcome};
+use crate::authz::{Operation, Resource};
+use crate::codec::errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
 use crate::codec::RequestFrame;
 use crate::identity::Identity;
 use crate::pipeline::{
-    identity, names, plugins, producer_ids, run, sync_tee, Api, At, Exchange, Unanswered,
+    authorize, identity, names, plugins, producer_ids, run, sync_tee, Api, At, Exchange, Unanswered,
 };
 use crate::route::Who;
 use kafka_protocol::messages::ApiKey;
@@ -95,6 +98,22 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Res
     };
     let mut x = Exchange::<Produce>::new(&plane, req, body);
     x.no_response = x.body.acks == 0;
+    let txn = x.body.transactional_id.as_ref().map(|t| t.0.to_string());
+    authorize::topics(
+        &mut x,
+        &plane.authz,
+        ctx.pools.principal(),
+        Operation::Write,
+        txn.as_deref().map(|t| {
+            (
+                Resource::TransactionalId,
+                t,
+                Operation::Write,
+                TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            )
+        }),
+        Vec::new(),
+    )?;
     let hook = plugins::produce(&mut x, plane.plugins.as_ref(), &plane.router, who).await;
     names::resolve(&mut x, &plane.router, who, &[]);
     producer_ids::map(&mut x, &plane.producer_ids, &plane.sites, hook.as_deref()).await?;

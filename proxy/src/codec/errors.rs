@@ -40,6 +40,8 @@ pub const FENCED_LEADER_EPOCH: i16 = E::FencedLeaderEpoch.code();
 pub const UNKNOWN_LEADER_EPOCH: i16 = E::UnknownLeaderEpoch.code();
 pub const UNKNOWN_TOPIC_ID: i16 = E::UnknownTopicId.code();
 pub const UNSUPPORTED_ENDPOINT_TYPE: i16 = E::UnsupportedEndpointType.code();
+pub const GROUP_AUTHORIZATION_FAILED: i16 = E::GroupAuthorizationFailed.code();
+pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = E::TransactionalIdAuthorizationFailed.code();
 
 /// A code's name as Kafka spells it, for metric labels and logs.
 pub fn name(code: i16) -> &'static str {
@@ -76,6 +78,8 @@ pub fn name(code: i16) -> &'static str {
         INVALID_RECORD => "INVALID_RECORD",
         UNKNOWN_TOPIC_ID => "UNKNOWN_TOPIC_ID",
         UNSUPPORTED_ENDPOINT_TYPE => "UNSUPPORTED_ENDPOINT_TYPE",
+        GROUP_AUTHORIZATION_FAILED => "GROUP_AUTHORIZATION_FAILED",
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED => "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
         _ => "UNKNOWN",
     }
 }

@@ -17,6 +17,10 @@ pub enum Error {
     /// safe to answer, the connection closes.
     #[error("{0:#}")]
     Protocol(anyhow::Error),
+    /// Denied by the authorization rules with no answer to say so in
+    /// (acks=0 Produce): the connection closes, as a Kafka broker's does.
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// What handlers and stages return.
@@ -45,6 +49,7 @@ impl Error {
             Error::Upstream(UpstreamError::Timeout(_)) => kind::UPSTREAM_TIMEOUT,
             Error::Upstream(_) => kind::UPSTREAM,
             Error::Protocol(_) => kind::MALFORMED_REQUEST,
+            Error::Denied(_) => kind::AUTHORIZATION_FAILED,
         }
     }
 
@@ -52,7 +57,7 @@ impl Error {
     pub fn upstream(&self) -> Option<&UpstreamError> {
         match self {
             Error::Upstream(u) => Some(u),
-            Error::Protocol(_) => None,
+            Error::Protocol(_) | Error::Denied(_) => None,
         }
     }
 }

@@ -35,6 +35,8 @@
 //! A request that fails upstream is answered by [`unavailable`], the one
 //! place that maps an upstream failure to a metric and a Kafka answer.
 
+pub mod answers;
+pub mod authorize;
 pub mod error;
 pub mod holds;
 pub mod identity;

@@ -20,13 +20,12 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::errors::{
     COORDINATOR_NOT_AVAILABLE, LEADER_NOT_AVAILABLE, NOT_CONTROLLER, NOT_COORDINATOR,
     NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT,
 };
-use crate::codec::{self, RequestFrame};
+use crate::codec::RequestFrame;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
@@ -82,370 +81,53 @@ pub fn count(metrics: &Metrics, api: ApiKey, code: i16) {
         .inc();
 }
 
-fn encode<R: Encodable>(
-    req: &RequestFrame,
-    code: i16,
-    resp: &R,
-) -> anyhow::Result<Option<(i16, Bytes)>> {
-    let frame = codec::encode_response(req.api_key, req.api_version, req.correlation_id, resp)?;
-    Ok(Some((code, frame)))
+/// The retriable code each API's clients read as "the broker failed, ask
+/// again" (the table above); `None`: an API without one.
+fn code_for(api: ApiKey) -> Option<i16> {
+    Some(match api {
+        ApiKey::Produce | ApiKey::Fetch | ApiKey::ListOffsets | ApiKey::DeleteRecords => {
+            NOT_LEADER_OR_FOLLOWER
+        }
+        ApiKey::Metadata => LEADER_NOT_AVAILABLE,
+        ApiKey::FindCoordinator | ApiKey::ListGroups => COORDINATOR_NOT_AVAILABLE,
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetDelete
+        | ApiKey::InitProducerId
+        | ApiKey::AddOffsetsToTxn
+        | ApiKey::EndTxn
+        | ApiKey::OffsetCommit
+        | ApiKey::TxnOffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups
+        | ApiKey::AddPartitionsToTxn => NOT_COORDINATOR,
+        ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::CreatePartitions => NOT_CONTROLLER,
+        ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            REQUEST_TIMED_OUT
+        }
+        _ => return None,
+    })
 }
 
 fn build(req: &RequestFrame, identity: &Identity) -> anyhow::Result<Option<(i16, Bytes)>> {
-    macro_rules! top_level {
-        ($resp:ty, $code:expr) => {{
-            let mut resp = <$resp>::default();
-            resp.error_code = $code;
-            encode(req, $code, &resp)
-        }};
-    }
-    match req.api_key {
-        ApiKey::Produce => {
-            let body: ProduceRequest = req.decode()?;
-            // acks=0 has no answer: one here would be read as the answer
-            // to the client's next request.
-            if body.acks == 0 {
-                return Ok(None);
-            }
-            encode(req, NOT_LEADER_OR_FOLLOWER, &produce(&body))
-        }
-        ApiKey::Fetch => {
-            let body: FetchRequest = req.decode()?;
-            let mut resp = FetchResponse::default();
-            for t in &body.topics {
-                let mut rt = fetch_response::FetchableTopicResponse::default();
-                rt.topic = t.topic.clone();
-                rt.topic_id = t.topic_id;
-                for p in &t.partitions {
-                    let mut rp = fetch_response::PartitionData::default();
-                    rp.partition_index = p.partition;
-                    rp.error_code = NOT_LEADER_OR_FOLLOWER;
-                    rp.high_watermark = -1;
-                    rp.last_stable_offset = -1;
-                    rp.log_start_offset = -1;
-                    rp.records = Some(Bytes::new());
-                    rt.partitions.push(rp);
-                }
-                resp.responses.push(rt);
-            }
-            encode(req, NOT_LEADER_OR_FOLLOWER, &resp)
-        }
-        ApiKey::ListOffsets => {
-            let body: ListOffsetsRequest = req.decode()?;
-            let mut resp = ListOffsetsResponse::default();
-            for t in &body.topics {
-                let mut rt = list_offsets_response::ListOffsetsTopicResponse::default();
-                rt.name = t.name.clone();
-                for p in &t.partitions {
-                    let mut rp = list_offsets_response::ListOffsetsPartitionResponse::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = NOT_LEADER_OR_FOLLOWER;
-                    rp.offset = -1;
-                    rp.timestamp = -1;
-                    rt.partitions.push(rp);
-                }
-                resp.topics.push(rt);
-            }
-            encode(req, NOT_LEADER_OR_FOLLOWER, &resp)
-        }
-        ApiKey::DeleteRecords => {
-            let body: DeleteRecordsRequest = req.decode()?;
-            let mut resp = DeleteRecordsResponse::default();
-            for t in &body.topics {
-                let mut rt = delete_records_response::DeleteRecordsTopicResult::default();
-                rt.name = t.name.clone();
-                for p in &t.partitions {
-                    let mut rp = delete_records_response::DeleteRecordsPartitionResult::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = NOT_LEADER_OR_FOLLOWER;
-                    rp.low_watermark = -1;
-                    rt.partitions.push(rp);
-                }
-                resp.topics.push(rt);
-            }
-            encode(req, NOT_LEADER_OR_FOLLOWER, &resp)
-        }
-        ApiKey::Metadata => {
-            let body: MetadataRequest = req.decode()?;
-            let mut resp = MetadataResponse::default();
-            for t in body.topics.iter().flatten() {
-                let mut rt = metadata_response::MetadataResponseTopic::default();
-                rt.name = t.name.clone();
-                rt.topic_id = t.topic_id;
-                rt.error_code = LEADER_NOT_AVAILABLE;
-                resp.topics.push(rt);
-            }
-            super::identity::metadata_answer(identity, &mut resp);
-            encode(req, LEADER_NOT_AVAILABLE, &resp)
-        }
-        ApiKey::FindCoordinator => {
-            let body: FindCoordinatorRequest = req.decode()?;
-            let mut resp = FindCoordinatorResponse::default();
-            if req.api_version < 4 {
-                resp.error_code = COORDINATOR_NOT_AVAILABLE;
-                resp.node_id = BrokerId(-1);
-                resp.port = -1;
-            }
-            for key in &body.coordinator_keys {
-                let mut c = find_coordinator_response::Coordinator::default();
-                c.key = key.clone();
-                c.node_id = BrokerId(-1);
-                c.port = -1;
-                c.error_code = COORDINATOR_NOT_AVAILABLE;
-                resp.coordinators.push(c);
-            }
-            encode(req, COORDINATOR_NOT_AVAILABLE, &resp)
-        }
-        // One error code for the whole request.
-        ApiKey::JoinGroup => top_level!(JoinGroupResponse, NOT_COORDINATOR),
-        ApiKey::SyncGroup => top_level!(SyncGroupResponse, NOT_COORDINATOR),
-        ApiKey::Heartbeat => top_level!(HeartbeatResponse, NOT_COORDINATOR),
-        ApiKey::LeaveGroup => top_level!(LeaveGroupResponse, NOT_COORDINATOR),
-        ApiKey::OffsetDelete => top_level!(OffsetDeleteResponse, NOT_COORDINATOR),
-        ApiKey::InitProducerId => top_level!(InitProducerIdResponse, NOT_COORDINATOR),
-        ApiKey::AddOffsetsToTxn => top_level!(AddOffsetsToTxnResponse, NOT_COORDINATOR),
-        ApiKey::EndTxn => top_level!(EndTxnResponse, NOT_COORDINATOR),
-        ApiKey::ListGroups => top_level!(ListGroupsResponse, COORDINATOR_NOT_AVAILABLE),
-        ApiKey::OffsetCommit => {
-            let body: OffsetCommitRequest = req.decode()?;
-            let mut resp = OffsetCommitResponse::default();
-            for t in &body.topics {
-                let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
-                rt.name = t.name.clone();
-                rt.topic_id = t.topic_id;
-                for p in &t.partitions {
-                    let mut rp = offset_commit_response::OffsetCommitResponsePartition::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = NOT_COORDINATOR;
-                    rt.partitions.push(rp);
-                }
-                resp.topics.push(rt);
-            }
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::TxnOffsetCommit => {
-            let body: TxnOffsetCommitRequest = req.decode()?;
-            let mut resp = TxnOffsetCommitResponse::default();
-            for t in &body.topics {
-                let mut rt = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
-                rt.name = t.name.clone();
-                for p in &t.partitions {
-                    let mut rp =
-                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
-                    rp.partition_index = p.partition_index;
-                    rp.error_code = NOT_COORDINATOR;
-                    rt.partitions.push(rp);
-                }
-                resp.topics.push(rt);
-            }
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::OffsetFetch => {
-            let body: OffsetFetchRequest = req.decode()?;
-            let mut resp = OffsetFetchResponse::default();
-            if (2..8).contains(&req.api_version) {
-                resp.error_code = NOT_COORDINATOR;
-            }
-            // Before v2 there is no top-level error: an answer without the
-            // partitions asked for would read as "nothing committed" (and
-            // reset the consumer); each partition carries the error.
-            for t in body.topics.iter().flatten() {
-                let mut rt = offset_fetch_response::OffsetFetchResponseTopic::default();
-                rt.name = t.name.clone();
-                for &p in &t.partition_indexes {
-                    let mut rp = offset_fetch_response::OffsetFetchResponsePartition::default();
-                    rp.partition_index = p;
-                    rp.committed_offset = -1;
-                    rp.committed_leader_epoch = -1;
-                    rp.error_code = NOT_COORDINATOR;
-                    rt.partitions.push(rp);
-                }
-                resp.topics.push(rt);
-            }
-            for g in &body.groups {
-                let mut rg = offset_fetch_response::OffsetFetchResponseGroup::default();
-                rg.group_id = g.group_id.clone();
-                rg.error_code = NOT_COORDINATOR;
-                resp.groups.push(rg);
-            }
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::DescribeGroups => {
-            let body: DescribeGroupsRequest = req.decode()?;
-            let mut resp = DescribeGroupsResponse::default();
-            for g in &body.groups {
-                let mut rg = describe_groups_response::DescribedGroup::default();
-                rg.group_id = g.clone();
-                rg.error_code = NOT_COORDINATOR;
-                resp.groups.push(rg);
-            }
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::DeleteGroups => {
-            let body: DeleteGroupsRequest = req.decode()?;
-            let mut resp = DeleteGroupsResponse::default();
-            for g in &body.groups_names {
-                let mut rg = delete_groups_response::DeletableGroupResult::default();
-                rg.group_id = g.clone();
-                rg.error_code = NOT_COORDINATOR;
-                resp.results.push(rg);
-            }
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::AddPartitionsToTxn => {
-            let body: AddPartitionsToTxnRequest = req.decode()?;
-            let mut resp = AddPartitionsToTxnResponse::default();
-            let topics = |ts: &[add_partitions_to_txn_request::AddPartitionsToTxnTopic]| {
-                ts.iter()
-                    .map(|t| {
-                        let mut rt =
-                            add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default();
-                        rt.name = t.name.clone();
-                        rt.results_by_partition = t
-                            .partitions
-                            .iter()
-                            .map(|&p| {
-                                let mut rp = add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default();
-                                rp.partition_index = p;
-                                rp.partition_error_code = NOT_COORDINATOR;
-                                rp
-                            })
-                            .collect();
-                        rt
-                    })
-                    .collect::<Vec<_>>()
-            };
-            if req.api_version <= 3 {
-                resp.results_by_topic_v3_and_below = topics(&body.v3_and_below_topics);
-            } else {
-                resp.error_code = NOT_COORDINATOR;
-                for t in &body.transactions {
-                    let mut rt =
-                        add_partitions_to_txn_response::AddPartitionsToTxnResult::default();
-                    rt.transactional_id = t.transactional_id.clone();
-                    rt.topic_results = topics(&t.topics);
-                    resp.results_by_transaction.push(rt);
-                }
-            }
-            encode(req, NOT_COORDINATOR, &resp)
-        }
-        ApiKey::CreateTopics => {
-            let body: CreateTopicsRequest = req.decode()?;
-            let mut resp = CreateTopicsResponse::default();
-            for t in &body.topics {
-                let mut rt = create_topics_response::CreatableTopicResult::default();
-                rt.name = t.name.clone();
-                rt.error_code = NOT_CONTROLLER;
-                rt.num_partitions = -1;
-                rt.replication_factor = -1;
-                resp.topics.push(rt);
-            }
-            encode(req, NOT_CONTROLLER, &resp)
-        }
-        ApiKey::DeleteTopics => {
-            let body: DeleteTopicsRequest = req.decode()?;
-            let mut resp = DeleteTopicsResponse::default();
-            let named = body
-                .topic_names
-                .iter()
-                .map(|n| (Some(n.clone()), uuid::Uuid::nil()));
-            let by_state = body.topics.iter().map(|t| (t.name.clone(), t.topic_id));
-            for (name, id) in named.chain(by_state) {
-                let mut rt = delete_topics_response::DeletableTopicResult::default();
-                rt.name = name;
-                rt.topic_id = id;
-                rt.error_code = NOT_CONTROLLER;
-                resp.responses.push(rt);
-            }
-            encode(req, NOT_CONTROLLER, &resp)
-        }
-        ApiKey::CreatePartitions => {
-            let body: CreatePartitionsRequest = req.decode()?;
-            let mut resp = CreatePartitionsResponse::default();
-            for t in &body.topics {
-                let mut rt = create_partitions_response::CreatePartitionsTopicResult::default();
-                rt.name = t.name.clone();
-                rt.error_code = NOT_CONTROLLER;
-                resp.results.push(rt);
-            }
-            encode(req, NOT_CONTROLLER, &resp)
-        }
-        ApiKey::DescribeConfigs => {
-            let body: DescribeConfigsRequest = req.decode()?;
-            let mut resp = DescribeConfigsResponse::default();
-            for r in &body.resources {
-                let mut rr = describe_configs_response::DescribeConfigsResult::default();
-                rr.resource_type = r.resource_type;
-                rr.resource_name = r.resource_name.clone();
-                rr.error_code = REQUEST_TIMED_OUT;
-                rr.error_message = Some(unreachable_msg());
-                resp.results.push(rr);
-            }
-            encode(req, REQUEST_TIMED_OUT, &resp)
-        }
-        ApiKey::AlterConfigs => {
-            let body: AlterConfigsRequest = req.decode()?;
-            let mut resp = AlterConfigsResponse::default();
-            for r in &body.resources {
-                let mut rr = alter_configs_response::AlterConfigsResourceResponse::default();
-                rr.resource_type = r.resource_type;
-                rr.resource_name = r.resource_name.clone();
-                rr.error_code = REQUEST_TIMED_OUT;
-                rr.error_message = Some(unreachable_msg());
-                resp.responses.push(rr);
-            }
-            encode(req, REQUEST_TIMED_OUT, &resp)
-        }
-        ApiKey::IncrementalAlterConfigs => {
-            let body: IncrementalAlterConfigsRequest = req.decode()?;
-            let mut resp = IncrementalAlterConfigsResponse::default();
-            for r in &body.resources {
-                let mut rr =
-                    incremental_alter_configs_response::AlterConfigsResourceResponse::default();
-                rr.resource_type = r.resource_type;
-                rr.resource_name = r.resource_name.clone();
-                rr.error_code = REQUEST_TIMED_OUT;
-                rr.error_message = Some(unreachable_msg());
-                resp.responses.push(rr);
-            }
-            encode(req, REQUEST_TIMED_OUT, &resp)
-        }
-        _ => Ok(None),
-    }
-}
-
-fn unreachable_msg() -> StrBytes {
-    StrBytes::from_static_str("the upstream broker did not answer through Switchyard; retry")
-}
-
-/// Every partition of a Produce request answered NOT_LEADER_OR_FOLLOWER
-/// (names and ids as the client sent them).
-pub fn produce(body: &ProduceRequest) -> ProduceResponse {
-    let mut resp = ProduceResponse::default();
-    for t in &body.topic_data {
-        let mut rt = produce_response::TopicProduceResponse::default();
-        rt.name = t.name.clone();
-        rt.topic_id = t.topic_id;
-        for p in &t.partition_data {
-            let mut rp = produce_response::PartitionProduceResponse::default();
-            rp.index = p.index;
-            rp.error_code = NOT_LEADER_OR_FOLLOWER;
-            rp.base_offset = -1;
-            rp.log_append_time_ms = -1;
-            rp.log_start_offset = -1;
-            rt.partition_responses.push(rp);
-        }
-        resp.responses.push(rt);
-    }
-    resp
+    let Some(code) = code_for(req.api_key) else {
+        return Ok(None);
+    };
+    let message = (code == REQUEST_TIMED_OUT)
+        .then_some("the upstream broker did not answer through Switchyard; retry");
+    super::answers::every_slot(req, identity, code, message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec;
     use crate::metrics::kind;
     use crate::upstream::UpstreamError;
-    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
     fn frame<R: Encodable>(api: ApiKey, version: i16, body: &R) -> RequestFrame {
         let f = codec::encode_request(api, version, Some(StrBytes::from_static_str("t")), body)

@@ -757,7 +757,9 @@ fn sorted(names: &HashSet<&str>) -> String {
     v.join(", ")
 }
 
-fn matcher(m: &MatchConfig, id: bool) -> Result<TopicMatch, String> {
+/// A matcher from its config (`id`: group, transactional or client ids,
+/// not topic names).
+pub(crate) fn matcher(m: &MatchConfig, id: bool) -> Result<TopicMatch, String> {
     let given = [&m.exact, &m.prefix, &m.regex]
         .iter()
         .filter(|x| x.is_some())

@@ -1084,6 +1084,11 @@ impl Pools {
     /// The session's client authenticated as `principal`: its upstream
     /// connections use the principal's own identity on each site that maps
     /// one (`sites[].principals`). Cheap when unchanged.
+    /// The session's client (its principal's name), once known.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
+    }
+
     pub fn set_principal(&mut self, principal: Option<Arc<str>>) {
         if self.principal == principal {
             return;

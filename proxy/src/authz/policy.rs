@@ -13,9 +13,8 @@
 //! * Principals are `User:<name>`; `User:*` matches every principal, the
 //!   unauthenticated `User:ANONYMOUS` included.
 //!
-//! This module only decides. Loading rules from the config and applying the
-//! decisions to each API (Kafka's error codes, hiding what a principal may
-//! not describe) come with the `authorization` config section.
+//! This module only decides: the rules come from the config (`authz`), and
+//! the pipeline's `authorize` stage asks per request what each API needs.
 
 use crate::route::topic_match::TopicMatch;
 
@@ -146,6 +145,36 @@ impl Policy {
     pub fn allows(&self, principal: &str, resource: Resource, name: &str, op: Operation) -> bool {
         self.decide(principal, resource, name, op) == Decision::Allow
     }
+
+    /// May `principal` do `op` on some resource of this type? Kafka's
+    /// "authorize by resource type", which lets an idempotent producer
+    /// initialise with WRITE on any topic instead of IDEMPOTENT_WRITE on the
+    /// cluster: an ALLOW naming the principal (or everyone) that no DENY of
+    /// every such resource undoes, or no rule for the type at all where that
+    /// allows.
+    pub fn allows_some(&self, principal: &str, resource: Resource, op: Operation) -> bool {
+        if self.super_users.iter().any(|s| s == principal) {
+            return true;
+        }
+        let typed: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.resource == resource)
+            .collect();
+        if typed.is_empty() {
+            return self.allow_if_no_rule;
+        }
+        let mine = |r: &&&Rule| r.for_principal(principal) && r.covers(op);
+        let denied_all = typed
+            .iter()
+            .filter(mine)
+            .any(|r| r.permission == Permission::Deny && r.names.is_none());
+        !denied_all
+            && typed
+                .iter()
+                .filter(mine)
+                .any(|r| r.permission == Permission::Allow)
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +261,27 @@ mod tests {
         assert!(!p.allows("User:ANONYMOUS", Resource::Topic, "orders.eu", Describe));
         assert!(p.allows("User:admin", Resource::Topic, "orders.audit", Write));
         assert!(p.allows("User:admin", Resource::Cluster, "kafka-cluster", Alter));
+    }
+
+    #[test]
+    fn some_topic_writable_is_enough_for_an_idempotent_producer() {
+        let p = policy();
+        assert!(p.allows_some("User:orders-app", Resource::Topic, Write));
+        assert!(!p.allows_some("User:intruder", Resource::Topic, Write));
+        assert!(p.allows_some("User:admin", Resource::Topic, Write));
+        let mut open = Policy {
+            allow_if_no_rule: true,
+            ..Default::default()
+        };
+        assert!(open.allows_some("User:x", Resource::Topic, Write));
+        open.rules.push(rule(
+            "User:x",
+            Permission::Deny,
+            Resource::Topic,
+            None,
+            Some(vec![Write]),
+        ));
+        assert!(!open.allows_some("User:x", Resource::Topic, Write));
     }
 
     #[test]
