@@ -59,6 +59,25 @@ def test_check_rejects_unknown_keys(switchyard_bin, tmp_path):
     assert "virtual_node" in out and "listen" in out, f"unknown key not named with its path:\n{out}"
 
 
+def test_check_names_the_authorization_rule_that_is_wrong(switchyard_bin, tmp_path):
+    rules = ("authorization:\n  super_users: ['User:ops']\n  rules:\n"
+             "    - {principals: ['User:app'], topics: {prefix: 'orders.'}, operations: [read, write]}\n")
+    path = tmp_path / "acl.yaml"
+    path.write_text(GOOD + rules)
+    code, out = _run(switchyard_bin, "check", "--config", str(path))
+    assert code == 0, f"valid rules were refused:\n{out}"
+    bad = rules + ("    - {principals: ['app'], groups: {exact: 'g'}, operations: [write]}\n"
+                   "    - {principals: ['User:x'], topics: {regex: '('}, operations: [read]}\n")
+    path.write_text(GOOD + bad)
+    code, out = _run(switchyard_bin, "check", "--config", str(path))
+    assert code == 1, f"broken rules were accepted:\n{out}"
+    for key, words in [("authorization.rules[1].principals[0]", "User:<name>"),
+                       ("authorization.rules[1].operations[0]", "does not apply to group"),
+                       ("authorization.rules[2].topics", "regex")]:
+        line = next((l for l in out.splitlines() if key in l), None)
+        assert line and words in line, f"{key} not reported with `{words}`:\n{out}"
+
+
 def test_check_names_the_tls_file_that_is_wrong(switchyard_bin, tmp_path):
     from tls_pki import Pki
 

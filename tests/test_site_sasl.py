@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from failover import FAILOVER_SETTINGS, failover
@@ -373,7 +373,7 @@ def test_the_secured_example_config_serves_sasl_ssl_clients(secured, tmp_path):
     conf = {"bootstrap.servers": f"localhost:{bind_port}", "security.protocol": "SASL_SSL",
             "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": app, "sasl.password": app_pw,
             "ssl.ca.location": str(secured.pki.ca_pem)}
-    topic = unique_name("secured-example")
+    topic = unique_name("orders.example")
     admin = AdminClient(conf)
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)],
                         operation_timeout=30)[topic].result(timeout=30)
@@ -382,7 +382,7 @@ def test_the_secured_example_config_serves_sasl_ssl_clients(secured, tmp_path):
     for v in values:
         p.produce(topic, value=v)
     assert p.flush(60) == 0
-    c = Consumer({**conf, "group.id": unique_name("g"), "auto.offset.reset": "earliest"})
+    c = Consumer({**conf, "group.id": unique_name("orders-g"), "auto.offset.reset": "earliest"})
     c.subscribe([topic])
     got: list[bytes] = []
     deadline = time.monotonic() + 60
@@ -392,6 +392,12 @@ def test_the_secured_example_config_serves_sasl_ssl_clients(secured, tmp_path):
             got.append(m.value())
     c.close()
     assert sorted(got) == values
+    # Its ACLs: a topic outside its prefix cannot even be created.
+    other = unique_name("payments")
+    with pytest.raises(KafkaException) as e:
+        admin.create_topics([NewTopic(other, num_partitions=1, replication_factor=1)],
+                            operation_timeout=30)[other].result(timeout=30)
+    assert e.value.args[0].name() == "TOPIC_AUTHORIZATION_FAILED", e.value
     wrong = Producer({**conf, "sasl.password": "wrong", "message.timeout.ms": 5000})
     outcome: list = []
     wrong.produce(topic, value=b"never", on_delivery=lambda e, m: outcome.append(e))
