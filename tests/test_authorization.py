@@ -272,3 +272,53 @@ def test_rules_reload_without_a_restart(guarded):
     assert produce(sy, "bob", topic, 1)[0] == 1
     assert produce(sy, "alice", topic, 1)[0] == 1
 
+
+
+def test_certificate_principals_are_authorized_too(switchyard, tmp_path):
+    """mTLS: the principal is read from the client certificate (its CN
+    here), and the same rules apply to it."""
+    from tls_pki import Pki
+
+    pki = Pki(tmp_path / "pki", "authz")
+    server = pki.issue("switchyard", ["localhost", "127.0.0.1"])
+    app, other = pki.issue("orders-app"), pki.issue("intruder")
+    sy = switchyard(overrides={
+        "listen": {"advertised_host": "localhost",
+                   "tls": {"cert": str(server.cert), "key": str(server.key), "client_auth": "required",
+                           "client_ca": str(pki.ca_pem), "principal": "subject_cn"}},
+        "authorization": {"rules": [
+            {"principals": ["User:orders-app"], "topics": {"prefix": OPEN}, "operations": ["all"]},
+            {"principals": ["User:orders-app"], "groups": {"prefix": GROUPS}, "operations": ["read"]},
+            {"principals": ["User:orders-app"], "cluster": True, "operations": ["create"]},
+        ]},
+    })
+
+    def tls(cert, **extra):
+        return {"bootstrap.servers": sy.bootstrap, "security.protocol": "SSL",
+                "ssl.ca.location": str(pki.ca_pem), "ssl.certificate.location": str(cert.cert),
+                "ssl.key.location": str(cert.key), **extra}
+
+    topic = unique_name(OPEN.rstrip("-"))
+    admin = AdminClient(tls(app))
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=-1)],
+                        operation_timeout=30)[topic].result(timeout=30)
+    outcome: dict[str, list] = {"app": [], "intruder": []}
+    for who, cert in (("app", app), ("intruder", other)):
+        p = Producer(tls(cert, **{"acks": "all", "message.timeout.ms": 20000}))
+        p.produce(topic, who.encode(), on_delivery=lambda e, m, who=who: outcome[who].append(e))
+        assert p.flush(40) == 0
+    assert outcome["app"] == [None], outcome
+    assert [e.name() for e in outcome["intruder"]] == ["TOPIC_AUTHORIZATION_FAILED"], outcome
+    c = Consumer(tls(app, **{"group.id": unique_name(GROUPS.rstrip("-")), "auto.offset.reset": "earliest"}))
+    c.subscribe([topic])
+    got, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline and len(got) < 2:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append(m.value())
+        elif got and m is None:
+            break
+    c.close()
+    assert got == [b"app"], got
+    log = sy.log_path.read_text(errors="replace")
+    assert "principal=User:intruder" in log
