@@ -185,6 +185,17 @@ def test_denied_writes_groups_and_transactions_with_every_client_library(guarded
     assert open_topic in alice_topics and secret not in alice_topics
     root_topics = AdminClient(conf(sy, "root")).list_topics(timeout=20).topics
     assert {open_topic, secret} <= set(root_topics)
+    # The operations a client is told it may do are its own under these
+    # rules (not those of Switchyard's identity on the site).
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+    alice_admin = AdminClient(conf(sy, "alice"))
+    d = alice_admin.describe_topics(TopicCollection([open_topic]), include_authorized_operations=True,
+                                    request_timeout=20)[open_topic].result(timeout=30)
+    assert set(d.authorized_operations) == {AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE}, \
+        d.authorized_operations
+    cluster = alice_admin.describe_cluster(include_authorized_operations=True, request_timeout=20).result(timeout=30)
+    assert not cluster.authorized_operations, cluster.authorized_operations
 
     # kafka-python.
     from kafka import KafkaConsumer, KafkaProducer

@@ -397,6 +397,32 @@ impl Check {
     pub fn principal(&self) -> &str {
         &self.principal
     }
+
+    /// The operations the principal may do on a resource, as the bit field
+    /// Kafka answers `include_*_authorized_operations` with (bit `1 << code`
+    /// per AclOperation code: READ 3 … IDEMPOTENT_WRITE 12). Not counted:
+    /// it is a description, not a request to do anything.
+    pub fn operations(&self, resource: Resource, name: &str) -> i32 {
+        operations_of(resource)
+            .iter()
+            .filter(|op| self.policy.allows(&self.principal, resource, name, **op))
+            .fold(0, |bits, op| bits | (1 << acl_code(*op)))
+    }
+}
+
+/// Kafka's AclOperation code of an operation.
+fn acl_code(op: Operation) -> i32 {
+    match op {
+        Operation::Read => 3,
+        Operation::Write => 4,
+        Operation::Create => 5,
+        Operation::Delete => 6,
+        Operation::Alter => 7,
+        Operation::Describe => 8,
+        Operation::DescribeConfigs => 10,
+        Operation::AlterConfigs => 11,
+        Operation::IdempotentWrite => 12,
+    }
 }
 
 #[cfg(test)]
@@ -476,6 +502,12 @@ mod tests {
             u64::from(LOGS_PER_WINDOW) + 5
         );
         assert_eq!(a.log.lock().map(|w| w.suppressed).unwrap_or(0), 5);
+        // READ 3, WRITE 4 (granted) and DESCRIBE 8 (implied).
+        assert_eq!(
+            c.operations(Resource::Topic, "orders"),
+            1 << 4 | 1 << 8,
+            "write and the describe it implies"
+        );
         a.set(None);
         assert!(a.request(Some("app"), api).is_none(), "reloaded away");
     }

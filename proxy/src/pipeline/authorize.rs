@@ -27,6 +27,10 @@
 //! | DescribeConfigs, AlterConfigs, IncrementalAlterConfigs | DESCRIBE_CONFIGS, ALTER_CONFIGS on the topic, group or cluster (brokers) | TOPIC_ / GROUP_ / CLUSTER_… |
 //! | ApiVersions, SASL, DescribeCluster | nothing | — |
 //!
+//! Where a client asks for its authorized operations (Metadata,
+//! DescribeGroups, DescribeCluster), the answer carries the principal's
+//! under these rules.
+//!
 //! A request denied as a whole, or in every part, is answered here
 //! ([`Gate::Answer`]); one denied in part goes on without the denied parts,
 //! and its answer gets them back with their code ([`Gate::Trim`]). Listings
@@ -171,7 +175,6 @@ pub fn gate(
         K::ApiVersions
             | K::SaslHandshake
             | K::SaslAuthenticate
-            | K::DescribeCluster
             | K::Produce
             | K::Fetch
             | K::ListOffsets
@@ -204,6 +207,17 @@ pub fn gate(
         }};
     }
     match req.api_key {
+        // Needs nothing; the cluster's operations are the principal's.
+        K::DescribeCluster => {
+            let b: DescribeClusterRequest = req.decode()?;
+            if !b.include_cluster_authorized_operations {
+                return Ok(Gate::Pass(req));
+            }
+            let a = amend(&req, move |r: &mut DescribeClusterResponse| {
+                r.cluster_authorized_operations = c.operations(Resource::Cluster, "kafka-cluster");
+            });
+            Ok(Gate::Trim(req, a))
+        }
         K::Metadata => metadata(c, req),
         K::FindCoordinator => find_coordinator(&c, req, identity),
         K::JoinGroup => group_read!(JoinGroupRequest),
@@ -344,11 +358,17 @@ pub fn gate(
             } else {
                 let mut b: DescribeGroupsRequest = req.decode()?;
                 let out = denied(&mut b.groups, |g| group(&c, g, op));
-                if out.is_empty() {
+                let ops = b.include_authorized_operations;
+                if out.is_empty() && !ops {
                     return Ok(Gate::Pass(req));
                 }
                 let left = !b.groups.is_empty();
                 trim(req, &b, left, move |r: &mut DescribeGroupsResponse| {
+                    if ops {
+                        for g in &mut r.groups {
+                            g.authorized_operations = c.operations(Resource::Group, &g.group_id);
+                        }
+                    }
                     for g in out {
                         let mut rg = describe_groups_response::DescribedGroup::default();
                         rg.group_id = g;
@@ -605,12 +625,28 @@ fn metadata(c: Check, req: RequestFrame) -> super::Result<Gate> {
         b.allow_auto_topic_creation = false;
     }
     let changed = no_create || !out.is_empty();
+    let (topic_ops, cluster_ops) = (
+        b.include_topic_authorized_operations,
+        b.include_cluster_authorized_operations,
+    );
     let hide = move |r: &mut MetadataResponse| {
         r.topics.retain(|t| {
             t.name
                 .as_ref()
                 .is_none_or(|n| asked.contains(n.0.as_str()) || c.sees(Resource::Topic, n))
         });
+        // What the principal may do, not what Switchyard's identity on the
+        // site may.
+        if topic_ops {
+            for t in &mut r.topics {
+                if let Some(n) = &t.name {
+                    t.topic_authorized_operations = c.operations(Resource::Topic, n);
+                }
+            }
+        }
+        if cluster_ops {
+            r.cluster_authorized_operations = c.operations(Resource::Cluster, "kafka-cluster");
+        }
         for t in out {
             let mut rt = metadata_response::MetadataResponseTopic::default();
             rt.name = t.name;
@@ -1072,6 +1108,37 @@ mod tests {
             .filter_map(|t| t.name.as_ref().map(|n| n.0.as_str()))
             .collect();
         assert_eq!(names, ["orders.eu", "orders.us"]);
+    }
+
+    #[test]
+    fn the_operations_a_client_is_told_of_are_its_own() {
+        let mut md = MetadataRequest::default();
+        let mut t = metadata_request::MetadataRequestTopic::default();
+        t.name = Some(topic("orders.eu"));
+        md.topics = Some(vec![t]);
+        md.include_topic_authorized_operations = true;
+        let Gate::Trim(_, amend) = gate_for("app", frame(ApiKey::Metadata, 12, &md)) else {
+            panic!("metadata is always amended");
+        };
+        let mut upstream = MetadataResponse::default();
+        let mut rt = metadata_response::MetadataResponseTopic::default();
+        rt.name = Some(topic("orders.eu"));
+        rt.topic_authorized_operations = 0xffe;
+        upstream.topics.push(rt);
+        let f = codec::encode_response(ApiKey::Metadata, 12, 77, &upstream).expect("encode");
+        let Outcome::Ready(Reply::Frame(f)) = amend
+            .outcome(Outcome::Ready(Reply::Frame(f)))
+            .expect("amended")
+        else {
+            panic!("expected a frame");
+        };
+        let r: MetadataResponse =
+            codec::decode_response_body(ApiKey::Metadata, 12, &f).expect("decode");
+        // READ 3, WRITE 4, DESCRIBE 8.
+        assert_eq!(
+            r.topics[0].topic_authorized_operations,
+            1 << 3 | 1 << 4 | 1 << 8
+        );
     }
 
     #[test]
