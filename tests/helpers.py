@@ -157,6 +157,16 @@ def http_get(url: str, timeout: float = 5.0, headers: Optional[dict] = None,
         return e.code, body
 
 
+def admin_reload(admin: str) -> tuple[int, Any]:
+    """POST /api/v1/reload on an admin base URL: (status, JSON answer)."""
+    req = urllib.request.Request(f"{admin}/api/v1/reload", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def http_get_json(url: str, timeout: float = 5.0) -> Any:
     status, body = http_get(url, timeout)
     assert status == 200, f"GET {url} returned {status}: {body[:500]}"

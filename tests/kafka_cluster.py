@@ -97,6 +97,29 @@ def java_bin() -> str:
     )
 
 
+def kafka_tool(main: str, bootstrap: str, client_props: dict, args: Sequence[str], workdir: Path,
+               timeout: float = 120) -> str:
+    """Runs one of Kafka's own command-line tools (a main class of the
+    installed jars: VerifiableProducer, TopicCommand, ...) against
+    `bootstrap` with `client_props` as its --command-config; returns its
+    stdout, asserting it exited 0."""
+    props = Path(workdir) / f"{main.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.properties"
+    props.write_text("".join(f"{k}={v}\n" for k, v in client_props.items()))
+    argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*", main,
+            "--bootstrap-server", bootstrap, "--command-config", str(props), *args]
+    r = subprocess.run(argv, capture_output=True, timeout=timeout)
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0, f"{main} exited {r.returncode}:\n{out[-3000:]}\n{r.stderr.decode()[-2000:]}"
+    return out
+
+
+def json_events(out: str) -> list[dict]:
+    """The JSON events a Verifiable* tool printed."""
+    import json
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def new_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

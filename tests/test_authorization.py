@@ -14,18 +14,16 @@ reloaded without a restart.
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 import time
-import urllib.request
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import to_yaml
-from helpers import metric_sum, unique_name, wait_until
-from kafka_cluster import LOG4J_CONFIG, java_bin, kafka_libs
+from helpers import admin_reload, metric_sum, unique_name, wait_until
+from kafka_cluster import json_events, kafka_tool
 
 pytestmark = [pytest.mark.shared_site, pytest.mark.brokers("kafka")]
 
@@ -117,20 +115,11 @@ def decisions(sy, result: str, **labels) -> float:
     return metric_sum(samples, "switchyard_authorization_decisions_total", result=result, **labels)
 
 
-def java(tmp_path, sy, user: str, main: str, args: list[str], timeout: float = 120) -> str:
-    props = tmp_path / f"{user}-{time.monotonic_ns()}.properties"
-    props.write_text(
-        "security.protocol=SASL_PLAINTEXT\n"
-        f"sasl.mechanism={MECHANISM}\n"
-        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f"username=\"{user}\" password=\"{USERS[user]}\";\n")
-    argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*", main,
-            "--bootstrap-server", sy.bootstrap, "--command-config", str(props), *args]
-    r = subprocess.run(argv, capture_output=True, timeout=timeout)
-    out = r.stdout.decode("utf-8", "replace")
-    assert r.returncode == 0, f"{main} exited {r.returncode}:\n{out[-3000:]}\n{r.stderr.decode()[-2000:]}"
-    return out
+def java(tmp_path, sy, user: str, main: str, args: list[str]) -> str:
+    return kafka_tool(main, sy.bootstrap, {
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": MECHANISM,
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                            f'username="{user}" password="{USERS[user]}";'}, args, tmp_path)
 
 
 def test_denied_writes_groups_and_transactions_with_every_client_library(guarded, tmp_path, kcat_bin):
@@ -225,7 +214,7 @@ def test_denied_writes_groups_and_transactions_with_every_client_library(guarded
     # the topic listing (AdminClient) hides the secret topic.
     out = java(tmp_path, sy, "bob", "org.apache.kafka.tools.VerifiableProducer",
                ["--topic", open_topic, "--max-messages", "3"])
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    events = json_events(out)
     sent = [e for e in events if e.get("name") == "producer_send_success"]
     failed = [e for e in events if e.get("name") == "producer_send_error"]
     assert not sent and failed and all("TopicAuthorization" in e.get("exception", "") for e in failed), events
@@ -254,20 +243,12 @@ def test_rules_reload_without_a_restart(guarded):
     acked, errors = produce(sy, "bob", topic, 5, **{"enable.idempotence": False, "retries": 0})
     assert acked == 0 and errors, errors
 
-    def reload():
-        req = urllib.request.Request(f"{sy.admin}/api/v1/reload", data=b"", method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
     # bob is allowed to write: a reload applies it, connections stay.
     cfg = copy.deepcopy(sy.config)
     cfg["authorization"]["rules"].append(
         {"principals": ["User:bob"], "topics": {"exact": topic}, "operations": ["write"]})
     sy.config_path.write_text(to_yaml(cfg))
-    code, answer = reload()
+    code, answer = admin_reload(sy.admin)
     assert code == 200 and answer["applied"], answer
     assert any(c.startswith("authorization:") for c in answer["changes"]), answer
     wait_until(lambda: produce(sy, "bob", topic, 5)[0] == 5, timeout=30,
@@ -278,7 +259,7 @@ def test_rules_reload_without_a_restart(guarded):
     broken["authorization"]["rules"].append(
         {"principals": ["bob"], "topics": {"exact": topic}, "operations": ["write"]})
     sy.config_path.write_text(to_yaml(broken))
-    code, answer = reload()
+    code, answer = admin_reload(sy.admin)
     assert code == 400 and any("authorization.rules[5].principals[0]" in e for e in answer["errors"]), answer
     assert produce(sy, "bob", topic, 1)[0] == 1
     assert produce(sy, "alice", topic, 1)[0] == 1

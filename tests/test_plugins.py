@@ -13,6 +13,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from helpers import (
+    admin_reload,
     create_topic,
     http_get_json,
     metric_sum,
@@ -480,12 +481,7 @@ def test_config_reload_applies_plugin_chains_and_refuses_other_changes(site, swi
     assert json.loads(all_values(sy.bootstrap, topic)[0].value)["card"] == "4111"
 
     def reload():
-        req = urllib.request.Request(f"{sy.admin}/api/v1/reload", data=b"", method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return admin_reload(sy.admin)
 
     # The route gains the mask: consumers see it without a restart.
     cfg = copy.deepcopy(sy.config)

@@ -14,7 +14,6 @@ itself and keeps working past the lifetime; TLS and SASL together
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import subprocess
@@ -25,7 +24,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from helpers import metric_sum, unique_name
-from kafka_cluster import LOG4J_CONFIG, java_bin, kafka_libs
+from kafka_cluster import json_events, kafka_tool
 
 pytestmark = [pytest.mark.shared_site, pytest.mark.brokers("kafka")]
 
@@ -133,21 +132,12 @@ def test_every_mechanism_with_every_client_library(sasl_switchyard, kcat_bin):
     assert authentications(sy, "ok") >= 9
 
 
-def java_tool(tmp_path, sy, main: str, args: list[str], mechanism: str, timeout: float = 120) -> list[dict]:
+def java_tool(tmp_path, sy, main: str, args: list[str], mechanism: str) -> list[dict]:
     module = "plain.PlainLoginModule" if mechanism == "PLAIN" else "scram.ScramLoginModule"
-    props = tmp_path / f"{main.rsplit('.', 1)[1]}-{time.monotonic_ns()}.properties"
-    props.write_text(
-        "security.protocol=SASL_PLAINTEXT\n"
-        f"sasl.mechanism={mechanism}\n"
-        f"sasl.jaas.config=org.apache.kafka.common.security.{module} required "
-        f"username=\"alice\" password=\"{USERS['alice']}\";\n")
-    argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*", main,
-            "--bootstrap-server", sy.bootstrap, "--command-config", str(props), *args]
-    r = subprocess.run(argv, capture_output=True, timeout=timeout)
-    out = r.stdout.decode("utf-8", "replace")
-    assert r.returncode == 0, f"{main} exited {r.returncode}:\n{out[-3000:]}\n{r.stderr.decode()[-2000:]}"
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return json_events(kafka_tool(main, sy.bootstrap, {
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": mechanism,
+        "sasl.jaas.config": f"org.apache.kafka.common.security.{module} required "
+                            f'username="alice" password="{USERS["alice"]}";'}, args, tmp_path))
 
 
 def test_java_client_reauthenticates_past_the_session_lifetime(sasl_switchyard, tmp_path):

@@ -206,6 +206,29 @@ pub fn gate(
             Ok(Gate::Pass(req))
         }};
     }
+    // The config APIs: per resource (topic, group, broker), each denied one
+    // answered with its type's code.
+    macro_rules! configs {
+        ($req:ty, $resp:ty, $list:ident, $result:ty, $op:expr) => {{
+            let mut b: $req = req.decode()?;
+            let out = denied(&mut b.resources, |r| {
+                may_config(&c, r.resource_type, &r.resource_name, $op)
+            });
+            if out.is_empty() {
+                return Ok(Gate::Pass(req));
+            }
+            let left = !b.resources.is_empty();
+            trim(req, &b, left, move |r: &mut $resp| {
+                for d in out {
+                    let mut rr = <$result>::default();
+                    rr.error_code = config_code(d.resource_type);
+                    rr.resource_type = d.resource_type;
+                    rr.resource_name = d.resource_name;
+                    r.$list.push(rr);
+                }
+            })
+        }};
+    }
     match req.api_key {
         // Needs nothing; the cluster's operations are the principal's.
         K::DescribeCluster => {
@@ -481,84 +504,27 @@ pub fn gate(
                 }
             })
         }
-        K::DescribeConfigs => {
-            let mut b: DescribeConfigsRequest = req.decode()?;
-            let out = denied(&mut b.resources, |r| {
-                may_config(
-                    &c,
-                    r.resource_type,
-                    &r.resource_name,
-                    Operation::DescribeConfigs,
-                )
-            });
-            if out.is_empty() {
-                return Ok(Gate::Pass(req));
-            }
-            let left = !b.resources.is_empty();
-            trim(req, &b, left, move |r: &mut DescribeConfigsResponse| {
-                for d in out {
-                    let mut rr = describe_configs_response::DescribeConfigsResult::default();
-                    rr.error_code = config_code(d.resource_type);
-                    rr.resource_type = d.resource_type;
-                    rr.resource_name = d.resource_name;
-                    r.results.push(rr);
-                }
-            })
-        }
-        K::AlterConfigs => {
-            let mut b: AlterConfigsRequest = req.decode()?;
-            let out = denied(&mut b.resources, |r| {
-                may_config(
-                    &c,
-                    r.resource_type,
-                    &r.resource_name,
-                    Operation::AlterConfigs,
-                )
-            });
-            if out.is_empty() {
-                return Ok(Gate::Pass(req));
-            }
-            let left = !b.resources.is_empty();
-            trim(req, &b, left, move |r: &mut AlterConfigsResponse| {
-                for d in out {
-                    let mut rr = alter_configs_response::AlterConfigsResourceResponse::default();
-                    rr.error_code = config_code(d.resource_type);
-                    rr.resource_type = d.resource_type;
-                    rr.resource_name = d.resource_name;
-                    r.responses.push(rr);
-                }
-            })
-        }
-        K::IncrementalAlterConfigs => {
-            let mut b: IncrementalAlterConfigsRequest = req.decode()?;
-            let out = denied(&mut b.resources, |r| {
-                may_config(
-                    &c,
-                    r.resource_type,
-                    &r.resource_name,
-                    Operation::AlterConfigs,
-                )
-            });
-            if out.is_empty() {
-                return Ok(Gate::Pass(req));
-            }
-            let left = !b.resources.is_empty();
-            trim(
-                req,
-                &b,
-                left,
-                move |r: &mut IncrementalAlterConfigsResponse| {
-                    for d in out {
-                        let mut rr =
-                            incremental_alter_configs_response::AlterConfigsResourceResponse::default();
-                        rr.error_code = config_code(d.resource_type);
-                        rr.resource_type = d.resource_type;
-                        rr.resource_name = d.resource_name;
-                        r.responses.push(rr);
-                    }
-                },
-            )
-        }
+        K::DescribeConfigs => configs!(
+            DescribeConfigsRequest,
+            DescribeConfigsResponse,
+            results,
+            describe_configs_response::DescribeConfigsResult,
+            Operation::DescribeConfigs
+        ),
+        K::AlterConfigs => configs!(
+            AlterConfigsRequest,
+            AlterConfigsResponse,
+            responses,
+            alter_configs_response::AlterConfigsResourceResponse,
+            Operation::AlterConfigs
+        ),
+        K::IncrementalAlterConfigs => configs!(
+            IncrementalAlterConfigsRequest,
+            IncrementalAlterConfigsResponse,
+            responses,
+            incremental_alter_configs_response::AlterConfigsResourceResponse,
+            Operation::AlterConfigs
+        ),
         // Not in the table: denied, never passed unchecked.
         _ => {
             c.may_cluster(Operation::Alter);
