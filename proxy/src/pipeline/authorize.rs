@@ -206,6 +206,44 @@ pub fn gate(
             Ok(Gate::Pass(req))
         }};
     }
+    // The group's offsets by topic (OffsetCommit, TxnOffsetCommit,
+    // OffsetDelete): the group first, then READ on each topic, a denied
+    // topic's partitions answered TOPIC_AUTHORIZATION_FAILED.
+    macro_rules! offsets {
+        ($req:ty, $resp:ty, $topic:ty, $partition:ty, $group_op:expr) => {{
+            let mut b: $req = req.decode()?;
+            if let Some(g) = whole(
+                group(&c, &b.group_id, $group_op),
+                GROUP_AUTHORIZATION_FAILED,
+            )? {
+                return Ok(g);
+            }
+            let out = denied(&mut b.topics, |t| {
+                c.may(Resource::Topic, &t.name, Operation::Read)
+            });
+            if out.is_empty() {
+                return Ok(Gate::Pass(req));
+            }
+            let left = !b.topics.is_empty();
+            trim(req, &b, left, move |r: &mut $resp| {
+                for t in out {
+                    let mut rt = <$topic>::default();
+                    rt.name = t.name;
+                    rt.partitions = t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let mut rp = <$partition>::default();
+                            rp.partition_index = p.partition_index;
+                            rp.error_code = TOPIC_AUTHORIZATION_FAILED;
+                            rp
+                        })
+                        .collect();
+                    r.topics.push(rt);
+                }
+            })
+        }};
+    }
     // The config APIs: per resource (topic, group, broker), each denied one
     // answered with its type's code.
     macro_rules! configs {
@@ -247,116 +285,36 @@ pub fn gate(
         K::SyncGroup => group_read!(SyncGroupRequest),
         K::Heartbeat => group_read!(HeartbeatRequest),
         K::LeaveGroup => group_read!(LeaveGroupRequest),
-        K::OffsetCommit => {
-            let mut b: OffsetCommitRequest = req.decode()?;
-            if let Some(g) = whole(
-                group(&c, &b.group_id, Operation::Read),
-                GROUP_AUTHORIZATION_FAILED,
-            )? {
-                return Ok(g);
-            }
-            let out = denied(&mut b.topics, |t| {
-                c.may(Resource::Topic, &t.name, Operation::Read)
-            });
-            if out.is_empty() {
-                return Ok(Gate::Pass(req));
-            }
-            let left = !b.topics.is_empty();
-            trim(req, &b, left, move |r: &mut OffsetCommitResponse| {
-                for t in out {
-                    let mut rt = offset_commit_response::OffsetCommitResponseTopic::default();
-                    rt.name = t.name;
-                    rt.topic_id = t.topic_id;
-                    rt.partitions = t
-                        .partitions
-                        .iter()
-                        .map(|p| {
-                            let mut rp =
-                                offset_commit_response::OffsetCommitResponsePartition::default();
-                            rp.partition_index = p.partition_index;
-                            rp.error_code = TOPIC_AUTHORIZATION_FAILED;
-                            rp
-                        })
-                        .collect();
-                    r.topics.push(rt);
-                }
-            })
-        }
+        K::OffsetCommit => offsets!(
+            OffsetCommitRequest,
+            OffsetCommitResponse,
+            offset_commit_response::OffsetCommitResponseTopic,
+            offset_commit_response::OffsetCommitResponsePartition,
+            Operation::Read
+        ),
         K::TxnOffsetCommit => {
-            let mut b: TxnOffsetCommitRequest = req.decode()?;
+            let b: TxnOffsetCommitRequest = req.decode()?;
             if let Some(g) = whole(
                 txn(&c, &b.transactional_id),
                 TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             )? {
                 return Ok(g);
             }
-            if let Some(g) = whole(
-                group(&c, &b.group_id, Operation::Read),
-                GROUP_AUTHORIZATION_FAILED,
-            )? {
-                return Ok(g);
-            }
-            let out = denied(&mut b.topics, |t| {
-                c.may(Resource::Topic, &t.name, Operation::Read)
-            });
-            if out.is_empty() {
-                return Ok(Gate::Pass(req));
-            }
-            let left = !b.topics.is_empty();
-            trim(req, &b, left, move |r: &mut TxnOffsetCommitResponse| {
-                for t in out {
-                    let mut rt =
-                        txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
-                    rt.name = t.name;
-                    rt.partitions = t
-                        .partitions
-                        .iter()
-                        .map(|p| {
-                            let mut rp =
-                                txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
-                            rp.partition_index = p.partition_index;
-                            rp.error_code = TOPIC_AUTHORIZATION_FAILED;
-                            rp
-                        })
-                        .collect();
-                    r.topics.push(rt);
-                }
-            })
+            offsets!(
+                TxnOffsetCommitRequest,
+                TxnOffsetCommitResponse,
+                txn_offset_commit_response::TxnOffsetCommitResponseTopic,
+                txn_offset_commit_response::TxnOffsetCommitResponsePartition,
+                Operation::Read
+            )
         }
-        K::OffsetDelete => {
-            let mut b: OffsetDeleteRequest = req.decode()?;
-            if let Some(g) = whole(
-                group(&c, &b.group_id, Operation::Delete),
-                GROUP_AUTHORIZATION_FAILED,
-            )? {
-                return Ok(g);
-            }
-            let out = denied(&mut b.topics, |t| {
-                c.may(Resource::Topic, &t.name, Operation::Read)
-            });
-            if out.is_empty() {
-                return Ok(Gate::Pass(req));
-            }
-            let left = !b.topics.is_empty();
-            trim(req, &b, left, move |r: &mut OffsetDeleteResponse| {
-                for t in out {
-                    let mut rt = offset_delete_response::OffsetDeleteResponseTopic::default();
-                    rt.name = t.name;
-                    rt.partitions = t
-                        .partitions
-                        .iter()
-                        .map(|p| {
-                            let mut rp =
-                                offset_delete_response::OffsetDeleteResponsePartition::default();
-                            rp.partition_index = p.partition_index;
-                            rp.error_code = TOPIC_AUTHORIZATION_FAILED;
-                            rp
-                        })
-                        .collect();
-                    r.topics.push(rt);
-                }
-            })
-        }
+        K::OffsetDelete => offsets!(
+            OffsetDeleteRequest,
+            OffsetDeleteResponse,
+            offset_delete_response::OffsetDeleteResponseTopic,
+            offset_delete_response::OffsetDeleteResponsePartition,
+            Operation::Delete
+        ),
         K::OffsetFetch => offset_fetch(c, req, identity),
         K::DescribeGroups | K::DeleteGroups => {
             let (op, delete) = match req.api_key {
