@@ -107,7 +107,7 @@ async fn coordinator_site(
 }
 
 /// The (site, upstream broker) coordinating `key`, or an error the client can act on.
-async fn coordinator(
+pub(super) async fn coordinator(
     ctx: &Ctx<'_>,
     who: Who<'_>,
     key_type: i8,
@@ -163,7 +163,7 @@ fn group_topics<T>(
     foreign
 }
 
-fn warn_cross_site(group: &str, topic: &str, topic_site: &str, group_site: &str) {
+pub(super) fn warn_cross_site(group: &str, topic: &str, topic_site: &str, group_site: &str) {
     // At most one warning per 10 s: consumers commit every few seconds.
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now()

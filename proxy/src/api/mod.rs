@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod consumer_groups;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;
@@ -79,6 +80,8 @@ async fn by_api(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result
         | ApiKey::OffsetCommit
         | ApiKey::TxnOffsetCommit => groups::by_group(ctx, req).await,
         ApiKey::OffsetFetch => groups::offset_fetch(ctx, req).await,
+        ApiKey::ConsumerGroupHeartbeat => consumer_groups::heartbeat(ctx, req).await,
+        ApiKey::ConsumerGroupDescribe => consumer_groups::describe(ctx, req).await,
         ApiKey::DescribeGroups | ApiKey::DeleteGroups => groups::by_groups(ctx, req).await,
         ApiKey::ListGroups => groups::list_groups(ctx, req).await,
         ApiKey::InitProducerId

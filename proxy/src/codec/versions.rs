@@ -65,6 +65,9 @@ pub const TABLE: &[(ApiKey, i16, i16, Served)] = &[
     (ApiKey::DeleteGroups, 0, 2, Served::Upstream),
     (ApiKey::OffsetDelete, 0, 0, Served::Upstream),
     (ApiKey::DescribeCluster, 0, 1, Served::Local),
+    // KIP-848 consumer groups (`api::consumer_groups`).
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1, Served::Upstream),
+    (ApiKey::ConsumerGroupDescribe, 0, 1, Served::Upstream),
     // Authentication is Switchyard's own (`api::sasl`). The handshake's v0
     // is advertised because librdkafka before 2.x requires it to be before
     // it uses v1, but is refused (its raw tokens without Kafka framing are

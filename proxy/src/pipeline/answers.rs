@@ -143,6 +143,24 @@ pub fn every_slot(
         ApiKey::InitProducerId => top_level!(InitProducerIdResponse, code),
         ApiKey::AddOffsetsToTxn => top_level!(AddOffsetsToTxnResponse, code),
         ApiKey::EndTxn => top_level!(EndTxnResponse, code),
+        ApiKey::ConsumerGroupHeartbeat => {
+            let mut resp = ConsumerGroupHeartbeatResponse::default();
+            resp.error_code = code;
+            resp.member_epoch = -1;
+            encode(req, code, &resp)
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            let body: ConsumerGroupDescribeRequest = req.decode()?;
+            let mut resp = ConsumerGroupDescribeResponse::default();
+            for g in &body.group_ids {
+                let mut rg = consumer_group_describe_response::DescribedGroup::default();
+                rg.group_id = g.clone();
+                rg.error_code = code;
+                rg.authorized_operations = i32::MIN;
+                resp.groups.push(rg);
+            }
+            encode(req, code, &resp)
+        }
         ApiKey::ListGroups => top_level!(ListGroupsResponse, code),
         ApiKey::OffsetCommit => {
             let body: OffsetCommitRequest = req.decode()?;

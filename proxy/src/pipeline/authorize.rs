@@ -12,6 +12,8 @@
 //! | Metadata | DESCRIBE topic (auto-creation: CREATE) | asked for: TOPIC_AUTHORIZATION_FAILED; listed: hidden |
 //! | FindCoordinator | DESCRIBE group / transactional id | GROUP_ / TRANSACTIONAL_ID_… |
 //! | JoinGroup, SyncGroup, Heartbeat, LeaveGroup | READ group | GROUP_AUTHORIZATION_FAILED |
+//! | ConsumerGroupHeartbeat (KIP-848) | READ group, DESCRIBE subscribed topics | GROUP_ / TOPIC_… |
+//! | ConsumerGroupDescribe | DESCRIBE group | GROUP_AUTHORIZATION_FAILED |
 //! | OffsetCommit | READ group, READ topic | GROUP_ / TOPIC_… |
 //! | TxnOffsetCommit | WRITE transactional id, READ group, READ topic | TRANSACTIONAL_ID_ / GROUP_ / TOPIC_… |
 //! | OffsetDelete | DELETE group, READ topic | GROUP_ / TOPIC_… |
@@ -282,6 +284,51 @@ pub fn gate(
         K::Metadata => metadata(c, req),
         K::FindCoordinator => find_coordinator(&c, req, identity),
         K::JoinGroup => group_read!(JoinGroupRequest),
+        K::ConsumerGroupHeartbeat => {
+            let b: ConsumerGroupHeartbeatRequest = req.decode()?;
+            if let Some(g) = whole(
+                group(&c, &b.group_id, Operation::Read),
+                GROUP_AUTHORIZATION_FAILED,
+            )? {
+                return Ok(g);
+            }
+            // Kafka refuses a subscription naming a topic the member may
+            // not describe.
+            let all_seen = b
+                .subscribed_topic_names
+                .iter()
+                .flatten()
+                .all(|t| c.may(Resource::Topic, t, Operation::Describe));
+            Ok(whole(all_seen, TOPIC_AUTHORIZATION_FAILED)?.unwrap_or(Gate::Pass(req)))
+        }
+        K::ConsumerGroupDescribe => {
+            let mut b: ConsumerGroupDescribeRequest = req.decode()?;
+            let out = denied(&mut b.group_ids, |g| group(&c, g, Operation::Describe));
+            let ops = b.include_authorized_operations;
+            if out.is_empty() && !ops {
+                return Ok(Gate::Pass(req));
+            }
+            let left = !b.group_ids.is_empty();
+            trim(
+                req,
+                &b,
+                left,
+                move |r: &mut ConsumerGroupDescribeResponse| {
+                    if ops {
+                        for g in &mut r.groups {
+                            g.authorized_operations = c.operations(Resource::Group, &g.group_id);
+                        }
+                    }
+                    for g in out {
+                        let mut rg = consumer_group_describe_response::DescribedGroup::default();
+                        rg.group_id = g;
+                        rg.error_code = GROUP_AUTHORIZATION_FAILED;
+                        rg.authorized_operations = i32::MIN;
+                        r.groups.push(rg);
+                    }
+                },
+            )
+        }
         K::SyncGroup => group_read!(SyncGroupRequest),
         K::Heartbeat => group_read!(HeartbeatRequest),
         K::LeaveGroup => group_read!(LeaveGroupRequest),
@@ -1209,6 +1256,8 @@ mod tests {
             OffsetFetch => OffsetFetchRequest, |b: &mut OffsetFetchRequest| b.groups.push(offset_fetch_request::OffsetFetchRequestGroup::default()),
             DescribeGroups => DescribeGroupsRequest, |b: &mut DescribeGroupsRequest| b.groups.push(group("g")),
             DeleteGroups => DeleteGroupsRequest, |b: &mut DeleteGroupsRequest| b.groups_names.push(group("g")),
+            ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest, |_: &mut ConsumerGroupHeartbeatRequest| {},
+            ConsumerGroupDescribe => ConsumerGroupDescribeRequest, |b: &mut ConsumerGroupDescribeRequest| b.group_ids.push(group("g")),
             ListGroups => ListGroupsRequest, |_: &mut ListGroupsRequest| {},
             InitProducerId => InitProducerIdRequest, |_: &mut InitProducerIdRequest| {},
             AddPartitionsToTxn => AddPartitionsToTxnRequest, |_: &mut AddPartitionsToTxnRequest| {},

@@ -12,7 +12,7 @@
 //! | requests | error |
 //! |---|---|
 //! | Produce, Fetch, ListOffsets, DeleteRecords (by partition leader) | NOT_LEADER_OR_FOLLOWER |
-//! | group and transaction APIs (by coordinator) | NOT_COORDINATOR |
+//! | group and transaction APIs, KIP-848's included (by coordinator) | NOT_COORDINATOR |
 //! | FindCoordinator, ListGroups | COORDINATOR_NOT_AVAILABLE |
 //! | CreateTopics, DeleteTopics, CreatePartitions (by controller) | NOT_CONTROLLER |
 //! | DescribeConfigs, AlterConfigs, IncrementalAlterConfigs | REQUEST_TIMED_OUT |
@@ -103,7 +103,9 @@ fn code_for(api: ApiKey) -> Option<i16> {
         | ApiKey::OffsetFetch
         | ApiKey::DescribeGroups
         | ApiKey::DeleteGroups
-        | ApiKey::AddPartitionsToTxn => NOT_COORDINATOR,
+        | ApiKey::AddPartitionsToTxn
+        | ApiKey::ConsumerGroupHeartbeat
+        | ApiKey::ConsumerGroupDescribe => NOT_COORDINATOR,
         ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::CreatePartitions => NOT_CONTROLLER,
         ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
             REQUEST_TIMED_OUT
@@ -357,6 +359,8 @@ mod tests {
             OffsetFetch => OffsetFetchRequest,
             DescribeGroups => DescribeGroupsRequest,
             DeleteGroups => DeleteGroupsRequest,
+            ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
+            ConsumerGroupDescribe => ConsumerGroupDescribeRequest,
             AddPartitionsToTxn => AddPartitionsToTxnRequest,
             CreateTopics => CreateTopicsRequest,
             DeleteTopics => DeleteTopicsRequest,
