@@ -62,14 +62,7 @@ impl SiteTopics {
 
     /// The client's name for a physical topic of the site.
     fn client_name(&self, phys: &str) -> String {
-        self.router
-            .virtual_candidates(self.index, phys)
-            .into_iter()
-            .find(|v| {
-                let r = self.router.resolve(self.who(), v);
-                r.site == self.index && r.physical == phys
-            })
-            .unwrap_or_else(|| phys.to_string())
+        self.router.client_name(self.who(), self.index, phys)
     }
 
     /// A real topic id of the site as the client knows it: virtual id and

@@ -848,9 +848,13 @@ pub async fn by_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline:
     .await
 }
 
-/// ListGroups: every broker knows only the groups it coordinates; ask every
-/// broker of every site that coordinates groups.
-pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
+/// `body` for every broker of every site that coordinates groups and
+/// transactions (the default site and the sites of routes with `groups`):
+/// each broker knows only what it coordinates (ListGroups, ListTransactions).
+pub(super) async fn every_coordinator<R: Clone>(
+    ctx: &Ctx<'_>,
+    body: &R,
+) -> crate::pipeline::Result<BTreeMap<Target, R>> {
     let router = ctx.plane.router.clone();
     let mut sites = vec![router.default_site()];
     sites.extend(
@@ -862,8 +866,7 @@ pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipelin
     );
     sites.sort_unstable();
     sites.dedup();
-    let body: kafka_protocol::messages::ListGroupsRequest = req.decode()?;
-    let mut parts: BTreeMap<Target, _> = BTreeMap::new();
+    let mut parts = BTreeMap::new();
     for si in sites {
         let site = ctx.site(si);
         if site.view().brokers.is_empty() {
@@ -873,6 +876,14 @@ pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipelin
             parts.insert((si, *b), body.clone());
         }
     }
+    Ok(parts)
+}
+
+/// ListGroups: every broker knows only the groups it coordinates; ask every
+/// broker of every site that coordinates groups.
+pub async fn list_groups(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
+    let body: kafka_protocol::messages::ListGroupsRequest = req.decode()?;
+    let parts = every_coordinator(ctx, &body).await?;
     scatter(
         ctx,
         &req,

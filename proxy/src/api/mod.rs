@@ -29,6 +29,7 @@ pub mod metadata;
 pub mod partitions;
 pub mod produce;
 pub mod sasl;
+pub mod transactions;
 
 use kafka_protocol::messages::ApiKey;
 
@@ -71,6 +72,9 @@ async fn by_api(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result
         ApiKey::Fetch => fetch::route(ctx, req).await,
         ApiKey::ListOffsets => partitions::list_offsets(ctx, req).await,
         ApiKey::DeleteRecords => partitions::delete_records(ctx, req).await,
+        ApiKey::DescribeProducers => partitions::describe_producers(ctx, req).await,
+        ApiKey::ListTransactions => transactions::list(ctx, req).await,
+        ApiKey::DescribeTransactions => transactions::describe(ctx, req).await,
         ApiKey::FindCoordinator => groups::find_coordinator(ctx, req).await,
         ApiKey::JoinGroup
         | ApiKey::SyncGroup

@@ -1,23 +1,28 @@
 //! Partition-addressed admin reads and writes that must reach the leader:
-//! ListOffsets (key 2) and DeleteRecords (key 21), through the pipeline:
-//! (identity: neutral leader epochs) → names → plan/split/send → client
+//! ListOffsets (key 2), DeleteRecords (key 21) and DescribeProducers (key
+//! 61), through the pipeline: authorize → (identity: neutral leader epochs)
+//! → names → plan/split/send → (producer ids: the clients' ids) → client
 //! names → merge.
 
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
+use kafka_protocol::messages::describe_producers_response::{PartitionResponse, TopicResponse};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    DeleteRecordsRequest, DeleteRecordsResponse, DescribeProducersRequest,
+    DescribeProducersResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
 use super::{Ctx, Outcome};
 use crate::authz::Operation;
 use crate::codec::RequestFrame;
 use crate::identity::Identity;
-use crate::pipeline::{authorize, identity, names, run, Api, At, Exchange, Unanswered};
+use crate::pipeline::{
+    authorize, identity, names, producer_ids, run, Api, At, Exchange, Unanswered,
+};
 use crate::route::Who;
 use kafka_protocol::messages::ApiKey;
 
@@ -121,6 +126,65 @@ impl Api for DeleteRecords {
         part.topics.push(t);
         Self::merge(out, part);
     }
+}
+
+/// DescribeProducers in the pipeline.
+pub struct DescribeProducers;
+
+impl Api for DescribeProducers {
+    const KEY: ApiKey = ApiKey::DescribeProducers;
+    type Req = DescribeProducersRequest;
+    type Resp = DescribeProducersResponse;
+
+    fn partition_errors(r: &DescribeProducersResponse) -> Vec<i16> {
+        by_topic!(errors r)
+    }
+
+    fn to_client(at: &At, _: &Identity, r: &mut DescribeProducersResponse) -> bool {
+        by_topic!(to_client at r)
+    }
+
+    fn merge(out: &mut DescribeProducersResponse, part: DescribeProducersResponse) {
+        by_topic!(merge out part)
+    }
+
+    fn unanswered(out: &mut DescribeProducersResponse, u: Unanswered, _: i16, _: &Identity) {
+        let mut p = PartitionResponse::default();
+        p.partition_index = u.partition;
+        p.error_code = u.code;
+        let mut t = TopicResponse::default();
+        t.name = u.topic;
+        t.partitions.push(p);
+        let mut part = DescribeProducersResponse::default();
+        part.topics.push(t);
+        Self::merge(out, part);
+    }
+}
+
+pub async fn describe_producers(
+    ctx: &mut Ctx<'_>,
+    req: RequestFrame,
+) -> crate::pipeline::Result<Outcome> {
+    let body: DescribeProducersRequest = req.decode()?;
+    let plane = ctx.plane.clone();
+    let (listener, client_id) = (ctx.listener, super::client_id(&req));
+    let who = Who {
+        listener: &listener.name,
+        client_id: &client_id,
+    };
+    let mut x = Exchange::<DescribeProducers>::new(&plane, req, body);
+    let principal = ctx.pools.principal();
+    authorize::topics(
+        &mut x,
+        &plane.authz,
+        principal,
+        Operation::Read,
+        None,
+        Vec::new(),
+    )?;
+    names::resolve(&mut x, &plane.router, who, &[]);
+    producer_ids::describe(&mut x, &plane.producer_ids);
+    run::dispatch(ctx, x, ctx.identity()).await
 }
 
 pub async fn list_offsets(

@@ -65,6 +65,11 @@ pub const TABLE: &[(ApiKey, i16, i16, Served)] = &[
     (ApiKey::DeleteGroups, 0, 2, Served::Upstream),
     (ApiKey::OffsetDelete, 0, 0, Served::Upstream),
     (ApiKey::DescribeCluster, 0, 1, Served::Local),
+    // Transactions as operators see them (`api::partitions`,
+    // `api::transactions`).
+    (ApiKey::DescribeProducers, 0, 0, Served::Upstream),
+    (ApiKey::DescribeTransactions, 0, 0, Served::Upstream),
+    (ApiKey::ListTransactions, 0, 2, Served::Upstream),
     // KIP-848 consumer groups (`api::consumer_groups`).
     (ApiKey::ConsumerGroupHeartbeat, 0, 1, Served::Upstream),
     (ApiKey::ConsumerGroupDescribe, 0, 1, Served::Upstream),

@@ -162,6 +162,34 @@ pub fn every_slot(
             encode(req, code, &resp)
         }
         ApiKey::ListGroups => top_level!(ListGroupsResponse, code),
+        ApiKey::ListTransactions => top_level!(ListTransactionsResponse, code),
+        ApiKey::DescribeTransactions => {
+            let body: DescribeTransactionsRequest = req.decode()?;
+            let mut resp = DescribeTransactionsResponse::default();
+            for id in &body.transactional_ids {
+                let mut s = describe_transactions_response::TransactionState::default();
+                s.transactional_id = id.clone();
+                s.error_code = code;
+                resp.transaction_states.push(s);
+            }
+            encode(req, code, &resp)
+        }
+        ApiKey::DescribeProducers => {
+            let body: DescribeProducersRequest = req.decode()?;
+            let mut resp = DescribeProducersResponse::default();
+            for t in &body.topics {
+                let mut rt = describe_producers_response::TopicResponse::default();
+                rt.name = t.name.clone();
+                for &p in &t.partition_indexes {
+                    let mut rp = describe_producers_response::PartitionResponse::default();
+                    rp.partition_index = p;
+                    rp.error_code = code;
+                    rt.partitions.push(rp);
+                }
+                resp.topics.push(rt);
+            }
+            encode(req, code, &resp)
+        }
         ApiKey::OffsetCommit => {
             let body: OffsetCommitRequest = req.decode()?;
             let mut resp = OffsetCommitResponse::default();

@@ -24,6 +24,9 @@
 //! | AddPartitionsToTxn | WRITE transactional id, WRITE topic | TRANSACTIONAL_ID_…; TOPIC_… and OPERATION_NOT_ATTEMPTED for the rest |
 //! | AddOffsetsToTxn | WRITE transactional id, READ group | TRANSACTIONAL_ID_ / GROUP_… |
 //! | EndTxn | WRITE transactional id | TRANSACTIONAL_ID_… |
+//! | DescribeProducers | READ topic | TOPIC_… |
+//! | ListTransactions | DESCRIBE transactional id | hidden |
+//! | DescribeTransactions | DESCRIBE transactional id (its topics: DESCRIBE) | TRANSACTIONAL_ID_…; topics hidden |
 //! | CreateTopics | CREATE cluster or topic | TOPIC_… |
 //! | DeleteTopics, CreatePartitions | DELETE, ALTER topic | TOPIC_… |
 //! | DescribeConfigs, AlterConfigs, IncrementalAlterConfigs | DESCRIBE_CONFIGS, ALTER_CONFIGS on the topic, group or cluster (brokers) | TOPIC_ / GROUP_ / CLUSTER_… |
@@ -181,6 +184,7 @@ pub fn gate(
             | K::Fetch
             | K::ListOffsets
             | K::DeleteRecords
+            | K::DescribeProducers
     ) {
         return Ok(Gate::Pass(req));
     }
@@ -432,6 +436,37 @@ pub fn gate(
             Ok(whole(ok, code)?.unwrap_or(Gate::Pass(req)))
         }
         K::AddPartitionsToTxn => add_partitions_to_txn(&c, req, identity),
+        K::ListTransactions => {
+            let a = amend(&req, move |r: &mut ListTransactionsResponse| {
+                r.transaction_states
+                    .retain(|t| c.sees(Resource::TransactionalId, &t.transactional_id));
+            });
+            Ok(Gate::Trim(req, a))
+        }
+        K::DescribeTransactions => {
+            let mut b: DescribeTransactionsRequest = req.decode()?;
+            let out = denied(&mut b.transactional_ids, |t| {
+                c.may(Resource::TransactionalId, t, Operation::Describe)
+            });
+            let left = !b.transactional_ids.is_empty();
+            // Kafka leaves out the topics the principal may not describe.
+            trim(
+                req,
+                &b,
+                left,
+                move |r: &mut DescribeTransactionsResponse| {
+                    for s in &mut r.transaction_states {
+                        s.topics.retain(|t| c.sees(Resource::Topic, &t.topic));
+                    }
+                    for id in out {
+                        let mut s = describe_transactions_response::TransactionState::default();
+                        s.transactional_id = id;
+                        s.error_code = TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+                        r.transaction_states.push(s);
+                    }
+                },
+            )
+        }
         K::AddOffsetsToTxn => {
             let b: AddOffsetsToTxnRequest = req.decode()?;
             if let Some(g) = whole(
@@ -1227,6 +1262,7 @@ mod tests {
             ApiKey::Fetch,
             ApiKey::ListOffsets,
             ApiKey::DeleteRecords,
+            ApiKey::DescribeProducers,
         ];
         macro_rules! one_of_each {
             ($($api:ident => $req:ty, $fill:expr),* $(,)?) => {
@@ -1258,6 +1294,8 @@ mod tests {
             DeleteGroups => DeleteGroupsRequest, |b: &mut DeleteGroupsRequest| b.groups_names.push(group("g")),
             ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest, |_: &mut ConsumerGroupHeartbeatRequest| {},
             ConsumerGroupDescribe => ConsumerGroupDescribeRequest, |b: &mut ConsumerGroupDescribeRequest| b.group_ids.push(group("g")),
+            ListTransactions => ListTransactionsRequest, |_: &mut ListTransactionsRequest| {},
+            DescribeTransactions => DescribeTransactionsRequest, |b: &mut DescribeTransactionsRequest| b.transactional_ids.push(TransactionalId(StrBytes::from_static_str("t"))),
             ListGroups => ListGroupsRequest, |_: &mut ListGroupsRequest| {},
             InitProducerId => InitProducerIdRequest, |_: &mut InitProducerIdRequest| {},
             AddPartitionsToTxn => AddPartitionsToTxnRequest, |_: &mut AddPartitionsToTxnRequest| {},
@@ -1288,7 +1326,14 @@ mod tests {
             let req = RequestFrame::parse(f.clone()).expect("parse");
             match gate_for("nobody", req) {
                 Gate::Pass(_) => panic!("{api:?} passed unchecked"),
-                Gate::Trim(sent, _) if api != ApiKey::ListGroups && api != ApiKey::Metadata => {
+                Gate::Trim(sent, _)
+                    if ![
+                        ApiKey::ListGroups,
+                        ApiKey::Metadata,
+                        ApiKey::ListTransactions,
+                    ]
+                    .contains(&api) =>
+                {
                     panic!("{api:?}: everything was denied, yet {sent:?} was sent")
                 }
                 _ => {}

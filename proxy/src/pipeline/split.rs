@@ -108,6 +108,33 @@ partitioned!(
     partition_index
 );
 
+/// DescribeProducers names its partitions by index alone.
+impl Partitioned for kafka_protocol::messages::DescribeProducersRequest {
+    type Topic = kafka_protocol::messages::describe_producers_request::TopicRequest;
+    type Partition = i32;
+    fn topics(&self) -> &Vec<Self::Topic> {
+        &self.topics
+    }
+    fn topics_mut(&mut self) -> &mut Vec<Self::Topic> {
+        &mut self.topics
+    }
+    fn topic_name(t: &Self::Topic) -> &TopicName {
+        &t.name
+    }
+    fn topic_name_mut(t: &mut Self::Topic) -> &mut TopicName {
+        &mut t.name
+    }
+    fn partitions(t: &Self::Topic) -> &Vec<i32> {
+        &t.partition_indexes
+    }
+    fn partitions_mut(t: &mut Self::Topic) -> &mut Vec<i32> {
+        &mut t.partition_indexes
+    }
+    fn partition_index(p: &i32) -> i32 {
+        *p
+    }
+}
+
 /// Finds the upstream leader of every partition of `req` on its topic's site
 /// (refreshing that site's view once on a miss). Topics without a site are
 /// left out (already answered).

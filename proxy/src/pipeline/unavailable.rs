@@ -11,9 +11,9 @@
 //!
 //! | requests | error |
 //! |---|---|
-//! | Produce, Fetch, ListOffsets, DeleteRecords (by partition leader) | NOT_LEADER_OR_FOLLOWER |
+//! | Produce, Fetch, ListOffsets, DeleteRecords, DescribeProducers (by partition leader) | NOT_LEADER_OR_FOLLOWER |
 //! | group and transaction APIs, KIP-848's included (by coordinator) | NOT_COORDINATOR |
-//! | FindCoordinator, ListGroups | COORDINATOR_NOT_AVAILABLE |
+//! | FindCoordinator, ListGroups, ListTransactions | COORDINATOR_NOT_AVAILABLE |
 //! | CreateTopics, DeleteTopics, CreatePartitions (by controller) | NOT_CONTROLLER |
 //! | DescribeConfigs, AlterConfigs, IncrementalAlterConfigs | REQUEST_TIMED_OUT |
 //! | Metadata (after a retry on another broker) | LEADER_NOT_AVAILABLE per topic asked |
@@ -85,11 +85,15 @@ pub fn count(metrics: &Metrics, api: ApiKey, code: i16) {
 /// again" (the table above); `None`: an API without one.
 fn code_for(api: ApiKey) -> Option<i16> {
     Some(match api {
-        ApiKey::Produce | ApiKey::Fetch | ApiKey::ListOffsets | ApiKey::DeleteRecords => {
-            NOT_LEADER_OR_FOLLOWER
-        }
+        ApiKey::Produce
+        | ApiKey::Fetch
+        | ApiKey::ListOffsets
+        | ApiKey::DeleteRecords
+        | ApiKey::DescribeProducers => NOT_LEADER_OR_FOLLOWER,
         ApiKey::Metadata => LEADER_NOT_AVAILABLE,
-        ApiKey::FindCoordinator | ApiKey::ListGroups => COORDINATOR_NOT_AVAILABLE,
+        ApiKey::FindCoordinator | ApiKey::ListGroups | ApiKey::ListTransactions => {
+            COORDINATOR_NOT_AVAILABLE
+        }
         ApiKey::JoinGroup
         | ApiKey::SyncGroup
         | ApiKey::Heartbeat
@@ -105,7 +109,8 @@ fn code_for(api: ApiKey) -> Option<i16> {
         | ApiKey::DeleteGroups
         | ApiKey::AddPartitionsToTxn
         | ApiKey::ConsumerGroupHeartbeat
-        | ApiKey::ConsumerGroupDescribe => NOT_COORDINATOR,
+        | ApiKey::ConsumerGroupDescribe
+        | ApiKey::DescribeTransactions => NOT_COORDINATOR,
         ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::CreatePartitions => NOT_CONTROLLER,
         ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
             REQUEST_TIMED_OUT
@@ -361,6 +366,9 @@ mod tests {
             DeleteGroups => DeleteGroupsRequest,
             ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
             ConsumerGroupDescribe => ConsumerGroupDescribeRequest,
+            DescribeProducers => DescribeProducersRequest,
+            ListTransactions => ListTransactionsRequest,
+            DescribeTransactions => DescribeTransactionsRequest,
             AddPartitionsToTxn => AddPartitionsToTxnRequest,
             CreateTopics => CreateTopicsRequest,
             DeleteTopics => DeleteTopicsRequest,

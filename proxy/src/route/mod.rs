@@ -422,6 +422,18 @@ impl Router {
         out
     }
 
+    /// The name `who` knows a physical topic of `site` by: the route
+    /// candidate that resolves back to it, else the physical name.
+    pub fn client_name(&self, who: Who<'_>, site: usize, physical: &str) -> String {
+        self.virtual_candidates(site, physical)
+            .into_iter()
+            .find(|v| {
+                let r = self.resolve(who, v);
+                r.site == site && r.physical == physical
+            })
+            .unwrap_or_else(|| physical.to_string())
+    }
+
     /// The site coordinating a consumer group or transactional id.
     pub fn coordinator_site(&self, who: Who<'_>, key: &str) -> usize {
         self.group_route(who, key)

@@ -339,6 +339,16 @@ impl ProducerIds {
         Ok(sp.clone())
     }
 
+    /// The client's id and epoch behind a producer id the site issued to
+    /// Switchyard for it (what DescribeProducers on the site shows), if
+    /// Switchyard mapped one.
+    pub fn client_of(&self, site: usize, pid: i64) -> Option<Pid> {
+        let m = self.map.lock().ok()?;
+        m.iter()
+            .find(|((si, _, _), cell)| *si == site && cell.get().is_some_and(|sp| sp.pid == pid))
+            .map(|((_, client, epoch), _)| (*client, *epoch))
+    }
+
     /// Drops every mapping to these sites (a route switched between them).
     pub fn forget_sites(&self, sites: &[usize]) {
         if let Ok(mut m) = self.map.lock() {
