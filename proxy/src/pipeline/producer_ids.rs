@@ -265,6 +265,38 @@ where
     Ok((out.map(BytesMut::freeze), first))
 }
 
+/// DescribeProducers: the idempotent producers a site lists under the ids
+/// it issued to Switchyard are shown under the ids their clients know
+/// (`ProducerIds::client_of`). Transactional producers (their coordinator's
+/// ids) and producers that did not write through Switchyard keep theirs.
+/// Sequence numbers stay the site's (Switchyard renumbers per site).
+pub struct Described(pub Arc<ProducerIds>);
+
+/// Registers [`Described`] on a DescribeProducers.
+pub fn describe<A: Api<Resp = kafka_protocol::messages::DescribeProducersResponse>>(
+    x: &mut Exchange<A>,
+    ids: &Arc<ProducerIds>,
+) {
+    x.on_site_answer(Arc::new(Described(ids.clone())));
+}
+
+impl SiteStage<kafka_protocol::messages::DescribeProducersResponse> for Described {
+    fn name(&self) -> &'static str {
+        "producer_ids"
+    }
+
+    fn rewrite(&self, at: &At, r: &mut kafka_protocol::messages::DescribeProducersResponse) {
+        for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+            for s in &mut p.active_producers {
+                if let Some((pid, epoch)) = self.0.client_of(at.site, s.producer_id.0) {
+                    s.producer_id = kafka_protocol::messages::ProducerId(pid);
+                    s.producer_epoch = i32::from(epoch);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,37 +399,5 @@ mod tests {
         let parts = &x.body.topic_data[0].partition_data;
         assert_eq!(parts[0].records.as_ref(), Some(&plain));
         assert_eq!(parts[1].records.as_ref(), Some(&txn));
-    }
-}
-
-/// DescribeProducers: the idempotent producers a site lists under the ids
-/// it issued to Switchyard are shown under the ids their clients know
-/// (`ProducerIds::client_of`). Transactional producers (their coordinator's
-/// ids) and producers that did not write through Switchyard keep theirs.
-/// Sequence numbers stay the site's (Switchyard renumbers per site).
-pub struct Described(pub Arc<ProducerIds>);
-
-/// Registers [`Described`] on a DescribeProducers.
-pub fn describe<A: Api<Resp = kafka_protocol::messages::DescribeProducersResponse>>(
-    x: &mut Exchange<A>,
-    ids: &Arc<ProducerIds>,
-) {
-    x.on_site_answer(Arc::new(Described(ids.clone())));
-}
-
-impl SiteStage<kafka_protocol::messages::DescribeProducersResponse> for Described {
-    fn name(&self) -> &'static str {
-        "producer_ids"
-    }
-
-    fn rewrite(&self, at: &At, r: &mut kafka_protocol::messages::DescribeProducersResponse) {
-        for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-            for s in &mut p.active_producers {
-                if let Some((pid, epoch)) = self.0.client_of(at.site, s.producer_id.0) {
-                    s.producer_id = kafka_protocol::messages::ProducerId(pid);
-                    s.producer_epoch = i32::from(epoch);
-                }
-            }
-        }
     }
 }
