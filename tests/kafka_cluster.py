@@ -114,10 +114,33 @@ def kafka_tool(main: str, bootstrap: str, client_props: dict, args: Sequence[str
     return out
 
 
+JAVA_PROGRAMS = ROOT / "tests" / "java"
+
+
+def java_program(source: str, *args: str, timeout: float = 240) -> list[dict]:
+    """Runs one of the suite's Java programs (tests/java/<source>, a single
+    source file the JDK compiles as it starts; Kafka's jars on the class
+    path) and returns the JSON lines it printed; asserts it exited 0."""
+    argv = [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
+            str(JAVA_PROGRAMS / source), *args]
+    r = subprocess.run(argv, capture_output=True, timeout=timeout)
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0, f"{source} exited {r.returncode}:\n{out[-3000:]}\n{r.stderr.decode()[-3000:]}"
+    return json_events(out)
+
+
 def json_events(out: str) -> list[dict]:
-    """The JSON events a Verifiable* tool printed."""
+    """The JSON lines a tool printed (Kafka's own log lines are not JSON)."""
     import json
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    events = []
+    for line in out.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+    return events
 
 
 def new_cluster_id() -> str:

@@ -419,10 +419,12 @@ async fn txn_offset_commit(
     if let Some(reply) = txn_fenced(&ctx.plane.failover, &req, b.transactional_id.0.as_str())? {
         return Ok(reply);
     }
-    // Routed like the transaction's other requests (transaction coordinator);
-    // the topics must live on the transaction's site, which must also be the
-    // group's (a transaction cannot span clusters).
-    let target = coordinator(ctx, who, TRANSACTION, b.transactional_id.0.as_str()).await?;
+    // To the group's coordinator, as Kafka requires (it writes the offsets
+    // into the group's log, pending the transaction's end); only on a
+    // single broker is that always the transaction coordinator too. The
+    // topics must live on the group's site, which must also be the
+    // transaction's (a transaction cannot span clusters).
+    let target = coordinator(ctx, who, GROUP, b.group_id.0.as_str()).await?;
     let mut names = Names::default();
     let foreign = group_topics(
         ctx,

@@ -1,0 +1,261 @@
+"""The Java ecosystem through Switchyard, on a 3-broker Apache Kafka (KRaft):
+the Java client's producer and consumer groups (classic and KIP-848), its
+AdminClient, an exactly-once consume-transform-produce loop, and a stateful
+Kafka Streams application.
+
+The Java programs are single source files in tests/java/, compiled by the
+JDK as it starts them, with the installed Kafka jars on the class path
+(`kafka_cluster.java_program`): nothing to build beforehand.
+
+What a user checks: every record arrives once with its key, value, headers,
+timestamp, partition and offset; every AdminClient operation an operator's
+tooling uses answers as the broker would; the exactly-once loop and the
+Streams application produce exactly what the same programs produce
+connected directly, with no duplicate and no gap.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from helpers import TEARDOWN_GRACE, allocate_ports, start_switchyard, unique_name, wait_until
+from kafka_cluster import (
+    LOG4J_CONFIG,
+    KafkaCluster,
+    KafkaError,
+    java_bin,
+    java_program,
+    json_events,
+    kafka_libs,
+    kafka_tool,
+)
+
+pytestmark = pytest.mark.brokers("kafka")
+
+
+class JavaSite:
+    def __init__(self, kafka: KafkaCluster, sy):
+        self.kafka, self.sy = kafka, sy
+
+    def create(self, *topics: str, partitions: int = 3) -> None:
+        admin = AdminClient({"bootstrap.servers": self.kafka.bootstrap})
+        for f in admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=3)
+                                      for t in topics]).values():
+            f.result(timeout=30)
+        # Switchyard learns of them on its next refresh or on demand.
+
+
+@pytest.fixture(scope="module")
+def java_site(tmp_path_factory, switchyard_bin):
+    dir = tmp_path_factory.mktemp("java")
+    try:
+        kafka = KafkaCluster(dir / "kafka", 3, allocate=allocate_ports, name="java",
+                             properties={"min.insync.replicas": "2"})
+        kafka.start()
+    except KafkaError as e:
+        pytest.fail(str(e))
+    sy = None
+    try:
+        sy = start_switchyard(switchyard_bin, dir, [kafka], cluster_id="java-test")
+        yield JavaSite(kafka, sy)
+    finally:
+        if sy is not None:
+            sy.process.terminate(TEARDOWN_GRACE)
+        kafka.kill()
+
+
+def java_hash(s: str) -> int:
+    """Java's String.hashCode, which places a group or transactional id on
+    a partition of Kafka's internal topics."""
+    h = 0
+    for ch in s.encode("utf-16-be").decode("utf-16-be"):
+        h = (31 * h + ord(ch)) & 0xFFFFFFFF
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def coordinator_of(bootstrap: str, internal_topic: str, key: str) -> int:
+    """The broker coordinating `key`: the leader of its partition of
+    __consumer_offsets (groups) or __transaction_state (transactions)."""
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(internal_topic, timeout=20)
+    parts = md.topics[internal_topic].partitions
+    return parts[(java_hash(key) & 0x7FFFFFFF) % len(parts)].leader
+
+
+def ids_on_two_coordinators(s: JavaSite, how: str) -> tuple[str, str]:
+    """A group id and a transactional id coordinated by different brokers:
+    where TxnOffsetCommit must go to the group's coordinator, not the
+    transaction's (only on a single broker are they always the same)."""
+    # The internal topics exist once a group and a transaction have used them.
+    p = Producer({"bootstrap.servers": s.kafka.bootstrap, "transactional.id": unique_name("init")})
+    p.init_transactions(60)
+    admin = AdminClient({"bootstrap.servers": s.kafka.bootstrap})
+    # A consumer in a group makes Kafka create __consumer_offsets.
+    c = Consumer({"bootstrap.servers": s.kafka.bootstrap, "group.id": unique_name("init")})
+    c.subscribe(["__transaction_state"])
+
+    def both_exist() -> bool:
+        c.poll(0.5)
+        topics = admin.list_topics(timeout=10).topics
+        return "__consumer_offsets" in topics and "__transaction_state" in topics
+    wait_until(both_exist, timeout=60, message="Kafka's internal topics were not created")
+    c.close()
+    for _ in range(200):
+        group, txn = unique_name(f"eos-g-{how}"), unique_name(f"eos-tx-{how}")
+        if coordinator_of(s.kafka.bootstrap, "__consumer_offsets", group) != \
+                coordinator_of(s.kafka.bootstrap, "__transaction_state", txn):
+            return group, txn
+    raise AssertionError("no group and transactional id on different coordinators")
+
+
+def read_committed(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[tuple]:
+    """(partition, key, value, headers, timestamp) of every committed record."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("check"),
+                  "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe([topic])
+    got: list[tuple] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append((m.partition(), m.key(), m.value(), tuple(m.headers() or ()), m.timestamp()[1]))
+    # Anything more would be a duplicate.
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        m = c.poll(0.2)
+        if m is not None and m.error() is None:
+            got.append((m.partition(), m.key(), m.value(), tuple(m.headers() or ()), m.timestamp()[1]))
+    c.close()
+    return got
+
+
+@pytest.mark.parametrize("compression,protocol", [("none", "classic"), ("lz4", "consumer"), ("zstd", "consumer")])
+def test_producer_defaults_and_consumer_groups_of_both_protocols(java_site, compression, protocol):
+    s = java_site
+    topic = unique_name(f"java-{compression}")
+    s.create(topic)
+    n = 600
+    events = java_program("RoundTrip.java", s.sy.bootstrap, topic, str(n), compression, protocol,
+                          unique_name("java-g"))
+    sent = [e["sent"] for e in events if "sent" in e]
+    got = [e["got"] for e in events if "got" in e]
+    done = next(e for e in events if e.get("done"))
+    assert len(sent) == n
+    places = [(r["partition"], r["offset"]) for r in sent]
+    assert len(set(places)) == n, "two records acked at one offset"
+    assert {p for p, _ in places} == {0, 1, 2}, "the default partitioner spreads keys over every partition"
+    # Every record back, once, with everything it was sent with.
+    key = lambda r: (r["partition"], r["offset"])  # noqa: E731
+    assert sorted(got, key=key) == sorted(sent, key=key)
+    per_partition = collections.defaultdict(list)
+    for r in got:
+        per_partition[r["partition"]].append(r["offset"])
+    for p, offsets in per_partition.items():
+        assert offsets == sorted(offsets), f"partition {p} out of order"
+    assert len(done["assigned"]) == 3, done
+
+
+def test_admin_client_operations(java_site):
+    s = java_site
+    topic, group = unique_name("java-admin"), unique_name("java-admin-g")
+    ops = {e["op"]: e for e in java_program("AdminOps.java", s.sy.bootstrap, topic, group)}
+    failed = {k: v["error"] for k, v in ops.items() if not v["ok"]}
+    assert not failed, failed
+    assert ops["describeCluster"]["cluster_id"] == "java-test" and ops["describeCluster"]["nodes"] == 3
+    assert ops["describeTopics"]["partitions"] == 2
+    assert ops["createPartitions"]["partitions"] == 3
+    lo = ops["listOffsets"]
+    # Ten records 1 s apart: timestamp base+4.5 s is first reached by offset 5.
+    assert (lo["earliest"], lo["latest"], lo["by_timestamp"], lo["max_timestamp_offset"], lo["max_timestamp"]) == \
+        (0, 10, 5, 9, 9000), lo
+    assert ops["deleteRecords"]["earliest"] == 3
+    assert ops["describeConfigs"]["retention_ms"] == "3600000"
+    assert ops["consume"]["records"] == 7 and ops["listGroups"]["found"]
+    assert ops["listConsumerGroupOffsets"]["p0"] == 10 and ops["alterConsumerGroupOffsets"]["p0"] == 5
+    # Just committed: the markers may still be on their way.
+    assert ops["describeTransactions"]["state"] in ("PrepareCommit", "CompleteCommit"), ops
+
+    assert ops["describeProducers"]["producers"] >= 1 and ops["listTransactions"]["found"]
+    # Direct, the same describeCluster says the broker's own id: through
+    # Switchyard the virtual cluster's.
+    assert ops["describeCluster"]["cluster_id"] != s.kafka.cluster_id
+
+
+@pytest.mark.timeout(400)
+def test_exactly_once_loop_gives_what_it_gives_directly(java_site):
+    s = java_site
+    n = 900
+    outputs = {}
+    for how, bootstrap in (("direct", s.kafka.bootstrap), ("switchyard", s.sy.bootstrap)):
+        inp, out = unique_name(f"eos-in-{how}"), unique_name(f"eos-out-{how}")
+        s.create(inp, out)
+        p = Producer({"bootstrap.servers": s.kafka.bootstrap, "enable.idempotence": True})
+        for i in range(n):
+            p.produce(inp, f"v{i}".encode(), key=f"k{i % 31}".encode(), headers=[("i", str(i).encode())],
+                      timestamp=1_700_000_000_000 + i)
+        assert p.flush(30) == 0
+        group, txn = ids_on_two_coordinators(s, how)
+        result = java_program("Eos.java", bootstrap, inp, out, group, txn, str(n))
+        assert result[-1]["committed"] == n, result
+        outputs[how] = read_committed(s.kafka.bootstrap, out, n)
+    for how, got in outputs.items():
+        assert len(got) == n, f"{how}: {len(got)} committed records, expected {n}"
+        sources = sorted(int(dict(h)["i"]) for _, _, _, h, _ in got)
+        assert sources == list(range(n)), f"{how}: a record lost or written twice"
+    # Same records (per partition, in order) through Switchyard as direct.
+    order = lambda rs: sorted(rs, key=lambda r: (r[0], int(dict(r[3])["i"])))  # noqa: E731
+    assert order(outputs["switchyard"]) == order(outputs["direct"])
+
+
+def test_streams_application_gives_what_it_gives_directly(java_site, tmp_path):
+    s = java_site
+    vocab = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    sentences = [" ".join(vocab[(i * 7 + j) % 5] for j in range(1 + i % 4)) for i in range(400)]
+    expected = collections.Counter(w for line in sentences for w in line.split())
+    results = {}
+    for how, bootstrap in (("direct", s.kafka.bootstrap), ("switchyard", s.sy.bootstrap)):
+        words, counts = unique_name(f"words-{how}"), unique_name(f"counts-{how}")
+        s.create(words, counts)
+        p = Producer({"bootstrap.servers": s.kafka.bootstrap})
+        for i, line in enumerate(sentences):
+            p.produce(words, line.encode(), key=f"s{i}".encode())
+        assert p.flush(30) == 0
+        out = java_program("StreamsCount.java", bootstrap, unique_name(f"app-{how}"), words, counts,
+                           str(sum(expected.values())), str(tmp_path / how))
+        results[how] = out[-1]
+    assert results["direct"]["counts"] == dict(expected), results["direct"]
+    assert results["switchyard"]["counts"] == results["direct"]["counts"]
+    assert results["switchyard"]["state"] == "RUNNING"
+
+
+def test_a_kip848_group_is_described_under_client_names(java_site, tmp_path):
+    s = java_site
+    topic, group = unique_name("java-848"), unique_name("java-848-g")
+    s.create(topic)
+    argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
+            "org.apache.kafka.tools.VerifiableConsumer", "--bootstrap-server", s.sy.bootstrap,
+            "--topic", topic, "--group-id", group, "--group-protocol", "consumer"]
+    log = (tmp_path / "consumer.out").open("wb")
+    member = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: any(e.get("name") == "partitions_assigned" and e.get("partitions")
+                               for e in json_events((tmp_path / "consumer.out").read_text(errors="replace"))),
+                   timeout=60, message="the KIP-848 member was never assigned partitions")
+        out = kafka_tool("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", s.sy.bootstrap, {},
+                         ["--describe", "--group", group, "--members", "--verbose"], tmp_path)
+        lines = [line.split() for line in out.splitlines() if line.startswith(group)]
+        assert len(lines) == 1, out
+        # The assignment, by the topic's client name with all 3 partitions.
+        assert f"{topic}:0,1,2" in out, out
+    finally:
+        member.terminate()
+        member.wait(30)
+        log.close()
+
