@@ -259,3 +259,71 @@ def test_a_kip848_group_is_described_under_client_names(java_site, tmp_path):
         member.wait(30)
         log.close()
 
+
+
+def test_kafkas_own_command_line_tools(java_site, tmp_path):
+    """kafka-topics, kafka-configs, kafka-consumer-groups and the perf tools
+    (their main classes, as the scripts run them) pointed at Switchyard."""
+    s = java_site
+    bootstrap = s.sy.bootstrap
+
+    def tool(main: str, *args: str) -> str:
+        return kafka_tool(f"org.apache.kafka.tools.{main}", bootstrap, {}, list(args), tmp_path)
+
+    topic = unique_name("cli")
+    tool("TopicCommand", "--create", "--topic", topic, "--partitions", "3", "--replication-factor", "3")
+    assert topic in tool("TopicCommand", "--list").split()
+    described = tool("TopicCommand", "--describe", "--topic", topic)
+    assert "PartitionCount: 3" in described and "ReplicationFactor: 3" in described, described
+    # Leaders and replicas are the virtual brokers' ids (0..2 here).
+    leaders = {line.split("Leader:")[1].split()[0] for line in described.splitlines() if "Leader:" in line}
+    assert leaders <= {"0", "1", "2"}, described
+
+    tool("ConfigCommand", "--alter", "--entity-type", "topics", "--entity-name", topic,
+         "--add-config", "retention.ms=7200000")
+    assert "retention.ms=7200000" in tool("ConfigCommand", "--describe", "--entity-type", "topics",
+                                          "--entity-name", topic)
+
+    # Records one minute apart; a group reads them all, then is reset to a
+    # point in time.
+    base = 1_700_000_000_000
+    p = Producer({"bootstrap.servers": bootstrap})
+    for i in range(30):
+        p.produce(topic, f"r{i}".encode(), partition=0, timestamp=base + i * 60_000)
+    assert p.flush(30) == 0
+    group = unique_name("cli-g")
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe([topic])
+    got = 0
+    deadline = time.monotonic() + 60
+    while got < 30 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got += 1
+    c.commit(asynchronous=False)
+    c.close()
+    assert got == 30
+    described = tool("consumer.group.ConsumerGroupCommand", "--describe", "--group", group)
+    row = next(line.split() for line in described.splitlines() if line.startswith(group) and line.split()[2] == "0")
+    assert row[3:6] == ["30", "30", "0"], described  # current offset, log end, lag
+
+    # 10 minutes after the first record: offset 10.
+    at = time.strftime("%Y-%m-%dT%H:%M:%S.000", time.gmtime((base + 10 * 60_000) / 1000))
+    reset = tool("consumer.group.ConsumerGroupCommand", "--reset-offsets", "--group", group, "--topic",
+                 f"{topic}:0", "--to-datetime", at, "--execute")
+    assert any(line.split()[-1] == "10" for line in reset.splitlines() if line.startswith(group)), reset
+    described = tool("consumer.group.ConsumerGroupCommand", "--describe", "--group", group)
+    row = next(line.split() for line in described.splitlines() if line.startswith(group) and line.split()[2] == "0")
+    assert row[3] == "10", described
+
+    # The perf tools, as in the README's load-testing recipe.
+    perf = unique_name("cli-perf")
+    s.create(perf)
+    out = tool("ProducerPerformance", "--topic", perf, "--num-records", "20000", "--record-size", "100",
+               "--throughput", "-1")
+    assert "20000 records sent" in out, out
+    out = tool("ConsumerPerformance", "--topic", perf, "--num-records", "20000", "--timeout", "30000",
+               "--group", unique_name("cli-perf-g"))
+    rows = [line.split(",") for line in out.splitlines() if line.count(",") >= 9]
+    assert rows and int(rows[-1][4].strip()) == 20000, out  # data.consumed.in.nMsg
