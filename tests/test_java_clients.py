@@ -327,3 +327,21 @@ def test_kafkas_own_command_line_tools(java_site, tmp_path):
                "--group", unique_name("cli-perf-g"))
     rows = [line.split(",") for line in out.splitlines() if line.count(",") >= 9]
     assert rows and int(rows[-1][4].strip()) == 20000, out  # data.consumed.in.nMsg
+
+
+def test_a_share_consumer_is_told_share_groups_are_not_served(java_site):
+    """KIP-932 share groups are not advertised: the Java share consumer
+    must fail at once and say why, not hang (README, "How requests are
+    handled"). Directly, the same program reads the records."""
+    s = java_site
+    topic = unique_name("java-share")
+    s.create(topic, partitions=1)
+    p = Producer({"bootstrap.servers": s.kafka.bootstrap})
+    for i in range(20):
+        p.produce(topic, f"s{i}".encode())
+    assert p.flush(30) == 0
+    direct = java_program("ShareRead.java", s.kafka.bootstrap, topic, unique_name("share-g"), "20")[-1]
+    assert direct.get("got") == 20, direct
+    through = java_program("ShareRead.java", s.sy.bootstrap, topic, unique_name("share-g"), "20")[-1]
+    assert "UnsupportedVersionException" in through.get("error", ""), through
+    assert "share group" in through["error"] and through["after_ms"] < 15_000, through
