@@ -160,6 +160,30 @@ fn api_versions_fallback_and_pipelining() {
         .iter()
         .any(|k| k.api_key == ApiKey::Produce as i16));
 
+    // A Kafka 4.4 client's first ApiVersions (v5, KIP-1242): the cluster and
+    // node it expects, here not ours. v5 is not served: the same KIP-511
+    // answer (the range it may use, v4 at most), never a hang or a close.
+    let mut v4 = ApiVersionsRequest::default();
+    v4.client_software_name = StrBytes::from_static_str("apache-kafka-java");
+    v4.client_software_version = StrBytes::from_static_str("4.4.0");
+    let mut f = Raw::encode(ApiKey::ApiVersions, 4, 10, &v4).to_vec();
+    f[2..4].copy_from_slice(&5i16.to_be_bytes());
+    let tagged = f.pop().expect("the body's tagged fields");
+    let cluster = b"some-other-cluster";
+    f.push(cluster.len() as u8 + 1);
+    f.extend_from_slice(cluster);
+    f.extend_from_slice(&7i32.to_be_bytes());
+    f.push(tagged);
+    c.send_frame(&f).expect("send");
+    let (corr, av): (i32, ApiVersionsResponse) = c.recv(ApiKey::ApiVersions, 0);
+    assert_eq!((corr, av.error_code), (10, 35));
+    let range = av
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+        .map(|k| k.max_version);
+    assert_eq!(range, Some(4));
+
     // 64 pipelined requests of mixed kinds: answers in order, none missing.
     // An acks=0 Produce in the middle must get no answer at all.
     let mut produce = ProduceRequest::default();
