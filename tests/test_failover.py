@@ -209,6 +209,12 @@ def test_planned_failover_exactly_once(broker_kind, site, switchyard, workers):
     topic = unique_name("fo-planned")
     create_topic(sy.bootstrap, topic, partitions=PARTITIONS)
     groups = start_groups(workers, sy.bootstrap, topic)
+    if broker_kind == "kafka":
+        # A KIP-848 member (the Java consumer, group.protocol=consumer): fenced
+        # at the switch like a classic one, it rejoins on the standby and
+        # resumes from the translated offsets.
+        groups["java-kip848"] = workers("consume", "consumer-java-kip848", lib="java", group_protocol="consumer",
+                                        bootstrap=sy.bootstrap, topic=topic, group=unique_name("g-kip848"))
 
     before = make_ids("before", 300)
     acks_before = produce_ids(sy.bootstrap, topic, before)
