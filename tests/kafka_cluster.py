@@ -77,6 +77,15 @@ def kafka_libs() -> Path:
     return libs
 
 
+def mm2_libs() -> Path:
+    """MirrorMaker 2's own class path (tests/kafka/mm2/pom.xml; connect-mirror
+    is not published at every Kafka version)."""
+    libs = ROOT / ".tools" / "kafka" / "mm2-libs"
+    if not list(libs.glob("connect-mirror-[0-9]*.jar")):
+        raise KafkaError(f"MirrorMaker 2 is not installed in {libs}; run scripts/setup.sh")
+    return libs
+
+
 def kafka_version(libs: Optional[Path] = None) -> str:
     jars = sorted((libs or kafka_libs()).glob("kafka_2.13-*.jar"))
     return jars[0].name[len("kafka_2.13-") : -len(".jar")] if jars else "unknown"
@@ -117,12 +126,13 @@ def kafka_tool(main: str, bootstrap: str, client_props: dict, args: Sequence[str
 JAVA_PROGRAMS = ROOT / "tests" / "java"
 
 
-def java_program(source: str, *args: str, timeout: float = 240) -> list[dict]:
+def java_program(source: str, *args: str, timeout: float = 240, libs: Optional[Path] = None) -> list[dict]:
     """Runs one of the suite's Java programs (tests/java/<source>, a single
-    source file the JDK compiles as it starts; Kafka's jars on the class
-    path) and returns the JSON lines it printed; asserts it exited 0."""
+    source file the JDK compiles as it starts; Kafka's jars, or `libs`, on
+    the class path) and returns the JSON lines it printed; asserts it
+    exited 0."""
     argv = [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{libs or kafka_libs()}/*",
             str(JAVA_PROGRAMS / source), *args]
     r = subprocess.run(argv, capture_output=True, timeout=timeout)
     out = r.stdout.decode("utf-8", "replace")
