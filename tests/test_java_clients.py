@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from helpers import TEARDOWN_GRACE, allocate_ports, start_switchyard, unique_name, wait_until
 from kafka_cluster import (
+    JAVA_PROGRAMS,
     LOG4J_CONFIG,
     KafkaCluster,
     KafkaError,
@@ -345,3 +346,74 @@ def test_a_share_consumer_is_told_share_groups_are_not_served(java_site):
     through = java_program("ShareRead.java", s.sy.bootstrap, topic, unique_name("share-g"), "20")[-1]
     assert "UnsupportedVersionException" in through.get("error", ""), through
     assert "share group" in through["error"] and through["after_ms"] < 15_000, through
+
+
+@pytest.mark.timeout(300, method="signal")
+def test_streams_application_survives_a_planned_failover(site, switchyard, tmp_path):
+    """The Streams application of the test above, running through
+    Switchyard on an active-passive route (every topic, its internal ones
+    included, teed synchronously to the standby; every group and
+    transactional id moving with it), fails over in the middle: the counts
+    go on from where they were, none lost, none counted twice.
+
+    Streams commits its offsets only inside transactions, so the switch's
+    final commit is the only one the standby ever gets; on a standby whose
+    `__consumer_offsets` did not exist yet it used to fail once
+    (COORDINATOR_NOT_AVAILABLE) and be dropped, and the application counted
+    everything again from the start."""
+    from failover import failover, start_failover_switchyard
+
+    primary, standby = site(), site()
+    sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
+    words, counts = unique_name("words-fo"), unique_name("counts-fo")
+    admin = AdminClient({"bootstrap.servers": sy.bootstrap})
+    for f in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=-1)
+                                  for t in (words, counts)]).values():
+        f.result(timeout=30)
+    vocab = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    lines = [" ".join(vocab[(i * 7 + j) % 5] for j in range(1 + i % 4)) for i in range(600)]
+    first, second = lines[:300], lines[300:]
+
+    def produce(batch, offset):
+        p = Producer({"bootstrap.servers": sy.bootstrap, "enable.idempotence": True})
+        for i, line in enumerate(batch):
+            p.produce(words, line.encode(), key=f"s{offset + i}".encode())
+        assert p.flush(30) == 0
+
+    def latest_counts() -> dict[str, int]:
+        import struct
+        out: dict[str, int] = {}
+        for _, k, v, _, _ in read_committed(sy.bootstrap, counts, 10**9, timeout=3):
+            out[k.decode()] = struct.unpack(">q", v)[0]
+        return out
+
+    argv = [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
+            str(JAVA_PROGRAMS / "StreamsRun.java"), sy.bootstrap, unique_name("app-fo"), words, counts,
+            str(tmp_path / "state")]
+    log_path = tmp_path / "streams.out"
+    app = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        produce(first, 0)
+        want_first = dict(collections.Counter(w for line in first for w in line.split()))
+        wait_until(lambda: latest_counts() == want_first, 120,
+                   lambda: f"counts before the failover: {latest_counts()} != {want_first}\n"
+                   + log_path.read_text(errors="replace")[-3000:])
+        code, body = failover(sy)
+        assert code == 200 and body.get("active") == "standby", (code, body)
+        produce(second, len(first))
+        want = dict(collections.Counter(w for line in lines for w in line.split()))
+        wait_until(lambda: latest_counts() == want, 180,
+                   lambda: f"counts after the failover: {latest_counts()} != {want}\n"
+                   + log_path.read_text(errors="replace")[-4000:])
+    finally:
+        if app.stdin:
+            app.stdin.close()
+        try:
+            app.wait(40)
+        except subprocess.TimeoutExpired:
+            app.kill()
+    states = [e.get("state") for e in json_events(log_path.read_text(errors="replace")) if "state" in e]
+    errors = [e for e in json_events(log_path.read_text(errors="replace")) if "error" in e]
+    print(f"\nStreams states through the failover: {states}; thread errors: {errors}")
+    assert not errors and "ERROR" not in states, (states, errors)

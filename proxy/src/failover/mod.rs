@@ -161,6 +161,14 @@ pub struct Failover {
 /// An inline shadow commit (sync-tee routes) waits at most this long before
 /// the client's commit is answered anyway (the shadow loop retries).
 const INLINE_SHADOW_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a switch keeps retrying a group's final commit on the new site
+/// (its traffic is held meanwhile). A cluster whose `__consumer_offsets`
+/// does not exist yet answers COORDINATOR_NOT_AVAILABLE until it is
+/// created; a group whose final offsets were not committed would find none
+/// there and start over from its reset policy (an application that commits
+/// only inside transactions, as Kafka Streams does, has no earlier shadow
+/// commit to fall back on).
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 impl Failover {
     pub fn new(
@@ -808,7 +816,21 @@ impl Failover {
         let Some(client) = clients.one(to) else {
             return false;
         };
-        let r = client.commit_offsets(group, &out).await;
+        let mut r = client.commit_offsets(group, &out).await;
+        if mode != SyncMode::Live {
+            let until = tokio::time::Instant::now() + FINAL_COMMIT_WAIT;
+            let mut backoff = Duration::from_millis(100);
+            while !commit_ok(&r) && tokio::time::Instant::now() + backoff < until {
+                tracing::debug!(route = %rs.name, group, "final commit not taken yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                r = client.commit_offsets(group, &out).await;
+            }
+            if !commit_ok(&r) {
+                tracing::warn!(route = %rs.name, group, wait_s = FINAL_COMMIT_WAIT.as_secs(),
+                    "a group's final offsets could not be committed on the new site; it will resume from what is committed there (or its reset policy)");
+            }
+        }
         if self.count_commit(rs, group, &r) {
             for (virt, p, c, offset) in marks {
                 self.shadow
@@ -1124,4 +1146,9 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Whether a commit's answer says every partition was taken.
+fn commit_ok(r: &Result<Vec<(String, i32, i16)>, String>) -> bool {
+    matches!(r, Ok(parts) if parts.iter().all(|(_, _, e)| *e == 0))
 }
