@@ -399,6 +399,13 @@ def test_streams_application_survives_a_planned_failover(site, switchyard, tmp_p
         wait_until(lambda: latest_counts() == want_first, 120,
                    lambda: f"counts before the failover: {latest_counts()} != {want_first}\n"
                    + log_path.read_text(errors="replace")[-3000:])
+        # Its transactions' offsets are shadow-committed on the standby as
+        # they commit (what an unplanned failover would resume from).
+        from failover import committed_offsets
+        app_id = argv[-4]
+        wait_until(lambda: all(o >= 0 for o in committed_offsets(standby.bootstrap, app_id, words,
+                                                                   range(3)).values()), 30,
+                   "the application's transactional offsets were not shadow-committed on the standby")
         code, body = failover(sy)
         assert code == 200 and body.get("active") == "standby", (code, body)
         produce(second, len(first))

@@ -440,6 +440,35 @@ async fn txn_offset_commit(
     }
     let refused = txn_commit_answer(&foreign, errors::UNKNOWN_TOPIC_OR_PARTITION);
     let empty = b.topics.is_empty();
+    // On a failover route the offsets that succeed are held until the
+    // transaction commits, then shadow-committed like an OffsetCommit's
+    // (`by_transaction`, EndTxn): an application that commits only inside
+    // transactions (Kafka Streams) is translated continuously too.
+    let fo = ctx.plane.failover.clone();
+    let (txn, group, site) = (
+        b.transactional_id.0.to_string(),
+        b.group_id.0.to_string(),
+        target.0,
+    );
+    let asked: crate::failover::shadow::Commits = if fo.group_route(&group).is_some() {
+        b.topics
+            .iter()
+            .flat_map(|t| {
+                let virt = names.virt(site, &t.name).0.to_string();
+                t.partitions.iter().map(move |p| {
+                    (
+                        (virt.clone(), p.partition_index),
+                        (
+                            p.committed_offset,
+                            p.committed_metadata.as_ref().map(|m| m.to_string()),
+                        ),
+                    )
+                })
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
     finish_offsets(
         ctx,
         &req,
@@ -450,7 +479,23 @@ async fn txn_offset_commit(
         refused,
         |r: &mut TxnOffsetCommitResponse| &mut r.topics,
         |t| &mut t.name,
-        |_| {},
+        move |r: &mut TxnOffsetCommitResponse| {
+            if asked.is_empty() {
+                return;
+            }
+            let done: crate::failover::shadow::Commits = r
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .filter(|p| p.error_code == 0)
+                        .map(move |p| (t.name.0.to_string(), p.partition_index))
+                })
+                .filter_map(|k| asked.get(&k).map(|v| (k, v.clone())))
+                .collect();
+            fo.shadow.txn_offsets(&txn, &group, site, done);
+        },
     )
     .await
 }
@@ -975,14 +1020,60 @@ pub async fn by_transaction(
                 move |r: &mut kafka_protocol::messages::InitProducerIdResponse| {
                     if r.error_code == 0 {
                         fo.fence.txn_initialised(&id, epoch);
+                        // A new session: what an unfinished transaction held
+                        // is aborted by the coordinator.
+                        fo.shadow.txn_ended(&id, false);
                     }
                     false
                 },
             )
             .await
         }
+        _ if req.api_key == ApiKey::EndTxn && fo.enabled() => end_txn(ctx, target, req, id).await,
         _ => forward(ctx, target, &req).await,
     }
+}
+
+/// EndTxn on a Switchyard with failover routes: once the coordinator
+/// committed the transaction, the offsets it committed for groups
+/// (TxnOffsetCommit) are noted for shadow commits; an abort, or an error the
+/// client cannot retry (the transaction will not commit), forgets them.
+async fn end_txn(
+    ctx: &mut Ctx<'_>,
+    target: Target,
+    req: RequestFrame,
+    txn: String,
+) -> crate::pipeline::Result<Outcome> {
+    let committed = req.decode::<EndTxnRequest>()?.committed;
+    let fo = ctx.plane.failover.clone();
+    let pending = ctx
+        .pools
+        .call(target, req.api_key, req.frame.clone())
+        .await?;
+    let timeout = ctx.plane.request_timeout();
+    let (api, version, corr) = (req.api_key, req.api_version, req.correlation_id);
+    Ok(Outcome::Later(Box::pin(async move {
+        let frame = pending.wait(timeout).await?;
+        let r: kafka_protocol::messages::EndTxnResponse =
+            codec::decode_response_body(api, version, &frame)?;
+        let retriable = matches!(
+            r.error_code,
+            errors::NOT_COORDINATOR
+                | errors::COORDINATOR_NOT_AVAILABLE
+                | COORDINATOR_LOAD_IN_PROGRESS
+                | errors::CONCURRENT_TRANSACTIONS
+        );
+        if !retriable {
+            let ok = r.error_code == errors::NONE && committed;
+            for (group, site, commits) in fo.shadow.txn_ended(&txn, ok) {
+                fo.observe_commit(&group, site, commits).await;
+            }
+        }
+        Ok(Reply::Upstream {
+            correlation_id: corr,
+            frame,
+        })
+    })))
 }
 
 /// A non-transactional InitProducerId is answered here: the id belongs to

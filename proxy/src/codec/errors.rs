@@ -40,6 +40,7 @@ pub const FENCED_LEADER_EPOCH: i16 = E::FencedLeaderEpoch.code();
 pub const UNKNOWN_LEADER_EPOCH: i16 = E::UnknownLeaderEpoch.code();
 pub const UNKNOWN_TOPIC_ID: i16 = E::UnknownTopicId.code();
 pub const UNSUPPORTED_ENDPOINT_TYPE: i16 = E::UnsupportedEndpointType.code();
+pub const CONCURRENT_TRANSACTIONS: i16 = E::ConcurrentTransactions.code();
 pub const GROUP_AUTHORIZATION_FAILED: i16 = E::GroupAuthorizationFailed.code();
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = E::TransactionalIdAuthorizationFailed.code();
 
@@ -79,6 +80,7 @@ pub fn name(code: i16) -> &'static str {
         UNKNOWN_TOPIC_ID => "UNKNOWN_TOPIC_ID",
         UNSUPPORTED_ENDPOINT_TYPE => "UNSUPPORTED_ENDPOINT_TYPE",
         GROUP_AUTHORIZATION_FAILED => "GROUP_AUTHORIZATION_FAILED",
+        CONCURRENT_TRANSACTIONS => "CONCURRENT_TRANSACTIONS",
         TRANSACTIONAL_ID_AUTHORIZATION_FAILED => "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
         _ => "UNKNOWN",
     }

@@ -78,6 +78,10 @@ pub(super) fn mark_key(
 #[derive(Default)]
 pub struct Shadow {
     pending: Mutex<HashMap<(usize, String), PendingGroup>>,
+    /// Offsets committed inside a transaction (TxnOffsetCommit), by
+    /// transactional id: (group, site, commits), noted only once the
+    /// transaction commits (an aborted one's offsets never count).
+    in_txn: Mutex<HashMap<String, Vec<(String, usize, Commits)>>>,
     marks: Mutex<HashMap<MarkKey, Mark>>,
     groups: Mutex<HashMap<usize, HashSet<String>>>,
     checkpoints: tokio::sync::Mutex<CheckpointCache>,
@@ -137,6 +141,43 @@ impl Shadow {
             e.offsets.clear();
         }
         e.offsets.extend(commits);
+    }
+
+    /// Offsets a transaction committed for `group` on `site`, held until the
+    /// transaction ends ([`Shadow::txn_ended`]). Bounded: past
+    /// [`MAX_GROUPS`] open transactions, a new one's offsets are not held
+    /// (its group's next commit, or the switch's final read, covers it).
+    pub fn txn_offsets(&self, txn: &str, group: &str, site: usize, commits: Commits) {
+        if commits.is_empty() {
+            return;
+        }
+        let Ok(mut m) = self.in_txn.lock() else {
+            return;
+        };
+        if m.len() >= MAX_GROUPS && !m.contains_key(txn) {
+            return;
+        }
+        let held = m.entry(txn.to_string()).or_default();
+        match held.iter_mut().find(|(g, s, _)| g == group && *s == site) {
+            Some((_, _, c)) => c.extend(commits),
+            None => held.push((group.to_string(), site, commits)),
+        }
+    }
+
+    /// The transaction ended: its offsets, if it committed (empty if it
+    /// aborted, and forgotten either way).
+    pub fn txn_ended(&self, txn: &str, committed: bool) -> Vec<(String, usize, Commits)> {
+        let taken = self
+            .in_txn
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(txn))
+            .unwrap_or_default();
+        if committed {
+            taken
+        } else {
+            Vec::new()
+        }
     }
 
     pub fn remember_group(&self, route: usize, group: &str) {
@@ -368,5 +409,29 @@ pub(super) fn offsets_for(
         partition,
         offset,
         metadata,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commits(offset: i64) -> Commits {
+        [(("orders".to_string(), 0), (offset, None))]
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn a_transactions_offsets_count_only_once_it_commits() {
+        let s = Shadow::default();
+        s.txn_offsets("tx", "g", 0, commits(10));
+        s.txn_offsets("tx", "g", 0, commits(12));
+        assert!(s.txn_ended("tx", false).is_empty(), "aborted: nothing");
+        assert!(s.txn_ended("tx", true).is_empty(), "and forgotten");
+        s.txn_offsets("tx", "g", 0, commits(20));
+        let held = s.txn_ended("tx", true);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].2.get(&("orders".to_string(), 0)), Some(&(20, None)));
     }
 }
