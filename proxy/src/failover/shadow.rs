@@ -46,6 +46,9 @@ const MAX_MARKS: usize = 1_000_000;
 /// partition → (offset, metadata).
 pub type Commits = BTreeMap<(String, i32), (i64, Option<String>)>;
 
+/// Offsets a transaction committed: group, site, commits.
+pub type TxnCommits = (String, usize, Commits);
+
 struct PendingGroup {
     from: usize,
     offsets: Commits,
@@ -81,7 +84,7 @@ pub struct Shadow {
     /// Offsets committed inside a transaction (TxnOffsetCommit), by
     /// transactional id: (group, site, commits), noted only once the
     /// transaction commits (an aborted one's offsets never count).
-    in_txn: Mutex<HashMap<String, Vec<(String, usize, Commits)>>>,
+    in_txn: Mutex<HashMap<String, Vec<TxnCommits>>>,
     marks: Mutex<HashMap<MarkKey, Mark>>,
     groups: Mutex<HashMap<usize, HashSet<String>>>,
     checkpoints: tokio::sync::Mutex<CheckpointCache>,
@@ -166,7 +169,7 @@ impl Shadow {
 
     /// The transaction ended: its offsets, if it committed (empty if it
     /// aborted, and forgotten either way).
-    pub fn txn_ended(&self, txn: &str, committed: bool) -> Vec<(String, usize, Commits)> {
+    pub fn txn_ended(&self, txn: &str, committed: bool) -> Vec<TxnCommits> {
         let taken = self
             .in_txn
             .lock()
