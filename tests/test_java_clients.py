@@ -17,6 +17,7 @@ connected directly, with no duplicate and no gap.
 from __future__ import annotations
 
 import collections
+import struct
 import subprocess
 import time
 
@@ -136,6 +137,49 @@ def read_committed(bootstrap: str, topic: str, n: int, timeout: float = 60) -> l
     return got
 
 
+class StreamsApp:
+    """tests/java/StreamsRun.java in the background (words counted by word,
+    exactly_once_v2), stopped by ending its input."""
+
+    def __init__(self, bootstrap: str, app_id: str, words: str, counts: str, workdir):
+        self.app_id, self.counts, self.bootstrap = app_id, counts, bootstrap
+        self.log = workdir / f"{app_id}.out"
+        argv = [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
+                str(JAVA_PROGRAMS / "StreamsRun.java"), bootstrap, app_id, words, counts, str(workdir / app_id)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self.log.open("wb"),
+                                     stderr=subprocess.STDOUT)
+
+    def counts_now(self, bootstrap: str | None = None) -> dict[str, int]:
+        """The latest committed count per word in the output topic."""
+        out: dict[str, int] = {}
+        for _, k, v, _, _ in read_committed(bootstrap or self.bootstrap, self.counts, 10**9, timeout=3):
+            out[k.decode()] = struct.unpack(">q", v)[0]
+        return out
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def close(self) -> list[dict]:
+        """Stops it; its JSON lines (state changes, thread errors)."""
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return json_events(self.log.read_text(errors="replace"))
+
+
+def words_of(lines) -> dict[str, int]:
+    return dict(collections.Counter(w for line in lines for w in line.split()))
+
+
+def sentences(n: int) -> list[str]:
+    vocab = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    return [" ".join(vocab[(i * 7 + j) % 5] for j in range(1 + i % 4)) for i in range(n)]
+
+
 @pytest.mark.parametrize("compression,protocol", [("none", "classic"), ("lz4", "consumer"), ("zstd", "consumer")])
 def test_producer_defaults_and_consumer_groups_of_both_protocols(java_site, compression, protocol):
     s = java_site
@@ -216,23 +260,26 @@ def test_exactly_once_loop_gives_what_it_gives_directly(java_site):
 
 def test_streams_application_gives_what_it_gives_directly(java_site, tmp_path):
     s = java_site
-    vocab = ["alpha", "beta", "gamma", "delta", "epsilon"]
-    sentences = [" ".join(vocab[(i * 7 + j) % 5] for j in range(1 + i % 4)) for i in range(400)]
-    expected = collections.Counter(w for line in sentences for w in line.split())
+    lines = sentences(400)
+    expected = words_of(lines)
     results = {}
     for how, bootstrap in (("direct", s.kafka.bootstrap), ("switchyard", s.sy.bootstrap)):
         words, counts = unique_name(f"words-{how}"), unique_name(f"counts-{how}")
         s.create(words, counts)
         p = Producer({"bootstrap.servers": s.kafka.bootstrap})
-        for i, line in enumerate(sentences):
+        for i, line in enumerate(lines):
             p.produce(words, line.encode(), key=f"s{i}".encode())
         assert p.flush(30) == 0
-        out = java_program("StreamsCount.java", bootstrap, unique_name(f"app-{how}"), words, counts,
-                           str(sum(expected.values())), str(tmp_path / how))
-        results[how] = out[-1]
-    assert results["direct"]["counts"] == dict(expected), results["direct"]
-    assert results["switchyard"]["counts"] == results["direct"]["counts"]
-    assert results["switchyard"]["state"] == "RUNNING"
+        app = StreamsApp(bootstrap, unique_name(f"app-{how}"), words, counts, tmp_path)
+        try:
+            wait_until(lambda: sum(app.counts_now(s.kafka.bootstrap).values()) >= sum(expected.values()), 120,
+                       lambda: f"{how}: counts {app.counts_now(s.kafka.bootstrap)}\n{app.tail()}")
+            results[how] = app.counts_now(s.kafka.bootstrap)
+        finally:
+            events = app.close()
+        assert not [e for e in events if "error" in e], events
+    assert results["direct"] == expected, results["direct"]
+    assert results["switchyard"] == results["direct"]
 
 
 def test_a_kip848_group_is_described_under_client_names(java_site, tmp_path):
@@ -361,7 +408,7 @@ def test_streams_application_survives_a_planned_failover(site, switchyard, tmp_p
     `__consumer_offsets` did not exist yet it used to fail once
     (COORDINATOR_NOT_AVAILABLE) and be dropped, and the application counted
     everything again from the start."""
-    from failover import failover, start_failover_switchyard
+    from failover import committed_offsets, failover, start_failover_switchyard
 
     primary, standby = site(), site()
     sy = start_failover_switchyard(switchyard, primary, standby, mode="sync")
@@ -370,8 +417,7 @@ def test_streams_application_survives_a_planned_failover(site, switchyard, tmp_p
     for f in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=-1)
                                   for t in (words, counts)]).values():
         f.result(timeout=30)
-    vocab = ["alpha", "beta", "gamma", "delta", "epsilon"]
-    lines = [" ".join(vocab[(i * 7 + j) % 5] for j in range(1 + i % 4)) for i in range(600)]
+    lines = sentences(600)
     first, second = lines[:300], lines[300:]
 
     def produce(batch, offset):
@@ -380,47 +426,26 @@ def test_streams_application_survives_a_planned_failover(site, switchyard, tmp_p
             p.produce(words, line.encode(), key=f"s{offset + i}".encode())
         assert p.flush(30) == 0
 
-    def latest_counts() -> dict[str, int]:
-        import struct
-        out: dict[str, int] = {}
-        for _, k, v, _, _ in read_committed(sy.bootstrap, counts, 10**9, timeout=3):
-            out[k.decode()] = struct.unpack(">q", v)[0]
-        return out
-
-    argv = [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
-            str(JAVA_PROGRAMS / "StreamsRun.java"), sy.bootstrap, unique_name("app-fo"), words, counts,
-            str(tmp_path / "state")]
-    log_path = tmp_path / "streams.out"
-    app = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    app = StreamsApp(sy.bootstrap, unique_name("app-fo"), words, counts, tmp_path)
     try:
         produce(first, 0)
-        want_first = dict(collections.Counter(w for line in first for w in line.split()))
-        wait_until(lambda: latest_counts() == want_first, 120,
-                   lambda: f"counts before the failover: {latest_counts()} != {want_first}\n"
-                   + log_path.read_text(errors="replace")[-3000:])
+        want_first = words_of(first)
+        wait_until(lambda: app.counts_now() == want_first, 120,
+                   lambda: f"counts before the failover: {app.counts_now()} != {want_first}\n{app.tail()}")
         # Its transactions' offsets are shadow-committed on the standby as
         # they commit (what an unplanned failover would resume from).
-        from failover import committed_offsets
-        app_id = argv[-4]
-        wait_until(lambda: all(o >= 0 for o in committed_offsets(standby.bootstrap, app_id, words,
+        wait_until(lambda: all(o >= 0 for o in committed_offsets(standby.bootstrap, app.app_id, words,
                                                                    range(3)).values()), 30,
                    "the application's transactional offsets were not shadow-committed on the standby")
         code, body = failover(sy)
         assert code == 200 and body.get("active") == "standby", (code, body)
         produce(second, len(first))
-        want = dict(collections.Counter(w for line in lines for w in line.split()))
-        wait_until(lambda: latest_counts() == want, 180,
-                   lambda: f"counts after the failover: {latest_counts()} != {want}\n"
-                   + log_path.read_text(errors="replace")[-4000:])
+        want = words_of(lines)
+        wait_until(lambda: app.counts_now() == want, 180,
+                   lambda: f"counts after the failover: {app.counts_now()} != {want}\n{app.tail()}")
     finally:
-        if app.stdin:
-            app.stdin.close()
-        try:
-            app.wait(40)
-        except subprocess.TimeoutExpired:
-            app.kill()
-    states = [e.get("state") for e in json_events(log_path.read_text(errors="replace")) if "state" in e]
-    errors = [e for e in json_events(log_path.read_text(errors="replace")) if "error" in e]
+        events = app.close()
+    states = [e.get("state") for e in events if "state" in e]
+    errors = [e for e in events if "error" in e]
     print(f"\nStreams states through the failover: {states}; thread errors: {errors}")
     assert not errors and "ERROR" not in states, (states, errors)

@@ -1,6 +1,8 @@
-// StreamsCount's topology (words counted by word through a repartition
-// topic and a changelog-backed store, exactly_once_v2), run until told to
-// stop: for a failover under a running application.
+// A stateful Kafka Streams application: words counted by word, through a
+// repartition topic (the input is keyed by sentence id, so groupBy must
+// re-key) and a changelog-backed store, with processing.guarantee
+// exactly_once_v2; it runs until told to stop (a failover can happen under
+// it). The test reads the counts from the output topic.
 //
 //   java -cp '<kafka libs>/*' StreamsRun.java <bootstrap> <application id> <input> <output> <state dir>
 //

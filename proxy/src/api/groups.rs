@@ -271,6 +271,29 @@ async fn join_group(
     .await
 }
 
+/// What an offset commit asks for, by the client's names (OffsetCommit and
+/// TxnOffsetCommit: the same fields in two types): the shadow committer
+/// translates the ones that succeed to the other site.
+macro_rules! asked_commits {
+    ($topics:expr, $names:expr, $site:expr) => {
+        $topics
+            .iter()
+            .flat_map(|t| {
+                let virt = $names.virt($site, &t.name).0.to_string();
+                t.partitions.iter().map(move |p| {
+                    (
+                        (virt.clone(), p.partition_index),
+                        (
+                            p.committed_offset,
+                            p.committed_metadata.as_ref().map(|m| m.to_string()),
+                        ),
+                    )
+                })
+            })
+            .collect()
+    };
+}
+
 async fn offset_commit(
     ctx: &mut Ctx<'_>,
     who: Who<'_>,
@@ -345,28 +368,11 @@ async fn offset_commit(
     }
     let refused = commit_answer(&foreign, errors::UNKNOWN_TOPIC_OR_PARTITION);
     let empty = b.topics.is_empty();
-    // What this commit asks for, by the client's names: the shadow committer
-    // translates the ones that succeed to the other site.
-    let asked: std::collections::HashMap<(String, i32), (i64, Option<String>)> =
-        if failover_route.is_some() {
-            b.topics
-                .iter()
-                .flat_map(|t| {
-                    let virt = names.virt(target.0, &t.name).0.to_string();
-                    t.partitions.iter().map(move |p| {
-                        (
-                            (virt.clone(), p.partition_index),
-                            (
-                                p.committed_offset,
-                                p.committed_metadata.as_ref().map(|m| m.to_string()),
-                            ),
-                        )
-                    })
-                })
-                .collect()
-        } else {
-            Default::default()
-        };
+    let asked: crate::failover::shadow::Commits = if failover_route.is_some() {
+        asked_commits!(b.topics, names, target.0)
+    } else {
+        Default::default()
+    };
     if failover_route.is_none() || empty {
         return finish_offsets(
             ctx,
@@ -451,21 +457,7 @@ async fn txn_offset_commit(
         target.0,
     );
     let asked: crate::failover::shadow::Commits = if fo.group_route(&group).is_some() {
-        b.topics
-            .iter()
-            .flat_map(|t| {
-                let virt = names.virt(site, &t.name).0.to_string();
-                t.partitions.iter().map(move |p| {
-                    (
-                        (virt.clone(), p.partition_index),
-                        (
-                            p.committed_offset,
-                            p.committed_metadata.as_ref().map(|m| m.to_string()),
-                        ),
-                    )
-                })
-            })
-            .collect()
+        asked_commits!(b.topics, names, site)
     } else {
         Default::default()
     };
