@@ -45,10 +45,9 @@ pub use crate::pipeline::{Ctx, Outcome, Reply};
 /// the principal may not do never reaches a handler, and a request denied
 /// in part has its answer amended.
 pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Result<Outcome> {
-    let principal = ctx.pools.principal().map(str::to_string);
     match authorize::gate(
         &ctx.plane.authz,
-        principal.as_deref(),
+        ctx.pools.principal(),
         &ctx.listener.identity,
         req,
     )? {

@@ -98,7 +98,13 @@ pub async fn route(ctx: &mut Ctx<'_>, req: RequestFrame) -> crate::pipeline::Res
     };
     let mut x = Exchange::<Produce>::new(&plane, req, body);
     x.no_response = x.body.acks == 0;
-    let txn = x.body.transactional_id.as_ref().map(|t| t.0.to_string());
+    // Copied only when rules are configured (the check needs it while it
+    // rewrites the body); every produce passes here.
+    let txn = plane
+        .authz
+        .enabled()
+        .then(|| x.body.transactional_id.as_ref().map(|t| t.0.to_string()))
+        .flatten();
     authorize::topics(
         &mut x,
         &plane.authz,

@@ -121,10 +121,9 @@ fn rule(r: &AclRuleConfig) -> Result<Rule, Vec<(String, String)>> {
     let all = r.operations.contains(&AclOperation::All);
     let mut ops = Vec::new();
     for (i, op) in r.operations.iter().enumerate() {
-        if *op == AclOperation::All {
-            continue;
-        }
-        let op = operation(*op);
+        let Some(op) = operation(*op) else {
+            continue; // `all`
+        };
         if !applies(resource, op) {
             problems.push((
                 format!("operations[{i}]"),
@@ -152,9 +151,11 @@ fn rule(r: &AclRuleConfig) -> Result<Rule, Vec<(String, String)>> {
     })
 }
 
-fn operation(op: AclOperation) -> Operation {
-    match op {
-        AclOperation::Read | AclOperation::All => Operation::Read,
+/// A config operation as a decision's; `None` for `all` (no list at all).
+fn operation(op: AclOperation) -> Option<Operation> {
+    Some(match op {
+        AclOperation::All => return None,
+        AclOperation::Read => Operation::Read,
         AclOperation::Write => Operation::Write,
         AclOperation::Create => Operation::Create,
         AclOperation::Delete => Operation::Delete,
@@ -163,7 +164,7 @@ fn operation(op: AclOperation) -> Operation {
         AclOperation::DescribeConfigs => Operation::DescribeConfigs,
         AclOperation::AlterConfigs => Operation::AlterConfigs,
         AclOperation::IdempotentWrite => Operation::IdempotentWrite,
-    }
+    })
 }
 
 /// The operations Kafka defines for each resource type.
