@@ -37,5 +37,8 @@ step "cargo test (unit, bad input, fuzz: real Tansu)"
 TANSU_BIN="$ROOT/.tools/bin/tansu" cargo test --workspace
 
 step "pytest (real clients through Switchyard)"
+# Brokers' logs, clusters' data and the JVMs' temporary files stay inside the
+# checkout (target/pytest, emptied at each run), not in a /tmp CI shares.
 SWITCHYARD_BIN="$ROOT/target/debug/switchyard" SWITCHYARD_SKIP_BUILD=1 \
-    TANSU_BIN="$ROOT/.tools/bin/tansu" .venv/bin/pytest tests/ -q -p no:cacheprovider
+    TANSU_BIN="$ROOT/.tools/bin/tansu" .venv/bin/pytest tests/ -q -p no:cacheprovider \
+    --basetemp "$ROOT/target/pytest"

@@ -173,6 +173,14 @@ def pytest_sessionstart(session):
         tr.write_line(f"built {DEFAULT_SWITCHYARD_BIN} in {time.monotonic() - started:.1f}s")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _jvm_tmpdir(tmp_path_factory):
+    """Every JVM a test starts keeps its temporary files (native libraries
+    lz4, zstd and RocksDB extract at each start) in the session's tree,
+    removed with it, instead of the machine's /tmp (kafka_cluster.jvm_argv)."""
+    os.environ["SWITCHYARD_JVM_TMPDIR"] = str(tmp_path_factory.mktemp("jvm"))
+
+
 # Lines the drills print with their figures (FAILOVER ..., MULTIBROKER ...,
 # CHURN ..., each followed by indented per-client lines); collected from
 # every test's captured output and repeated in the session's summary, so a CI

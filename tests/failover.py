@@ -1002,12 +1002,10 @@ def java_value_prefix(tag: str) -> int:
 
 
 def _java_argv(main_class: str, props: dict, props_path: Path, *args: str) -> list[str]:
-    from kafka_cluster import LOG4J_CONFIG, java_bin, kafka_libs
+    from kafka_cluster import jvm_argv
 
     props_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return [java_bin(), f"-Xmx{JAVA_CLIENT_HEAP}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-            "-cp", f"{kafka_libs()}/*", main_class, "--command-config", str(props_path), *args]
+    return [*jvm_argv(JAVA_CLIENT_HEAP), main_class, "--command-config", str(props_path), *args]
 
 
 def _run_java(argv: list[str], on_event, emit: _Events, *, stop_grace: float,

@@ -45,6 +45,7 @@ import struct
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -106,6 +107,28 @@ def java_bin() -> str:
     )
 
 
+def jvm_tmpdir() -> str:
+    """Where the JVMs the tests start put their temporary files: the Java
+    client's lz4 and zstd, and Kafka Streams' RocksDB, extract native
+    libraries there at every start and leave them behind. The suite points it
+    into its own temporary tree (SWITCHYARD_JVM_TMPDIR, set by conftest.py),
+    so a run leaves nothing in the machine's /tmp."""
+    return os.environ.get("SWITCHYARD_JVM_TMPDIR") or tempfile.gettempdir()
+
+
+def jvm_argv(heap: str = "256m", *, libs: Optional[Path] = None, java: Optional[str] = None,
+             flags: Sequence[str] = ("-XX:TieredStopAtLevel=1",)) -> list[str]:
+    """The start of every java command line the tests run: a small serial-GC
+    heap, our log4j config, the temporary directory above, no perf-data file
+    in /tmp/hsperfdata_*, and the installed jars (or `libs`) on the class
+    path. The caller appends the main class or source file and its args.
+    Short-lived tools keep the default `flags` (client compiler only: they
+    start faster)."""
+    return [java or java_bin(), f"-Xmx{heap}", "-XX:+UseSerialGC", "-XX:-UsePerfData", *flags,
+            "-Djava.awt.headless=true", f"-Djava.io.tmpdir={jvm_tmpdir()}",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{libs or kafka_libs()}/*"]
+
+
 def kafka_tool(main: str, bootstrap: str, client_props: dict, args: Sequence[str], workdir: Path,
                timeout: float = 120) -> str:
     """Runs one of Kafka's own command-line tools (a main class of the
@@ -114,9 +137,7 @@ def kafka_tool(main: str, bootstrap: str, client_props: dict, args: Sequence[str
     stdout, asserting it exited 0."""
     props = Path(workdir) / f"{main.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.properties"
     props.write_text("".join(f"{k}={v}\n" for k, v in client_props.items()))
-    argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*", main,
-            "--bootstrap-server", bootstrap, "--command-config", str(props), *args]
+    argv = [*jvm_argv("128m"), main, "--bootstrap-server", bootstrap, "--command-config", str(props), *args]
     r = subprocess.run(argv, capture_output=True, timeout=timeout)
     out = r.stdout.decode("utf-8", "replace")
     assert r.returncode == 0, f"{main} exited {r.returncode}:\n{out[-3000:]}\n{r.stderr.decode()[-2000:]}"
@@ -131,9 +152,7 @@ def java_program(source: str, *args: str, timeout: float = 240, libs: Optional[P
     source file the JDK compiles as it starts; Kafka's jars, or `libs`, on
     the class path) and returns the JSON lines it printed; asserts it
     exited 0."""
-    argv = [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{libs or kafka_libs()}/*",
-            str(JAVA_PROGRAMS / source), *args]
+    argv = [*jvm_argv(libs=libs), str(JAVA_PROGRAMS / source), *args]
     r = subprocess.run(argv, capture_output=True, timeout=timeout)
     out = r.stdout.decode("utf-8", "replace")
     assert r.returncode == 0, f"{source} exited {r.returncode}:\n{out[-3000:]}\n{r.stderr.decode()[-3000:]}"
@@ -337,9 +356,8 @@ class KafkaNode:
     def format(self) -> subprocess.Popen:
         """Starts `StorageTool format` for this node (the caller waits)."""
         c = self.cluster
-        argv = [c.java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{c.libs}/*",
-                "kafka.tools.StorageTool", "format", f"--cluster-id={c.cluster_id}", f"--config={self.config_path}",
+        argv = [*jvm_argv(java=c.java, libs=c.libs), "kafka.tools.StorageTool", "format",
+                f"--cluster-id={c.cluster_id}", f"--config={self.config_path}",
                 "--ignore-formatted", *c.format_args]
         log = open(self.dir / "format.log", "wb")
         try:
@@ -351,9 +369,8 @@ class KafkaNode:
 
     def argv(self) -> list[str]:
         c = self.cluster
-        return [c.java, f"-Xmx{c.heap}", f"-Xms{c.heap}", "-XX:+UseSerialGC", *c.jvm_flags,
-                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                "-cp", f"{c.libs}/*", "kafka.Kafka", str(self.config_path)]
+        return [*jvm_argv(c.heap, java=c.java, libs=c.libs, flags=(f"-Xms{c.heap}", *c.jvm_flags)),
+                "kafka.Kafka", str(self.config_path)]
 
     def launch(self) -> None:
         if self.running():
@@ -643,8 +660,7 @@ def run_tool(main_class: str, *args: str, timeout: float = 60.0, heap: str = "25
     ``org.apache.kafka.tools.LeaderElectionCommand``) on the installed
     classpath and returns its output; a non-zero exit raises KafkaError with
     that output."""
-    argv = [java_bin(), f"-Xmx{heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*", main_class, *args]
+    argv = [*jvm_argv(heap), main_class, *args]
     try:
         res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:

@@ -28,13 +28,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from helpers import TEARDOWN_GRACE, allocate_ports, start_switchyard, unique_name, wait_until
 from kafka_cluster import (
     JAVA_PROGRAMS,
-    LOG4J_CONFIG,
     KafkaCluster,
     KafkaError,
-    java_bin,
     java_program,
     json_events,
-    kafka_libs,
+    jvm_argv,
     kafka_tool,
 )
 
@@ -144,9 +142,7 @@ class StreamsApp:
     def __init__(self, bootstrap: str, app_id: str, words: str, counts: str, workdir):
         self.app_id, self.counts, self.bootstrap = app_id, counts, bootstrap
         self.log = workdir / f"{app_id}.out"
-        argv = [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
-                str(JAVA_PROGRAMS / "StreamsRun.java"), bootstrap, app_id, words, counts, str(workdir / app_id)]
+        argv = [*jvm_argv(), str(JAVA_PROGRAMS / "StreamsRun.java"), bootstrap, app_id, words, counts, str(workdir / app_id)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self.log.open("wb"),
                                      stderr=subprocess.STDOUT)
 
@@ -286,9 +282,7 @@ def test_a_kip848_group_is_described_under_client_names(java_site, tmp_path):
     s = java_site
     topic, group = unique_name("java-848"), unique_name("java-848-g")
     s.create(topic)
-    argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*",
-            "org.apache.kafka.tools.VerifiableConsumer", "--bootstrap-server", s.sy.bootstrap,
+    argv = [*jvm_argv("128m"), "org.apache.kafka.tools.VerifiableConsumer", "--bootstrap-server", s.sy.bootstrap,
             "--topic", topic, "--group-id", group, "--group-protocol", "consumer"]
     log = (tmp_path / "consumer.out").open("wb")
     member = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

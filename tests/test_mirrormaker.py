@@ -37,7 +37,7 @@ from failover import (
     worker_problems,
 )
 from helpers import create_topic, unique_name, wait_until
-from kafka_cluster import LOG4J_CONFIG, java_bin, java_program, mm2_libs
+from kafka_cluster import java_program, jvm_argv, mm2_libs
 
 pytestmark = pytest.mark.brokers("kafka")
 
@@ -94,9 +94,7 @@ def test_switchyard_translates_mm2_checkpoints_as_mm2_does(site, switchyard, wor
     props.write_text(mm2_properties(primary.bootstrap, standby.bootstrap, topic, group))
     log = (tmp_path / "mm2.log").open("wb")
     mm2 = subprocess.Popen(
-        [java_bin(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-         f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{mm2_libs()}/*",
-         "org.apache.kafka.connect.mirror.MirrorMaker", str(props)],
+        [*jvm_argv(libs=mm2_libs()), "org.apache.kafka.connect.mirror.MirrorMaker", str(props)],
         stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: len(read_ids(standby.bootstrap, topic, timeout=5)) >= len(ids), 120,

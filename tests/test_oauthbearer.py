@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from helpers import metric_sum, unique_name, wait_until
-from kafka_cluster import LOG4J_CONFIG, java_bin, kafka_libs
+from kafka_cluster import jvm_argv
 
 pytestmark = [pytest.mark.shared_site, pytest.mark.brokers("kafka")]
 
@@ -161,11 +161,9 @@ def test_the_java_client_with_a_token_from_a_file(oauth, tmp_path):
         "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;\n")
 
     def run(main: str, *args: str) -> list[dict]:
-        argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+        argv = [*jvm_argv("128m"),
                 # Kafka 4 reads token files only from URLs it is told to trust.
-                f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={token.as_uri()}",
-                "-cp", f"{kafka_libs()}/*", main, "--bootstrap-server", sy.bootstrap,
+                f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={token.as_uri()}", main, "--bootstrap-server", sy.bootstrap,
                 "--command-config", str(props), *args]
         r = subprocess.run(argv, capture_output=True, timeout=120)
         out = r.stdout.decode("utf-8", "replace")

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from helpers import TEARDOWN_GRACE, allocate_ports, metric_sum, start_switchyard, unique_name
-from kafka_cluster import KafkaCluster, KafkaError, java_bin, kafka_libs, LOG4J_CONFIG
+from kafka_cluster import KafkaCluster, KafkaError, jvm_argv
 from tls_pki import P12_PASSWORD, Pki, kafka_tls_listener, peer_certificate_serial
 
 N = 200
@@ -159,8 +159,7 @@ def java_tool(s: Secured, main: str, args: list[str], timeout: float = 120) -> l
         "ssl.keystore.password": P12_PASSWORD,
         "ssl.key.password": P12_PASSWORD,
     }.items()))
-    argv = [java_bin(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", f"{kafka_libs()}/*", main,
+    argv = [*jvm_argv("128m"), main,
             "--bootstrap-server", s.sy.bootstrap, "--command-config", str(props), *args]
     r = subprocess.run(argv, capture_output=True, timeout=timeout)
     out = r.stdout.decode("utf-8", "replace")
