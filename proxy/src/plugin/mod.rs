@@ -13,7 +13,7 @@
 //! threads never contend, and puts it back afterwards; a new version is
 //! picked up at the next batch while in-flight batches finish on the old one.
 //! Every call gets a CPU deadline (epoch interruption, one ticker thread per
-//! host) and every store a memory cap (`StoreLimits`, trapping on growth
+//! host that sleeps while no call runs: `ticker`) and every store a memory cap (`StoreLimits`, trapping on growth
 //! failure). An instance that trapped can never be entered again: it is
 //! dropped, and the next call instantiates afresh from the shared
 //! `PluginPre` (~40 us) — after a backoff that doubles with every trap in a
@@ -34,6 +34,7 @@ pub mod chain;
 pub mod conflict;
 pub mod records;
 pub mod registry;
+mod ticker;
 
 use prometheus::{Histogram, IntCounter};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -58,8 +59,8 @@ pub use bindings::switchyard::plugin::types::{
 };
 use bindings::{Plugin, PluginPre};
 
-/// Epoch ticks per second (the ticker's period is 1 ms).
-const TICKS_PER_SEC: u64 = 1000;
+/// Epoch ticks per second.
+const TICKS_PER_SEC: u64 = 1000 / ticker::TICK.as_millis() as u64;
 /// Idle instances kept per plugin version: one per thread that may call at
 /// once is enough; more would only hold memory.
 const MAX_IDLE: usize = 16;
@@ -275,6 +276,7 @@ pub struct Loaded {
     pub loaded_at: std::time::SystemTime,
     sites: Vec<Site>,
     engine: Engine,
+    clock: Arc<ticker::Ticker>,
     pre: PluginPre<HostState>,
     idle: Mutex<Vec<Instance>>,
     health: Mutex<Health>,
@@ -300,19 +302,14 @@ impl std::fmt::Debug for Loaded {
 pub struct Host {
     engine: Engine,
     linker: Linker<HostState>,
-    ticker_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Shared with every loaded version: it ticks as long as any is used.
+    clock: Arc<ticker::Ticker>,
     metrics: Arc<Metrics>,
     /// Components compiled from given bytes, so re-uploading a version
     /// (v1 -> v2 -> v1) skips the ~25 ms compile. Kept in memory only:
     /// nothing compiled is ever read back from disk, so no artifact that
     /// Switchyard did not produce itself can be deserialised.
     compiled: Mutex<VecDeque<(Arc<[u8]>, Component)>>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
 }
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -348,14 +345,14 @@ impl Host {
                 Engine::new(&engine_config(false)).map_err(|e| anyhow::anyhow!("{e}"))?
             }
         };
-        let ticker_stop = start_ticker(&engine)?;
+        let clock = Arc::new(ticker::Ticker::start(&engine)?);
         let mut linker = Linker::<HostState>::new(&engine);
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Arc::new(Host {
             engine,
             linker,
-            ticker_stop,
+            clock,
             metrics,
             compiled: Mutex::new(VecDeque::new()),
         }))
@@ -414,6 +411,7 @@ impl Host {
             .and_then(PluginPre::new)
             .map_err(|e| LoadError::World(format!("{e:#}")))?;
         let name: Arc<str> = Arc::from(name);
+        let _clock = self.clock.running();
         let mut store = new_store(&self.engine, &name, limits);
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
         let plugin = pre
@@ -466,6 +464,7 @@ impl Host {
             loaded_at: std::time::SystemTime::now(),
             sites,
             engine: self.engine.clone(),
+            clock: self.clock.clone(),
             pre,
             idle: Mutex::new(vec![Instance { store, plugin }]),
             health: Mutex::new(Health::default()),
@@ -616,6 +615,7 @@ impl Loaded {
         &self,
         f: impl FnOnce(&mut Store<HostState>, &Plugin) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        let _clock = self.clock.running();
         let mut inst = match self.checkout() {
             Ok(i) => i,
             Err(e) => return Err(self.error(e)),
@@ -772,20 +772,4 @@ fn new_store(engine: &Engine, name: &Arc<str>, limits: Limits) -> Store<HostStat
 
 fn deadline_ticks(d: Duration) -> u64 {
     (d.as_millis() as u64 * TICKS_PER_SEC / 1000).max(1)
-}
-
-/// A thread per host advances the engine's epoch every millisecond: that is
-/// the clock of every call's CPU deadline. It stops when the host is dropped.
-fn start_ticker(engine: &Engine) -> anyhow::Result<Arc<std::sync::atomic::AtomicBool>> {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (engine, flag) = (engine.clone(), stop.clone());
-    std::thread::Builder::new()
-        .name("plugin-epoch".into())
-        .spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(1));
-                engine.increment_epoch();
-            }
-        })?;
-    Ok(stop)
 }
