@@ -27,11 +27,12 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::messages::ApiKey;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api;
-use crate::codec::{self, read_frame, FrameError, RequestError, RequestFrame};
+use crate::codec::frame_io::{FrameReader, FrameWriter, Growth};
+use crate::codec::{self, FrameError, RequestError, RequestFrame};
 use crate::metrics::kind;
 use crate::pipeline::{self, Ctx, Outcome, Reply, Respond};
 use crate::shared::{Listener, Proxy};
@@ -48,7 +49,7 @@ enum Slot {
 /// until it closes, fails, idles out or the proxy shuts down.
 pub async fn serve<R, W>(
     proxy: Arc<Proxy>,
-    (mut rd, wr): (R, W),
+    (rd, wr): (R, W),
     peer: SocketAddr,
     listener: Arc<Listener>,
     tls_principal: Option<Arc<str>>,
@@ -61,6 +62,7 @@ pub async fn serve<R, W>(
     let max_frame = limits.max_frame_bytes;
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let max_inflight = limits.max_inflight_per_connection as usize;
+    let mut rd = FrameReader::new(rd, max_frame, Growth::AsItArrives);
     // A permit per request read and not yet answered; the channel never
     // fills (it holds no more than the permits).
     let inflight = Arc::new(Semaphore::new(max_inflight));
@@ -91,7 +93,7 @@ pub async fn serve<R, W>(
             r = async {
                 // Waiting for a permit is backpressure, not idleness.
                 let permit = inflight.clone().acquire_owned().await;
-                (permit, tokio::time::timeout(idle, read_frame(&mut rd, max_frame)).await)
+                (permit, tokio::time::timeout(idle, rd.next()).await)
             } => r,
         };
         let Ok(permit) = permit else {
@@ -312,6 +314,10 @@ impl InOrder {
     }
 }
 
+/// Answers queued for one write are sent once this many bytes are ready,
+/// even if the next is ready too.
+const WRITE_BATCH: usize = 256 * 1024;
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     proxy: Arc<Proxy>,
     wr: W,
@@ -319,13 +325,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     peer: SocketAddr,
     identity: Arc<crate::identity::Identity>,
 ) {
-    // The buffer is created on the first response, so idle connections
-    // (thousands of them, for some deployments) cost no buffer memory; large
-    // responses bypass it and go straight to the socket.
+    // Answers are queued as they come (their bytes, not copies) and sent
+    // together, with one vectored write, once the next is not ready or
+    // `WRITE_BATCH` bytes wait.
     let Some(first) = rx.recv().await else {
         return;
     };
-    let mut w = BufWriter::with_capacity(16 * 1024, wr);
+    let mut w = FrameWriter::new(wr);
     let mut pending = InOrder::default();
     pending.push(first);
     let mut reading = true;
@@ -344,7 +350,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 // Holding a finished Produce ack until the next pipelined
                 // request's upstream round trip completed added tens of
                 // milliseconds to p99 latency.
-                if !w.buffer().is_empty() && w.flush().await.is_err() {
+                if w.queued() > 0 && w.flush().await.is_err() {
                     return;
                 }
                 let busy = !pending.is_empty();
@@ -364,7 +370,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         };
-        // Released (the permit) once the answer is written.
+        // Released (the permit) once the answer is queued for writing: at
+        // most `WRITE_BATCH` bytes wait there.
         let Some((kept, _permit)) = pending.kept.pop_front() else {
             break;
         };
@@ -387,31 +394,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Reply::Frame(frame)
             }
         };
-        let written = match &reply {
+        let n = match reply {
             Reply::Frame(f) => {
-                let len = (f.len() as i32).to_be_bytes();
-                w.write_all(&len)
-                    .await
-                    .and(w.write_all(f).await)
-                    .map(|_| f.len())
+                let n = f.len();
+                w.push(&[], f);
+                n
             }
+            // The upstream's answer under the client's correlation id.
             Reply::Upstream {
                 correlation_id,
                 frame,
             } => {
-                let len = (frame.len() as i32).to_be_bytes();
-                async {
-                    w.write_all(&len).await?;
-                    w.write_all(&correlation_id.to_be_bytes()).await?;
-                    w.write_all(&frame[4..]).await
-                }
-                .await
-                .map(|_| frame.len())
+                let n = frame.len();
+                w.push(&[&correlation_id.to_be_bytes()], frame.slice(4..));
+                n
             }
         };
-        match written {
-            Ok(n) => proxy.plane.metrics.client_bytes_sent.inc_by(n as u64 + 4),
-            Err(e) => {
+        proxy.plane.metrics.client_bytes_sent.inc_by(n as u64 + 4);
+        if w.queued() >= WRITE_BATCH {
+            if let Err(e) = w.flush().await {
                 tracing::debug!(client = %peer, error = %e, "client write failed");
                 return;
             }

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod errors;
 pub mod fetch_patch;
+pub mod frame_io;
 pub mod versions;
 
 use bytes::{Bytes, BytesMut};

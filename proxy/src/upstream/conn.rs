@@ -28,14 +28,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::{Histogram, IntGauge};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::codec::{read_frame, FrameError};
+use crate::codec::frame_io::{FrameReader, FrameWriter, Growth};
+use crate::codec::FrameError;
 
 /// Queue depth toward one broker; senders wait (backpressure) beyond it.
 const SEND_QUEUE: usize = 256;
+
+/// Requests queued for one write are sent once this many bytes are ready,
+/// even if more are waiting in the queue.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// How long a connection its owner let go of waits for answers still due
 /// (callers' own deadlines are shorter; this only bounds a stuck broker).
@@ -416,7 +421,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     waiting: Arc<Mutex<InFlight>>,
     guard: Arc<CloseGuard>,
 ) {
-    let mut w = BufWriter::with_capacity(16 * 1024, wr);
+    let mut w = FrameWriter::new(wr);
     let mut next_id: i32 = 0;
     let mut stop = guard.stop.subscribe();
     'outer: loop {
@@ -441,16 +446,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             if !register(&waiting, next_id, out.reply) {
                 break 'outer;
             }
+            // The client's frame with the connection's correlation id.
             let f = &out.frame;
-            let len = (f.len() as i32).to_be_bytes();
-            let ok = async {
-                w.write_all(&len).await?;
-                w.write_all(&f[0..4]).await?;
-                w.write_all(&next_id.to_be_bytes()).await?;
-                w.write_all(&f[8..]).await
-            }
-            .await;
-            if ok.is_err() {
+            w.push(&[&f[0..4], &next_id.to_be_bytes()], f.slice(8..));
+            if w.queued() >= WRITE_BATCH && w.flush().await.is_err() {
                 guard.fail("closed");
                 break 'outer;
             }
@@ -546,7 +545,7 @@ impl ReadSide for TlsRead {
 }
 
 async fn read_loop<R: ReadSide>(
-    mut rd: R,
+    rd: R,
     addr: Arc<str>,
     max_frame_bytes: u32,
     waiting: Arc<Mutex<InFlight>>,
@@ -555,26 +554,27 @@ async fn read_loop<R: ReadSide>(
 ) {
     let mut stop = guard.stop.subscribe();
     let [mut site_cut, mut broker_cut] = cuts;
+    let mut rd = FrameReader::new(rd, max_frame_bytes, Growth::Whole);
     loop {
         let frame = tokio::select! {
-            f = read_frame(&mut rd, max_frame_bytes) => f,
+            f = rd.next() => f,
             // Closed by us (dropped, timed out, writer failed): whatever the
             // broker still sends belongs to requests nobody waits for.
             _ = stop.wait_for(|s| *s) => {
                 if guard.failed.load(Ordering::Acquire) {
-                    rd.reset_on_close();
+                    rd.get_mut().reset_on_close();
                 }
                 break;
             }
             _ = changed(&mut site_cut) => {
                 // Reset, not FIN: the kernel must drop what is still unsent
                 // rather than deliver it once the network heals.
-                rd.reset_on_close();
+                rd.get_mut().reset_on_close();
                 tracing::info!(upstream = %addr, "connection cut (site fenced by failover)");
                 break;
             }
             _ = changed(&mut broker_cut) => {
-                rd.reset_on_close();
+                rd.get_mut().reset_on_close();
                 tracing::debug!(upstream = %addr, "connection cut (broker left the cluster)");
                 guard.fail("closed");
                 break;
@@ -652,7 +652,7 @@ async fn changed(cut: &mut Option<watch::Receiver<u64>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A broker that reads one request and answers only when told: a frozen
