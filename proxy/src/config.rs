@@ -788,6 +788,8 @@ pub struct LimitsConfig {
     /// A client connection with no request for this long is closed, as Kafka's
     /// `connections.max.idle.ms` does.
     pub idle_timeout_ms: u64,
+    /// Threads client connections run on (`server::IoThreads`); 0: one per CPU.
+    pub io_threads: u32,
 }
 
 impl Default for LimitsConfig {
@@ -797,6 +799,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_inflight_per_connection: 64,
             idle_timeout_ms: 600_000,
+            io_threads: 0,
         }
     }
 }
@@ -1310,6 +1313,15 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
     }
     if l.idle_timeout_ms < 1000 {
         err("limits.idle_timeout_ms", "must be at least 1000 ms".into());
+    }
+    if l.io_threads > 1024 {
+        err(
+            "limits.io_threads",
+            format!(
+                "{} is too many; at most 1024 (0: one per CPU)",
+                l.io_threads
+            ),
+        );
     }
     let t = &config.timeouts;
     if t.connect_ms == 0 {

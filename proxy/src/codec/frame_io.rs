@@ -14,9 +14,12 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::FrameError;
 
@@ -34,6 +37,61 @@ const READ_AHEAD: usize = 8 * 1024;
 /// alone never allocates its size, so a client declaring 100 MiB and
 /// trickling bytes holds about what it sent.
 const MIN_GROWTH: usize = 64 * 1024;
+
+/// The part of each frame read without asking the [`Budget`]: every
+/// request but large Produce requests fits (metadata, heartbeats, commits,
+/// fetch requests), so clients that send only those never wait on it.
+pub const FREE_BYTES: usize = 16 * 1024;
+
+/// Memory for client frames beyond their first [`FREE_BYTES`], shared by
+/// every client connection (`limits.max_request_bytes_in_flight`; Kafka's
+/// `queued.max.request.bytes` is the model). A frame takes its share as its
+/// bytes arrive and keeps it until its request is answered; a connection
+/// that finds the budget spent stops reading (TCP pushes back on that
+/// client) until other frames give theirs back. A client declaring a huge
+/// frame and trickling it holds what it sent, not what it declared.
+#[derive(Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    kib: usize,
+    waits: Arc<AtomicU64>,
+}
+
+impl Budget {
+    pub fn new(bytes: u64) -> Self {
+        let kib = usize::try_from(bytes / 1024)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        Budget {
+            sem: Arc::new(Semaphore::new(kib)),
+            kib,
+            waits: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Bytes taken by frames now.
+    pub fn in_use(&self) -> u64 {
+        (self.kib - self.sem.available_permits()) as u64 * 1024
+    }
+
+    /// Times a connection found the budget spent and waited.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    async fn take(&self, kib: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        if let Ok(p) = self.sem.clone().try_acquire_many_owned(kib) {
+            return Some(p);
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.sem.clone().acquire_many_owned(kib).await.ok()
+    }
+}
+
+/// A frame's share of the [`Budget`]; given back when dropped.
+#[derive(Default)]
+pub struct Charge(Option<OwnedSemaphorePermit>);
 
 /// How the buffer grows for a frame whose length is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +112,9 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     limit: u32,
     growth: Growth,
+    budget: Option<Budget>,
+    /// The share taken for the frame being read.
+    charge: Option<OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -63,17 +124,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::new(),
             limit,
             growth,
+            budget: None,
+            charge: None,
         }
+    }
+
+    /// Frames beyond their first [`FREE_BYTES`] take their memory from
+    /// `budget` (see [`next_charged`](Self::next_charged)).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The next frame, without its length prefix. `Closed` means a clean
     /// end of stream between frames; an end inside a frame is an `Io` error.
     pub async fn next(&mut self) -> Result<Bytes, FrameError> {
+        self.next_charged().await.map(|(frame, _)| frame)
+    }
+
+    /// [`next`](Self::next), with the frame's share of the budget: hold it
+    /// for as long as the frame's memory is in use.
+    pub async fn next_charged(&mut self) -> Result<(Bytes, Charge), FrameError> {
         loop {
             if let Some(frame) = self.cut()? {
-                return Ok(frame);
+                return Ok((frame, Charge(self.charge.take())));
             }
             let want = self.want();
+            self.charge_for(self.buf.len() + want).await;
             self.buf.reserve(want);
             if self.rd.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {
@@ -81,6 +158,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 } else {
                     FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
                 });
+            }
+        }
+    }
+
+    /// Makes the frame's share of the budget cover `bytes` of its buffer
+    /// (waiting for it if it is spent). Cancel-safe: a share taken stays.
+    async fn charge_for(&mut self, bytes: usize) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let Ok(Some(size)) = self.head() else {
+            return;
+        };
+        // A frame larger than the whole budget takes all of it and goes on
+        // (the config check keeps the budget above the largest frame).
+        let needed = (bytes.min(4 + size).saturating_sub(FREE_BYTES))
+            .div_ceil(1024)
+            .min(budget.kib);
+        let held = self.charge.as_ref().map_or(0, |p| p.num_permits());
+        if needed <= held {
+            return;
+        }
+        if let Some(more) = budget.take(needed - held).await {
+            match &mut self.charge {
+                Some(c) => c.merge(more),
+                None => self.charge = Some(more),
             }
         }
     }
@@ -352,6 +455,47 @@ mod tests {
             client.write_all(&rest).await.expect("written")
         });
         assert_eq!(frame.expect("the frame").len(), 100 << 20);
+    }
+
+    #[tokio::test]
+    async fn large_frames_wait_for_the_budget_small_ones_never_do() {
+        let budget = Budget::new(256 * 1024);
+        // Two clients each send the first 200 KiB of a 1 MiB frame.
+        let start = |n: u8| [&(1i32 << 20).to_be_bytes()[..], &vec![n; 200 * 1024]].concat();
+        let mut readers = Vec::new();
+        let mut clients = Vec::new();
+        for n in 0..2 {
+            let (mut client, server) = tokio::io::duplex(512 * 1024);
+            client.write_all(&start(n)).await.expect("written");
+            let mut r =
+                FrameReader::new(server, 2 << 20, Growth::AsItArrives).with_budget(budget.clone());
+            assert!(r.next_charged().now_or_never().is_none(), "no frame yet");
+            readers.push(r);
+            clients.push(client);
+        }
+        assert!(budget.in_use() <= 256 * 1024, "{} taken", budget.in_use());
+        assert!(budget.waits() >= 1, "the second client waits for memory");
+        // A third client's small frames go through meanwhile.
+        let small = framed(&[b"heartbeat", &[5u8; 10_000]]);
+        let (mut c, server) = tokio::io::duplex(64 * 1024);
+        c.write_all(&small).await.expect("written");
+        let mut r =
+            FrameReader::new(server, 2 << 20, Growth::AsItArrives).with_budget(budget.clone());
+        assert_eq!(&r.next_charged().await.expect("small").0[..], b"heartbeat");
+        assert_eq!(r.next_charged().await.expect("small").0.len(), 10_000);
+        // The first client's frame completes once the second gives its share back.
+        let second = readers.pop().expect("second");
+        let mut first = readers.pop().expect("first");
+        drop(second);
+        let rest = vec![9u8; (1 << 20) - 200 * 1024];
+        let (got, _) = tokio::join!(first.next_charged(), async {
+            clients[0].write_all(&rest).await.expect("written")
+        });
+        let (frame, charge) = got.expect("the frame");
+        assert_eq!(frame.len(), 1 << 20);
+        assert!(budget.in_use() > 0);
+        drop(charge);
+        assert_eq!(budget.in_use(), 0, "given back with the charge");
     }
 
     #[tokio::test]

@@ -184,6 +184,10 @@ pub struct Tee {
     stop: Mutex<Option<watch::Receiver<bool>>>,
     /// Worker tasks, awaited at shutdown so their last offset syncs are written.
     workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where workers run: the background runtime `start` was called on,
+    /// also for a worker a client's sync produce starts (its connection's
+    /// I/O thread must not carry a topic's copying).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Tee {
@@ -261,6 +265,7 @@ impl Tee {
             cfg: cfg.config.tee.clone(),
             metrics,
             stop: Mutex::new(None),
+            runtime: std::sync::OnceLock::new(),
             workers: Mutex::new(Vec::new()),
         })
     }
@@ -297,6 +302,7 @@ impl Tee {
         if let Ok(mut s) = self.stop.lock() {
             *s = Some(stop.clone());
         }
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         for link in &self.links {
             tokio::spawn(supervise(self.clone(), link.clone(), stop.clone()));
         }
@@ -535,7 +541,11 @@ impl Tee {
         map.insert(source_topic.to_string(), t.clone());
         tracing::info!(route = %link.route_name, source = %link.source.name, target = %link.target.name,
             topic = source_topic, target_topic = %t.target_topic, mode = ?link.mode, "tee started for topic");
-        let task = tokio::spawn(worker::run(self.clone(), link.clone(), t.clone(), stop));
+        let work = worker::run(self.clone(), link.clone(), t.clone(), stop);
+        let task = match self.runtime.get() {
+            Some(rt) => rt.spawn(work),
+            None => tokio::spawn(work),
+        };
         if let Ok(mut w) = self.workers.lock() {
             w.retain(|h| !h.is_finished());
             w.push(task);

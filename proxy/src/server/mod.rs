@@ -17,6 +17,9 @@ use crate::metrics::kind;
 use crate::shared::{Listener, Loaded, Proxy};
 use crate::{admin, session};
 
+mod io_threads;
+pub use io_threads::IoThreads;
+
 /// Raises the open-file soft limit to the hard limit, and warns when even
 /// that cannot hold `max_connections` clients: each client socket can come
 /// with one upstream socket per broker it talks to, and running out of file
@@ -106,17 +109,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // means every session has finished.
     let max = proxy.cfg.config.limits.max_connections;
     let limit = Arc::new(Semaphore::new(max as usize));
+    let io = Arc::new(IoThreads::start(io_thread_count(
+        proxy.cfg.config.limits.io_threads,
+    ))?);
     let mut accept_tasks = JoinSet::new();
     for (l, listener, name) in listeners {
         tracing::info!(listener = %listener.name, socket = %name, addr = %l.local_addr()?, "listening");
-        let (proxy, stop, limit) = (proxy.clone(), stop_rx.clone(), limit.clone());
-        accept_tasks.spawn(accept_loop(proxy, l, listener, stop, limit));
+        let (proxy, stop, limit, io) = (proxy.clone(), stop_rx.clone(), limit.clone(), io.clone());
+        accept_tasks.spawn(accept_loop(proxy, l, listener, stop, limit, io));
     }
     tracing::info!(
         cluster_id = %proxy.plane.identity.cluster_id,
         default_site = %proxy.plane.site.name,
         sites = proxy.plane.sites.len(),
         routes = proxy.plane.router.routes().len(),
+        io_threads = io.len(),
         admin = %proxy.cfg.admin_bind,
         version = env!("CARGO_PKG_VERSION"),
         "switchyard started"
@@ -134,6 +141,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("shutdown grace expired with sessions still open; closing them");
     }
+    drop(io);
     proxy.plane.tee.finish(Duration::from_secs(5)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("switchyard stopped");
@@ -159,13 +167,23 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
-/// Accepts until shutdown; each connection becomes a session task.
+/// `limits.io_threads`, where 0 means one per CPU.
+fn io_thread_count(configured: u32) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    }
+}
+
+/// Accepts until shutdown; each connection becomes a session task on one
+/// of the I/O threads.
 async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     which: Arc<Listener>,
     mut stop: watch::Receiver<bool>,
     limit: Arc<Semaphore>,
+    io: Arc<IoThreads>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -190,9 +208,23 @@ async fn accept_loop(
         proxy.connection_accepted();
         proxy.plane.metrics.client_connections_total.inc();
         proxy.plane.metrics.client_connections.inc();
+        // Moved to its thread's reactor: registered there, not here.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                proxy.plane.metrics.client_connections.dec();
+                tracing::warn!(client = %peer, error = %e, "accepted connection unusable");
+                continue;
+            }
+        };
         let (proxy, stop, which) = (proxy.clone(), stop.clone(), which.clone());
-        tokio::spawn(async move {
-            serve_one(proxy.clone(), stream, peer, which, stop).await;
+        io.spawn(move || async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_one(proxy.clone(), stream, peer, which, stop).await,
+                Err(e) => {
+                    tracing::warn!(client = %peer, error = %e, "accepted connection unusable")
+                }
+            }
             proxy.plane.metrics.client_connections.dec();
             drop(permit);
         });
