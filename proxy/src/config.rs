@@ -790,6 +790,9 @@ pub struct LimitsConfig {
     pub idle_timeout_ms: u64,
     /// Threads client connections run on (`server::IoThreads`); 0: one per CPU.
     pub io_threads: u32,
+    /// Memory all client frames together may hold beyond their first 16 KiB
+    /// (`codec::frame_io::Budget`; Kafka's `queued.max.request.bytes`).
+    pub max_request_bytes_in_flight: u64,
 }
 
 impl Default for LimitsConfig {
@@ -800,6 +803,7 @@ impl Default for LimitsConfig {
             max_inflight_per_connection: 64,
             idle_timeout_ms: 600_000,
             io_threads: 0,
+            max_request_bytes_in_flight: 512 * 1024 * 1024,
         }
     }
 }
@@ -1314,6 +1318,15 @@ fn validate(config: Config, check: Check) -> Result<Validated, ConfigErrors> {
     if l.idle_timeout_ms < 1000 {
         err("limits.idle_timeout_ms", "must be at least 1000 ms".into());
     }
+    if l.max_request_bytes_in_flight < u64::from(l.max_frame_bytes) {
+        err(
+            "limits.max_request_bytes_in_flight",
+            format!(
+                "{} is below limits.max_frame_bytes ({}): the largest frame allowed must fit in it",
+                l.max_request_bytes_in_flight, l.max_frame_bytes
+            ),
+        );
+    }
     if l.io_threads > 1024 {
         err(
             "limits.io_threads",
@@ -1757,6 +1770,22 @@ limits:
         ] {
             assert!(keys.contains(&k), "missing {k} in {keys:?}");
         }
+    }
+
+    #[test]
+    fn the_request_memory_budget_must_hold_the_largest_frame() {
+        let text = GOOD.replace(
+            "cluster_id: c1",
+            "cluster_id: c1\nlimits:\n  max_frame_bytes: 2097152\n  max_request_bytes_in_flight: 1048576\n  io_threads: 5000",
+        );
+        let e = parse(&text).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["limits.max_request_bytes_in_flight", "limits.io_threads"],
+            "{e}"
+        );
+        assert!(e.0[0].reason.contains("max_frame_bytes (2097152)"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub requests_total: IntCounterVec,
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
+    /// Memory client frames hold of `limits.max_request_bytes_in_flight`
+    /// (set when metrics are read).
+    pub request_memory_bytes: IntGauge,
+    pub request_memory_waits: IntCounter,
     pub upstream_request_duration: HistogramVec,
     pub upstream_connections: IntGaugeVec,
     pub errors_total: IntCounterVec,
@@ -425,6 +429,9 @@ impl PluginMetrics {
 pub mod kind {
     pub const FRAME_TOO_LARGE: &str = "frame_too_large";
     pub const BAD_FRAME: &str = "bad_frame";
+    /// A client's frame found no memory (`limits.max_request_bytes_in_flight`)
+    /// within `timeouts.request_ms`.
+    pub const REQUEST_MEMORY: &str = "request_memory";
     pub const UNKNOWN_API: &str = "unknown_api";
     pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
     pub const MALFORMED_REQUEST: &str = "malformed_request";
@@ -476,6 +483,16 @@ impl Metrics {
             "Bytes written to clients (frames including length prefix)",
         )
         .expect("static metric definition");
+        let request_memory_bytes = IntGauge::new(
+            "switchyard_request_memory_bytes",
+            "Memory held by client request frames beyond their first 16 KiB (limits.max_request_bytes_in_flight)",
+        )
+        .expect("static metric definition");
+        let request_memory_waits = IntCounter::new(
+            "switchyard_request_memory_waits_total",
+            "Times a client connection stopped reading because limits.max_request_bytes_in_flight was spent",
+        )
+        .expect("static metric definition");
         let upstream_request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "switchyard_upstream_request_duration_seconds",
@@ -507,6 +524,8 @@ impl Metrics {
             Box::new(requests_total.clone()),
             Box::new(client_bytes_received.clone()),
             Box::new(client_bytes_sent.clone()),
+            Box::new(request_memory_bytes.clone()),
+            Box::new(request_memory_waits.clone()),
             Box::new(upstream_request_duration.clone()),
             Box::new(upstream_connections.clone()),
             Box::new(errors_total.clone()),
@@ -530,6 +549,8 @@ impl Metrics {
             requests_total,
             client_bytes_received,
             client_bytes_sent,
+            request_memory_bytes,
+            request_memory_waits,
             upstream_request_duration,
             upstream_connections,
             errors_total,

@@ -31,12 +31,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api;
-use crate::codec::frame_io::{FrameReader, FrameWriter, Growth};
+use crate::codec::frame_io::{Charge, FrameReader, FrameWriter, Growth};
 use crate::codec::{self, FrameError, RequestError, RequestFrame};
 use crate::metrics::kind;
 use crate::pipeline::{self, Ctx, Outcome, Reply, Respond};
 use crate::shared::{Listener, Proxy};
 use crate::upstream::Pools;
+
+/// What a request holds until its answer is queued for writing: its place
+/// among the connection's requests in flight, and its frame's share of the
+/// memory budget (`limits.max_request_bytes_in_flight`).
+struct Held {
+    _inflight: OwnedSemaphorePermit,
+    _memory: Charge,
+}
 
 enum Slot {
     Ready(Reply),
@@ -62,11 +70,12 @@ pub async fn serve<R, W>(
     let max_frame = limits.max_frame_bytes;
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let max_inflight = limits.max_inflight_per_connection as usize;
-    let mut rd = FrameReader::new(rd, max_frame, Growth::AsItArrives);
+    let mut rd = FrameReader::new(rd, max_frame, Growth::AsItArrives)
+        .with_budget(proxy.frame_budget.clone());
     // A permit per request read and not yet answered; the channel never
     // fills (it holds no more than the permits).
     let inflight = Arc::new(Semaphore::new(max_inflight));
-    let (tx, rx) = mpsc::channel::<(Slot, OwnedSemaphorePermit)>(max_inflight);
+    let (tx, rx) = mpsc::channel::<(Slot, Held)>(max_inflight);
     let mut writer = tokio::spawn(write_loop(
         proxy.clone(),
         wr,
@@ -93,7 +102,7 @@ pub async fn serve<R, W>(
             r = async {
                 // Waiting for a permit is backpressure, not idleness.
                 let permit = inflight.clone().acquire_owned().await;
-                (permit, tokio::time::timeout(idle, rd.next()).await)
+                (permit, tokio::time::timeout(idle, rd.next_charged()).await)
             } => r,
         };
         let Ok(permit) = permit else {
@@ -115,6 +124,12 @@ pub async fn serve<R, W>(
                 tracing::debug!(client = %peer, error = %e, "client connection failed");
                 break;
             }
+            Ok(Err(e @ FrameError::NoMemory { .. })) => {
+                proxy.plane.metrics.error(kind::REQUEST_MEMORY);
+                proxy.plane.metrics.client_closed(kind::REQUEST_MEMORY);
+                tracing::warn!(client = %peer, reason = %e, "closing client connection: no memory for its request");
+                break;
+            }
             Ok(Err(e)) => {
                 let k = match e {
                     FrameError::TooLarge { .. } => kind::FRAME_TOO_LARGE,
@@ -127,6 +142,7 @@ pub async fn serve<R, W>(
             }
             Ok(Ok(f)) => f,
         };
+        let (frame, charge) = frame;
         proxy
             .plane
             .metrics
@@ -136,7 +152,11 @@ pub async fn serve<R, W>(
             break;
         };
         if let Some(slot) = slot {
-            if tx.send((slot, permit)).await.is_err() {
+            let held = Held {
+                _inflight: permit,
+                _memory: charge,
+            };
+            if tx.send((slot, held)).await.is_err() {
                 break;
             }
         }
@@ -296,11 +316,11 @@ type Answer = Either<std::future::Ready<crate::pipeline::Result<Reply>>, Respond
 #[derive(Default)]
 struct InOrder {
     answers: FuturesOrdered<Answer>,
-    kept: VecDeque<(Option<RequestFrame>, OwnedSemaphorePermit)>,
+    kept: VecDeque<(Option<RequestFrame>, Held)>,
 }
 
 impl InOrder {
-    fn push(&mut self, (slot, permit): (Slot, OwnedSemaphorePermit)) {
+    fn push(&mut self, (slot, permit): (Slot, Held)) {
         let (answer, kept) = match slot {
             Slot::Ready(r) => (Either::Left(std::future::ready(Ok(r))), None),
             Slot::Later(f, kept) => (Either::Right(f), kept),
@@ -321,7 +341,7 @@ const WRITE_BATCH: usize = 256 * 1024;
 async fn write_loop<W: AsyncWrite + Unpin>(
     proxy: Arc<Proxy>,
     wr: W,
-    mut rx: mpsc::Receiver<(Slot, OwnedSemaphorePermit)>,
+    mut rx: mpsc::Receiver<(Slot, Held)>,
     peer: SocketAddr,
     identity: Arc<crate::identity::Identity>,
 ) {
@@ -456,7 +476,13 @@ mod tests {
                 .clone()
                 .try_acquire_owned()
                 .expect("a permit per request");
-            pending.push((slot, permit));
+            pending.push((
+                slot,
+                Held {
+                    _inflight: permit,
+                    _memory: Charge::default(),
+                },
+            ));
         }
         assert_eq!(permits.available_permits(), 0, "a fifth request would wait");
 

@@ -103,6 +103,8 @@ pub struct Proxy {
     config_text: std::sync::Mutex<String>,
     pub started: Instant,
     connections_total: AtomicU64,
+    /// `limits.max_request_bytes_in_flight`, shared by every client connection.
+    pub frame_budget: crate::codec::frame_io::Budget,
 }
 
 /// What the data path reads: sites, routes, tee, failover, producer ids,
@@ -239,6 +241,12 @@ impl Proxy {
             virtual_ids: ArcSwapOption::empty(),
         });
         Arc::new(Proxy {
+            // A client's own request timeout has run out by the time its
+            // frame waited this long for memory.
+            frame_budget: crate::codec::frame_io::Budget::new(
+                cfg.config.limits.max_request_bytes_in_flight,
+                std::time::Duration::from_millis(cfg.config.timeouts.request_ms),
+            ),
             config_text: std::sync::Mutex::new(cfg.text.clone()),
             plane,
             cfg,

@@ -249,3 +249,95 @@ fn silent_connections_do_not_hurt_others_and_idle_out() {
     assert!(idle_lines >= 1001, "only {idle_lines} idle closes logged");
     assert_healthy(&sy);
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn metric(sy: &Switchyard, name: &str) -> u64 {
+    sy.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn a_thousand_huge_frames_stay_within_the_memory_budget() {
+    for kind in broker_kinds() {
+        huge_frames_on(kind);
+    }
+}
+
+/// 1,000 clients each declare a 100 MiB frame and send 512 KiB of it (what
+/// the kernel's socket buffers take): without a budget Switchyard would hold
+/// 500 MiB of their bytes; with a budget of 128 MiB it holds at most that,
+/// and other clients keep working.
+fn huge_frames_on(kind: BrokerKind) {
+    const BUDGET: u64 = 128 << 20;
+    const EACH: usize = 512 << 10;
+    let t = Broker::start(kind);
+    let sy = Switchyard::start(
+        &t.addr(),
+        &format!(
+            "limits:\n  max_frame_bytes: {}\n  max_request_bytes_in_flight: {BUDGET}\n\
+             timeouts:\n  request_ms: 5000\n",
+            100 << 20
+        ),
+    );
+    assert_healthy(&sy);
+    let before = rss_bytes(sy.proc.child.id());
+    let mut attackers = Vec::new();
+    let chunk = vec![0x42u8; 64 << 10];
+    for _ in 0..1000 {
+        let mut s = std::net::TcpStream::connect(sy.bootstrap).expect("connect");
+        use std::io::Write;
+        s.write_all(&(100i32 << 20).to_be_bytes()).expect("length");
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut sent = 0;
+        while sent < EACH {
+            match s.write(&chunk[..chunk.len().min(EACH - sent)]) {
+                Ok(n) => sent += n,
+                // Switchyard stopped reading: the socket's buffers are full.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("attacker write: {e}"),
+            }
+        }
+        attackers.push(s);
+    }
+    wait_for("the budget spent", Duration::from_secs(60), || {
+        (metric(&sy, "switchyard_request_memory_waits_total") > 0).then_some(())
+    });
+    // Everything the attackers sent that Switchyard took in, it has read by
+    // now: held memory stops growing once the budget is spent.
+    let held = metric(&sy, "switchyard_request_memory_bytes");
+    assert!(
+        held <= BUDGET,
+        "{held} bytes held over a budget of {BUDGET}"
+    );
+    let grown = rss_bytes(sy.proc.child.id()).saturating_sub(before);
+    // The budget, plus each connection's free first 16 KiB and its own
+    // state (about 10 KiB idle), plus allocator slack.
+    let bound = BUDGET + 1000 * (16 << 10) + 1000 * (16 << 10) + (32 << 20);
+    assert!(
+        grown <= bound,
+        "{kind:?}: RSS grew by {} MiB under 1,000 huge frames; bound {} MiB",
+        grown >> 20,
+        bound >> 20
+    );
+    // Other clients keep working meanwhile.
+    assert_healthy(&sy);
+    // Gone clients give their memory back: those holding part of it (and
+    // waiting for more, not reading) once their wait for memory runs out.
+    drop(attackers);
+    wait_for("memory given back", Duration::from_secs(60), || {
+        (metric(&sy, "switchyard_request_memory_bytes") == 0).then_some(())
+    });
+    assert_healthy(&sy);
+}

@@ -289,6 +289,14 @@ fn switch_answer(
 }
 
 async fn metrics(State(p): State<Arc<Proxy>>) -> Response {
+    let m = &p.plane.metrics;
+    m.request_memory_bytes
+        .set(i64::try_from(p.frame_budget.in_use()).unwrap_or(i64::MAX));
+    m.request_memory_waits.inc_by(
+        p.frame_budget
+            .waits()
+            .saturating_sub(m.request_memory_waits.get()),
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         p.plane.metrics.render(),

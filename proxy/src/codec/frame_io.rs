@@ -50,21 +50,29 @@ pub const FREE_BYTES: usize = 16 * 1024;
 /// that finds the budget spent stops reading (TCP pushes back on that
 /// client) until other frames give theirs back. A client declaring a huge
 /// frame and trickling it holds what it sent, not what it declared.
+///
+/// Waiting is bounded: a frame that finds no memory within the budget's
+/// `wait` fails (the connection closes), so connections that each hold part
+/// of the budget and wait for more cannot wait for each other for ever —
+/// nor hold memory after their client has gone, unseen while they do not
+/// read.
 #[derive(Clone)]
 pub struct Budget {
     sem: Arc<Semaphore>,
     kib: usize,
+    wait: std::time::Duration,
     waits: Arc<AtomicU64>,
 }
 
 impl Budget {
-    pub fn new(bytes: u64) -> Self {
+    pub fn new(bytes: u64, wait: std::time::Duration) -> Self {
         let kib = usize::try_from(bytes / 1024)
             .unwrap_or(Semaphore::MAX_PERMITS)
             .clamp(1, Semaphore::MAX_PERMITS);
         Budget {
             sem: Arc::new(Semaphore::new(kib)),
             kib,
+            wait,
             waits: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -79,19 +87,25 @@ impl Budget {
         self.waits.load(Ordering::Relaxed)
     }
 
+    /// `None` when the wait ran out.
     async fn take(&self, kib: usize) -> Option<OwnedSemaphorePermit> {
         let kib = u32::try_from(kib).unwrap_or(u32::MAX);
         if let Ok(p) = self.sem.clone().try_acquire_many_owned(kib) {
             return Some(p);
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
-        self.sem.clone().acquire_many_owned(kib).await.ok()
+        tokio::time::timeout(self.wait, self.sem.clone().acquire_many_owned(kib))
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 }
 
 /// A frame's share of the [`Budget`]; given back when dropped.
 #[derive(Default)]
-pub struct Charge(Option<OwnedSemaphorePermit>);
+pub struct Charge {
+    _held: Option<OwnedSemaphorePermit>,
+}
 
 /// How the buffer grows for a frame whose length is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,10 +161,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next_charged(&mut self) -> Result<(Bytes, Charge), FrameError> {
         loop {
             if let Some(frame) = self.cut()? {
-                return Ok((frame, Charge(self.charge.take())));
+                return Ok((
+                    frame,
+                    Charge {
+                        _held: self.charge.take(),
+                    },
+                ));
             }
             let want = self.want();
-            self.charge_for(self.buf.len() + want).await;
+            self.charge_for(self.buf.len() + want).await?;
             self.buf.reserve(want);
             if self.rd.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {
@@ -164,12 +183,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Makes the frame's share of the budget cover `bytes` of its buffer
     /// (waiting for it if it is spent). Cancel-safe: a share taken stays.
-    async fn charge_for(&mut self, bytes: usize) {
+    async fn charge_for(&mut self, bytes: usize) -> Result<(), FrameError> {
         let Some(budget) = &self.budget else {
-            return;
+            return Ok(());
         };
         let Ok(Some(size)) = self.head() else {
-            return;
+            return Ok(());
         };
         // A frame larger than the whole budget takes all of it and goes on
         // (the config check keeps the budget above the largest frame).
@@ -178,14 +197,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             .min(budget.kib);
         let held = self.charge.as_ref().map_or(0, |p| p.num_permits());
         if needed <= held {
-            return;
+            return Ok(());
         }
-        if let Some(more) = budget.take(needed - held).await {
-            match &mut self.charge {
-                Some(c) => c.merge(more),
-                None => self.charge = Some(more),
-            }
+        let Some(more) = budget.take(needed - held).await else {
+            return Err(FrameError::NoMemory {
+                size,
+                waited_ms: budget.wait.as_millis() as u64,
+            });
+        };
+        match &mut self.charge {
+            Some(c) => c.merge(more),
+            None => self.charge = Some(more),
         }
+        Ok(())
     }
 
     /// The length of the frame at the head of the buffer, checked.
@@ -459,7 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_frames_wait_for_the_budget_small_ones_never_do() {
-        let budget = Budget::new(256 * 1024);
+        let budget = Budget::new(256 * 1024, std::time::Duration::from_secs(60));
         // Two clients each send the first 200 KiB of a 1 MiB frame.
         let start = |n: u8| [&(1i32 << 20).to_be_bytes()[..], &vec![n; 200 * 1024]].concat();
         let mut readers = Vec::new();

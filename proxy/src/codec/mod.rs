@@ -31,6 +31,10 @@ pub enum FrameError {
     TooLarge { size: i64, limit: u32 },
     #[error("invalid frame size {0}")]
     BadSize(i32),
+    /// The memory budget for client frames stayed spent for `waited_ms`
+    /// (`codec::frame_io::Budget`).
+    #[error("no memory for a frame of {size} bytes within {waited_ms} ms (limits.max_request_bytes_in_flight is spent)")]
+    NoMemory { size: usize, waited_ms: u64 },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
