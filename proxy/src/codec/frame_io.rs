@@ -310,8 +310,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         for h in head {
             self.small.put_slice(h);
         }
-        // A writer without vectored writes (a TLS session: it encrypts
-        // record by record anyway) gets one contiguous buffer.
+        // A writer without vectored writes would send one slice per call:
+        // it gets one contiguous buffer instead. (TCP and rustls's TLS
+        // streams take vectored writes.)
         if body.len() < COPY_BELOW || !self.vectored {
             self.small.put_slice(&body);
         } else {
