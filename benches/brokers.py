@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TANSU = ROOT / ".tools/bin/tansu"
 
 sys.path.insert(0, str(ROOT / "tests"))  # kafka_cluster.py (stdlib only)
-from kafka_cluster import KafkaCluster, java_bin, kafka_call, kafka_libs, kafka_version  # noqa: E402
+from kafka_cluster import KafkaCluster, java_bin, jvm_tmpdir, kafka_call, kafka_libs, kafka_version  # noqa: E402
 
 KAFKA_HEAP = "1g"
 # Deleted topics' files go at once (the default waits a minute), so a cluster
@@ -297,7 +297,10 @@ def java_tool(main_class: str, *args: str, timeout: float) -> str:
     """Runs one of Kafka's command-line tools (full JIT, 512 MiB heap);
     returns its stdout, raises on a non-zero exit or after `timeout` s (the
     JVM is killed)."""
-    argv = [java_bin(), "-Xmx512m", "-Djava.awt.headless=true",
+    argv = [java_bin(), "-Xmx512m", "-Djava.awt.headless=true", "-XX:-UsePerfData",
+            # Native libraries (lz4, zstd) extracted at each start land in
+            # the run's temporary directory, not in /tmp for good.
+            f"-Djava.io.tmpdir={jvm_tmpdir()}",
             f"-Dlog4j2.configurationFile={ROOT / 'tests/kafka/log4j2.properties'}",
             "-cp", f"{kafka_libs()}/*", main_class, *args]
     try:

@@ -20,6 +20,7 @@ profiles showed.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="switchyard-profile-") as d:
         tmp = Path(d)
+        os.environ["SWITCHYARD_JVM_TMPDIR"] = d  # the JVMs' temporary files go with it
         broker = KafkaBroker(tmp).start() if args.broker == "kafka" else TansuBroker(tmp).start()
         try:
             warm = sbs.one_run("switchyard", args.workload, min(args.records, 100_000), tmp, broker)

@@ -462,6 +462,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as t:
             tmp = Path(t)
+            os.environ["SWITCHYARD_JVM_TMPDIR"] = t  # the JVMs' temporary files go with it
             if args.tls:
                 TLS = Tls(tmp)
             for key in workloads:

@@ -759,6 +759,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     tmpdir = tempfile.mkdtemp(prefix="switchyard-tee-lag-")
+    os.environ["SWITCHYARD_JVM_TMPDIR"] = tmpdir  # the JVMs' temporary files go with it
     bench = Bench(args, Path(tmpdir))
     ok = False
     try:

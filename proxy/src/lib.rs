@@ -1,7 +1,8 @@
 //! Switchyard: a Kafka-protocol proxy that presents one stable virtual cluster
 //! in front of one or more Kafka clusters ("sites").
 //!
-//! Follow a request: [`listener`](server) accepts → [`session`] reads a frame
+//! Follow a request: [`listener`](server) accepts and hands the connection
+//! to one of the I/O threads (`server::IoThreads`) → [`session`] reads a frame
 //! ([`codec`]) → [`api`] picks the handler → a partitioned API (Produce,
 //! Fetch, ListOffsets, DeleteRecords) runs its [`pipeline`] stages over one
 //! per-request context: names ([`route`] says which site holds each topic and
@@ -21,7 +22,7 @@
 //! `tests/layers.rs`), bottom to top:
 //!
 //! ```text
-//! server                          listeners, shutdown: composes the rest
+//! server                          listeners, I/O threads, shutdown: composes the rest
 //! session, admin                  client connections; the admin HTTP API
 //! api                             request handlers
 //! pipeline                        the request pipeline: context, stages, dispatch, errors
