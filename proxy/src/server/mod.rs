@@ -141,8 +141,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("shutdown grace expired with sessions still open; closing them");
     }
-    drop(io);
     proxy.plane.tee.finish(Duration::from_secs(5)).await;
+    // After the tee's last writes: a shared upstream connection a session
+    // opened runs on that session's I/O thread.
+    drop(io);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("switchyard stopped");
     Ok(())
