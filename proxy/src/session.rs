@@ -334,10 +334,6 @@ impl InOrder {
     }
 }
 
-/// Answers queued for one write are sent once this many bytes are ready,
-/// even if the next is ready too.
-const WRITE_BATCH: usize = 256 * 1024;
-
 async fn write_loop<W: AsyncWrite + Unpin>(
     proxy: Arc<Proxy>,
     wr: W,
@@ -346,8 +342,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     identity: Arc<crate::identity::Identity>,
 ) {
     // Answers are queued as they come (their bytes, not copies) and sent
-    // together, with one vectored write, once the next is not ready or
-    // `WRITE_BATCH` bytes wait.
+    // together, with one vectored write, once the next is not ready or the
+    // writer's batch is full.
     let Some(first) = rx.recv().await else {
         return;
     };
@@ -391,7 +387,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         // Released (the permit) once the answer is queued for writing: at
-        // most `WRITE_BATCH` bytes wait there.
+        // most a batch (`FrameWriter::batch_full`) waits there.
         let Some((kept, _permit)) = pending.kept.pop_front() else {
             break;
         };
@@ -431,7 +427,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         proxy.plane.metrics.client_bytes_sent.inc_by(n as u64 + 4);
-        if w.queued() >= WRITE_BATCH {
+        if w.batch_full() {
             if let Err(e) = w.flush().await {
                 tracing::debug!(client = %peer, error = %e, "client write failed");
                 return;

@@ -21,7 +21,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::FrameError;
+use super::{frame_size, FrameError};
 
 /// What a read asks for when no frame is under way: a whole small frame
 /// (most requests and answers but Produce and Fetch), or a large one's start.
@@ -214,20 +214,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The length of the frame at the head of the buffer, checked.
     fn head(&self) -> Result<Option<usize>, FrameError> {
-        let Some(len) = self.buf.get(..4) else {
+        let Some(&[a, b, c, d]) = self.buf.get(..4) else {
             return Ok(None);
         };
-        let size = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-        if size < 0 {
-            return Err(FrameError::BadSize(size));
-        }
-        if size as u32 > self.limit {
-            return Err(FrameError::TooLarge {
-                size: size as i64,
-                limit: self.limit,
-            });
-        }
-        Ok(Some(size as usize))
+        frame_size([a, b, c, d], self.limit).map(Some)
     }
 
     fn cut(&mut self) -> Result<Option<Bytes>, FrameError> {
@@ -264,13 +254,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.rd
     }
 
-    /// Bytes read and not yet handed out as frames (tests, metrics).
-    pub fn buffered(&self) -> usize {
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
         self.buf.len()
     }
 
-    /// Memory the buffer holds now (tests, metrics).
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 }
@@ -282,12 +272,18 @@ const COPY_BELOW: usize = 4 * 1024;
 /// Slices per vectored write (Linux takes up to 1024).
 const MAX_SLICES: usize = 64;
 
+/// Frames queued for one write are sent once this many bytes wait, even
+/// if more frames are ready to join them.
+const WRITE_BATCH: usize = 256 * 1024;
+
 /// Frames queued as parts and written with vectored writes.
 pub struct FrameWriter<W> {
     wr: W,
     /// Heads and small bodies, until the next large body or the flush.
     small: BytesMut,
     queue: VecDeque<Bytes>,
+    /// Bytes in `small` and `queue`.
+    queued: usize,
     vectored: bool,
 }
 
@@ -298,6 +294,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             wr,
             small: BytesMut::new(),
             queue: VecDeque::new(),
+            queued: 0,
             vectored,
         }
     }
@@ -306,6 +303,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// fields the caller writes), then `body`.
     pub fn push(&mut self, head: &[&[u8]], body: Bytes) {
         let len: usize = head.iter().map(|h| h.len()).sum::<usize>() + body.len();
+        self.queued += 4 + len;
         self.small.put_i32(len as i32);
         for h in head {
             self.small.put_slice(h);
@@ -325,7 +323,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
-        self.small.len() + self.queue.iter().map(|b| b.len()).sum::<usize>()
+        self.queued
+    }
+
+    /// Whether enough is queued to write it now rather than wait for more.
+    pub fn batch_full(&self) -> bool {
+        self.queued >= WRITE_BATCH
     }
 
     /// Writes everything queued and flushes the stream.
@@ -352,6 +355,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     fn consume(&mut self, mut n: usize) {
+        self.queued = self.queued.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.queue.front_mut() else {
                 return;
@@ -369,7 +373,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.wr.shutdown().await
     }
 
-    pub fn get_mut(&mut self) -> &mut W {
+    #[cfg(test)]
+    fn get_mut(&mut self) -> &mut W {
         &mut self.wr
     }
 }

@@ -102,8 +102,8 @@ impl IoThreads {
         });
     }
 
-    /// Connections per thread (tests, metrics).
-    pub fn loads(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn loads(&self) -> Vec<usize> {
         self.threads
             .iter()
             .map(|t| t.load.load(Ordering::Relaxed))

@@ -38,10 +38,6 @@ use crate::codec::FrameError;
 /// Queue depth toward one broker; senders wait (backpressure) beyond it.
 const SEND_QUEUE: usize = 256;
 
-/// Requests queued for one write are sent once this many bytes are ready,
-/// even if more are waiting in the queue.
-const WRITE_BATCH: usize = 256 * 1024;
-
 /// How long a connection its owner let go of waits for answers still due
 /// (callers' own deadlines are shorter; this only bounds a stuck broker).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -449,7 +445,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             // The client's frame with the connection's correlation id.
             let f = &out.frame;
             w.push(&[&f[0..4], &next_id.to_be_bytes()], f.slice(8..));
-            if w.queued() >= WRITE_BATCH && w.flush().await.is_err() {
+            if w.batch_full() && w.flush().await.is_err() {
                 guard.fail("closed");
                 break 'outer;
             }
