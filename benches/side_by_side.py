@@ -163,17 +163,27 @@ class Stack:
         self.proxy = None
         if config == "direct":
             self.bootstrap = broker.bootstrap
-        elif config in ("switchyard", "switchyard-baseline"):
-            binary = SWITCHYARD if config == "switchyard" else baseline
+        elif config in ("switchyard", "switchyard-baseline", "switchyard-sync-tee"):
+            binary = baseline if config == "switchyard-baseline" else SWITCHYARD
             cfg = tmp / f"switchyard-{base}.yaml"
             upstream = ", ".join(f'"{b}"' for b in broker.bootstrap.split(","))
             listen_tls = site_tls = ""
             if TLS is not None:
                 listen_tls = (f"  tls:\n    cert: {TLS.switchyard.cert}\n    key: {TLS.switchyard.key}\n")
                 site_tls = f"    tls:\n      ca: {TLS.pki.ca_pem}\n"
+            tee = ""
+            if config == "switchyard-sync-tee":
+                # An RPO-0 route: every bench topic also written, before the
+                # ack, to `{topic}-teed`. The tee target is a second site on
+                # the same cluster: on one machine a second cluster would
+                # share its CPU just the same, and here the broker writes
+                # every record twice, the worst case for the ratio.
+                tee = (f"  - name: copy\n    bootstrap: [{upstream}]\n{site_tls}default_site: local\n"
+                       "routes:\n  - name: bench\n    topics: {regex: 'bench-[a-z0-9-]*[0-9]'}\n    site: local\n"
+                       "    tee:\n      - {site: copy, mode: sync, naming: '{topic}-teed'}\n")
             cfg.write_text(
                 f"cluster_id: bench\nlisten:\n  bind: 127.0.0.1:{base}\n  virtual_nodes: 1\n{listen_tls}"
-                f"sites:\n  - name: local\n    bootstrap: [{upstream}]\n{site_tls}"
+                f"sites:\n  - name: local\n    bootstrap: [{upstream}]\n{site_tls}{tee}"
                 f"admin:\n  bind: 127.0.0.1:{self.admin_port}\nlog:\n  level: warn\n"
             )
             self.proxy = Proc([str(binary), "run", "--config", str(cfg)], tmp / f"switchyard-{base}.log")
@@ -323,6 +333,8 @@ def one_run(config: str, key: str, records: int, tmp: Path, broker=None, through
         elif broker.running():
             try:
                 broker.delete_topic(topic)
+                if config == "switchyard-sync-tee":
+                    broker.delete_topic(f"{topic}-teed")
             except (OSError, RuntimeError) as e:
                 print(f"  (deleting {topic}: {e})", flush=True)
 
@@ -435,6 +447,8 @@ def main() -> int:
             for config in configs[k:] + configs[:k]:
                 if (result_key, config) in failed:
                     continue
+                if config == "switchyard-sync-tee" and WORKLOADS[key][1] == "consume":
+                    continue  # a tee changes nothing a consumer reads
                 try:
                     r = one_run(config, key, n, tmp, broker, throughput, args.nodes)
                 except RunFailed as e:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,9 +124,10 @@ log:
 """
 
 
-def one_run(kind: str, source: KafkaBroker, n: int, size: int, tmp: Path, timeout: float) -> dict:
+def one_run(kind: str, source: KafkaBroker, n: int, size: int, tmp: Path, timeout: float,
+            perf: Path | None = None) -> dict:
     target = KafkaBroker(tmp, 1, name=f"target-{kind}").start()
-    proc = None
+    proc = recorder = None
     try:
         if kind == "mm2":
             props = tmp / "mm2.properties"
@@ -137,6 +139,13 @@ def one_run(kind: str, source: KafkaBroker, n: int, size: int, tmp: Path, timeou
             cfg = tmp / "switchyard.yaml"
             cfg.write_text(switchyard_config(source.bootstrap, target.bootstrap, listen, admin))
             proc = sbs.Proc([str(sbs.SWITCHYARD), "run", "--config", str(cfg)], tmp / "switchyard.log")
+        if perf is not None:
+            perf.mkdir(parents=True, exist_ok=True)
+            data = perf / f"{kind}.perf.data"
+            data.unlink(missing_ok=True)
+            recorder = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g",
+                                         "-p", str(proc.p.pid), "-o", str(data)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
         first = None
         done = None
@@ -161,6 +170,9 @@ def one_run(kind: str, source: KafkaBroker, n: int, size: int, tmp: Path, timeou
         return {"total_s": done - t0, "copy_s": copy_s, "mb_per_sec": n * size / 1e6 / copy_s,
                 "cpu_s": cpu, "cpu_s_per_gb": cpu / gb, "peak_rss_mib": rss}
     finally:
+        if recorder is not None:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(60)
         if proc is not None:
             proc.stop()
         target.close()
@@ -174,6 +186,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
     ap.add_argument("--binary", type=Path, default=sbs.SWITCHYARD)
     ap.add_argument("--out", type=Path, help="write the report as a section of this markdown file")
+    ap.add_argument("--only", choices=("mm2", "switchyard"), help="run one copier only (no report)")
+    ap.add_argument("--perf", type=Path, help="record each run with perf (software clock) into DIR/<copier>.perf.data")
     args = ap.parse_args()
     sbs.SWITCHYARD = args.binary.resolve()
     sbs.TIMEOUT = args.timeout
@@ -196,13 +210,17 @@ def main() -> int:
             for r in range(args.rounds):
                 order = ("mm2", "switchyard") if r % 2 == 0 else ("switchyard", "mm2")
                 for kind in order:
-                    res = one_run(kind, source, args.records, args.size, tmp, args.timeout)
+                    if args.only and kind != args.only:
+                        continue
+                    res = one_run(kind, source, args.records, args.size, tmp, args.timeout, args.perf)
                     results[kind].append(res)
                     print(f"round {r + 1} {kind}: {res['mb_per_sec']:.1f} MB/s copying, "
                           f"{res['total_s']:.1f} s in all, {res['cpu_s']:.1f} CPU-s = "
                           f"{res['cpu_s_per_gb']:.2f} CPU-s/GB, peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
         finally:
             source.close()
+    if args.only:
+        return 0
     report = render(results, args, (time.monotonic() - started) / 60)
     print(report)
     if args.out:

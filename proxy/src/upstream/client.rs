@@ -196,11 +196,26 @@ impl SiteClient {
         }
     }
 
-    /// Fetches `(partition, offset)` of one topic, read-committed.
+    /// Fetches `(partition, offset)` of one topic, read-committed, at most
+    /// `max_bytes` of each partition and of the whole answer.
     pub async fn fetch(
         &mut self,
         topic: &str,
         at: &[(i32, i64)],
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Vec<Fetched> {
+        self.fetch_within(topic, at, max_bytes, max_bytes, max_wait_ms)
+            .await
+    }
+
+    /// [`Self::fetch`] with `partition_max_bytes` per partition and
+    /// `max_bytes` for the whole answer (per broker asked).
+    pub async fn fetch_within(
+        &mut self,
+        topic: &str,
+        at: &[(i32, i64)],
+        partition_max_bytes: i32,
         max_bytes: i32,
         max_wait_ms: i32,
     ) -> Vec<Fetched> {
@@ -223,7 +238,7 @@ impl SiteClient {
                 let mut fp = fetch_request::FetchPartition::default();
                 fp.partition = *p;
                 fp.fetch_offset = offset;
-                fp.partition_max_bytes = max_bytes;
+                fp.partition_max_bytes = partition_max_bytes;
                 fp.current_leader_epoch = -1;
                 fp.last_fetched_epoch = -1;
                 fp.log_start_offset = -1;
