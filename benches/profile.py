@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--strace", action="store_true",
                     help="count the proxy's system calls (strace -c -f) instead of sampling with perf")
     ap.add_argument("--runs", type=int, default=1, help="measured runs (CPU/GB of each is printed)")
+    ap.add_argument("--config", choices=("switchyard", "switchyard-sync-tee"), default="switchyard",
+                    help="switchyard-sync-tee: every record also written, before the ack, to a second site")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sbs.SWITCHYARD = args.binary.resolve()
@@ -52,7 +54,7 @@ def main() -> int:
         os.environ["SWITCHYARD_JVM_TMPDIR"] = d  # the JVMs' temporary files go with it
         broker = KafkaBroker(tmp).start() if args.broker == "kafka" else TansuBroker(tmp).start()
         try:
-            warm = sbs.one_run("switchyard", args.workload, min(args.records, 100_000), tmp, broker)
+            warm = sbs.one_run(args.config, args.workload, min(args.records, 100_000), tmp, broker)
             print(f"warm-up: {warm['mb_per_sec']:.1f} MB/s", flush=True)
             for i in range(args.runs):
                 r = measured(args, tmp, broker, i)
@@ -102,7 +104,7 @@ def measured(args, tmp: Path, broker, i: int) -> dict:
 
     sbs.Stack.__init__, sbs.Stack.stop = stack_with_perf, stop_perf
     try:
-        r = sbs.one_run("switchyard", args.workload, args.records, tmp, broker)
+        r = sbs.one_run(args.config, args.workload, args.records, tmp, broker)
         n = max(seen.get("requests", 0), 1)
         print(f"  {n} requests; per request: {r['proxy_cpu_s'] / n * 1e6:.0f} us CPU, "
               f"{seen.get('switches', (0, 0))[0] / n:.2f} voluntary + {seen.get('switches', (0, 0))[1] / n:.2f} "

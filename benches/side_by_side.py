@@ -553,6 +553,7 @@ def render(results, failed, configs, workloads, args, half, idle_before, idle_af
         + [f"--rounds {args.rounds}", f"--records-1k {args.records_1k}", f"--records-100 {args.records_100}"]
         + ([f"--records-java {args.records_java}"] if kafka else [])
         + ([f"--workloads {args.workloads}"] if args.workloads else [])
+        + ([f"--configs {args.configs}"] if args.configs != "direct,switchyard,tansu-proxy" else [])
         + ([f"--timeout {args.timeout:g}"] if args.timeout != 300 else []) + (["--tls"] if args.tls else [])
         + ["--out BENCHMARKS.md"])
     cmd = "cargo build --release -p switchyard -p switchyard-bench && " + cmd
