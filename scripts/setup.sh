@@ -137,6 +137,8 @@ maven_copy() { # pom, destination directory
     fi
     log "copying the jars of $pom from Maven Central into $dest"
     rm -rf "$dest.tmp"
+    # -XX:-UsePerfData: Maven's JVM would leave /tmp/hsperfdata_<user> behind.
+    MAVEN_OPTS="${MAVEN_OPTS:-} -XX:-UsePerfData" \
     mvn -q -B --no-transfer-progress -f "$pom" dependency:copy-dependencies \
         -DoutputDirectory="$dest.tmp" -DincludeScope=runtime \
         || die "mvn could not resolve $pom (is Maven Central reachable?)"
