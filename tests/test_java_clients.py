@@ -232,7 +232,7 @@ def test_admin_client_operations(java_site):
 def test_exactly_once_loop_gives_what_it_gives_directly(java_site):
     s = java_site
     n = 900
-    outputs = {}
+    outputs, said = {}, {}
     for how, bootstrap in (("direct", s.kafka.bootstrap), ("switchyard", s.sy.bootstrap)):
         inp, out = unique_name(f"eos-in-{how}"), unique_name(f"eos-out-{how}")
         s.create(inp, out)
@@ -243,11 +243,15 @@ def test_exactly_once_loop_gives_what_it_gives_directly(java_site):
         assert p.flush(30) == 0
         group, txn = ids_on_two_coordinators(s, how)
         result = java_program("Eos.java", bootstrap, inp, out, group, txn, str(n))
-        assert result[-1]["committed"] == n, result
+        said[how] = result[-1]
+        assert said[how]["committed"] == n, (how, result)
         outputs[how] = read_committed(s.kafka.bootstrap, out, n)
     for how, got in outputs.items():
-        assert len(got) == n, f"{how}: {len(got)} committed records, expected {n}"
         sources = sorted(int(dict(h)["i"]) for _, _, _, h, _ in got)
+        missing = sorted(set(range(n)) - set(sources))
+        assert len(got) == n, (f"{how}: {len(got)} committed records, expected {n}; missing i = "
+                               f"{missing[:5]}..{missing[-5:]} ({len(missing)}), Eos.java said {said[how]}, "
+                               f"partitions read {sorted({r[0] for r in got})}")
         assert sources == list(range(n)), f"{how}: a record lost or written twice"
     # Same records (per partition, in order) through Switchyard as direct.
     order = lambda rs: sorted(rs, key=lambda r: (r[0], int(dict(r[3])["i"])))  # noqa: E731
