@@ -47,16 +47,10 @@ sys.path.insert(0, str(ROOT / "benches"))
 import side_by_side as sbs  # noqa: E402  (ProducerPerformance runner, Proc, report section writer)
 from brokers import KafkaBroker, kafka_version, wait_until  # noqa: E402
 from helpers import allocate_ports  # noqa: E402
-from kafka_cluster import jvm_argv, mm2_libs  # noqa: E402
+from kafka_cluster import jvm_argv, mm2_libs, mm2_single_node_properties  # noqa: E402
 
 TOPIC = "backlog"
 PARTITIONS = 6
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def target_records(bootstrap: str) -> int:
@@ -90,13 +84,7 @@ def mm2_properties(source: str, target: str) -> str:
         "target->source.enabled = false",
         f"source->target.topics = {TOPIC}",
         "replication.policy.class = org.apache.kafka.connect.mirror.IdentityReplicationPolicy",
-        "replication.factor = 1",
-        "checkpoints.topic.replication.factor = 1",
-        "offset-syncs.topic.replication.factor = 1",
-        "heartbeats.topic.replication.factor = 1",
-        "config.storage.replication.factor = 1",
-        "offset.storage.replication.factor = 1",
-        "status.storage.replication.factor = 1",
+        *mm2_single_node_properties(),
         "",
     ])
 
@@ -163,7 +151,7 @@ def one_run(kind: str, source: KafkaBroker, n: int, size: int, tmp: Path, timeou
         if done is None or first is None:
             raise sbs.RunFailed(f"{kind}: the target did not get all {n} records within {timeout:.0f} s:\n"
                                 f"{proc.tail(30)}")
-        cpu = cpu_seconds(proc.p.pid)
+        cpu = proc.cpu_seconds()
         rss = proc.status_kib("VmHWM") / 1024
         gb = n * size / 1e9
         copy_s = max(done - first, 1e-3)

@@ -87,6 +87,16 @@ def mm2_libs() -> Path:
     return libs
 
 
+def mm2_single_node_properties() -> list[str]:
+    """MirrorMaker 2 settings for one-node clusters: a replication factor of
+    1 for the copied topics and every topic MM2 keeps for itself (its
+    defaults are 3 and would fail on one node)."""
+    return [f"{k} = 1" for k in (
+        "replication.factor", "checkpoints.topic.replication.factor", "offset-syncs.topic.replication.factor",
+        "heartbeats.topic.replication.factor", "config.storage.replication.factor",
+        "offset.storage.replication.factor", "status.storage.replication.factor")]
+
+
 def kafka_version(libs: Optional[Path] = None) -> str:
     jars = sorted((libs or kafka_libs()).glob("kafka_2.13-*.jar"))
     return jars[0].name[len("kafka_2.13-") : -len(".jar")] if jars else "unknown"

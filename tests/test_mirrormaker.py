@@ -37,7 +37,7 @@ from failover import (
     worker_problems,
 )
 from helpers import create_topic, unique_name, wait_until
-from kafka_cluster import java_program, jvm_argv, mm2_libs
+from kafka_cluster import java_program, jvm_argv, mm2_libs, mm2_single_node_properties
 
 pytestmark = pytest.mark.brokers("kafka")
 
@@ -67,13 +67,7 @@ def mm2_properties(primary: str, standby: str, topic: str, group: str) -> str:
         "refresh.groups.interval.seconds = 1",
         f"offset.lag.max = {OFFSET_LAG_MAX}",
         "offset-syncs.topic.location = target",
-        "replication.factor = 1",
-        "checkpoints.topic.replication.factor = 1",
-        "offset-syncs.topic.replication.factor = 1",
-        "heartbeats.topic.replication.factor = 1",
-        "config.storage.replication.factor = 1",
-        "offset.storage.replication.factor = 1",
-        "status.storage.replication.factor = 1",
+        *mm2_single_node_properties(),
         "",
     ])
 

@@ -306,11 +306,20 @@ pub fn check_crc(b: &BatchRef) -> Result<(), BatchError> {
             what: "batch shorter than its header",
         });
     };
-    let stored = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+    crc_matches(
+        b.base_offset,
+        u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+        covered,
+    )
+}
+
+/// The one CRC-32C comparison: `stored` against what `covered` (the batch
+/// from its attributes on) gives.
+fn crc_matches(offset: i64, stored: u32, covered: &[u8]) -> Result<(), BatchError> {
     let computed = crc32c::crc32c(covered);
     if stored != computed {
         return Err(BatchError::Crc {
-            offset: b.base_offset,
+            offset,
             stored,
             computed,
         });
@@ -356,17 +365,8 @@ fn parse_header(offset: i64, batch: Bytes, crc: bool) -> Result<BatchRef, BatchE
     let partition_leader_epoch = r.i32().map_err(corrupt)?;
     r.i8().map_err(corrupt)?;
     let stored = r.u32().map_err(corrupt)?;
-    let computed = if crc {
-        crc32c::crc32c(r.rest())
-    } else {
-        stored
-    };
-    if stored != computed {
-        return Err(BatchError::Crc {
-            offset,
-            stored,
-            computed,
-        });
+    if crc {
+        crc_matches(offset, stored, r.rest())?;
     }
     let attributes = r.i16().map_err(corrupt)?;
     let last_offset_delta = r.i32().map_err(corrupt)?;

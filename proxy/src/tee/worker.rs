@@ -694,7 +694,17 @@ impl Worker {
             let part = &mut self.parts[i];
             part.high_watermark = f.high_watermark;
             let Some(records) = f.records else { continue };
-            if !records.is_empty() && batch::headers(&records).is_ok_and(|b| b.is_empty()) {
+            // The walk over the batch headers, once: CRCs are checked only
+            // for the batches `build` decodes.
+            let batches = match batch::headers(&records) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.failed("source_batch", &e.to_string());
+                    self.backoff(i);
+                    continue;
+                }
+            };
+            if !records.is_empty() && batches.is_empty() {
                 // Only part of one batch fit: fetch more next time (Kafka
                 // returns a whole first batch regardless; not every broker does).
                 let max = i32::try_from(self.link.source.settings.max_frame_bytes / 2)
@@ -713,7 +723,7 @@ impl Worker {
                 }
                 continue;
             }
-            match cpu_work(|| self.build(i, &records, &f.aborted, plugins.as_ref())) {
+            match cpu_work(|| self.build(i, batches, &f.aborted, plugins.as_ref())) {
                 Ok(Some(p)) => pendings.push(p),
                 Ok(None) => {}
                 Err(e) => {
@@ -808,15 +818,13 @@ impl Worker {
     fn build(
         &mut self,
         i: usize,
-        records: &Bytes,
+        batches: Vec<batch::BatchRef>,
         aborted: &[(i64, i64)],
         plugins: Option<&Plugins>,
     ) -> Result<Option<Pending>, String> {
         let origin = self.link.source.name.clone();
         let (pid, epoch) = self.producer.unwrap_or((-1, -1));
         let part = &mut self.parts[i];
-        // CRCs are checked only for the batches decoded below.
-        let batches = batch::headers(records).map_err(|e| e.to_string())?;
         let mut kept: Vec<WireRecord> = Vec::new();
         let mut size = 0usize;
         let mut end = part.next;
